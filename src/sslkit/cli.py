@@ -1,0 +1,175 @@
+"""The `sslkit` command: one sub-app per domain, plus doctor and recipes.
+
+Kept light: domain sub-apps import their heavy libraries inside commands, so
+`sslkit --help` answers fast and imports no torch domain library.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from sslkit import __version__
+from sslkit.core.errors import Interrupted, UserError
+
+DOMAINS = {
+    "medical3d": "3D CT/MRI volumes: Alice-style and SwinUNETR-SSL pretraining, few-label fine-tuning.",
+    "pathology": "Whole-slide pathology images (not built yet).",
+    "audio": "Audio: masked spectrogram modelling (not built yet).",
+    "graph": "Graphs: SCGC/SCGC* node embeddings and clustering, GRACE baseline.",
+    "lidar": "Roadside LiDAR: simulate, pseudo-label with statistical teachers, train a student detector.",
+    "tabular": "Tables: T-JEPA pretraining with SCARF as baseline.",
+    "toy": "Built-in test method (VICReg on synthetic vectors) that exercises the whole loop.",
+}
+_DEBUG = {"on": False}
+
+
+class SslkitGroup(TyperGroup):
+    """Turns UserError into one line on stderr with exit code 2 (tracebacks only with --debug)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UserError as exc:
+            if _DEBUG["on"]:
+                raise
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        except Interrupted as exc:
+            typer.echo(str(exc), err=True)
+            raise typer.Exit(130) from None
+
+
+app = typer.Typer(cls=SslkitGroup, no_args_is_help=True, add_completion=False, rich_markup_mode=None,
+                  pretty_exceptions_enable=False, help="Self-supervised pretraining from the command line.")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"sslkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+) -> None:
+    _DEBUG["on"] = debug
+
+
+def _placeholder(name: str, help_text: str) -> typer.Typer:
+    sub = typer.Typer(help=f"{help_text} This domain is not built yet in sslkit {__version__}.",
+                      invoke_without_command=True)
+
+    @sub.callback()
+    def _not_built(ctx: typer.Context) -> None:
+        if ctx.invoked_subcommand is None:
+            typer.echo(f"error: the {name} domain is not built yet in sslkit {__version__} — "
+                       "see README.md (Domains) for what is available", err=True)
+            raise typer.Exit(2)
+
+    return sub
+
+
+for _name, _help in DOMAINS.items():
+    try:
+        _sub = importlib.import_module(f"sslkit.domains.{_name}.cli").app
+    except ModuleNotFoundError as _exc:
+        if _exc.name not in (f"sslkit.domains.{_name}", f"sslkit.domains.{_name}.cli"):
+            raise
+        _sub = _placeholder(_name, _help)
+    app.add_typer(_sub, name=_name, help=_help)
+
+
+@app.command()
+def doctor(json_out: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False) -> None:
+    """Versions, devices, CUDA/bf16, and which domain extras import (with what to install)."""
+    from sslkit.doctor import report
+
+    report(json_out)
+
+
+recipes_app = typer.Typer(help="List, show and copy the shipped recipes.", no_args_is_help=True)
+app.add_typer(recipes_app, name="recipes")
+
+
+@recipes_app.command("list")
+def recipes_list(domain: Annotated[Optional[str], typer.Option("--domain", "-d", help="Only this domain.")] = None) -> None:
+    """Shipped recipes with their descriptions."""
+    import yaml
+
+    from sslkit.core.console import print_table
+    from sslkit.core.recipes import shipped_recipes
+
+    if domain is not None and domain not in DOMAINS:
+        raise UserError(f"unknown domain '{domain}' — choose one of: {', '.join(DOMAINS)}")
+    rows = []
+    for dom, name, path in shipped_recipes(domain):
+        data = yaml.safe_load(path.read_text()) or {}
+        rows.append([dom, name, data.get("method", ""), str(data.get("description", "")).strip().split("\n")[0]])
+        typer.echo(f"{dom}/{name}")
+    print_table("recipes", ["domain", "name", "method", "description"], rows)
+
+
+def _resolve(name: str) -> Path:
+    from sslkit.core.recipes import shipped_recipes
+
+    dom, _, short = name.rpartition("/")
+    hits = [p for d, n, p in shipped_recipes(dom or None) if n == short]
+    if not hits:
+        raise UserError(f"no shipped recipe named '{name}' — see `sslkit recipes list`")
+    if len(hits) > 1:
+        choices = ", ".join(f"{p.parent.name}/{p.stem}" for p in hits)
+        raise UserError(f"recipe name '{name}' is ambiguous — write it as domain/name: {choices}")
+    return hits[0]
+
+
+@recipes_app.command("show")
+def recipes_show(name: Annotated[str, typer.Argument(help="Recipe name, or domain/name.")]) -> None:
+    """Print a shipped recipe's YAML."""
+    typer.echo(_resolve(name).read_text(), nl=False)
+
+
+@recipes_app.command("copy")
+def recipes_copy(
+    name: Annotated[str, typer.Argument(help="Recipe name, or domain/name.")],
+    dest: Annotated[Path, typer.Argument(help="File or folder to copy it to.")],
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing file.")] = False,
+) -> None:
+    """Copy a shipped recipe to edit it; pass the copy to --recipe."""
+    from sslkit.core.checkpoint import atomic_write_text
+
+    src = _resolve(name)
+    target = dest / src.name if dest.is_dir() else dest
+    if target.exists() and not overwrite:
+        raise UserError(f"{target} already exists — pass --overwrite or choose another destination")
+    atomic_write_text(target, src.read_text())
+    typer.echo(str(target))
+
+
+def main() -> None:
+    """Console entry point: exit 2 for usage errors, 130 when interrupted, 1 for internal errors."""
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args=sys.argv[1:], prog_name="sslkit", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        code = 2
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        typer.echo("interrupted", err=True)
+        code = 130
+    except Exception as exc:  # the one place that catches everything: an internal error, reported plainly
+        if _DEBUG["on"]:
+            raise
+        typer.echo(f"internal error: {type(exc).__name__}: {exc} — rerun with --debug for the traceback and report it",
+                   err=True)
+        code = 1
+    sys.exit(code if isinstance(code, int) else 0)

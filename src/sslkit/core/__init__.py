@@ -1,0 +1,1 @@
+"""Domain-agnostic building blocks: losses, heads, EMA, schedules, the loop, runs, evaluation."""

@@ -1,0 +1,80 @@
+"""Checkpoints are data, never code: atomic writes, `weights_only=True` reads."""
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sslkit.core.errors import UserError
+
+FORMAT = 1
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temp file in the same folder, fsync, then rename over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    buf = io.BytesIO()
+    torch.save({"format": FORMAT, **state}, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load with `weights_only=True`; a corrupt, truncated or code-carrying file is a UserError."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist — check the run folder or start without --resume")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
+        raise UserError(
+            f"checkpoint {path} was refused: it holds objects that are not plain tensors/containers "
+            f"({first[:120]}) — only load checkpoints written by sslkit"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise UserError(f"checkpoint {path} is corrupt or truncated ({type(exc).__name__}) — "
+                        "delete it and resume from an earlier copy, or start again with --overwrite") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise UserError(f"checkpoint {path} is not an sslkit checkpoint (format {FORMAT}) — use one written by sslkit")
+    return state
+
+
+def check_compatible(state: dict[str, Any], *, domain: str, method: str, model: torch.nn.Module, path: Path) -> None:
+    """Refuse a checkpoint from another domain/method or with other parameter shapes."""
+    if state.get("domain") != domain or state.get("method") != method:
+        raise UserError(
+            f"checkpoint {path} was written by {state.get('domain')}/{state.get('method')}, "
+            f"not {domain}/{method} — point --out at a run of this recipe or drop --resume"
+        )
+    mine = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    theirs = {k: tuple(v.shape) for k, v in state["model"].items()}
+    if mine != theirs:
+        diff = sorted(set(mine.items()) ^ set(theirs.items()))[:3]
+        raise UserError(
+            f"checkpoint {path} does not fit this model (differs at {', '.join(k for k, _ in diff)}) — "
+            "resume with the recipe the run was started with (see its recipe.yaml)"
+        )

@@ -1,0 +1,54 @@
+"""Typer options shared by every domain, so the verbs read alike everywhere."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+RecipeOpt = Annotated[str, typer.Option("--recipe", "-r", help="Shipped recipe name (see `sslkit recipes list`) or a YAML path.")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a recipe key, e.g. --set train.lr=3e-4 (repeatable).")]
+OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="Run folder to write (default runs/<domain>-<method>-<time>).")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing run folder / output file.")]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")]
+DevicesOpt = Annotated[int, typer.Option("--devices", help="Processes to start on this machine (relaunches under torchrun).", min=1)]
+SeedsOpt = Annotated[int, typer.Option("--seeds", help="Repeat the evaluation over this many seeds (mean ± std).", min=1)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+RunArg = Annotated[Path, typer.Argument(help="A run folder written by `pretrain`.")]
+
+
+def maybe_relaunch(devices: int) -> None:
+    """With --devices N > 1 outside torchrun, re-run this very command under torchrun and exit with its code."""
+    if devices <= 1 or "RANK" in os.environ:
+        return
+    args, skip = [], False
+    for a in sys.argv[1:]:
+        if skip:
+            skip = False
+            continue
+        if a == "--devices":
+            skip = True
+            continue
+        if a.startswith("--devices="):
+            continue
+        args.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={devices}", "-m", "sslkit", *args]
+    print(f"launching {devices} processes: {' '.join(cmd[2:])}", file=sys.stderr, flush=True)
+    raise typer.Exit(subprocess.call(cmd))
+
+
+def check_paths(paths: list[Path], what: str = "data") -> list[Path]:
+    """Every path must exist; a folder must not be empty."""
+    from sslkit.core.errors import UserError
+
+    if not paths:
+        raise UserError(f"no {what} given — pass a file or folder")
+    for p in paths:
+        if not p.exists():
+            raise UserError(f"{what} path {p} does not exist — check the spelling or the current folder")
+        if p.is_dir() and not any(p.iterdir()):
+            raise UserError(f"{what} folder {p} is empty — point at a folder that holds the files")
+    return paths

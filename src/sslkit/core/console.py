@@ -1,0 +1,28 @@
+"""Output for people goes to stderr (rich); machine output goes to stdout."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from rich.console import Console
+
+console = Console(stderr=True, highlight=False)
+
+
+def info(msg: str) -> None:
+    console.print(msg)
+
+
+def warn(msg: str) -> None:
+    console.print(f"[yellow]warning:[/yellow] {msg}")
+
+
+def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """A rich table on stderr; floats are shown with 4 significant digits."""
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for col in columns:
+        table.add_column(str(col))
+    for row in rows:
+        table.add_row(*[f"{v:.4g}" if isinstance(v, float) else str(v) for v in row])
+    console.print(table)

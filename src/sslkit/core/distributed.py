@@ -1,0 +1,120 @@
+"""torchrun/SLURM detection, process-group setup and the few collectives methods need."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int
+    world_size: int
+    local_rank: int
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def _slurm_env() -> dict[str, str]:
+    """Map SLURM's variables (srun, one task per GPU) onto torchrun's names."""
+    env = {
+        "RANK": os.environ["SLURM_PROCID"],
+        "WORLD_SIZE": os.environ.get("SLURM_NTASKS", "1"),
+        "LOCAL_RANK": os.environ.get("SLURM_LOCALID", "0"),
+    }
+    if "MASTER_ADDR" not in os.environ:
+        nodes = os.environ.get("SLURM_JOB_NODELIST", os.environ.get("SLURM_NODELIST", "127.0.0.1"))
+        # first host of "node[01-04],other" -> "node01"; use `scontrol show hostnames` in the sbatch script for odd lists
+        first = nodes.split(",")[0]
+        if "[" in first:
+            base, rng = first.split("[", 1)
+            first = base + rng.rstrip("]").split("-")[0].split(",")[0]
+        env["MASTER_ADDR"] = first
+    env.setdefault("MASTER_PORT", os.environ.get("MASTER_PORT", "29500"))
+    return env
+
+
+def dist_env() -> DistEnv:
+    """Rank/world from torchrun (RANK, WORLD_SIZE, LOCAL_RANK) or srun (SLURM_PROCID, ...)."""
+    if "RANK" not in os.environ and "SLURM_PROCID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        os.environ.update(_slurm_env())
+    return DistEnv(
+        rank=int(os.environ.get("RANK", 0)),
+        world_size=int(os.environ.get("WORLD_SIZE", 1)),
+        local_rank=int(os.environ.get("LOCAL_RANK", 0)),
+    )
+
+
+def init_distributed(device: torch.device) -> DistEnv:
+    """Start the process group once (NCCL on CUDA, gloo otherwise); no-op for one process."""
+    env = dist_env()
+    if env.is_distributed and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend=backend, rank=env.rank, world_size=env.world_size)
+    return env
+
+
+def is_main() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def broadcast_object(obj: object) -> object:
+    """Rank 0's value everywhere (e.g. a run folder name)."""
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> tuple[torch.Tensor, ...]:  # noqa: ANN001
+        out = [torch.zeros_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(out, x.contiguous())
+        return tuple(out)
+
+    @staticmethod
+    def backward(ctx, *grads: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        stacked = torch.stack(grads)
+        dist.all_reduce(stacked)
+        return stacked[dist.get_rank()]
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate `x` (B, ...) from all ranks along dim 0, keeping gradients for the local part.
+
+    Every rank then computes the loss over the global batch; with DDP's gradient
+    averaging the result equals one process holding the whole batch.
+    """
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return x
+    return torch.cat(_GatherWithGrad.apply(x), dim=0)
+
+
+def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
+    if not dist.is_initialized():
+        return x
+    x = x.clone()
+    dist.all_reduce(x)
+    return x / dist.get_world_size()
+
+
+def cleanup() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,352 @@
+"""`fit()`: the one training loop of sslkit.
+
+Reads top to bottom: pick the device, wrap for DDP, build optimizer, restore the
+checkpoint, then for each optimizer step: accumulate micro-batches under bf16
+autocast, check for non-finite values, clip, step, schedule, EMA hook, log,
+checkpoint, obey SIGTERM/SIGUSR1. Randomness is derived from (seed, epoch, item)
+in data loading and from (seed, step, rank) in `forward`, so `--resume` lands on
+the same weights as an uninterrupted run.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from sslkit.core import distributed
+from sslkit.core.checkpoint import check_compatible, load_checkpoint, save_checkpoint
+from sslkit.core.errors import Interrupted, UserError
+from sslkit.core.optim import build_optimizer
+from sslkit.core.progress import Progress
+from sslkit.core.recipes import TrainConfig
+from sslkit.core.runs import Run
+from sslkit.core.schedules import lr_at
+
+
+@dataclass
+class FitResult:
+    step: int
+    device: torch.device
+    last_loss: float | None
+    seconds: float
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (splitmix-style), stable across processes and runs."""
+    x = 0x9E3779B97F4A7C15
+    for p in parts:
+        x = (x ^ (int(p) + 0x9E3779B97F4A7C15 + (x << 6) + (x >> 2))) & 0xFFFFFFFFFFFFFFFF
+        x = (x * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    return x & 0x7FFFFFFFFFFFFFFF
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (call before building a method so all ranks start alike)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def select_device(spec: str = "auto") -> torch.device:
+    """`auto`: CUDA (this rank's GPU), else MPS, else CPU. An unavailable request is an error, not a fallback."""
+    local_rank = distributed.dist_env().local_rank
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank % torch.cuda.device_count())
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(spec)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"train.device={spec} but CUDA is not available here — use --set train.device=auto or cpu")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank % torch.cuda.device_count())
+    return device
+
+
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """bf16 autocast where the hardware has it (CUDA with bf16, CPUs with AVX512-BF16/AMX)."""
+    if precision == "fp32":
+        return False
+    if device.type == "cuda":
+        supported = torch.cuda.is_bf16_supported()
+    elif device.type == "cpu":
+        supported = bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)())
+    else:
+        supported = False
+    if precision == "bf16" and not supported:
+        raise UserError(f"train.precision=bf16 is not supported on {device} — use --set train.precision=fp32")
+    return supported
+
+
+class SeededItems(Dataset):
+    """Wraps a dataset so item `i` of epoch `e` always sees the same random state."""
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> Any:
+        s = derive_seed(self.seed, self.epoch, index)
+        random.seed(s)
+        np.random.seed(s % 2**32)
+        torch.default_generator.manual_seed(s)  # CPU generator only: 1 µs instead of 70 µs for torch.manual_seed
+        return self.dataset[index]
+
+
+class ShardedSampler(Sampler[int]):
+    """DistributedSampler-style shuffled shard per rank that can start mid-epoch (for resume)."""
+
+    def __init__(self, n: int, rank: int, world: int, seed: int, epoch: int, start: int = 0, shuffle: bool = True):
+        self.n, self.rank, self.world, self.seed, self.epoch, self.start, self.shuffle = n, rank, world, seed, epoch, start, shuffle
+
+    def indices(self) -> list[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, 7))
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = list(range(self.n))
+        per_rank = self.n // self.world
+        return order[self.rank : per_rank * self.world : self.world]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices()[self.start :])
+
+    def __len__(self) -> int:
+        return self.n // self.world - self.start
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """Move tensors inside dicts/lists/tuples to `device` (non_blocking from pinned memory)."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        moved = [to_device(v, device) for v in batch]
+        return type(batch)(moved) if isinstance(batch, list) else tuple(moved)
+    return batch
+
+
+class _StopSignals:
+    """SIGTERM/SIGUSR1/SIGINT set a flag; the loop checkpoints and exits at the next step boundary."""
+
+    NAMES = ("SIGTERM", "SIGUSR1", "SIGINT")
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopSignals:
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for name in self.NAMES:
+                sig = getattr(signal, name, None)
+                if sig is not None:
+                    self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:  # noqa: ARG002
+        self.received = signal.Signals(signum).name
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _any_rank(flag: bool, device: torch.device) -> bool:
+    """True if `flag` is set on any rank (keeps every rank stopping at the same step)."""
+    if not torch.distributed.is_initialized():
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    torch.distributed.all_reduce(t)
+    return bool(t.item() > 0)
+
+
+def _plan(train: TrainConfig, n_items: int, world: int) -> tuple[int, int, int]:
+    """(micro batch per rank, accumulation steps, usable micro-batches per epoch per rank)."""
+    micro = train.micro_batch_size or max(1, train.batch_size // world)
+    if train.batch_size % (micro * world):
+        raise UserError(f"train.batch_size={train.batch_size} is not a multiple of micro batch {micro} × {world} "
+                        "process(es) — change train.batch_size or train.micro_batch_size")
+    accum = train.batch_size // (micro * world)
+    per_epoch = (n_items // world) // micro // accum * accum
+    if per_epoch == 0:
+        raise UserError(f"the data has {n_items} items, fewer than one global batch of {train.batch_size} — "
+                        f"lower train.batch_size (e.g. --set train.batch_size={max(1, n_items // 2)}) or add data")
+    return micro, accum, per_epoch
+
+
+def fit(
+    method: nn.Module,
+    dataset: Dataset,
+    train: TrainConfig,
+    run: Run,
+    *,
+    collate_fn: Callable | None = None,
+    resume: bool = False,
+    until: int | None = None,
+    shuffle: bool = True,
+) -> FitResult:
+    """Train `method` (forward(batch) -> (loss, metrics)) on `dataset` for `train.steps` optimizer steps.
+
+    `until` stops early at that step after writing a checkpoint (time-boxed jobs, resume tests).
+    """
+    t_start = time.perf_counter()
+    device = select_device(train.device)
+    env = distributed.init_distributed(device)
+    bf16 = use_bf16(train.precision, device)
+    micro, accum, per_epoch = _plan(train, len(dataset), env.world_size)  # type: ignore[arg-type]
+    base_lr = train.lr * (train.batch_size / train.lr_scale_batch if train.lr_scale_batch else 1.0)
+
+    method.to(device)
+    if train.sync_batchnorm and env.is_distributed:
+        method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
+    core = method
+    optimizer = build_optimizer(core, train, base_lr)
+    step, epoch, batch_in_epoch = 0, 0, 0
+    if resume:
+        state = load_checkpoint(run.checkpoint_path, map_location=device)
+        saved = run.recipe_dict
+        check_compatible(state, domain=saved["domain"], method=saved["method"], model=core, path=run.checkpoint_path)
+        core.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        _truncate_metrics(run, step)
+    model: nn.Module = core
+    if env.is_distributed:
+        ids = [device.index] if device.type == "cuda" else None
+        model = nn.parallel.DistributedDataParallel(
+            core, device_ids=ids, find_unused_parameters=getattr(core, "ddp_find_unused_parameters", False))
+    forward = torch.compile(model) if train.compile else model
+
+    def checkpoint() -> None:
+        if distributed.is_main():
+            save_checkpoint(run.checkpoint_path, {
+                "domain": run.recipe_dict["domain"], "method": run.recipe_dict["method"],
+                "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
+                "model": core.state_dict(), "optimizer": optimizer.state_dict(),
+                "encoder_spec": json.dumps(core.encoder_spec()) if hasattr(core, "encoder_spec") else None})
+        distributed.barrier()
+
+    items = SeededItems(dataset, train.seed)
+    samples_per_step = micro * accum * env.world_size
+    progress = Progress(total=train.steps, start=step, enabled=distributed.is_main())
+    writer = _tensorboard(run) if train.tensorboard and distributed.is_main() else None
+    last_loss: float | None = None
+    stop_at = min(train.steps, until) if until is not None else train.steps
+    with _StopSignals() as signals, progress:
+        while step < stop_at:
+            items.epoch = epoch
+            sampler = ShardedSampler(len(items), env.rank, env.world_size, train.seed, epoch, batch_in_epoch * micro, shuffle)
+            loader = DataLoader(items, batch_size=micro, sampler=sampler, drop_last=True, collate_fn=collate_fn,
+                                num_workers=train.num_workers, pin_memory=device.type == "cuda",
+                                persistent_workers=False)
+            it = iter(loader)
+            while step < stop_at and batch_in_epoch < per_epoch:
+                t0 = time.perf_counter()
+                wait = 0.0
+                loss_sum, metric_sums, bad = 0.0, {}, None
+                for k in range(accum):
+                    tw = time.perf_counter()
+                    batch = to_device(next(it), device)
+                    wait += time.perf_counter() - tw
+                    torch.manual_seed(derive_seed(train.seed, step, k, env.rank, 11))
+                    sync = model.no_sync() if env.is_distributed and k < accum - 1 else _nullcontext()
+                    with sync, torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                        loss, metrics = forward(batch)
+                        (loss / accum).backward()
+                    value = float(loss.detach())
+                    if not math.isfinite(value) and bad is None:
+                        bad = f"loss became {value} at step {step + 1}"
+                    loss_sum += value / accum
+                    for name, v in metrics.items():
+                        metric_sums[name] = metric_sums.get(name, 0.0) + float(v) / accum
+                    batch_in_epoch += 1
+                grad_norm = torch.nn.utils.clip_grad_norm_(
+                    [p for p in core.parameters() if p.grad is not None], train.clip_grad or float("inf"))
+                if bad is None and not torch.isfinite(grad_norm):
+                    bad = f"gradient norm became {float(grad_norm)} at step {step + 1}"
+                if _any_rank(bad is not None, device):
+                    run.log({"step": step + 1, "event": "non-finite", "detail": bad or "on another rank"})
+                    kept = f"the last good checkpoint ({run.checkpoint_path}) is kept" if run.checkpoint_path.exists() \
+                        else "no checkpoint was written before it"
+                    raise UserError(f"{bad or f'non-finite values on another rank at step {step + 1}'}; {kept} — "
+                                    "lower train.lr, set train.clip_grad, use --set train.precision=fp32, or check the data for NaN/Inf")
+                lr = lr_at(step, train, base_lr)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr * group.get("lr_mult", 1.0)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                if hasattr(core, "after_step"):
+                    core.after_step(step, train.steps)
+                last_loss = loss_sum
+                dt = time.perf_counter() - t0
+                progress.update(step, loss_sum, samples_per_step / max(dt, 1e-9), wait / max(dt, 1e-9), lr)
+                if step % train.log_every == 0 or step == stop_at:
+                    record = {"step": step, "epoch": epoch, "loss": loss_sum, "lr": lr,
+                              "samples_per_s": samples_per_step / max(dt, 1e-9), "data_wait": wait / max(dt, 1e-9),
+                              "grad_norm": float(grad_norm), **metric_sums}
+                    run.log(record)
+                    if writer is not None:
+                        for name, v in record.items():
+                            if name not in ("step", "epoch"):
+                                writer.add_scalar(name, v, step)
+                if step % train.checkpoint_every == 0 or step == stop_at:
+                    checkpoint()
+                if _any_rank(signals.received is not None, device):
+                    if step % train.checkpoint_every and step != stop_at:
+                        checkpoint()
+                    raise Interrupted(f"stopped by {signals.received or 'a signal on another rank'} at step {step}; "
+                                      f"checkpoint saved in {run.checkpoint_path} — continue with --resume")
+            if batch_in_epoch >= per_epoch:
+                epoch, batch_in_epoch = epoch + 1, 0
+    if writer is not None:
+        writer.close()
+    if distributed.is_main():
+        from sslkit.core.plots import loss_curve
+
+        loss_curve(run.metrics(), run.path("plots", "loss.png"), title=f"{run.recipe_dict['domain']} / {run.recipe_dict['method']}")
+    return FitResult(step=step, device=device, last_loss=last_loss, seconds=time.perf_counter() - t_start)
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+def _truncate_metrics(run: Run, step: int) -> None:
+    """Drop metric lines logged after the checkpoint we resume from (they will be logged again)."""
+    if not distributed.is_main():
+        return
+    kept = [r for r in run.metrics() if r.get("step", 0) <= step]
+    from sslkit.core.checkpoint import atomic_write_text
+
+    atomic_write_text(run.path("metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in kept))
+
+
+def _tensorboard(run: Run) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        print("warning: train.tensorboard=true but tensorboard is not installed — pip install tensorboard", file=sys.stderr)
+        return None
+    return SummaryWriter(log_dir=str(run.path("tensorboard")))
+

@@ -1,0 +1,61 @@
+"""Pictures every run gets: the loss curve (and an embedding map for domains that want one)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def loss_curve(records: list[dict[str, Any]], path: Path, title: str = "") -> Path | None:
+    """Loss (and learning rate on a twin axis) against optimizer step; None when nothing was logged."""
+    points = [(r["step"], r["loss"]) for r in records if "loss" in r and "step" in r]
+    if not points:
+        return None
+    plt = _pyplot()
+    steps, losses = map(np.asarray, zip(*points))
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
+    ax.plot(steps, losses, color="tab:blue", lw=1.5, label="loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss", color="tab:blue")
+    lrs = [(r["step"], r["lr"]) for r in records if "lr" in r]
+    if lrs:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*lrs), color="tab:gray", lw=1, ls="--")
+        ax2.set_ylabel("learning rate", color="tab:gray")
+    ax.set_title(title or "training loss")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def embedding_map(vectors: np.ndarray, labels: np.ndarray | None, path: Path, title: str = "") -> Path:
+    """2-D PCA scatter of embeddings (N, D), coloured by label when given."""
+    plt = _pyplot()
+    x = vectors - vectors.mean(0, keepdims=True)
+    _, _, vt = np.linalg.svd(x[: min(len(x), 20000)], full_matrices=False)
+    xy = x @ vt[:2].T
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=120)
+    ax.scatter(xy[:, 0], xy[:, 1], c=labels if labels is not None else "tab:blue", s=4, cmap="tab10", alpha=0.7)
+    ax.set_title(title or "embeddings (PCA)")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

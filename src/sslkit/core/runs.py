@@ -1,0 +1,180 @@
+"""Run folders: resolved recipe, manifest, metrics, checkpoints, exported encoder, plots.
+
+    runs/<name>/
+      recipe.yaml  manifest.json  metrics.jsonl
+      checkpoints/last.pt  encoder/{encoder.safetensors,config.json}  plots/loss.png
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sslkit.core import distributed
+from sslkit.core.checkpoint import atomic_write_text
+from sslkit.core.errors import UserError
+from sslkit.core.recipes import Recipe, recipe_to_yaml
+
+
+def git_sha() -> str | None:
+    """Commit of the sslkit source tree, when it is a git checkout."""
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def data_fingerprint(paths: list[Path], limit: int = 20000) -> dict[str, Any]:
+    """Hash of file names, sizes and mtimes (not contents: cheap on terabytes)."""
+    digest = hashlib.sha256()
+    count = total = 0
+    for root in paths:
+        root = Path(root)
+        files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+        for f in files[:limit]:
+            st = f.stat()
+            digest.update(f"{f}|{st.st_size}|{int(st.st_mtime)}".encode())
+            count += 1
+            total += st.st_size
+    return {"sha256": digest.hexdigest()[:16], "files": count, "bytes": total,
+            "paths": [str(Path(p).resolve()) for p in paths]}
+
+
+def _versions() -> dict[str, str]:
+    import numpy
+    import torch
+
+    import sslkit
+
+    return {"sslkit": sslkit.__version__, "python": platform.python_version(),
+            "torch": torch.__version__, "numpy": numpy.__version__}
+
+
+class Run:
+    """A run folder; rank 0 alone writes to it."""
+
+    def __init__(self, path: Path) -> None:
+        self.dir = Path(path)
+
+    # -- creation -----------------------------------------------------------------
+    @classmethod
+    def open(
+        cls,
+        out: Path | None,
+        *,
+        domain: str,
+        recipe: Recipe,
+        command: list[str] | None = None,
+        data_paths: list[Path] = (),
+        overwrite: bool = False,
+        resume: bool = False,
+    ) -> Run:
+        """Create (or re-open for --resume) a run folder; all ranks agree on its path."""
+        if overwrite and resume:
+            raise UserError("--overwrite and --resume contradict each other — pick one")
+        if out is None:
+            if resume:
+                raise UserError("--resume needs --out pointing at the run folder to continue")
+            stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+            out = Path("runs") / f"{domain}-{recipe.method}-{stamp}"
+            out = Path(distributed.broadcast_object(str(out)))
+        run = cls(Path(out))
+        exists = run.dir.exists() and any(run.dir.iterdir())
+        if resume:
+            if not run.checkpoint_path.is_file():
+                raise UserError(f"--resume: no checkpoint at {run.checkpoint_path} — start a new run without --resume")
+            saved = run.recipe_dict
+            if saved.get("domain") != domain:
+                raise UserError(f"--resume: {run.dir} is a {saved.get('domain')} run, not {domain} — pick a {domain} run")
+        elif exists and not overwrite:
+            raise UserError(f"run folder {run.dir} already exists — pass --overwrite to replace it, "
+                            "--resume to continue it, or choose another --out")
+        distributed.barrier()
+        if distributed.is_main():
+            if exists and overwrite:
+                shutil.rmtree(run.dir)
+            run.dir.mkdir(parents=True, exist_ok=True)
+            (run.dir / "checkpoints").mkdir(exist_ok=True)
+            if not resume:
+                atomic_write_text(run.dir / "recipe.yaml", recipe_to_yaml(recipe))
+                (run.dir / "metrics.jsonl").unlink(missing_ok=True)
+            run._write_manifest(domain, recipe, command or sys.argv, data_paths, resume)
+        distributed.barrier()
+        return run
+
+    def _write_manifest(self, domain: str, recipe: Recipe, command: list[str], data_paths, resume: bool) -> None:
+        import torch
+
+        previous = self.manifest if resume else {}
+        manifest = {
+            "domain": domain,
+            "method": recipe.method,
+            "created": previous.get("created", _dt.datetime.now().isoformat(timespec="seconds")),
+            "resumed": previous.get("resumed", []) + ([_dt.datetime.now().isoformat(timespec="seconds")] if resume else []),
+            "command": list(command),
+            "cwd": os.getcwd(),
+            "host": platform.node(),
+            "git_sha": git_sha(),
+            "versions": _versions(),
+            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu",
+            "world_size": distributed.dist_env().world_size,
+            "data": data_fingerprint([Path(p) for p in data_paths]) if data_paths else None,
+        }
+        atomic_write_text(self.dir / "manifest.json", json.dumps(manifest, indent=2))
+
+    @classmethod
+    def load(cls, path: Path, domain: str | None = None) -> Run:
+        """An existing run (for embed/evaluate/export); checks it belongs to `domain`."""
+        run = cls(Path(path))
+        if not (run.dir / "recipe.yaml").is_file():
+            raise UserError(f"{run.dir} is not an sslkit run folder (no recipe.yaml) — pass the folder `pretrain` wrote")
+        if domain is not None and run.recipe_dict.get("domain") != domain:
+            raise UserError(f"{run.dir} is a {run.recipe_dict.get('domain')} run, not {domain} — pass a {domain} run")
+        return run
+
+    # -- contents -------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.dir / "checkpoints" / "last.pt"
+
+    @property
+    def recipe_dict(self) -> dict[str, Any]:
+        path = self.dir / "recipe.yaml"
+        if not path.is_file():
+            raise UserError(f"{self.dir} has no recipe.yaml — it is not an sslkit run folder")
+        return yaml.safe_load(path.read_text())
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        path = self.dir / "manifest.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    def update_manifest(self, **fields: Any) -> None:
+        """Add domain facts (skipped files, preprocessing summary) to manifest.json."""
+        if distributed.is_main():
+            atomic_write_text(self.dir / "manifest.json", json.dumps({**self.manifest, **fields}, indent=2))
+
+    def path(self, *parts: str) -> Path:
+        return self.dir.joinpath(*parts)
+
+    def log(self, record: dict[str, Any]) -> None:
+        if distributed.is_main():
+            with open(self.dir / "metrics.jsonl", "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+
+    def metrics(self) -> list[dict[str, Any]]:
+        path = self.dir / "metrics.jsonl"
+        if not path.is_file():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

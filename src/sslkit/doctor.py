@@ -1,0 +1,83 @@
+"""`sslkit doctor`: what this machine can run, and what to install for the rest."""
+from __future__ import annotations
+
+import importlib
+import json
+import platform
+import sys
+from typing import Any
+
+EXTRAS: dict[str, list[str]] = {
+    "medical3d": ["monai", "nibabel", "nilearn", "einops", "pydicom"],
+    "pathology": ["openslide", "tifffile", "imagecodecs"],
+    "audio": ["torchaudio", "soundfile"],
+    "graph": ["torch_geometric", "networkx"],
+    "lidar": ["open3d"],
+    "tabular": ["pyarrow", "pandas"],
+}
+# Known system-library gaps and their Debian fixes.
+APT_HINTS = {"libusb-1.0": "apt-get install libusb-1.0-0", "libgomp": "apt-get install libgomp1",
+             "libGL": "apt-get install libgl1"}
+
+
+def _check(module: str) -> tuple[bool, str]:
+    try:
+        mod = importlib.import_module(module)
+    except Exception as exc:  # any import failure is a finding to report, not a crash
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        for lib, fix in APT_HINTS.items():
+            if lib in msg:
+                return False, f"{msg} (fix: {fix})"
+        return False, msg
+    return True, str(getattr(mod, "__version__", "ok"))
+
+
+def collect() -> dict[str, Any]:
+    import torch
+
+    from sslkit import __version__
+    from sslkit.core.loop import use_bf16
+
+    cuda = torch.cuda.is_available()
+    devices = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else []
+    info: dict[str, Any] = {
+        "sslkit": __version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "cuda_available": cuda,
+        "cuda_version": torch.version.cuda,
+        "gpus": devices,
+        "bf16_cuda": bool(cuda and torch.cuda.is_bf16_supported()),
+        "bf16_cpu": use_bf16("auto", torch.device("cpu")),
+        "cpu_threads": torch.get_num_threads(),
+        "domains": {},
+    }
+    for domain, modules in EXTRAS.items():
+        results = {m: _check(m) for m in modules}
+        missing = [m for m, (ok, _) in results.items() if not ok]
+        info["domains"][domain] = {
+            "ok": not missing,
+            "modules": {m: v for m, (_, v) in results.items()},
+            "install": f"pip install 'sslkit[{domain}]'" if missing else "",
+        }
+    return info
+
+
+def report(as_json: bool = False) -> None:
+    from sslkit.core.console import console, print_table
+
+    info = collect()
+    if as_json:
+        print(json.dumps(info, indent=2))
+        return
+    console.print(f"sslkit {info['sslkit']}  python {info['python']}  torch {info['torch']}  ({info['platform']})")
+    gpus = ", ".join(info["gpus"]) or "none"
+    console.print(f"CUDA: {'yes ' + str(info['cuda_version']) if info['cuda_available'] else 'no'}  GPUs: {gpus}  "
+                  f"bf16: cuda={info['bf16_cuda']} cpu={info['bf16_cpu']}  CPU threads: {info['cpu_threads']}")
+    rows = []
+    for domain, d in info["domains"].items():
+        detail = "; ".join(f"{m} {v}" for m, v in d["modules"].items())
+        rows.append([domain, "ok" if d["ok"] else "missing", detail if d["ok"] else f"{detail} — {d['install']}"])
+    print_table("domain extras", ["domain", "status", "details"], rows)
+    sys.stdout.flush()

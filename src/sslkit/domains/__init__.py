@@ -1,0 +1,1 @@
+"""One sub-package per data domain. Domains never import each other."""
