@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+import sslkit
+from sslkit.core.checkpoint import check_compatible, load_checkpoint, save_checkpoint
+from sslkit.core.errors import UserError
+from sslkit.core.export import export_encoder, encoder_spec, load_encoder
+from sslkit.domains.toy.model import MLPEncoder
+
+
+class _Evil:
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # noqa: ANN204
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_pickle_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "last.pt"
+    torch.save({"format": 1, "model": _Evil(str(marker))}, path)
+    with pytest.raises(UserError, match="refused"):
+        load_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_raw_pickle_file_is_refused(tmp_path):
+    marker = tmp_path / "pwned2"
+    path = tmp_path / "last.pt"
+    path.write_bytes(pickle.dumps(_Evil(str(marker))))
+    with pytest.raises(UserError):
+        load_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_truncated_checkpoint_is_a_user_error(tmp_path):
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"model": {"w": torch.ones(1000)}})
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match="corrupt or truncated"):
+        load_checkpoint(path)
+
+
+def test_atomic_save_leaves_no_temp_and_round_trips(tmp_path):
+    path = tmp_path / "ck" / "last.pt"
+    save_checkpoint(path, {"step": 3, "model": {"w": torch.arange(4.0)}})
+    assert load_checkpoint(path)["step"] == 3
+    assert [p.name for p in path.parent.iterdir()] == ["last.pt"]
+
+
+def test_checkpoint_from_other_domain_or_architecture_is_refused(tmp_path):
+    model = MLPEncoder(8, 16, 4)
+    state = {"domain": "toy", "method": "vicreg", "model": model.state_dict()}
+    check_compatible(state, domain="toy", method="vicreg", model=model, path=tmp_path)
+    with pytest.raises(UserError, match="written by toy/vicreg"):
+        check_compatible(state, domain="graph", method="scgc", model=model, path=tmp_path)
+    with pytest.raises(UserError, match="does not fit this model"):
+        check_compatible(state, domain="toy", method="vicreg", model=MLPEncoder(8, 32, 4), path=tmp_path)
+
+
+def test_export_and_load_encoder_round_trip(tmp_path):
+    enc = MLPEncoder(8, 16, 4)
+    export_encoder(enc, encoder_spec("toy", "mlp", in_dim=8, hidden_dim=16, out_dim=4), tmp_path / "enc")
+    loaded = sslkit.load_encoder(tmp_path / "enc")
+    x = torch.randn(3, 8)
+    assert torch.equal(enc(x), loaded(x))
+    assert not loaded.training
+    assert sorted(p.name for p in (tmp_path / "enc").iterdir()) == ["config.json", "encoder.safetensors"]
+
+
+def test_load_encoder_on_a_folder_without_export(tmp_path):
+    with pytest.raises(UserError, match="no exported encoder"):
+        load_encoder(tmp_path)

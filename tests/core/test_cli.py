@@ -1,0 +1,133 @@
+"""The root CLI: help is light and fast, errors are one line with exit code 2, recipes, doctor."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.conftest import sslkit_cmd
+
+HEAVY = ["monai", "openslide", "open3d", "torch_geometric", "torchaudio"]
+
+
+def test_help_lists_domains_and_imports_no_heavy_library():
+    code = ("import sys, runpy; sys.argv=['sslkit','--help'];\n"
+            "try:\n    runpy.run_module('sslkit', run_name='__main__')\nexcept SystemExit: pass\n"
+            f"bad=[m for m in {HEAVY!r} if m in sys.modules]; print('HEAVY', bad)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "HEAVY []" in out.stdout, out.stdout[-500:]
+    for name in ("medical3d", "pathology", "audio", "graph", "lidar", "tabular", "doctor", "recipes"):
+        assert name in out.stdout
+
+
+@pytest.mark.parametrize("domain", ["medical3d", "pathology", "audio", "graph", "lidar", "tabular", "toy"])
+def test_every_domain_has_help(domain):
+    out = sslkit_cmd(domain, "--help")
+    assert out.returncode == 0, out.stderr
+    assert "Usage" in out.stdout
+
+
+def test_unbuilt_domain_says_so_plainly():
+    out = sslkit_cmd("pathology")
+    assert out.returncode == 2
+    assert "not built yet" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_version():
+    out = sslkit_cmd("--version")
+    assert out.returncode == 0 and out.stdout.startswith("sslkit ")
+
+
+def test_doctor_reports_versions_and_extras():
+    out = sslkit_cmd("doctor", "--json")
+    assert out.returncode == 0, out.stderr
+    info = json.loads(out.stdout)
+    assert info["torch"] == torch.__version__
+    assert info["cuda_available"] == torch.cuda.is_available()
+    assert set(info["domains"]) == {"medical3d", "pathology", "audio", "graph", "lidar", "tabular"}
+    assert info["domains"]["tabular"]["ok"] is True
+
+
+def test_recipes_list_show_copy(tmp_path):
+    out = sslkit_cmd("recipes", "list", "--domain", "toy")
+    assert out.returncode == 0 and "toy/tiny" in out.stdout
+    show = sslkit_cmd("recipes", "show", "toy/tiny")
+    assert "method: vicreg" in show.stdout
+    copied = sslkit_cmd("recipes", "copy", "toy/tiny", str(tmp_path))
+    assert copied.returncode == 0
+    assert (tmp_path / "tiny.yaml").read_text() == show.stdout
+    again = sslkit_cmd("recipes", "copy", "toy/tiny", str(tmp_path))
+    assert again.returncode == 2 and "--overwrite" in again.stderr
+
+
+def _one_line_exit_2(out: subprocess.CompletedProcess, needle: str) -> None:
+    assert out.returncode == 2, (out.returncode, out.stderr)
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], out.stderr
+
+
+def test_bad_input_gets_one_line_and_exit_2(tmp_path):
+    _one_line_exit_2(sslkit_cmd("toy", "pretrain", str(tmp_path / "missing.npy"), "--out", str(tmp_path / "r")),
+                     "missing.npy")
+    _one_line_exit_2(sslkit_cmd("toy", "pretrain", "--recipe", "nosuch"), "choose one of")
+    _one_line_exit_2(sslkit_cmd("toy", "pretrain", "--set", "train.lrr=1"), "valid keys under 'train'")
+    _one_line_exit_2(sslkit_cmd("toy", "pretrain", "--set", "train.steps=abc"), "train.steps")
+    _one_line_exit_2(sslkit_cmd("toy", "pretrain", "--out", str(tmp_path / "nothing"), "--resume"), "no checkpoint")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _one_line_exit_2(sslkit_cmd("toy", "embed", str(empty), "--out", str(tmp_path / "e.parquet")), "not an sslkit run")
+
+
+def test_run_folder_is_never_overwritten_without_flag(tmp_path):
+    run = tmp_path / "run"
+    first = sslkit_cmd("toy", "pretrain", "--out", str(run), "--set", "train.steps=5")
+    assert first.returncode == 0, first.stderr
+    before = (run / "checkpoints" / "last.pt").read_bytes()
+    second = sslkit_cmd("toy", "pretrain", "--out", str(run), "--set", "train.steps=5")
+    _one_line_exit_2(second, "--overwrite")
+    assert (run / "checkpoints" / "last.pt").read_bytes() == before
+    third = sslkit_cmd("toy", "pretrain", "--out", str(run), "--set", "train.steps=5", "--set", "train.seed=1", "--overwrite")
+    assert third.returncode == 0
+    assert (run / "checkpoints" / "last.pt").read_bytes() != before
+
+
+def test_corrupt_checkpoint_on_resume(tmp_path):
+    run = tmp_path / "run"
+    assert sslkit_cmd("toy", "pretrain", "--out", str(run), "--set", "train.steps=5").returncode == 0
+    ck = run / "checkpoints" / "last.pt"
+    ck.write_bytes(ck.read_bytes()[:100])
+    _one_line_exit_2(sslkit_cmd("toy", "pretrain", "--out", str(run), "--resume"), "corrupt")
+
+
+def test_toy_end_to_end_pretrain_embed_evaluate_export(tmp_path):
+    run = tmp_path / "run"
+    out = sslkit_cmd("toy", "pretrain", "--out", str(run))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(run)
+    for name in ("recipe.yaml", "manifest.json", "metrics.jsonl", "checkpoints/last.pt", "encoder/config.json",
+                 "plots/loss.png"):
+        assert (run / name).exists(), name
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["versions"]["torch"] == torch.__version__ and "toy" in manifest["command"]
+    emb = sslkit_cmd("toy", "embed", str(run), "--out", str(tmp_path / "e.parquet"))
+    assert emb.returncode == 0, emb.stderr
+    from sslkit.core.embeddings import read_embeddings
+
+    ids, z = read_embeddings(tmp_path / "e.parquet")
+    assert z.shape == (2048, 32) and list(ids[:3]) == [0, 1, 2]
+    ev = sslkit_cmd("toy", "evaluate", str(run), "--seeds", "2", "--json")
+    assert ev.returncode == 0, ev.stderr
+    res = json.loads(ev.stdout)
+    # the pretrained encoder must organise the clusters better than chance (8 classes -> 0.125)
+    assert res["embeddings"]["knn_acc"][0] > 0.5
+    exp = sslkit_cmd("toy", "export", str(run), "--out", str(tmp_path / "exported"))
+    assert exp.returncode == 0, exp.stderr
+    import sslkit
+
+    enc = sslkit.load_encoder(tmp_path / "exported")
+    x = torch.randn(4, 32)
+    ref = sslkit.load_encoder(run)
+    assert torch.allclose(enc(x), ref(x))
