@@ -162,3 +162,26 @@ def test_two_process_gloo_run_matches_one_process(tmp_path):
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-4), k
     assert json.loads((tmp_path / "two" / "manifest.json").read_text())["world_size"] == 2
+
+
+def test_devices_flag_launches_torchrun(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "sslkit", "toy", "pretrain", "--devices", "2", "--out", str(tmp_path / "r"),
+                          "--set", "train.steps=4"], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr
+    assert "launching 2 processes" in out.stderr
+    assert json.loads((tmp_path / "r" / "manifest.json").read_text())["world_size"] == 2
+
+
+def test_tensorboard_events_are_written_when_asked(tmp_path):
+    pytest.importorskip("tensorboard")
+    _train(tmp_path / "tb", train={"steps": 10, "tensorboard": True})
+    events = list((tmp_path / "tb" / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 100
+
+
+def test_lars_and_infinite_schedule_train(tmp_path):
+    _, res, run = _train(tmp_path / "lars", train={"steps": 20, "optimizer": "lars", "schedule": "infinite",
+                                                   "lr": 0.05, "warmup_steps": 2})
+    lrs = [r["lr"] for r in run.metrics()]
+    assert res.step == 20 and lrs[0] > lrs[-1] > 0
