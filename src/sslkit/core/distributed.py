@@ -1,11 +1,14 @@
-"""torchrun/SLURM detection, process-group setup and the few collectives methods need."""
+"""torchrun/SLURM detection, device choice, process-group setup and the few collectives methods need."""
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from sslkit.core.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,23 @@ def dist_env() -> DistEnv:
     )
 
 
+def select_device(spec: str = "auto") -> torch.device:
+    """`auto`: CUDA (this rank's GPU), else MPS, else CPU. An unavailable request is an error, not a fallback."""
+    local_rank = dist_env().local_rank
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank % torch.cuda.device_count())
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(spec)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"train.device={spec} but CUDA is not available here — use --set train.device=auto or cpu")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank % torch.cuda.device_count())
+    return device
+
+
 def init_distributed(device: torch.device) -> DistEnv:
     """Start the process group once (NCCL on CUDA, gloo otherwise); no-op for one process."""
     env = dist_env()
@@ -57,6 +77,7 @@ def init_distributed(device: torch.device) -> DistEnv:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group(backend=backend, rank=env.rank, world_size=env.world_size)
+        atexit.register(cleanup)
     return env
 
 

@@ -57,23 +57,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def select_device(spec: str = "auto") -> torch.device:
-    """`auto`: CUDA (this rank's GPU), else MPS, else CPU. An unavailable request is an error, not a fallback."""
-    local_rank = distributed.dist_env().local_rank
-    if spec == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", local_rank % torch.cuda.device_count())
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    device = torch.device(spec)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"train.device={spec} but CUDA is not available here — use --set train.device=auto or cpu")
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local_rank % torch.cuda.device_count())
-    return device
-
-
 def use_bf16(precision: str, device: torch.device) -> bool:
     """bf16 autocast where the hardware has it (CUDA with bf16, CPUs with AVX512-BF16/AMX)."""
     if precision == "fp32":
@@ -206,7 +189,7 @@ def fit(
     `until` stops early at that step after writing a checkpoint (time-boxed jobs, resume tests).
     """
     t_start = time.perf_counter()
-    device = select_device(train.device)
+    device = distributed.select_device(train.device)
     env = distributed.init_distributed(device)
     bf16 = use_bf16(train.precision, device)
     micro, accum, per_epoch = _plan(train, len(dataset), env.world_size)  # type: ignore[arg-type]
@@ -297,7 +280,7 @@ def fit(
                 last_loss = loss_sum
                 dt = time.perf_counter() - t0
                 progress.update(step, loss_sum, samples_per_step / max(dt, 1e-9), wait / max(dt, 1e-9), lr)
-                if step % train.log_every == 0 or step == stop_at:
+                if step % train.log_every == 0 or step == train.steps:
                     record = {"step": step, "epoch": epoch, "loss": loss_sum, "lr": lr,
                               "samples_per_s": samples_per_step / max(dt, 1e-9), "data_wait": wait / max(dt, 1e-9),
                               "grad_norm": float(grad_norm), **metric_sums}

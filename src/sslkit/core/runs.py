@@ -81,6 +81,7 @@ class Run:
         resume: bool = False,
     ) -> Run:
         """Create (or re-open for --resume) a run folder; all ranks agree on its path."""
+        distributed.init_distributed(distributed.select_device(recipe.train.device))
         if overwrite and resume:
             raise UserError("--overwrite and --resume contradict each other — pick one")
         if out is None:
