@@ -12,13 +12,12 @@ pyarrow is imported inside the functions: `sslkit --help` must stay fast.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from sslkit.core.files import atomic_writer
 from sslkit.core.errors import UserError
 
 FORMAT = "embeddings/1"
@@ -99,17 +98,8 @@ def write_embeddings(path: str | Path, ids: Sequence, vectors: Any, *, id_name: 
         raise UserError(f"{path} already exists — pass --overwrite to replace it")
     table = _build_table(ids, _vectors(vectors), id_name, extra, metadata)
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pq.write_table(table, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_writer(path) as fh:
+        pq.write_table(table, fh)
     return path
 
 

@@ -16,6 +16,16 @@ def _pyplot() -> Any:
     return plt
 
 
+def save_figure(fig: Any, path: Path) -> Path:
+    """Lay out, write (creating folders) and close a matplotlib figure."""
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    _pyplot().close(fig)
+    return path
+
+
 def loss_curve(records: list[dict[str, Any]], path: Path, title: str = "") -> Path | None:
     """Loss (and learning rate on a twin axis) against optimizer step; None when nothing was logged."""
     points = [(r["step"], r["loss"]) for r in records if "loss" in r and "step" in r]
@@ -34,12 +44,7 @@ def loss_curve(records: list[dict[str, Any]], path: Path, title: str = "") -> Pa
         ax2.set_ylabel("learning rate", color="tab:gray")
     ax.set_title(title or "training loss")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def embedding_map(vectors: np.ndarray, labels: np.ndarray | None, path: Path, title: str = "") -> Path:
@@ -53,9 +58,4 @@ def embedding_map(vectors: np.ndarray, labels: np.ndarray | None, path: Path, ti
     ax.set_title(title or "embeddings (PCA)")
     ax.set_xticks([])
     ax.set_yticks([])
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
