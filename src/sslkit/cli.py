@@ -143,7 +143,7 @@ def recipes_copy(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing file.")] = False,
 ) -> None:
     """Copy a shipped recipe to edit it; pass the copy to --recipe."""
-    from sslkit.core.checkpoint import atomic_write_text
+    from sslkit.core.files import atomic_write_text
 
     src = _resolve(name)
     target = dest / src.name if dest.is_dir() else dest

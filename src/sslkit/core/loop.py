@@ -320,7 +320,7 @@ def _truncate_metrics(run: Run, step: int) -> None:
     if not distributed.is_main():
         return
     kept = [r for r in run.metrics() if r.get("step", 0) <= step]
-    from sslkit.core.checkpoint import atomic_write_text
+    from sslkit.core.files import atomic_write_text
 
     atomic_write_text(run.path("metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in kept))
 

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from sslkit.core import distributed
-from sslkit.core.checkpoint import atomic_write_text
+from sslkit.core.files import atomic_write_text
 from sslkit.core.errors import UserError
 from sslkit.core.recipes import Recipe, recipe_to_yaml
 

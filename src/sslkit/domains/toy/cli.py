@@ -96,7 +96,7 @@ def evaluate(run: RunArg, seeds: SeedsOpt = 5, json_out: JsonOpt = False) -> Non
     rows = [[name] + [format_mean_std(v) for v in res.values()] for name, res in results.items()]
     print_table(f"toy evaluation ({seeds} seeds)", ["features", "kNN acc", "linear acc", "k-means NMI"], rows)
     payload = {name: {k: list(v) for k, v in res.items()} for name, res in results.items()}
-    from sslkit.core.checkpoint import atomic_write_text
+    from sslkit.core.files import atomic_write_text
 
     atomic_write_text(r.path("evaluation.json"), json.dumps(payload, indent=2))
     if json_out:
