@@ -137,7 +137,7 @@ def test_sigterm_checkpoints_and_resume_finishes(tmp_path):
 
 
 def _toy(out: Path, extra: list[str], nproc: int = 1) -> subprocess.CompletedProcess:
-    base = ["-m", "sslkit", "toy", "pretrain", "--out", str(out), "--set", "train.precision=fp32",
+    base = ["-m", "sslkit", "toy", "pretrain", "--out", str(out), "--set", "train.precision=fp32", "--set", "train.device=cpu",
             "--set", "train.steps=20", "--set", "train.log_every=1", "--set", "train.batch_size=128", *extra]
     if nproc > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *base]
@@ -166,7 +166,7 @@ def test_two_process_gloo_run_matches_one_process(tmp_path):
 
 def test_devices_flag_launches_torchrun(tmp_path):
     out = subprocess.run([sys.executable, "-m", "sslkit", "toy", "pretrain", "--devices", "2", "--out", str(tmp_path / "r"),
-                          "--set", "train.steps=4"], capture_output=True, text=True, timeout=300,
+                          "--set", "train.steps=4", "--set", "train.device=cpu"], capture_output=True, text=True, timeout=300,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr
     assert "launching 2 processes" in out.stderr
@@ -185,3 +185,12 @@ def test_lars_and_infinite_schedule_train(tmp_path):
                                                    "lr": 0.05, "warmup_steps": 2})
     lrs = [r["lr"] for r in run.metrics()]
     assert res.step == 20 and lrs[0] > lrs[-1] > 0
+
+
+def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
+    from sslkit.core import distributed
+
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "64")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(UserError, match="64 processes on this node but 1 GPU"):
+        distributed._gpu_for(0)

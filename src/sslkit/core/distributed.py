@@ -52,12 +52,21 @@ def dist_env() -> DistEnv:
     )
 
 
+def _gpu_for(local_rank: int) -> int:
+    """One GPU per process: NCCL cannot put two ranks on one device."""
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    if per_node > torch.cuda.device_count():
+        raise UserError(f"{per_node} processes on this node but {torch.cuda.device_count()} GPU(s) — use "
+                        f"--devices {torch.cuda.device_count()} (one process per GPU) or --set train.device=cpu")
+    return local_rank
+
+
 def select_device(spec: str = "auto") -> torch.device:
     """`auto`: CUDA (this rank's GPU), else MPS, else CPU. An unavailable request is an error, not a fallback."""
     local_rank = dist_env().local_rank
     if spec == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda", local_rank % torch.cuda.device_count())
+            return torch.device("cuda", _gpu_for(local_rank))
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
@@ -65,7 +74,7 @@ def select_device(spec: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"train.device={spec} but CUDA is not available here — use --set train.device=auto or cpu")
     if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local_rank % torch.cuda.device_count())
+        device = torch.device("cuda", _gpu_for(local_rank))
     return device
 
 
@@ -76,7 +85,8 @@ def init_distributed(device: torch.device) -> DistEnv:
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group(backend=backend, rank=env.rank, world_size=env.world_size)
+        dist.init_process_group(backend=backend, rank=env.rank, world_size=env.world_size,
+                                device_id=device if device.type == "cuda" else None)
         atexit.register(cleanup)
     return env
 
