@@ -1,0 +1,1 @@
+"""Tables: T-JEPA pretraining with SCARF as baseline."""

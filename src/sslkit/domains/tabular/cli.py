@@ -1,0 +1,231 @@
+"""`sslkit tabular ...`: T-JEPA / SCARF pretraining on CSV/TSV/Parquet tables, embed, evaluate, export, sample-data."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from sslkit.core.cli_options import (DevicesOpt, JsonOpt, OutOpt, OverwriteOpt, ResumeOpt, RunArg, SeedsOpt, SetOpt,
+                                     maybe_relaunch)
+
+app = typer.Typer(help="Tables: T-JEPA pretraining with SCARF as baseline.", no_args_is_help=True)
+
+TableArg = Annotated[Path, typer.Argument(help="A .csv, .tsv or .parquet table with a header.")]
+IdOpt = Annotated[Optional[str], typer.Option("--id", help="Row id column (kept in embeddings, never a feature).")]
+DropOpt = Annotated[Optional[list[str]], typer.Option("--drop", help="Column to ignore (repeatable).")]
+CatOpt = Annotated[Optional[list[str]], typer.Option("--categorical", help="Treat this column as categorical (repeatable).")]
+NumOpt = Annotated[Optional[list[str]], typer.Option("--numeric", help="Treat this column as numeric (repeatable).")]
+RecipeOpt = Annotated[str, typer.Option("--recipe", "-r", help="t-jepa (default), scarf, tiny, or a YAML path.")]
+PoolOpt = Annotated[Optional[str], typer.Option("--pool", help="T-JEPA output: mean, mean_reg or flatten (default: the recipe's).")]
+
+
+def _encoder(run_dir: Path, pool: str | None):  # noqa: ANN202
+    """The run's exported encoder; `pool` switches a T-JEPA encoder's pooling (no retraining needed)."""
+    from sslkit.core.errors import UserError
+    from sslkit.core.export import load_encoder
+
+    encoder = load_encoder(run_dir)
+    if pool is not None:
+        if not hasattr(encoder, "pool"):
+            raise UserError(f"--pool applies to T-JEPA encoders; {run_dir} holds a {encoder.sslkit_config['kind']} encoder")
+        if pool not in ("mean", "mean_reg", "flatten"):
+            raise UserError(f"--pool {pool}: choose mean, mean_reg or flatten")
+        encoder.pool = pool
+    return encoder
+
+
+def _fit_preprocessing(data: Path, cfg, skip: dict[str, str], categorical: list[str], numeric: list[str]):  # noqa: ANN001, ANN202
+    """Rank 0 fits the preprocessing in one streaming pass; every rank gets the result (or the same error)."""
+    from sslkit.core import distributed
+    from sslkit.core.errors import UserError
+    from sslkit.domains.tabular.io import iter_batches
+    from sslkit.domains.tabular.preprocess import Preprocessor, fit_preprocessor
+
+    payload = None
+    if distributed.is_main():
+        try:
+            pre = fit_preprocessor(iter_batches(data, categorical, cfg.data.batch_rows), skip=skip, categorical=categorical,
+                                   numeric=numeric, scaling=cfg.data.scaling, max_categories=cfg.data.max_categories,
+                                   sample_rows=cfg.data.sample_rows, n_quantiles=cfg.data.n_quantiles,
+                                   seed=cfg.train.seed, source=str(data))
+            payload = ("ok", pre.to_json())
+        except UserError as exc:
+            payload = ("error", str(exc))
+    status, text = distributed.broadcast_object(payload)
+    if status == "error":
+        raise UserError(text)
+    return Preprocessor.from_dict(json.loads(text))
+
+
+@app.command()
+def pretrain(
+    data: TableArg,
+    target: Annotated[Optional[str], typer.Option("--target", help="Label column: excluded from pretraining.")] = None,
+    id_col: IdOpt = None, drop: DropOpt = None, categorical: CatOpt = None, numeric: NumOpt = None,
+    recipe: RecipeOpt = "t-jepa", set_: SetOpt = None, out: OutOpt = None, overwrite: OverwriteOpt = False,
+    resume: ResumeOpt = False, devices: DevicesOpt = 1,
+) -> None:
+    """Pretrain an encoder on the table's feature columns; writes a run folder with preprocess.json and encoder/."""
+    maybe_relaunch(devices)
+    from sslkit.core import distributed
+    from sslkit.core.checkpoint import atomic_write_text
+    from sslkit.core.console import info, warn
+    from sslkit.core.errors import UserError
+    from sslkit.core.export import export_encoder
+    from sslkit.core.loop import fit, seed_everything
+    from sslkit.core.recipes import load_recipe
+    from sslkit.core.runs import Run
+    from sslkit.domains.tabular.cache import EncodedRows, write_cache
+    from sslkit.domains.tabular.inference import check_named_columns
+    from sslkit.domains.tabular.io import iter_batches, table_columns
+    from sslkit.domains.tabular.method import TabularRecipe, build_method
+    from sslkit.domains.tabular.preprocess import Preprocessor
+
+    saved = Path(out) / "recipe.yaml" if resume and out is not None else None
+    # --resume continues with the run's own resolved recipe (a --set may still extend train.steps)
+    cfg = load_recipe(TabularRecipe, "tabular", str(saved) if saved and saved.is_file() else recipe, set_ or [])
+    columns = table_columns(data)
+    drop, categorical, numeric = drop or [], categorical or [], numeric or []
+    check_named_columns(data, columns, target=target, id=id_col, drop=drop, categorical=categorical, numeric=numeric)
+    both = set(categorical) & set(numeric)
+    if both:
+        raise UserError(f"{', '.join(both)} given as both --categorical and --numeric — pick one")
+    skip = {**{d: "dropped" for d in drop}, **({id_col: "id"} if id_col else {}), **({target: "target"} if target else {})}
+    distributed.init_distributed(distributed.select_device(cfg.train.device))
+    if resume:
+        if out is None:
+            raise UserError("--resume needs --out pointing at the run folder to continue")
+        pre = Preprocessor.load(Path(out) / "preprocess.json")
+    else:
+        pre = _fit_preprocessing(data, cfg, skip, categorical, numeric)
+    if cfg.method == "t-jepa" and len(pre.features) < 2:
+        raise UserError(f"{data}: T-JEPA needs at least 2 usable feature columns, found {pre.features} — "
+                        "add columns or use --recipe scarf")
+    if pre.n_rows < cfg.train.batch_size:
+        raise UserError(f"{data} has {pre.n_rows} rows, fewer than one batch of {cfg.train.batch_size} — "
+                        f"lower it with --set train.batch_size={max(1, pre.n_rows // 2)} or add rows")
+    run = Run.open(out, domain="tabular", recipe=cfg, data_paths=[data], overwrite=overwrite, resume=resume)
+    if distributed.is_main():
+        for note in pre.notes:
+            warn(note)
+        info(f"{pre.n_rows} rows, {len(pre.numeric)} numeric + {len(pre.categorical)} categorical features "
+             f"({cfg.data.scaling} scaling); run folder {run.dir}")
+        if not resume:
+            atomic_write_text(run.path("preprocess.json"), pre.to_json())
+            run.update_manifest(tabular={"features": pre.features, "ignored": pre.ignored, "rows": pre.n_rows})
+        if not run.path("cache", "num.npy").is_file():
+            write_cache(iter_batches(data, pre.string_columns(), cfg.data.batch_rows), pre, run.path("cache"))
+    distributed.barrier()
+    seed_everything(cfg.train.seed)
+    method = build_method(cfg, len(pre.numeric), pre.cardinalities)
+    rows = EncodedRows(run.path("cache"))
+    result = fit(method, rows, cfg.train, run, collate_fn=rows.collate, resume=resume)
+    if distributed.is_main():
+        extra = {"preprocess": json.loads(pre.to_json()), "method": cfg.method, "out_dim": int(method.encoder.out_dim)}
+        export_encoder(method.encoder.cpu(), method.encoder_spec(), run.path("encoder"), extra=extra)
+        info(f"done: {result.step} steps in {result.seconds:.1f}s, final loss {result.last_loss:.4f}")
+        typer.echo(str(run.dir))
+
+
+@app.command()
+def embed(
+    run: RunArg, data: TableArg,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Parquet file to write.")] = Path("embeddings.parquet"),
+    id_col: IdOpt = None, drop: DropOpt = None, pool: PoolOpt = None, overwrite: OverwriteOpt = False,
+) -> None:
+    """Embeddings of every row (the run's preprocessing applied unchanged), as Parquet with the id column."""
+    import numpy as np
+
+    from sslkit.core.embeddings import write_embeddings
+    from sslkit.core.errors import UserError
+    from sslkit.core.runs import Run
+    from sslkit.domains.tabular.inference import check_named_columns, embed_rows, encode_table
+    from sslkit.domains.tabular.io import table_columns
+    from sslkit.domains.tabular.preprocess import Preprocessor
+
+    if out.exists() and not overwrite:
+        raise UserError(f"{out} already exists — pass --overwrite to replace it")
+    r = Run.load(run, "tabular")
+    pre = Preprocessor.load(r.path("preprocess.json"))
+    columns = table_columns(data)
+    check_named_columns(data, columns, id=id_col, drop=drop)
+    id_col = id_col or next((c for c, why in pre.ignored.items() if why == "id" and c in columns), None)
+    table = encode_table(pre, data, keep=[id_col] if id_col else [], drop=drop or [])
+    z = embed_rows(_encoder(r.dir, pool), table)
+    ids = table.columns[id_col] if id_col else np.arange(len(table))
+    write_embeddings(out, ids, z, id_name=id_col or "row", overwrite=overwrite,
+                     metadata={"run": str(r.dir.resolve()), "method": r.recipe_dict["method"], "table": str(data)})
+    typer.echo(str(out))
+
+
+@app.command()
+def evaluate(
+    run: RunArg, data: TableArg,
+    target: Annotated[str, typer.Option("--target", help="Label column to predict.")],
+    task: Annotated[Optional[str], typer.Option("--task", help="classification or regression (default: inferred).")] = None,
+    seeds: SeedsOpt = 5,
+    test: Annotated[Optional[Path], typer.Option("--test", help="Held-out table to score on (default: a random 20% per seed).")] = None,
+    drop: DropOpt = None,
+    models: Annotated[str, typer.Option("--models", help="Comma-separated subset of linear,mlp,hgb.")] = "linear,mlp,hgb",
+    jobs: Annotated[int, typer.Option("--jobs", help="Parallel processes for the seeds × models grid.", min=1)] = 1,
+    pool: PoolOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Downstream models on raw features vs embeddings vs both (mean ± std over seeds); JSON in the run folder."""
+    from sslkit.core.checkpoint import atomic_write_text
+    from sslkit.core.console import info, print_table, warn
+    from sslkit.core.errors import UserError
+    from sslkit.core.runs import Run
+    from sslkit.domains.tabular.evaluation_report import evaluation_plots, load_labelled, result_rows
+
+    if task not in (None, "classification", "regression"):
+        raise UserError(f"--task {task}: choose classification or regression")
+    chosen = [m.strip() for m in models.split(",") if m.strip()]
+    if not chosen or set(chosen) - {"linear", "mlp", "hgb"}:
+        raise UserError(f"--models {models}: choose from linear, mlp, hgb (comma-separated)")
+    r = Run.load(run, "tabular")
+    encoder = _encoder(r.dir, pool)
+    train_sets, y, task, classes, dropped = load_labelled(r, encoder, data, target, task, drop or [])
+    if dropped:
+        warn(f"{dropped} rows of {data} have no '{target}' value and are left out")
+    test_pack = None
+    if test is not None:
+        test_sets, y_test, _, test_classes, _ = load_labelled(r, encoder, test, target, task, drop or [], classes=classes)
+        test_pack = (test_sets, y_test)
+    from sslkit.domains.tabular.downstream import MLP_ALPHAS, MLP_HIDDEN, run_evaluation
+
+    info(f"evaluating {len(y)} rows, task {task}, {seeds} seed(s), models {', '.join(chosen)}")
+    results = run_evaluation(train_sets, y, task, range(seeds), test=test_pack, models=chosen, jobs=jobs)
+    columns, rows = result_rows(results, task)
+    print_table(f"tabular evaluation: {r.recipe_dict['method']} embeddings, target '{target}' "
+                f"({'test table' if test else '20% held out'}, {seeds} seeds)", columns, rows)
+    payload = {"pool": getattr(encoder, "pool", None), "task": task, "target": target, "seeds": seeds, "n_rows": int(len(y)), "test": str(test) if test else None,
+               "mlp": {"hidden": list(MLP_HIDDEN), "alphas": list(MLP_ALPHAS), "early_stopping": True}, "results": results}
+    atomic_write_text(r.path("evaluation.json"), json.dumps(payload, indent=2))
+    evaluation_plots(r, train_sets["embeddings"].dense, y, results, task, target)
+    info(f"wrote {r.path('evaluation.json')} and {r.path('plots')}")
+    if json_out:
+        typer.echo(json.dumps(payload))
+
+
+@app.command()
+def export(run: RunArg, out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write.")],
+           overwrite: OverwriteOpt = False) -> None:
+    """Write the encoder (safetensors + config.json with the preprocessing), loadable with sslkit.load_encoder(DIR)."""
+    from sslkit.core.export import export_from_run
+    from sslkit.core.runs import Run
+
+    Run.load(run, "tabular")
+    typer.echo(str(export_from_run(run, out, overwrite=overwrite)))
+
+
+@app.command("sample-data")
+def sample_data(out: Annotated[Path, typer.Argument(help="Folder to write the sample tables into.")],
+                overwrite: OverwriteOpt = False) -> None:
+    """Write UCI Adult (adult.csv, label `income`, id `id`) and scikit-learn's breast_cancer/wine tables."""
+    from sslkit.domains.tabular.io import write_sample_data
+
+    for path in write_sample_data(out, overwrite=overwrite):
+        typer.echo(str(path))

@@ -1,0 +1,101 @@
+"""What `tabular evaluate` needs around `downstream.py`: labelled feature sets, the table rows, the plots."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from torch import nn
+
+from sslkit.core.errors import UserError
+from sslkit.domains.tabular.downstream import FeatureSet, check_target, embedding_features, infer_task, raw_features
+from sslkit.domains.tabular.inference import embed_rows, encode_table
+from sslkit.domains.tabular.io import table_columns
+from sslkit.domains.tabular.preprocess import Preprocessor
+
+
+def _present(y: np.ndarray) -> np.ndarray:
+    if y.dtype.kind == "f":
+        return np.isfinite(y)
+    if y.dtype.kind == "O":
+        return np.array([v is not None and v == v for v in y], dtype=bool)
+    return np.ones(len(y), dtype=bool)
+
+
+def load_labelled(run: Any, encoder: nn.Module, data: Path, target: str, task: str | None, drop: Sequence[str],
+                  classes: np.ndarray | None = None) -> tuple[dict[str, FeatureSet], np.ndarray, str, Any, int]:
+    """Feature sets {raw, embeddings, raw+embeddings}, labels, task, class names, rows without a label."""
+    pre = Preprocessor.load(run.path("preprocess.json"))
+    columns = table_columns(data)
+    if target not in columns:
+        raise UserError(f"--target {target}: no such column in {data} — columns are: {', '.join(columns)}")
+    if target in pre.features:
+        raise UserError(f"--target {target} was a feature during pretraining, so the embeddings contain it — "
+                        f"pretrain again with --target {target}")
+    table = encode_table(pre, data, keep=[target], drop=drop)
+    y_raw = table.columns[target]
+    ok = _present(y_raw)
+    if not ok.any():
+        raise UserError(f"target '{target}' in {data} has no values — choose another --target")
+    task = task or infer_task(y_raw[ok])
+    if classes is None:
+        y = check_target(y_raw[ok], task, target)
+        if task == "classification":
+            classes = np.unique(y_raw[ok].astype(str) if y_raw.dtype.kind == "O" else y_raw[ok])
+    else:
+        vals = y_raw[ok].astype(str) if y_raw.dtype.kind == "O" else y_raw[ok]
+        if task == "classification":
+            unseen = sorted(set(np.unique(vals).tolist()) - set(classes.tolist()))
+            if unseen:
+                raise UserError(f"--test: target '{target}' has classes not in the training table: {unseen[:5]} — "
+                                "use a test table with the same classes")
+            y = np.searchsorted(classes, vals)
+        else:
+            y = vals.astype(np.float64)
+    raw = raw_features(table.num[ok], table.miss[ok], table.cat[ok], pre.cardinalities, [c.has_missing for c in pre.numeric])
+    sub = type(table)(table.num[ok], table.miss[ok], table.cat[ok], {})
+    emb = embedding_features(embed_rows(encoder, sub))
+    sets = {"raw": raw, "embeddings": emb, "raw+embeddings": FeatureSet.concat(raw, emb)}
+    return sets, y, task, classes, int((~ok).sum())
+
+
+def result_rows(results: dict[str, dict[str, Any]], task: str) -> tuple[list[str], list[list[str]]]:
+    metrics = ["accuracy", "auc"] if task == "classification" else ["rmse"]
+    metrics = [m for m in metrics if any(m in e for e in results.values())]
+    rows = []
+    for name, entry in results.items():
+        feats, model = name.split(" / ")
+        rows.append([feats, model, *(f"{entry[m][0]:.4f} ± {entry[m][1]:.4f}" if m in entry else "-" for m in metrics)])
+    return ["features", "model", *metrics], rows
+
+
+def evaluation_plots(run: Any, z: np.ndarray, y: np.ndarray, results: dict[str, dict[str, Any]], task: str,
+                     target: str) -> None:
+    """plots/embedding_map.png (PCA of embeddings coloured by the target) and plots/evaluation.png (scores)."""
+    from sslkit.core.plots import _pyplot, embedding_map
+
+    colour = y if task == "classification" else np.digitize(y, np.quantile(y, [0.25, 0.5, 0.75]))
+    embedding_map(z[:20000], colour[:20000], run.path("plots", "embedding_map.png"),
+                  title=f"{run.recipe_dict['method']} embeddings (PCA), colour = {target}")
+    metric = "accuracy" if task == "classification" else "rmse"
+    plt = _pyplot()
+    feats = list(dict.fromkeys(k.split(" / ")[0] for k in results))
+    models = list(dict.fromkeys(k.split(" / ")[1] for k in results))
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
+    width = 0.8 / len(feats)
+    for i, f in enumerate(feats):
+        means = [results[f"{f} / {m}"][metric][0] for m in models]
+        stds = [results[f"{f} / {m}"][metric][1] for m in models]
+        ax.bar(np.arange(len(models)) + i * width, means, width, yerr=stds, label=f, capsize=2)
+    allv = [results[k][metric][0] for k in results]
+    lo, hi = min(allv), max(allv)
+    ax.set_ylim(lo - 0.1 * (hi - lo + 1e-3) - 0.01, hi + 0.1 * (hi - lo + 1e-3) + 0.01)
+    ax.set_xticks(np.arange(len(models)) + 0.4 - width / 2, models)
+    ax.set_ylabel(metric)
+    ax.set_title(f"downstream {metric} on '{target}' (mean ± std over seeds)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = run.path("plots", "evaluation.png")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)

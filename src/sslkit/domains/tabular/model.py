@@ -1,0 +1,172 @@
+"""Tabular encoders: the T-JEPA feature-token transformer, its predictor, and SCARF's MLP.
+
+Every encoder takes the preprocessed row as three tensors (see `preprocess.py`):
+    num (B, Dn) float, miss (B, Dn) {0,1}, cat (B, Dc) int64 codes
+and returns (B, out_dim). `ENCODERS` maps the exported kind to its builder.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def sinusoidal(n: int, dim: int) -> Tensor:
+    """(n, dim) fixed sine/cosine position table (Vaswani et al.)."""
+    pos = torch.arange(n, dtype=torch.float32)[:, None]
+    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    table = torch.zeros(n, dim)
+    table[:, 0::2] = torch.sin(pos * freq)
+    table[:, 1::2] = torch.cos(pos * freq)[:, : dim // 2]
+    return table
+
+
+class FeatureTokenizer(nn.Module):
+    """FT-Transformer tokens: numeric value × w_j + b_j (+ m_j if missing); category embedding + b_j.
+
+    (num, miss, cat) -> (B, Dn + Dc, dim), with a sinusoidal position per feature added.
+    """
+
+    def __init__(self, n_num: int, cardinalities: list[int], dim: int) -> None:
+        super().__init__()
+        self.n_num, self.n_cat = n_num, len(cardinalities)
+        init = 1 / math.sqrt(dim)
+        self.num_weight = nn.Parameter(torch.empty(n_num, dim).uniform_(-init, init))
+        self.num_missing = nn.Parameter(torch.empty(n_num, dim).uniform_(-init, init))
+        self.bias = nn.Parameter(torch.empty(n_num + self.n_cat, dim).uniform_(-init, init))
+        self.cat_embed = nn.Embedding(max(1, sum(cardinalities)), dim)
+        nn.init.uniform_(self.cat_embed.weight, -init, init)
+        offsets = torch.tensor([0, *cardinalities[:-1]], dtype=torch.long).cumsum(0) if cardinalities else torch.zeros(0, dtype=torch.long)
+        self.register_buffer("cat_offsets", offsets, persistent=False)
+        self.register_buffer("pos", sinusoidal(n_num + self.n_cat, dim), persistent=False)
+
+    def forward(self, num: Tensor, miss: Tensor, cat: Tensor) -> Tensor:
+        parts = []
+        if self.n_num:
+            parts.append(num.unsqueeze(-1) * self.num_weight + miss.unsqueeze(-1).to(num.dtype) * self.num_missing)
+        if self.n_cat:
+            parts.append(self.cat_embed(cat + self.cat_offsets))
+        return torch.cat(parts, dim=1) + self.bias + self.pos
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block (fused QKV, SDPA attention, ReLU FFN). (B, T, dim) -> (B, T, dim)."""
+
+    def __init__(self, dim: int, heads: int, ffn: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim {dim} is not divisible by heads {heads}")
+        self.heads, self.dropout = heads, dropout
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.ff = nn.Sequential(nn.Linear(dim, ffn), nn.ReLU(), nn.Dropout(dropout), nn.Linear(ffn, dim))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        o = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        x = x + self.drop(self.proj(o.transpose(1, 2).reshape(b, t, d)))
+        return x + self.drop(self.ff(self.norm2(x)))
+
+
+def _layers(dim: int, depth: int, heads: int, ffn: int, dropout: float) -> nn.ModuleList:
+    return nn.ModuleList(Block(dim, heads, ffn, dropout) for _ in range(depth))
+
+
+class TJepaEncoder(nn.Module):
+    """Feature tokens + register tokens -> transformer -> LayerNorm–Linear–LayerNorm (T-JEPA card).
+
+    `tokens(num, miss, cat, keep)` returns (B, R + k, dim) for the kept feature indices `keep`
+    (all features when None); `forward` pools the full sequence to (B, out_dim):
+    "mean" = mean of feature tokens (dim), "mean_reg" = that plus the register tokens
+    (dim·(1+R)), "flatten" = all feature tokens ((Dn+Dc)·dim, the reference's downstream input).
+    """
+
+    def __init__(self, n_num: int, cardinalities: list[int], dim: int = 64, depth: int = 16, heads: int = 2,
+                 ffn: int = 64, n_reg: int = 1, dropout: float = 0.0, pool: str = "mean_reg") -> None:
+        super().__init__()
+        if pool not in ("mean", "mean_reg", "flatten"):
+            raise ValueError(f"pool must be mean, mean_reg or flatten, got {pool!r}")
+        self.n_features, self.dim, self.n_reg, self.pool = n_num + len(cardinalities), dim, n_reg, pool
+        self.tokenizer = FeatureTokenizer(n_num, cardinalities, dim)
+        self.reg = nn.Parameter(torch.randn(n_reg, dim) * 0.02)
+        self.blocks = _layers(dim, depth, heads, ffn, dropout)
+        self.head = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.LayerNorm(dim))
+
+    @property
+    def out_dim(self) -> int:
+        return {"mean": self.dim, "mean_reg": self.dim * (1 + self.n_reg), "flatten": self.dim * self.n_features}[self.pool]
+
+    def tokens(self, num: Tensor, miss: Tensor, cat: Tensor, keep: Tensor | None = None) -> Tensor:
+        x = self.tokenizer(num, miss, cat)
+        if keep is not None:
+            x = x[:, keep]
+        x = torch.cat([self.reg.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x)
+
+    def forward(self, num: Tensor, miss: Tensor, cat: Tensor) -> Tensor:
+        t = self.tokens(num, miss, cat)
+        feats = t[:, self.n_reg:]
+        if self.pool == "flatten":
+            return feats.flatten(1)
+        pooled = feats.mean(1)
+        return pooled if self.pool == "mean" else torch.cat([pooled, t[:, : self.n_reg].flatten(1)], dim=1)
+
+
+class TJepaPredictor(nn.Module):
+    """I-JEPA-style predictor: context tokens + mask tokens at the target positions -> target tokens.
+
+    ctx (B, R + k_c, dim), ctx_idx (k_c,), tgt_idx (T, k_t) -> (T, B, k_t, dim); the T target
+    sets run as one batch of T·B sequences.
+    """
+
+    def __init__(self, n_features: int, enc_dim: int, dim: int = 16, depth: int = 16, heads: int = 4,
+                 ffn: int | None = None, n_reg: int = 1, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.n_reg = n_reg
+        self.embed = nn.Linear(enc_dim, dim)
+        self.mask_token = nn.Parameter(torch.zeros(dim))
+        nn.init.trunc_normal_(self.mask_token, std=0.02)
+        self.register_buffer("pos", sinusoidal(n_features, dim), persistent=False)
+        self.blocks = _layers(dim, depth, heads, ffn or 4 * dim, dropout)
+        self.norm = nn.LayerNorm(dim)
+        self.out = nn.Linear(dim, enc_dim)
+
+    def forward(self, ctx: Tensor, ctx_idx: Tensor, tgt_idx: Tensor) -> Tensor:
+        b, (t, k_t) = ctx.shape[0], tgt_idx.shape
+        x = self.embed(ctx)
+        pos = torch.cat([torch.zeros(self.n_reg, x.shape[-1], device=x.device, dtype=self.pos.dtype), self.pos[ctx_idx]])
+        x = (x + pos).repeat(t, 1, 1)                                           # (T·B, R+k_c, dim)
+        masks = (self.mask_token + self.pos[tgt_idx]).to(x.dtype)               # (T, k_t, dim)
+        masks = masks.unsqueeze(1).expand(t, b, k_t, -1).reshape(t * b, k_t, -1)
+        x = torch.cat([x, masks], dim=1)
+        for block in self.blocks:
+            x = block(x)
+        return self.out(self.norm(x[:, -k_t:])).reshape(t, b, k_t, -1)
+
+
+class ScarfEncoder(nn.Module):
+    """SCARF's MLP encoder over [scaled numerics, missing flags, category embeddings] -> (B, hidden)."""
+
+    def __init__(self, n_num: int, cardinalities: list[int], hidden: int = 256, depth: int = 4, cat_dim: int = 8) -> None:
+        super().__init__()
+        self.embeds = nn.ModuleList(nn.Embedding(c, min(cat_dim, c)) for c in cardinalities)
+        in_dim = 2 * n_num + sum(min(cat_dim, c) for c in cardinalities)
+        layers: list[nn.Module] = []
+        for i in range(depth):
+            layers += [nn.Linear(in_dim if i == 0 else hidden, hidden), nn.ReLU()]
+        self.net = nn.Sequential(*layers)
+        self.out_dim = hidden
+
+    def forward(self, num: Tensor, miss: Tensor, cat: Tensor) -> Tensor:
+        parts = [num, miss.to(num.dtype)] + [e(cat[:, j]) for j, e in enumerate(self.embeds)]
+        return self.net(torch.cat(parts, dim=1))
+
+
+ENCODERS: dict[str, Callable[..., nn.Module]] = {"t-jepa": TJepaEncoder, "scarf": ScarfEncoder}

@@ -1,0 +1,316 @@
+"""Column typing, missing values and scaling, fitted in one streaming pass and saved in the run.
+
+A fitted `Preprocessor` turns any record batch with the pretraining columns into
+    num  (n, Dn) float32  scaled numeric values, missing ones set to 0
+    miss (n, Dn) uint8    1 where the numeric value was missing
+    cat  (n, Dc) int64    category codes: 0 = missing, 1 = unknown (unseen at fit), 2.. = categories
+It is saved as `preprocess.json` in the run folder and applied unchanged by `embed`/`evaluate`.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from sslkit.core.errors import UserError
+
+MISSING, UNKNOWN = 0, 1
+
+
+@dataclass
+class NumericColumn:
+    name: str
+    source: str                      # int | float | datetime
+    center: float                    # imputation value (median), also the robust/standard centre
+    scale: float
+    quantiles: list[float] = field(default_factory=list)
+    has_missing: bool = False
+
+
+@dataclass
+class CategoricalColumn:
+    name: str
+    categories: list[str]            # code = 2 + position
+    has_missing: bool = False
+    dropped_rare: int = 0            # distinct values folded into the unknown token
+
+
+@dataclass
+class Preprocessor:
+    numeric: list[NumericColumn]
+    categorical: list[CategoricalColumn]
+    scaling: str
+    ignored: dict[str, str]          # column -> why it is not a feature (id, target, dropped, text, constant)
+    n_rows: int
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def features(self) -> list[str]:
+        return [c.name for c in self.numeric] + [c.name for c in self.categorical]
+
+    @property
+    def cardinalities(self) -> list[int]:
+        """Embedding rows per categorical column: categories + missing + unknown."""
+        return [len(c.categories) + 2 for c in self.categorical]
+
+    def to_json(self) -> str:
+        return json.dumps({"format": 1, **asdict(self)})
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Preprocessor:
+        return cls(numeric=[NumericColumn(**c) for c in data["numeric"]],
+                   categorical=[CategoricalColumn(**c) for c in data["categorical"]],
+                   scaling=data["scaling"], ignored=data["ignored"], n_rows=data["n_rows"], notes=data.get("notes", []))
+
+    @classmethod
+    def load(cls, path: Path) -> Preprocessor:
+        if not Path(path).is_file():
+            raise UserError(f"{path} is missing — this run was not written by `sslkit tabular pretrain`")
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def string_columns(self) -> list[str]:
+        return [c.name for c in self.categorical]
+
+    # -- applying -------------------------------------------------------------------------
+    def check_columns(self, names: Iterable[str], source: str, drop: Iterable[str] = ()) -> None:
+        """The table must hold every feature column and nothing unknown besides id/target/dropped columns."""
+        names = [n for n in names if n not in set(drop)]
+        missing = [f for f in self.features if f not in names]
+        extra = [n for n in names if n not in self.features and n not in self.ignored]
+        if missing or extra:
+            parts = ([f"missing {', '.join(missing)}"] if missing else []) + ([f"extra {', '.join(extra)}"] if extra else [])
+            raise UserError(f"{source}: columns differ from pretraining ({'; '.join(parts)}) — "
+                            "give a table with the pretraining columns (use --drop for extra ones)")
+
+    def encode(self, batch: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A pyarrow RecordBatch/Table -> (num, miss, cat) as described in the module docstring."""
+        n = batch.num_rows
+        num = np.zeros((n, len(self.numeric)), np.float32)
+        miss = np.zeros((n, len(self.numeric)), np.uint8)
+        for j, col in enumerate(self.numeric):
+            values = numeric_values(_column(batch, col.name), col.name)
+            bad = ~np.isfinite(values)
+            miss[:, j] = bad
+            num[:, j] = np.where(bad, 0.0, self._scale(np.where(bad, col.center, values), col))
+        cat = np.zeros((n, len(self.categorical)), np.int64)
+        for j, col in enumerate(self.categorical):
+            cat[:, j] = category_codes(_column(batch, col.name), col.categories)
+        return num, miss, cat
+
+    def _scale(self, x: np.ndarray, col: NumericColumn) -> np.ndarray:
+        if self.scaling == "quantile":
+            return quantile_normal(x, np.asarray(col.quantiles))
+        return ((x - col.center) / col.scale).clip(-10, 10)
+
+
+def _column(batch: Any, name: str) -> Any:
+    idx = batch.schema.get_field_index(name)
+    if idx < 0:
+        raise UserError(f"column '{name}' is missing from the table — give a table with the pretraining columns")
+    return batch.column(idx)
+
+
+def numeric_values(arr: Any, name: str) -> np.ndarray:
+    """float64 values of a numeric/boolean/temporal pyarrow array; nulls become NaN; datetimes in days."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    t = arr.type
+    if pa.types.is_timestamp(t) or pa.types.is_date(t):
+        seconds = pc.cast(pc.cast(arr, pa.timestamp("s")), pa.int64())
+        return np.asarray(pc.fill_null(pc.cast(seconds, pa.float64()), float("nan")), dtype=np.float64) / 86400.0
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        try:
+            arr = pc.cast(pc.utf8_trim_whitespace(arr), pa.float64())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            raise UserError(f"column '{name}' holds text that is not a number — drop --numeric {name} "
+                            "or clean the column") from None
+    try:
+        return np.asarray(pc.fill_null(pc.cast(arr, pa.float64()), float("nan")), dtype=np.float64)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        raise UserError(f"column '{name}' of type {t} cannot be read as numbers — pass --drop {name}") from None
+
+
+def as_text(arr: Any) -> Any:
+    """A pyarrow string array of the values (numbers/booleans formatted), whitespace trimmed."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+        arr = pc.cast(arr, pa.string())
+    return pc.utf8_trim_whitespace(arr)
+
+
+def category_codes(arr: Any, categories: list[str]) -> np.ndarray:
+    """0 for missing, 1 for values not in `categories`, 2 + index otherwise."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    text = as_text(arr)
+    idx = pc.index_in(text, value_set=pa.array(categories, pa.string()))
+    codes = np.asarray(pc.fill_null(pc.add(idx, 2), UNKNOWN), dtype=np.int64).copy()
+    codes[np.asarray(text.is_null(), dtype=bool)] = MISSING
+    return codes
+
+
+def quantile_normal(x: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Map x through the fitted quantiles to a standard normal (sklearn's QuantileTransformer rule)."""
+    from scipy.special import ndtri
+
+    ref = np.linspace(0.0, 1.0, len(q))
+    u = 0.5 * (np.interp(x, q, ref) - np.interp(-x, -q[::-1], -ref[::-1]))
+    eps = 1e-7
+    return ndtri(np.clip(u, eps, 1 - eps)).astype(np.float32)
+
+
+# ---- fitting ---------------------------------------------------------------------------------
+
+
+@dataclass
+class _Stats:
+    kind: str                                  # numeric | text
+    source: str
+    rows: int = 0
+    nulls: int = 0
+    sample: list[np.ndarray] = field(default_factory=list)
+    sampled: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    overflow: bool = False
+
+
+def _kind_of(t: Any) -> tuple[str, str] | None:
+    import pyarrow as pa
+
+    if pa.types.is_null(t):          # a CSV column with no value at all: reported as all-missing below
+        return "numeric", "float"
+    if pa.types.is_boolean(t):
+        return "text", "bool"
+    if pa.types.is_integer(t):
+        return "numeric", "int"
+    if pa.types.is_floating(t) or pa.types.is_decimal(t):
+        return "numeric", "float"
+    if pa.types.is_timestamp(t) or pa.types.is_date(t):
+        return "numeric", "datetime"
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_dictionary(t):
+        return "text", "text"
+    return None
+
+
+def fit_preprocessor(batches: Iterable[Any], *, skip: dict[str, str], categorical: list[str], numeric: list[str],
+                     scaling: str = "quantile", max_categories: int = 100, sample_rows: int = 100_000,
+                     n_quantiles: int = 1000, seed: int = 0, source: str = "table") -> Preprocessor:
+    """One streaming pass over `batches`: infer column kinds, count categories, sample numeric values."""
+    rng = np.random.default_rng(seed)
+    stats: dict[str, _Stats] = {}
+    ignored = dict(skip)
+    notes: list[str] = []
+    n_rows, first = 0, True
+    for batch in batches:
+        if first:
+            first = False
+            for name, typ in zip(batch.schema.names, batch.schema.types):
+                if name in ignored:
+                    continue
+                kind = ("text", "forced") if name in categorical else ("numeric", "forced") if name in numeric else _kind_of(typ)
+                if kind is None:
+                    ignored[name] = f"unsupported type {typ}"
+                    notes.append(f"column '{name}' has type {typ} and is not used")
+                    continue
+                stats[name] = _Stats(kind=kind[0], source=kind[1])
+                if kind[1] == "datetime":
+                    notes.append(f"column '{name}' holds dates: used as a number (days since 1970)")
+        n_rows += batch.num_rows
+        for name, st in stats.items():
+            arr = _column(batch, name)
+            st.rows += len(arr)
+            st.nulls += arr.null_count
+            if st.kind == "numeric":
+                _sample_numeric(st, numeric_values(arr, name), sample_rows, rng)
+            else:
+                _count_text(st, arr, max_categories)
+    if n_rows == 0:
+        raise UserError(f"{source} has a header but no rows — give a table with data")
+    num_cols, cat_cols = [], []
+    for name, st in stats.items():
+        if st.nulls == st.rows:
+            raise UserError(f"{source}: column '{name}' is empty (all values missing) — pass --drop {name}")
+        if st.kind == "numeric":
+            col = _numeric_column(name, st, scaling, n_quantiles)
+            if col is None:
+                ignored[name] = "constant"
+                notes.append(f"column '{name}' is constant and was dropped")
+            else:
+                num_cols.append(col)
+        else:
+            col, why = _categorical_column(name, st, max_categories, forced=name in categorical)
+            if col is None:
+                ignored[name] = why
+                notes.append(f"column '{name}' {why} and was dropped")
+            else:
+                if col.dropped_rare:
+                    notes.append(f"column '{name}': {col.dropped_rare} rare values share the 'unknown' token")
+                cat_cols.append(col)
+    if not num_cols and not cat_cols:
+        raise UserError(f"{source}: no usable feature columns (ignored: "
+                        f"{', '.join(f'{k} ({v})' for k, v in ignored.items()) or 'none'}) — "
+                        "check --target/--id/--drop and the column types")
+    return Preprocessor(numeric=num_cols, categorical=cat_cols, scaling=scaling, ignored=ignored, n_rows=n_rows,
+                        notes=notes)
+
+
+def _sample_numeric(st: _Stats, values: np.ndarray, sample_rows: int, rng: np.random.Generator) -> None:
+    """Keep a uniform sample of at most `sample_rows` finite values (reservoir by random keys)."""
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return
+    st.sample.append(values)
+    st.sampled += values.size
+    if st.sampled > 2 * sample_rows:
+        pooled = np.concatenate(st.sample)
+        st.sample = [rng.choice(pooled, sample_rows, replace=False)]
+        st.sampled = sample_rows
+
+
+def _count_text(st: _Stats, arr: Any, max_categories: int) -> None:
+    import pyarrow.compute as pc
+
+    counts = pc.value_counts(as_text(arr).drop_null())
+    for value, count in zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist()):
+        st.counts[value] = st.counts.get(value, 0) + count
+    if len(st.counts) > 50 * max_categories:  # bound memory on id-like text: keep the most frequent
+        top = sorted(st.counts.items(), key=lambda kv: -kv[1])[: 10 * max_categories]
+        st.counts, st.overflow = dict(top), True
+
+
+def _numeric_column(name: str, st: _Stats, scaling: str, n_quantiles: int) -> NumericColumn | None:
+    sample = np.concatenate(st.sample) if st.sample else np.zeros(0)
+    has_missing = st.nulls > 0 or sample.size < st.rows - st.nulls
+    lo, hi = float(sample.min()), float(sample.max())
+    if lo == hi and not has_missing:
+        return None
+    median = float(np.median(sample))
+    if scaling == "standard":
+        scale = float(sample.std()) or 1.0
+        center = float(sample.mean())
+    else:
+        q25, q75 = np.percentile(sample, [25, 75])
+        scale = float(q75 - q25) or float(sample.std()) or 1.0
+        center = median
+    quantiles = np.quantile(sample, np.linspace(0, 1, min(n_quantiles, sample.size))).tolist() if scaling == "quantile" else []
+    return NumericColumn(name=name, source=st.source, center=center if scaling != "quantile" else median,
+                         scale=scale, quantiles=quantiles, has_missing=bool(has_missing))
+
+
+def _categorical_column(name: str, st: _Stats, max_categories: int, forced: bool) -> tuple[CategoricalColumn | None, str]:
+    ranked = sorted(st.counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    if len(ranked) <= 1 and st.nulls == 0:
+        return None, "is constant"
+    if (len(ranked) > max_categories or st.overflow) and not forced:
+        return None, (f"is high-cardinality text ({len(ranked)}{'+' if st.overflow else ''} distinct values; "
+                      f"pass --categorical {name} to keep its {max_categories} most frequent)")
+    kept = [v for v, _ in ranked[:max_categories]]
+    return CategoricalColumn(name=name, categories=kept, has_missing=st.nulls > 0,
+                             dropped_rare=max(0, len(ranked) - len(kept))), ""

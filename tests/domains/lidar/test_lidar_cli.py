@@ -1,0 +1,167 @@
+"""End to end through the CLI on simulated frames: simulate, pseudo-label, train-student, detect, evaluate,
+render, embed, export, resume, torchrun, and the bad-input cases of the issue."""
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from tests.domains.lidar.conftest import ENV, run_cli, run_subprocess
+
+
+def one_line_exit_2(res: subprocess.CompletedProcess, needle: str) -> None:
+    assert res.returncode == 2, res.stdout + res.stderr
+    lines = [x for x in res.stderr.strip().splitlines() if x.startswith("error:")]
+    assert len(lines) == 1 and needle in lines[0], res.stderr
+
+
+def test_simulate_writes_kitti_frames_labels_and_sensor(sim_seq):
+    frames = sorted((sim_seq / "velodyne").glob("*.bin"))
+    assert len(frames) == 12
+    pts = np.fromfile(frames[0], dtype=np.float32).reshape(-1, 4)
+    assert 30_000 < len(pts) < 80_000 and np.isfinite(pts).all()
+    sensor = json.loads((sim_seq / "sensor.json").read_text())
+    assert sensor["beams"] == 32 and len(sensor["elevation_deg"]) == 32
+    # near the pole the commonest height is the ground, about the mounting height below the sensor
+    near = pts[np.hypot(pts[:, 0], pts[:, 1]) < 20]
+    counts, edges = np.histogram(near[:, 2], bins=np.arange(-10, 10, 0.25))
+    assert edges[counts.argmax()] == pytest.approx(-sensor["height_m"], abs=0.8)
+    labels = (sim_seq / "label_2" / "000000.txt").read_text().split("\n")
+    assert any(line.startswith("Car ") for line in labels)
+    one_line_exit_2(run_cli("simulate", sim_seq), "already exists")
+
+
+def test_pseudo_label_outputs_and_quality(sim_seq, pseudo):
+    summary = json.loads((pseudo / "summary.json").read_text())
+    assert set(summary["teachers"]) == {"t1", "t2"} and summary["frames"] == 12
+    for name in ("t1", "t2", "combined"):
+        assert len(list((pseudo / name / "label_2").glob("*.txt"))) == 12
+        assert len(list((pseudo / name / "pcdet").glob("*.txt"))) == 12
+    line = (pseudo / "combined" / "pcdet" / "000003.txt").read_text().splitlines()[0].split()
+    assert len(line) == 8 and line[7] in ("Car", "Pedestrian", "Cyclist")
+    assert summary["timing"]["teachers"][0]["frames_per_s"] > 0
+    ap = summary["ap_vs_truth"]
+    # 12 frames are few for a background model, yet the cars must be found and boxed well
+    assert ap["combined"]["Car"]["bev"]["ap"] > 0.3
+    assert set(ap) == {"t1", "t2", "combined"}
+
+
+def test_pseudo_label_bad_inputs(sim_seq, tmp_path):
+    few = tmp_path / "few"
+    few.mkdir()
+    for f in sorted((sim_seq / "velodyne").glob("*.bin"))[:3]:
+        shutil.copy(f, few / f.name)
+    one_line_exit_2(run_cli("pseudo-label", few, "-r", "tiny", "--out", tmp_path / "o1"), "at least 8")
+    (few / "000009.bin").write_bytes(b"\0" * 17)
+    one_line_exit_2(run_cli("pseudo-label", few, "-r", "tiny", "--out", tmp_path / "o2"), "multiple of 16")
+    (few / "000009.bin").unlink()
+    np.save(few / "x.npy", np.zeros((3, 4), np.float32))
+    one_line_exit_2(run_cli("pseudo-label", few, "-r", "tiny", "--out", tmp_path / "o3"), "mixes frame formats")
+    one_line_exit_2(run_cli("pseudo-label", tmp_path / "nope", "--out", tmp_path / "o4"), "does not exist")
+    one_line_exit_2(run_cli("pseudo-label", sim_seq, "-r", "tiny", "--teachers", "5", "--out", tmp_path / "o5"), "defines 2")
+    assert not any((tmp_path / f"o{i}").exists() for i in range(1, 6))
+
+
+def test_nan_points_and_empty_frames_are_counted_not_fatal(sim_seq, tmp_path):
+    seq = tmp_path / "seq"
+    seq.mkdir()
+    for i, f in enumerate(sorted((sim_seq / "velodyne").glob("*.bin"))):
+        pts = np.fromfile(f, dtype=np.float32).reshape(-1, 4)
+        if i == 2:
+            pts[:5, 0] = np.nan
+        (seq / f.name).write_bytes(pts.tobytes())
+    (seq / "000099.bin").write_bytes(b"")
+    res = run_cli("pseudo-label", seq, "-r", "tiny", "--out", tmp_path / "out", "--json")
+    assert res.returncode == 0, res.stderr
+    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    assert summary["nonfinite_points_dropped"] == 5 and summary["empty_frames_skipped"] == 1
+    assert summary["frames"] == 12
+
+
+def test_student_detect_evaluate_render_embed_export(sim_seq, pseudo, student_run, tmp_path):
+    assert (student_run / "checkpoints" / "last.pt").is_file() and (student_run / "plots" / "loss.png").is_file()
+    det = tmp_path / "det"
+    res = run_cli("detect", student_run, sim_seq, "--out", det)
+    assert res.returncode == 0, res.stderr
+    assert len(list((det / "label_2").glob("*.txt"))) == 12
+    # the evaluator scores the teachers' own labels the same way pseudo-label --gt did
+    res = run_cli("evaluate", pseudo / "combined", sim_seq / "label_2", "--out", tmp_path / "ev.json")
+    assert res.returncode == 0, res.stderr
+    ev = json.loads((tmp_path / "ev.json").read_text())["ap"]
+    want = json.loads((pseudo / "summary.json").read_text())["ap_vs_truth"]["combined"]
+    assert ev["Car"]["bev"]["ap"] == pytest.approx(want["Car"]["bev"]["ap"])
+    res = run_cli("render", sim_seq / "velodyne" / "000004.bin", "--gt", sim_seq, "--labels", pseudo, "--out", tmp_path / "bev.png")
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "bev.png").read_bytes()[:4] == b"\x89PNG"
+    res = run_cli("embed", student_run, sim_seq, "--out", tmp_path / "e.parquet")
+    assert res.returncode == 0, res.stderr
+    from sslkit.core.embeddings import read_embeddings
+
+    ids, vecs = read_embeddings(tmp_path / "e.parquet")
+    assert ids[:2] == ["000000", "000001"] and vecs.shape == (12, 12 * 8) and np.isfinite(vecs).all()
+    res = run_cli("export", student_run, "--out", tmp_path / "enc")
+    assert res.returncode == 0, res.stderr
+    import sslkit
+    from sslkit.domains.lidar.cli import _load_student
+
+    enc = sslkit.load_encoder(tmp_path / "enc").eval()
+    model, _ = _load_student(student_run)
+    pts = torch.tensor([[0, 3.0, 5.0, -4.0, 0.3], [0, -7.0, 2.0, -5.0, 0.1]])
+    with torch.no_grad():
+        assert torch.allclose(enc(pts, 1), model.encoder(pts, 1))
+
+
+def test_labels_without_frames_are_skipped_and_counted(sim_seq, pseudo, tmp_path):
+    labels = tmp_path / "labels"
+    shutil.copytree(pseudo / "combined" / "label_2", labels)
+    shutil.copy(labels / "000000.txt", labels / "999999.txt")
+    res = run_cli("train-student", sim_seq, labels, "-r", "tiny", "--set", "train.steps=1", "--out", tmp_path / "r")
+    assert res.returncode == 0, res.stderr
+    assert "1 label files have no frame (first: 999999.txt)" in res.stderr.replace("\n", " ")
+    empty = tmp_path / "elsewhere"
+    empty.mkdir()
+    (empty / "abc.txt").write_text("")
+    one_line_exit_2(run_cli("train-student", sim_seq, empty, "-r", "tiny", "--out", tmp_path / "r2"), "none of the 12 frames")
+
+
+def test_resume_after_sigterm_matches_uninterrupted(sim_seq, tmp_path):
+    args = [sys.executable, "-m", "sslkit", "lidar", "train-student", str(sim_seq), str(sim_seq / "label_2"), "-r", "tiny",
+            "--set", "train.steps=10", "--set", "train.checkpoint_every=2"]
+    full = subprocess.run([*args, "--out", str(tmp_path / "full")], capture_output=True, text=True, env=ENV)
+    assert full.returncode == 0, full.stderr
+    proc = subprocess.Popen([*args, "--out", str(tmp_path / "cut")], stderr=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True, env=ENV)
+    ck = tmp_path / "cut" / "checkpoints" / "last.pt"
+    while not ck.exists() and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    step = torch.load(ck, weights_only=True)["step"]
+    assert 0 < step < 10
+    res = run_subprocess("train-student", sim_seq, sim_seq / "label_2", "--out", tmp_path / "cut", "--resume")
+    assert res.returncode == 0, res.stderr
+    from safetensors.torch import load_file
+
+    a = load_file(str(tmp_path / "full" / "encoder" / "encoder.safetensors"))
+    b = load_file(str(tmp_path / "cut" / "encoder" / "encoder.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_pretrain_under_torchrun_two_processes(sim_seq, tmp_path):
+    out = tmp_path / "ddp"
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "sslkit", "lidar", "pretrain", str(sim_seq), "-r", "tiny", "--set", "train.steps=2",
+                          "--out", str(out)], capture_output=True, text=True, env=ENV, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["step"] == 2
+    assert len(list((out / "pseudo_labels" / "combined" / "label_2").glob("*.txt"))) == 12   # the teachers ran
+    assert (out / "encoder" / "encoder.safetensors").is_file()

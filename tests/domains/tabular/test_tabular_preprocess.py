@@ -1,0 +1,123 @@
+"""Reading tables, column typing, missing values, scaling, unseen categories."""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from sslkit.core.errors import UserError
+from sslkit.domains.tabular.io import iter_batches, read_adult, table_columns
+from sslkit.domains.tabular.preprocess import MISSING, UNKNOWN, Preprocessor, fit_preprocessor, quantile_normal
+
+
+def _fit(table: pa.Table, **kw):
+    opts = dict(skip={}, categorical=[], numeric=[], max_categories=10)
+    opts.update(kw)
+    return fit_preprocessor(table.to_batches(max_chunksize=7), **opts)
+
+
+def _mixed() -> pa.Table:
+    n = 40
+    rng = np.random.default_rng(0)
+    return pa.table({
+        "x": pa.array([None if i % 5 == 0 else float(v) for i, v in enumerate(rng.normal(size=n))]),
+        "k": pa.array([int(v) for v in rng.integers(0, 100, n)]),
+        "color": pa.array([None if i % 7 == 0 else ["red", "blue", "green"][i % 3] for i in range(n)]),
+        "flag": pa.array([bool(i % 2) for i in range(n)]),
+        "const": pa.array([3.0] * n),
+        "text": pa.array([f"note {i}" for i in range(n)]),
+        "when": pa.array(np.datetime64("2020-01-01") + np.arange(n).astype("timedelta64[D]")),
+    })
+
+
+def test_column_kinds_missing_and_notes():
+    pre = _fit(_mixed())
+    assert [c.name for c in pre.numeric] == ["x", "k", "when"]
+    assert [c.name for c in pre.categorical] == ["color", "flag"]
+    assert pre.ignored == {"const": "constant", "text": pre.ignored["text"]}
+    assert "high-cardinality" in pre.ignored["text"]
+    assert pre.numeric[0].has_missing and not pre.numeric[1].has_missing
+    assert any("dates" in n for n in pre.notes)
+    num, miss, cat = pre.encode(_mixed())
+    assert miss[:, 0].tolist() == [i % 5 == 0 for i in range(40)]
+    assert (num[miss[:, 0] == 1, 0] == 0).all() and np.isfinite(num).all()
+    # the date column is days since 1970, scaled monotonically
+    assert (np.diff(num[:, 2]) >= 0).all() and num[-1, 2] > num[0, 2]
+    assert (cat[[0, 7, 14], 0] == MISSING).all() and (cat[cat[:, 0] != MISSING, 0] >= 2).all()
+
+
+def test_overrides_force_kinds():
+    pre = _fit(_mixed(), categorical=["k", "text"], numeric=["flag"], max_categories=10)
+    assert "k" in [c.name for c in pre.categorical] and "flag" in [c.name for c in pre.numeric]
+    text = next(c for c in pre.categorical if c.name == "text")
+    assert len(text.categories) == 10 and text.dropped_rare == 30   # forced: top 10 kept, rest -> unknown
+
+
+def test_unseen_category_maps_to_unknown_not_a_crash():
+    pre = _fit(_mixed())
+    new = _mixed().set_column(2, "color", pa.array(["purple"] * 40))
+    _, _, cat = pre.encode(new)
+    assert (cat[:, 0] == UNKNOWN).all()
+
+
+def test_quantile_scaling_is_monotone_and_roughly_normal():
+    rng = np.random.default_rng(1)
+    x = rng.exponential(size=5000)
+    pre = _fit(pa.table({"x": x, "y": rng.normal(size=5000)}))
+    z = pre.encode(pa.table({"x": x, "y": rng.normal(size=5000)}))[0][:, 0]
+    order = np.argsort(x)
+    assert (np.diff(z[order]) >= -1e-6).all()
+    assert abs(z.mean()) < 0.05 and abs(z.std() - 1) < 0.05     # an exponential becomes ~N(0, 1)
+    assert quantile_normal(np.array([-1e9, 1e9]), np.linspace(0, 1, 11)).tolist() == pytest.approx([-5.199, 5.199], abs=1e-3)
+
+
+def test_round_trip_json():
+    pre = _fit(_mixed())
+    again = Preprocessor.from_dict(__import__("json").loads(pre.to_json()))
+    for a, b in zip(pre.encode(_mixed()), again.encode(_mixed())):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_all_nan_column_and_zero_columns_are_errors():
+    with pytest.raises(UserError, match="'empty' is empty.*--drop empty"):
+        _fit(pa.table({"a": [1.0, 2.0, 3.0], "empty": pa.array([None, None, None], pa.float64())}))
+    with pytest.raises(UserError, match="no usable feature columns"):
+        _fit(pa.table({"c": [1, 1, 1], "t": ["a", "b", "a"]}), skip={"t": "target"})
+
+
+def test_columns_differ_lists_missing_and_extra():
+    pre = _fit(_mixed())
+    with pytest.raises(UserError, match=r"missing x.*extra zzz"):
+        pre.check_columns(["k", "color", "flag", "when", "zzz"], "t.csv")
+    pre.check_columns(["x", "k", "color", "flag", "when", "const", "text"], "t.csv")  # ignored columns are fine
+
+
+def test_ragged_csv_reports_the_line(tmp_path):
+    path = tmp_path / "bad.csv"
+    path.write_text("a,b,c\n1,2,3\n4,5,6\n7,8\n")
+    with pytest.raises(UserError, match="line 4: expected 3 fields, found 2"):
+        list(iter_batches(path))
+
+
+def test_csv_and_parquet_read_alike(tmp_path):
+    table = read_adult(limit=300)
+    pq.write_table(table, tmp_path / "a.parquet")
+    from sslkit.domains.tabular.io import write_csv_atomic
+
+    write_csv_atomic(table, tmp_path / "a.csv")
+    fits = []
+    for name in ("a.csv", "a.parquet"):
+        assert table_columns(tmp_path / name)[:3] == ["id", "age", "workclass"]
+        pre = fit_preprocessor(iter_batches(tmp_path / name), skip={"id": "id", "income": "target"}, categorical=[],
+                               numeric=[])
+        fits.append(pre.encode(pa.Table.from_batches(list(iter_batches(tmp_path / name)))))
+    for a, b in zip(*fits):
+        np.testing.assert_allclose(a, b)
+    assert fits[0][2].shape[1] == 8   # Adult's 8 categorical columns
+
+
+def test_tsv_is_read_with_tabs(tmp_path):
+    path = tmp_path / "t.tsv"
+    path.write_text("a\tb\n1\tx\n2\ty\n")
+    assert table_columns(path) == ["a", "b"]
