@@ -131,3 +131,13 @@ def test_toy_end_to_end_pretrain_embed_evaluate_export(tmp_path):
     x = torch.randn(4, 32)
     ref = sslkit.load_encoder(run)
     assert torch.allclose(enc(x), ref(x))
+
+
+def test_resume_uses_the_runs_own_recipe(tmp_path):
+    run = tmp_path / "run"
+    assert sslkit_cmd("toy", "pretrain", "--out", str(run), "--set", "train.steps=6",
+                      "--set", "model.out_dim=8").returncode == 0
+    # without repeating --set model.out_dim=8, resume must still build the same model (and extend steps)
+    out = sslkit_cmd("toy", "pretrain", "--out", str(run), "--resume", "--set", "train.steps=8")
+    assert out.returncode == 0, out.stderr
+    assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 8

@@ -117,6 +117,7 @@ def test_nan_guard_stops_names_step_and_keeps_last_good_checkpoint(tmp_path):
 def test_batch_larger_than_data_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="fewer than one global batch"):
         _train(tmp_path / "r", train={"batch_size": 200})
+    assert not (tmp_path / "r").exists()
 
 
 def test_sigterm_checkpoints_and_resume_finishes(tmp_path):
@@ -194,3 +195,9 @@ def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(UserError, match="64 processes on this node but 1 GPU"):
         distributed._gpu_for(0)
+
+
+def test_failed_start_leaves_no_stub_run_folder(tmp_path):
+    with pytest.raises(UserError):
+        _train(tmp_path / "stub", train={"batch_size": 500})
+    assert not (tmp_path / "stub").exists()

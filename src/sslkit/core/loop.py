@@ -192,7 +192,11 @@ def fit(
     device = distributed.select_device(train.device)
     env = distributed.init_distributed(device)
     bf16 = use_bf16(train.precision, device)
-    micro, accum, per_epoch = _plan(train, len(dataset), env.world_size)  # type: ignore[arg-type]
+    try:
+        micro, accum, per_epoch = _plan(train, len(dataset), env.world_size)  # type: ignore[arg-type]
+    except UserError:
+        run.discard_if_empty()
+        raise
     base_lr = train.lr * (train.batch_size / train.lr_scale_batch if train.lr_scale_batch else 1.0)
 
     method.to(device)

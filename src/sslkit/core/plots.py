@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -22,7 +22,7 @@ def save_figure(fig: Any, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return path
 
 
@@ -31,7 +31,7 @@ def loss_curve(records: list[dict[str, Any]], path: Path, title: str = "") -> Pa
     points = [(r["step"], r["loss"]) for r in records if "loss" in r and "step" in r]
     if not points:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     steps, losses = map(np.asarray, zip(*points))
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
     ax.plot(steps, losses, color="tab:blue", lw=1.5, label="loss")
@@ -49,7 +49,7 @@ def loss_curve(records: list[dict[str, Any]], path: Path, title: str = "") -> Pa
 
 def embedding_map(vectors: np.ndarray, labels: np.ndarray | None, path: Path, title: str = "") -> Path:
     """2-D PCA scatter of embeddings (N, D), coloured by label when given."""
-    plt = _pyplot()
+    plt = pyplot()
     x = vectors - vectors.mean(0, keepdims=True)
     _, _, vt = np.linalg.svd(x[: min(len(x), 20000)], full_matrices=False)
     xy = x @ vt[:2].T

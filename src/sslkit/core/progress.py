@@ -6,6 +6,10 @@ import time
 from typing import Any
 
 
+def _rate(v: float) -> str:
+    return f"{v:,.0f}" if v >= 100 else f"{v:.3g}"
+
+
 class Progress:
     """Shows step, loss, throughput and data-wait %; plain lines when stderr is not a TTY."""
 
@@ -35,7 +39,7 @@ class Progress:
     def update(self, step: int, loss: float, samples_per_s: float, data_wait: float, lr: float) -> None:
         if not self.enabled:
             return
-        stats = f"loss {loss:.4f}  {samples_per_s:,.0f} samples/s  data-wait {100 * data_wait:.0f}%  lr {lr:.2e}"
+        stats = f"loss {loss:.4f}  {_rate(samples_per_s)} samples/s  data-wait {100 * data_wait:.0f}%  lr {lr:.2e}"
         if self._bar is not None:
             self._bar.update(self._task, completed=step, stats=stats)
             return

@@ -176,3 +176,12 @@ def recipe_to_dict(recipe: BaseModel) -> dict[str, Any]:
 
 def recipe_to_yaml(recipe: BaseModel) -> str:
     return yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False)
+
+
+def resolve_recipe(schema: type[R], domain: str, name_or_path: str, overrides: list[str] | tuple,
+                   out: Path | None, resume: bool) -> R:
+    """The recipe for `pretrain`: with --resume, the run's own saved recipe.yaml (plus any --set),
+    so a default --recipe on the command line cannot silently change a resumed run."""
+    if not resume or out is None or not (Path(out) / "recipe.yaml").is_file():
+        return load_recipe(schema, domain, name_or_path, overrides)
+    return load_recipe(schema, domain, str(Path(out) / "recipe.yaml"), overrides)

@@ -66,6 +66,12 @@ class Run:
 
     def __init__(self, path: Path) -> None:
         self.dir = Path(path)
+        self.created_now = False
+
+    def discard_if_empty(self) -> None:
+        """Remove a folder this process just created when training failed before any checkpoint."""
+        if self.created_now and distributed.is_main() and not self.checkpoint_path.exists():
+            shutil.rmtree(self.dir, ignore_errors=True)
 
     # -- creation -----------------------------------------------------------------
     @classmethod
@@ -102,13 +108,14 @@ class Run:
             raise UserError(f"run folder {run.dir} already exists — pass --overwrite to replace it, "
                             "--resume to continue it, or choose another --out")
         distributed.barrier()
+        run.created_now = not resume
         if distributed.is_main():
             if exists and overwrite:
                 shutil.rmtree(run.dir)
             run.dir.mkdir(parents=True, exist_ok=True)
             (run.dir / "checkpoints").mkdir(exist_ok=True)
+            atomic_write_text(run.dir / "recipe.yaml", recipe_to_yaml(recipe))  # on resume: with any new --set
             if not resume:
-                atomic_write_text(run.dir / "recipe.yaml", recipe_to_yaml(recipe))
                 (run.dir / "metrics.jsonl").unlink(missing_ok=True)
             run._write_manifest(domain, recipe, command or sys.argv, data_paths, resume)
         distributed.barrier()

@@ -72,13 +72,13 @@ def result_rows(results: dict[str, dict[str, Any]], task: str) -> tuple[list[str
 def evaluation_plots(run: Any, z: np.ndarray, y: np.ndarray, results: dict[str, dict[str, Any]], task: str,
                      target: str) -> None:
     """plots/embedding_map.png (PCA of embeddings coloured by the target) and plots/evaluation.png (scores)."""
-    from sslkit.core.plots import _pyplot, embedding_map
+    from sslkit.core.plots import pyplot, embedding_map
 
     colour = y if task == "classification" else np.digitize(y, np.quantile(y, [0.25, 0.5, 0.75]))
     embedding_map(z[:20000], colour[:20000], run.path("plots", "embedding_map.png"),
                   title=f"{run.recipe_dict['method']} embeddings (PCA), colour = {target}")
     metric = "accuracy" if task == "classification" else "rmse"
-    plt = _pyplot()
+    plt = pyplot()
     feats = list(dict.fromkeys(k.split(" / ")[0] for k in results))
     models = list(dict.fromkeys(k.split(" / ")[1] for k in results))
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)

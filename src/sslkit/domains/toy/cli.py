@@ -31,13 +31,13 @@ def pretrain(data: DataArg = None, recipe: RecipeOpt = "tiny", set_: SetOpt = No
     from sslkit.core.console import info
     from sslkit.core.export import export_encoder
     from sslkit.core.loop import fit, seed_everything
-    from sslkit.core.recipes import load_recipe
+    from sslkit.core.recipes import resolve_recipe
     from sslkit.core.runs import Run
     from sslkit.core import distributed
     from sslkit.domains.toy.io import TwoViews
     from sslkit.domains.toy.method import ToyRecipe, ToyVICReg
 
-    cfg = load_recipe(ToyRecipe, "toy", recipe, set_ or [])
+    cfg = resolve_recipe(ToyRecipe, "toy", recipe, set_ or [], out, resume)
     x, _ = _data(cfg, data)
     run = Run.open(out, domain="toy", recipe=cfg, data_paths=[data] if data else [], overwrite=overwrite, resume=resume)
     seed_everything(cfg.train.seed)
