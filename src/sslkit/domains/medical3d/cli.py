@@ -1,0 +1,203 @@
+"""`sslkit medical3d ...`: pretrain (Alice / SwinUNETR-SSL), embed, finetune, export, sample-data."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from sslkit.core.cli_options import (DevicesOpt, OutOpt, OverwriteOpt, RecipeOpt, ResumeOpt, RunArg, SetOpt,
+                                     maybe_relaunch)
+
+app = typer.Typer(help="3D CT/MRI volumes: Alice-style and SwinUNETR-SSL pretraining, few-label fine-tuning.",
+                  no_args_is_help=True)
+DataArgs = Annotated[list[Path], typer.Argument(help="Folders (searched recursively), volume files, DICOM series "
+                                                     "folders, or a MONAI JSON datalist.")]
+ModalityOpt = Annotated[Optional[str], typer.Option("--modality", help="ct (HU window) or mri (percentiles); "
+                                                    "default: the recipe's data.modality.")]
+StrictOpt = Annotated[bool, typer.Option("--strict", help="Stop at the first unreadable volume instead of skipping it.")]
+
+
+def _recipe(recipe: str, sets: list[str] | None, modality: str | None):  # noqa: ANN202
+    from sslkit.core.errors import UserError
+    from sslkit.core.recipes import load_recipe
+    from sslkit.domains.medical3d.recipe import Medical3DRecipe
+
+    cfg = load_recipe(Medical3DRecipe, "medical3d", recipe, sets or [])
+    if modality is not None:
+        if modality not in ("ct", "mri"):
+            raise UserError(f"--modality {modality!r} is not known — use ct or mri")
+        cfg.data.modality = modality  # type: ignore[assignment]
+    return cfg
+
+
+def _prepare_all_ranks(volumes, cache, strict: bool):  # noqa: ANN001, ANN202
+    """Rank 0 fills the cache; the other ranks then read it (an error on rank 0 stops every rank)."""
+    from sslkit.core import distributed
+    from sslkit.core.errors import UserError
+    from sslkit.domains.medical3d.preprocess import prepare
+
+    result, error = None, None
+    if distributed.is_main():
+        try:
+            result = prepare(volumes, cache, strict)
+        except UserError as exc:
+            error = str(exc)
+    error = distributed.broadcast_object(error)
+    if error:
+        raise UserError(error)
+    if result is None:
+        result = prepare(volumes, cache, strict)
+    return result
+
+
+@app.command()
+def pretrain(data: DataArgs, recipe: RecipeOpt = "alice", modality: ModalityOpt = None, set_: SetOpt = None,
+             out: OutOpt = None, overwrite: OverwriteOpt = False, resume: ResumeOpt = False, strict: StrictOpt = False,
+             devices: DevicesOpt = 1) -> None:
+    """Self-supervised pretraining on unlabelled volumes; writes a run folder with the exported encoder."""
+    maybe_relaunch(devices)
+    from sslkit.core import distributed
+    from sslkit.core.console import info
+    from sslkit.core.export import export_encoder
+    from sslkit.core.loop import fit, seed_everything
+    from sslkit.core.runs import Run
+    from sslkit.domains.medical3d.datasets import CrossVolumePairs, RandomCrops
+    from sslkit.domains.medical3d.finetune import settings_from
+    from sslkit.domains.medical3d.io import find_volumes
+    from sslkit.domains.medical3d.method import build_method
+    from sslkit.domains.medical3d.preprocess import VolumeCache
+
+    cfg = _recipe(recipe, set_, modality)
+    cfg.data.strict = cfg.data.strict or strict
+    volumes = find_volumes(data)
+    distributed.init_distributed(distributed.select_device(cfg.train.device))
+    cache = VolumeCache(Path(cfg.data.cache_dir) if cfg.data.cache_dir else None, settings_from(cfg.data))
+    entries, skipped = _prepare_all_ranks(volumes, cache, cfg.data.strict)
+    seed_everything(cfg.train.seed)
+    method = build_method(cfg)
+    run = Run.open(out, domain="medical3d", recipe=cfg, data_paths=list(data), overwrite=overwrite, resume=resume)
+    run.update_manifest(medical3d={"volumes": len(entries), "skipped_count": len(skipped), "skipped": skipped,
+                                   "cache": str(cache.root), "shapes": [m["shape"] for _, m in entries[:50]]})
+    info(f"{len(entries)} volumes ready ({len(skipped)} skipped), cache {cache.root}")
+    if cfg.method == "alice":
+        if len(entries) == 1:
+            info("only one volume: Alice pairs are drawn within it (cross-volume pairs need two or more)")
+        dataset = CrossVolumePairs(entries, cfg.data.roi, cfg.data.samples_per_volume, cfg.data.pair_jitter)
+    else:
+        dataset = RandomCrops(entries, cfg.data.roi, cfg.data.samples_per_volume)
+    result = fit(method, dataset, cfg.train, run, resume=resume)
+    if distributed.is_main():
+        export_encoder(method.encoder, method.encoder_spec(), run.path("encoder"),
+                       extra={"roi": cfg.data.roi, "modality": cfg.data.modality})
+        info(f"done: {result.step} steps in {result.seconds:.1f}s, final loss {result.last_loss:.4f}")
+        typer.echo(str(run.dir))
+
+
+@app.command()
+def embed(run: RunArg, data: DataArgs, out: Annotated[Path, typer.Option("--out", "-o", help="Parquet file to write.")],
+          grid_dir: Annotated[Optional[Path], typer.Option("--grid-dir", help="Also save each volume's per-patch "
+                                                           "embedding grid (D, x, y, z) as .npy here.")] = None,
+          overwrite: OverwriteOpt = False, strict: StrictOpt = False) -> None:
+    """One vector per volume (mean of the encoder's deepest map over ROI tiles) as Parquet with the volume ids."""
+    import numpy as np
+    import torch
+
+    from sslkit.core.embeddings import write_embeddings
+    from sslkit.core.errors import UserError
+    from sslkit.core.export import load_encoder
+    from sslkit.core.runs import Run
+    from sslkit.domains.medical3d.finetune import settings_from
+    from sslkit.domains.medical3d.io import find_volumes
+    from sslkit.domains.medical3d.preprocess import VolumeCache, prepare
+    from sslkit.domains.medical3d.recipe import Medical3DRecipe
+
+    if out.exists() and not overwrite:
+        raise UserError(f"{out} already exists — pass --overwrite or choose another --out")
+    cfg = Medical3DRecipe.model_validate(Run.load(run, "medical3d").recipe_dict)
+    encoder = load_encoder(run)
+    entries, skipped = prepare(find_volumes(data), VolumeCache(Path(cfg.data.cache_dir) if cfg.data.cache_dir else None,
+                                                               settings_from(cfg.data)), strict)
+    ids, vectors = [], []
+    for npy, meta in entries:
+        image = torch.from_numpy(np.load(npy).astype(np.float32))[None, None]
+        vec, grid = _embed(encoder, image, cfg.data.roi)
+        ids.append(meta["id"])
+        vectors.append(vec)
+        if grid_dir is not None:
+            import io
+
+            from sslkit.core.checkpoint import atomic_write_bytes
+
+            buf = io.BytesIO()
+            np.save(buf, grid)
+            atomic_write_bytes(grid_dir / f"{Path(meta['id']).name.split('.')[0]}.npy", buf.getvalue())
+    write_embeddings(out, ids, np.stack(vectors), extra={"path": [m["source"] for _, m in entries]}, overwrite=overwrite)
+    typer.echo(str(out))
+
+
+def _embed(encoder, image, roi: int):  # noqa: ANN001, ANN202
+    import torch
+
+    from sslkit.domains.medical3d.model import embed_volume
+
+    with torch.no_grad():
+        vec, grid = embed_volume(encoder, image, roi)
+    return vec.numpy().astype("float32"), grid.numpy().astype("float32")
+
+
+@app.command()
+def finetune(run: RunArg, images: Annotated[Path, typer.Argument(help="Image folder/file (or JSON datalist).")],
+             labels: Annotated[Path, typer.Argument(help="Label folder/file: one label map per image, same grid.")],
+             from_scratch: Annotated[bool, typer.Option("--from-scratch", help="Random encoder instead of RUN's "
+                                                        "(the baseline).")] = False,
+             train: Annotated[Optional[int], typer.Option("--train", help="Labelled volumes to train on; the rest "
+                                                          "are held out (one volume: halves).", min=1)] = None,
+             set_: SetOpt = None, out: OutOpt = None, overwrite: OverwriteOpt = False, strict: StrictOpt = False) -> None:
+    """Segmentation with the pretrained encoder + UNETR-style decoder; Dice per class on held-out data; NIfTI predictions."""
+    from sslkit.core.recipes import apply_override, validate_recipe
+    from sslkit.core.runs import Run
+    from sslkit.domains.medical3d.finetune import run_finetune
+    from sslkit.domains.medical3d.io import find_volumes, pair_labels
+    from sslkit.domains.medical3d.recipe import Medical3DRecipe
+
+    base = Run.load(run, "medical3d")
+    raw = base.recipe_dict
+    for override in set_ or []:
+        apply_override(raw, override, Medical3DRecipe)
+    cfg = validate_recipe(Medical3DRecipe, raw, str(base.path("recipe.yaml")))
+    pairs = pair_labels(find_volumes([images]), find_volumes([labels]))
+    result = run_finetune(cfg, None if from_scratch else base.dir, pairs, train, out, overwrite, strict, [images, labels])
+    if result:
+        typer.echo(f"{result['mean_dice']:.4f}")
+
+
+@app.command()
+def export(run: RunArg, out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write.")],
+           overwrite: OverwriteOpt = False) -> None:
+    """Write the encoder (safetensors + config.json), loadable with sslkit.load_encoder(DIR)."""
+    from sslkit.core.export import export_from_run
+
+    typer.echo(str(export_from_run(run, out, overwrite=overwrite)))
+
+
+@app.command("sample-data")
+def sample_data(out: Annotated[Path, typer.Argument(help="Folder to write the sample volumes into.")],
+                resolution: Annotated[int, typer.Option("--resolution", help="MNI152 grid in mm: 1 (197×233×189) "
+                                                        "or 2 (99×117×95).")] = 2,
+                subjects: Annotated[int, typer.Option("--subjects", help="Warped T1 copies for pretraining.")] = 6,
+                synthetic: Annotated[int, typer.Option("--synthetic", help="Labelled synthetic volumes.")] = 8,
+                size: Annotated[int, typer.Option("--size", help="Side of each synthetic volume.")] = 64,
+                overwrite: OverwriteOpt = False) -> None:
+    """Real MNI152 T1 + grey/white-matter labels (nilearn), warped copies, and MONAI synthetic labelled volumes."""
+    from sslkit.core.console import info
+    from sslkit.core.errors import UserError
+    from sslkit.domains.medical3d.samples import write_sample_data
+
+    if resolution not in (1, 2):
+        raise UserError(f"--resolution {resolution} is not offered — use 1 or 2 (mm)")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise UserError(f"{out} is not empty — pass --overwrite or choose another folder")
+    counts = write_sample_data(out, resolution, subjects, synthetic, size)
+    info(f"wrote {counts} under {out}")
+    typer.echo(str(out))

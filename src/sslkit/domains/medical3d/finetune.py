@@ -1,0 +1,151 @@
+"""`medical3d finetune`: few-label segmentation from a pretrained (or fresh) encoder, held-out Dice, NIfTI predictions."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sslkit.core.errors import UserError
+from sslkit.domains.medical3d.io import Volume
+from sslkit.domains.medical3d.recipe import FinetuneRecipe, Medical3DRecipe
+
+
+def settings_from(data: Any) -> Any:
+    """Preprocessing settings of a recipe's data section."""
+    from sslkit.domains.medical3d.preprocess import Settings
+
+    return Settings(modality=data.modality, spacing=tuple(data.spacing) if data.spacing else None,
+                    hu_window=tuple(data.hu_window), percentiles=tuple(data.percentiles),
+                    crop_foreground=data.crop_foreground, foreground_threshold=data.foreground_threshold)
+
+
+def split(entries: list[tuple[Path, dict]], n_train: int | None) -> tuple[list, list, list | None, list]:
+    """(train entries, eval entries, train X-regions or None, eval X-regions) — a single volume is split in halves.
+
+    With one labelled volume the left half along RAS x (the right hemisphere of a brain) trains and
+    the other half is held out; with several, the first `n_train` volumes train and the rest are held out.
+    """
+    if len(entries) == 1:
+        x = entries[0][1]["shape"][0]
+        return entries, entries, [(0, x // 2)], [(x // 2, x)]
+    n = n_train if n_train is not None else max(1, len(entries) // 2)
+    if not 1 <= n < len(entries):
+        raise UserError(f"--train {n} leaves no held-out volume among {len(entries)} — use 1..{len(entries) - 1}")
+    held = entries[n:]
+    return entries[:n], held, None, [(0, e[1]["shape"][0]) for e in held]
+
+
+def count_classes(entries: list[tuple[Path, dict]]) -> int:
+    k = 0
+    for _, meta in entries:
+        lab = np.load(meta["label"], mmap_mode="r")
+        if lab.min() < 0:
+            raise UserError(f"label volume for {meta['source']} has negative values — labels must be 0..K-1")
+        k = max(k, int(lab.max()) + 1)
+    if k < 2:
+        raise UserError("the label volumes hold only background (0) — give labels with at least one class > 0")
+    return k
+
+
+def run_finetune(cfg: Medical3DRecipe, pretrained: Path | None, pairs: list[Volume], n_train: int | None,
+                 out: Path | None, overwrite: bool, strict: bool, data_paths: list[Path]) -> dict[str, Any]:
+    """Train, predict the held-out part, write predictions and evaluation.json; returns the evaluation."""
+    from sslkit.core import distributed
+    from sslkit.core.export import load_encoder
+    from sslkit.core.loop import fit, seed_everything, use_bf16
+    from sslkit.core.runs import Run
+    from sslkit.domains.medical3d.datasets import LabelledCrops
+    from sslkit.domains.medical3d.method import build_encoder
+    from sslkit.domains.medical3d.preprocess import VolumeCache, prepare
+    from sslkit.domains.medical3d.recipe import finetune_train_config
+    from sslkit.domains.medical3d.segmentation import Segmenter, SegmentationTask
+
+    ft = cfg.finetune
+    cache = VolumeCache(Path(cfg.data.cache_dir) if cfg.data.cache_dir else None, settings_from(cfg.data))
+    entries, skipped = prepare(pairs, cache, strict)
+    classes = count_classes(entries)
+    train_e, eval_e, train_regions, eval_regions = split(entries, n_train)
+    rec = FinetuneRecipe(pretrained=str(pretrained) if pretrained else None, data=cfg.data, model=cfg.model,
+                         finetune=ft, classes=classes, train=finetune_train_config(cfg.train, ft))
+    run = Run.open(out, domain="medical3d", recipe=rec, data_paths=data_paths, overwrite=overwrite)
+    run.update_manifest(medical3d={"volumes": len(entries), "skipped": skipped, "cache": str(cache.root),
+                                   "train": [m["id"] for _, m in train_e], "held_out": [m["id"] for _, m in eval_e]})
+    seed_everything(ft.seed)
+    if pretrained is not None:
+        encoder = load_encoder(pretrained).train()
+        spec = {k: encoder.sslkit_config[k] for k in ("domain", "kind", "kwargs")}
+    else:
+        encoder, spec = build_encoder(cfg.model)
+    if ft.roi % encoder.stride:
+        raise UserError(f"finetune.roi={ft.roi} must be a multiple of the encoder stride {encoder.stride}")
+    task = SegmentationTask(Segmenter(encoder, classes, ft.decoder_channels), spec,
+                            encoder_lr_mult=ft.encoder_lr_mult, weight_decay=rec.train.weight_decay)
+    data = LabelledCrops(train_e, ft.roi, ft.samples_per_volume, train_regions)
+    result = fit(task, data, rec.train, run)
+    if not distributed.is_main():
+        return {}
+    return evaluate(task, run, eval_e, eval_regions, classes, ft, use_bf16(rec.train.precision, result.device), result.device)
+
+
+def evaluate(task: Any, run: Any, eval_e: list, eval_regions: list, classes: int, ft: Any, bf16: bool,
+             device: torch.device) -> dict[str, Any]:
+    from sslkit.core.checkpoint import atomic_write_text
+    from sslkit.core.console import print_table
+    from sslkit.domains.medical3d.io import write_nifti
+    from sslkit.domains.medical3d.preprocess import undo_preprocess
+    from sslkit.domains.medical3d.segmentation import dice_per_class, predict
+
+    model = task.model.eval()
+    per_volume, shown = {}, None
+    for (npy, meta), (x0, x1) in zip(eval_e, eval_regions):
+        image = np.load(npy).astype(np.float32)
+        label = np.load(meta["label"]).astype(np.int16)
+        pred = predict(model, image, ft.roi, ft.sw_overlap, device, bf16)
+        region = np.zeros(image.shape, dtype=bool)
+        region[x0:x1] = True
+        per_volume[meta["id"]] = dice_per_class(pred, label, classes, region)
+        name = Path(meta["id"]).name.split(".")[0] or "volume"
+        write_nifti(run.path("predictions", f"{name}.nii.gz"), undo_preprocess(pred, meta), np.asarray(meta["affine"]))
+        shown = shown or (image, label, pred, x0, x1)
+    scores = np.array(list(per_volume.values()), dtype=float)
+    mean = np.nanmean(scores, axis=0)
+    rows = [[f"class {c + 1}", *[f"{v[c]:.3f}" for v in per_volume.values()], f"{mean[c]:.3f}"] for c in range(classes - 1)]
+    rows.append(["mean", *[f"{np.nanmean(v):.3f}" for v in per_volume.values()], f"{np.nanmean(mean):.3f}"])
+    print_table("held-out Dice", ["class", *per_volume.keys(), "mean"], rows)
+    payload = {"dice_per_volume": per_volume, "dice_per_class": mean.tolist(), "mean_dice": float(np.nanmean(mean)),
+               "classes": classes}
+    atomic_write_text(run.path("evaluation.json"), json.dumps(payload, indent=2))
+    if shown is not None:
+        overlay(*shown, run.path("plots", "segmentation.png"))
+    return payload
+
+
+def overlay(image: np.ndarray, label: np.ndarray, pred: np.ndarray, x0: int, x1: int, path: Path) -> Path:
+    """Axial and coronal slices through the held-out part: image, reference labels, prediction."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs = slice(x0, x1)
+    z, y = image.shape[2] // 2, image.shape[1] // 2
+    views = [("axial", lambda a: a[xs, :, z].T), ("coronal", lambda a: a[xs, y, :].T)]
+    fig, axes = plt.subplots(2, 3, figsize=(9, 6), dpi=110)
+    for r, (name, cut) in enumerate(views):
+        for c, (title, arr, cmap) in enumerate([("image", image, "gray"), ("reference", label, "viridis"),
+                                                 ("prediction", pred, "viridis")]):
+            ax = axes[r, c]
+            ax.imshow(cut(image), cmap="gray", origin="lower")
+            if c:
+                ax.imshow(np.ma.masked_equal(cut(arr), 0), cmap=cmap, alpha=0.6, origin="lower", vmin=0,
+                          vmax=max(int(label.max()), 1))
+            ax.set_title(f"{title} ({name}, held-out)")
+            ax.axis("off")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -1,0 +1,245 @@
+"""Finding and reading CT/MRI volumes: NIfTI (nibabel), DICOM series (pydicom), NRRD/MHA (MONAI's ITK reader).
+
+Every reader returns a float32 array in the file's voxel order plus its 4×4 affine
+(voxel index -> RAS+ millimetres). Orientation, resampling and intensity presets
+live in `preprocess.py`; this module only finds and decodes files and says clearly
+what is wrong with a bad one.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sslkit.core.errors import UserError
+
+NIFTI = (".nii", ".nii.gz")
+ITK = (".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+@dataclass(frozen=True)
+class Volume:
+    """One volume to read: a file, or a DICOM series (folder + SeriesInstanceUID)."""
+
+    id: str
+    path: Path
+    series: str | None = None
+    label: Path | None = None
+
+
+def _suffix(p: Path) -> str:
+    name = p.name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else p.suffix.lower()
+
+
+def is_volume_file(p: Path) -> bool:
+    return p.is_file() and _suffix(p) in NIFTI + ITK
+
+
+def _dicom_series(folder: Path) -> dict[str, list[Path]]:
+    """SeriesInstanceUID -> its .dcm files in `folder` (headers only, no pixel data)."""
+    import pydicom
+
+    series: dict[str, list[Path]] = {}
+    for f in sorted(folder.glob("*.dcm")):
+        try:
+            ds = pydicom.dcmread(f, stop_before_pixels=True)
+        except Exception as exc:  # pydicom raises several types for broken headers
+            raise UserError(f"{f} is not a readable DICOM file ({type(exc).__name__}) — remove or re-export it") from None
+        series.setdefault(str(getattr(ds, "SeriesInstanceUID", "unknown")), []).append(f)
+    return series
+
+
+def find_volumes(paths: list[Path]) -> list[Volume]:
+    """Volumes under folders (recursive), given files, or a MONAI-style JSON datalist.
+
+    A folder of `.dcm` files is one volume per DICOM series in it; a folder holding
+    several series yields one volume per series (ids `folder#k`) and they are listed.
+    """
+    found: list[Volume] = []
+    for p in paths:
+        p = Path(p)
+        if not p.exists():
+            raise UserError(f"{p} does not exist — check the path")
+        if p.is_file() and p.suffix.lower() == ".json":
+            found += read_datalist(p)
+        elif p.is_file():
+            if _suffix(p) not in NIFTI + ITK + (".dcm",):
+                raise UserError(f"{p} is not a volume file (.nii, .nii.gz, .nrrd, .mha, .mhd, .dcm or a DICOM folder)")
+            found.append(Volume(p.name, p) if _suffix(p) != ".dcm" else Volume(p.parent.name, p.parent))
+        else:
+            files = sorted(f for f in p.rglob("*") if is_volume_file(f))
+            found += [Volume(str(f.relative_to(p)), f) for f in files]
+            for folder in sorted({f.parent for f in p.rglob("*.dcm")}):
+                found += dicom_volumes(folder, str(folder.relative_to(p)) or folder.name)
+    if not found:
+        raise UserError(f"no volumes found in {', '.join(map(str, paths))} — expected .nii/.nii.gz/.nrrd/.mha "
+                        "files, DICOM series folders, or a JSON datalist")
+    ids = [v.id for v in found]
+    if len(set(ids)) != len(ids):
+        found = [Volume(str(v.path), v.path, v.series, v.label) for v in found]
+    return found
+
+
+def dicom_volumes(folder: Path, name: str) -> list[Volume]:
+    """One Volume per series in a DICOM folder; several series are listed on stderr."""
+    series = _dicom_series(folder)
+    if len(series) > 1:
+        from sslkit.core.console import warn
+
+        listing = "; ".join(f"#{k} {uid} ({len(files)} files)" for k, (uid, files) in enumerate(sorted(series.items())))
+        warn(f"{folder} holds {len(series)} DICOM series, each read as its own volume: {listing}")
+        return [Volume(f"{name}#{k}", folder, uid) for k, uid in enumerate(sorted(series))]
+    return [Volume(name, folder, next(iter(series)))] if series else []
+
+
+def read_datalist(path: Path, key: str = "training") -> list[Volume]:
+    """MONAI datalist JSON: {"training": [{"image": ..., "label": ...}, ...]} or a plain list; paths relative to it."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path} is not a readable JSON datalist ({exc}) — fix the JSON") from None
+    entries = data.get(key, data.get("validation", [])) if isinstance(data, dict) else data
+    out = []
+    for i, e in enumerate(entries if isinstance(entries, list) else []):
+        image = e.get("image") if isinstance(e, dict) else e
+        if not isinstance(image, str):
+            raise UserError(f"{path}: entry {i} has no 'image' path — each entry needs \"image\": \"file.nii.gz\"")
+        img = (path.parent / image).resolve()
+        if not img.exists():
+            raise UserError(f"{path}: entry {i} names {img}, which does not exist — fix the datalist")
+        label = e.get("label") if isinstance(e, dict) else None
+        out.append(Volume(image, img, None, (path.parent / label).resolve() if label else None))
+    if not out:
+        raise UserError(f"{path} lists no images under '{key}' — a MONAI datalist needs {{\"{key}\": [{{\"image\": ...}}]}}")
+    return out
+
+
+def _check_array(arr: np.ndarray, where: str) -> np.ndarray:
+    """3-D float32; a trailing singleton 4th axis is dropped; 2-D, 4-D and non-finite data are errors."""
+    if arr.ndim == 4 and arr.shape[3] == 1:
+        arr = arr[..., 0]
+    if arr.ndim == 4:
+        raise UserError(f"{where} is 4-D {arr.shape} (a time series or multi-channel volume) — split it into 3-D "
+                        "volumes first (e.g. fslsplit, or nibabel.four_to_three)")
+    if arr.ndim != 3 or min(arr.shape) < 2:
+        raise UserError(f"{where} has shape {arr.shape}, not a 3-D volume — medical3d needs 3-D volumes "
+                        "(2-D images and single slices are not supported)")
+    arr = np.asarray(arr, dtype=np.float32)
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        raise UserError(f"{where} has {int(bad.sum())} NaN/Inf voxels — fix or mask them before training "
+                        "(e.g. nibabel + numpy.nan_to_num)")
+    return arr
+
+
+def read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+        arr = np.asanyarray(img.dataobj)
+    except Exception as exc:  # nibabel/gzip/zlib raise many types for truncated or corrupt files
+        raise UserError(f"{path} is not a readable NIfTI file ({type(exc).__name__}: {str(exc)[:80]}) — "
+                        "re-export it or remove it") from None
+    return _check_array(arr, str(path)), np.asarray(img.affine, dtype=np.float64)
+
+
+def read_dicom(folder: Path, series: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """A DICOM series sorted along its slice normal; affine from ImagePositionPatient/Orientation (LPS -> RAS)."""
+    import pydicom
+
+    all_series = _dicom_series(folder)
+    if series is None:
+        if len(all_series) != 1:
+            listing = ", ".join(f"{uid} ({len(f)} files)" for uid, f in all_series.items())
+            raise UserError(f"{folder} holds {len(all_series)} DICOM series ({listing}) — put each in its own folder")
+        series = next(iter(all_series))
+    slices = []
+    for f in all_series.get(series, []):
+        try:
+            ds = pydicom.dcmread(f)
+            pix = ds.pixel_array.astype(np.float32) * float(getattr(ds, "RescaleSlope", 1)) + float(getattr(ds, "RescaleIntercept", 0))
+        except Exception as exc:  # broken pixel data, missing transfer syntax support
+            raise UserError(f"{f} has unreadable DICOM pixel data ({type(exc).__name__}) — re-export the series") from None
+        slices.append((ds, pix))
+    if len(slices) < 2:
+        raise UserError(f"{folder} series {series} has {len(slices)} slice(s) — a 3-D volume needs several slices")
+    row, col = (np.asarray(slices[0][0].ImageOrientationPatient[:3], float), np.asarray(slices[0][0].ImageOrientationPatient[3:], float))
+    normal = np.cross(row, col)
+    slices.sort(key=lambda s: float(np.dot(normal, np.asarray(s[0].ImagePositionPatient, float))))
+    p0 = np.asarray(slices[0][0].ImagePositionPatient, float)
+    p1 = np.asarray(slices[-1][0].ImagePositionPatient, float)
+    dz = (p1 - p0) / (len(slices) - 1)
+    sr, sc = (float(v) for v in slices[0][0].PixelSpacing)
+    # pixel_array is (rows, cols); the column index moves along `row` (PixelSpacing[1]), the row index along `col`
+    arr = np.stack([s[1].T for s in slices], axis=-1)  # (cols, rows, slices)
+    lps = np.eye(4)
+    lps[:3, 0], lps[:3, 1], lps[:3, 2], lps[:3, 3] = row * sc, col * sr, dz, p0
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+    return _check_array(arr, str(folder)), affine
+
+
+def read_itk(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """NRRD/MHA through MONAI's ITKReader (needs the `itk` package)."""
+    try:
+        import itk  # noqa: F401
+    except ImportError:
+        raise UserError(f"{path}: reading {_suffix(path)} needs the itk package — pip install itk, "
+                        "or convert to NIfTI") from None
+    from monai.data import ITKReader
+
+    try:
+        reader = ITKReader(affine_lps_to_ras=True)
+        arr, meta = reader.get_data(reader.read(str(path)))
+    except Exception as exc:  # ITK raises RuntimeError subclasses for bad files
+        raise UserError(f"{path} is not readable by ITK ({type(exc).__name__}) — re-export it") from None
+    return _check_array(np.asarray(arr), str(path)), np.asarray(meta["affine"], dtype=np.float64)
+
+
+def read_volume(vol: Volume | Path) -> tuple[np.ndarray, np.ndarray]:
+    """(X, Y, Z) float32 voxels and the 4×4 voxel->RAS affine of one volume."""
+    if isinstance(vol, Path):
+        vol = Volume(vol.name, vol)
+    if vol.path.is_dir() or _suffix(vol.path) == ".dcm":
+        return read_dicom(vol.path if vol.path.is_dir() else vol.path.parent, vol.series)
+    if _suffix(vol.path) in NIFTI:
+        return read_nifti(vol.path)
+    return read_itk(vol.path)
+
+
+def write_nifti(path: Path, arr: np.ndarray, affine: np.ndarray) -> Path:
+    """Write a NIfTI atomically (temp file + rename)."""
+    import os
+    import tempfile
+
+    import nibabel as nib
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name.split('.')[0]}.", suffix=".nii.gz")
+    os.close(fd)
+    try:
+        nib.save(nib.Nifti1Image(arr, affine), tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def pair_labels(images: list[Volume], labels: list[Volume]) -> list[Volume]:
+    """Match label volumes to images by file name (else by sorted order when the counts agree)."""
+    def stem(v: Volume) -> str:
+        return v.path.name.split(".")[0].lower()
+
+    by_stem = {stem(lab): lab for lab in labels}
+    matched = [by_stem.get(stem(im)) for im in images]
+    if all(m is not None for m in matched):
+        return [Volume(im.id, im.path, im.series, m.path) for im, m in zip(images, matched)]  # type: ignore[union-attr]
+    if len(images) != len(labels):
+        raise UserError(f"{len(images)} images but {len(labels)} label volumes, and their file names do not match — "
+                        "give one label file per image with the same name (in another folder) or in the same order")
+    return [Volume(im.id, im.path, im.series, lab.path) for im, lab in zip(images, labels)]

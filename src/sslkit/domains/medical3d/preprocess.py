@@ -1,0 +1,216 @@
+"""Preprocessing (RAS orientation, resampling, intensity presets, foreground crop) and its on-disk cache.
+
+A preprocessed volume is stored once as `<key>.npy` (float16, values in [0, 1]) plus
+`<key>.json` (shape, spacing, affine, foreground moments), where the key hashes the
+file's path, size and mtime together with the preprocessing settings: changing a
+setting or the file makes a new entry. Training reads the `.npy` with
+`mmap_mode="r"`, so DDP ranks and loader workers share one copy in the page cache
+and a random crop copies only its own voxels.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sslkit.core.errors import UserError
+from sslkit.domains.medical3d.io import Volume, read_volume
+
+CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What preprocessing does; every field enters the cache key."""
+
+    modality: str = "ct"                    # ct | mri
+    spacing: tuple[float, float, float] | None = (1.5, 1.5, 2.0)
+    hu_window: tuple[float, float] = (-1000.0, 1000.0)
+    percentiles: tuple[float, float] = (0.5, 99.5)
+    crop_foreground: bool = True
+    foreground_threshold: float = 0.05      # after scaling to [0, 1]
+    margin: int = 4
+
+
+def to_ras(arr: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Reorient to the closest canonical RAS+ frame; returns (array, new affine, the input's orientation)."""
+    from nibabel import orientations as ornt
+
+    current = ornt.io_orientation(affine)
+    transform = ornt.ornt_transform(current, ornt.axcodes2ornt(("R", "A", "S")))
+    out = ornt.apply_orientation(arr, transform)
+    return np.ascontiguousarray(out), affine @ ornt.inv_ornt_aff(transform, arr.shape), current
+
+
+def from_ras(arr: np.ndarray, orientation: np.ndarray) -> np.ndarray:
+    """Undo `to_ras`: back to the input's axis order and directions (for writing predictions)."""
+    from nibabel import orientations as ornt
+
+    back = ornt.ornt_transform(ornt.axcodes2ornt(("R", "A", "S")), np.asarray(orientation))
+    return np.ascontiguousarray(ornt.apply_orientation(arr, back))
+
+
+def spacing_of(affine: np.ndarray) -> np.ndarray:
+    return np.sqrt((affine[:3, :3] ** 2).sum(0))
+
+
+def resample(arr: np.ndarray, shape: tuple[int, ...], nearest: bool = False) -> np.ndarray:
+    """Trilinear (or nearest, for labels) resampling of (X, Y, Z) to `shape` with torch."""
+    import torch
+    import torch.nn.functional as F
+
+    if tuple(arr.shape) == tuple(shape):
+        return arr
+    t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))[None, None]
+    mode = "nearest-exact" if nearest else "trilinear"
+    out = F.interpolate(t, size=tuple(int(s) for s in shape), mode=mode, **({} if nearest else {"align_corners": False}))
+    return out[0, 0].numpy()
+
+
+def target_shape(shape: tuple[int, ...], spacing: np.ndarray, target: tuple[float, float, float] | None) -> tuple[int, ...]:
+    if target is None:
+        return tuple(shape)
+    return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, target))
+
+
+def scale_intensity(arr: np.ndarray, s: Settings) -> np.ndarray:
+    """CT: clip to the HU window and map to [0, 1]. MRI: map the (p_lo, p_hi) percentiles of non-zero voxels to [0, 1]."""
+    if s.modality == "ct":
+        lo, hi = s.hu_window
+    else:
+        nz = arr[arr != 0]
+        lo, hi = np.percentile(nz if nz.size else arr, s.percentiles)
+        if hi <= lo:
+            hi = lo + 1.0
+    return np.clip((arr - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+
+
+def foreground_box(arr: np.ndarray, threshold: float, margin: int) -> tuple[slice, ...]:
+    """Bounding box of voxels above `threshold` plus a margin (the whole volume when empty)."""
+    idx = np.argwhere(arr > threshold)
+    if idx.size == 0:
+        return tuple(slice(0, n) for n in arr.shape)
+    lo = np.maximum(idx.min(0) - margin, 0)
+    hi = np.minimum(idx.max(0) + 1 + margin, arr.shape)
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+
+
+def moments(arr: np.ndarray, threshold: float) -> tuple[list[float], list[float]]:
+    """Centre of mass and per-axis standard deviation (voxels) of the foreground: a coarse affine frame."""
+    idx = np.argwhere(arr > threshold).astype(np.float64)
+    if len(idx) < 8:
+        shape = np.asarray(arr.shape, float)
+        return (shape / 2).tolist(), (shape / 4).tolist()
+    return idx.mean(0).tolist(), np.maximum(idx.std(0), 1.0).tolist()
+
+
+def preprocess(arr: np.ndarray, affine: np.ndarray, s: Settings, label: np.ndarray | None = None) -> dict[str, Any]:
+    """Volume in RAS at the target spacing, scaled to [0, 1], cropped to its foreground.
+
+    Returns {"image": (X, Y, Z) float32, "label": same shape or None, "meta": geometry for undoing it}.
+    """
+    img, ras_affine, orientation = to_ras(arr, affine)
+    ras_shape = img.shape
+    spacing = spacing_of(ras_affine)
+    shape = target_shape(img.shape, spacing, s.spacing)
+    img = scale_intensity(resample(img, shape), s)
+    lab = None
+    if label is not None:
+        lab = resample(to_ras(label, affine)[0], shape, nearest=True)
+    box = foreground_box(img, s.foreground_threshold, s.margin) if s.crop_foreground else tuple(slice(0, n) for n in img.shape)
+    img = np.ascontiguousarray(img[box])
+    lab = np.ascontiguousarray(lab[box]).astype(np.int16) if lab is not None else None
+    com, std = moments(img, s.foreground_threshold)
+    meta = {"orig_shape": list(arr.shape), "ras_shape": list(ras_shape),
+            "resampled_shape": list(shape), "box": [[b.start, b.stop] for b in box], "orientation": orientation.tolist(),
+            "affine": np.asarray(affine).tolist(), "shape": list(img.shape), "com": com, "std": std,
+            "spacing": list(s.spacing) if s.spacing else spacing.tolist()}
+    return {"image": img, "label": lab, "meta": meta}
+
+
+def undo_preprocess(pred: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
+    """Put a label map (X', Y', Z') on the cropped grid back onto the input file's voxel grid."""
+    full = np.zeros(meta["resampled_shape"], dtype=pred.dtype)
+    full[tuple(slice(a, b) for a, b in meta["box"])] = pred
+    ras = resample(full.astype(np.float32), tuple(meta["ras_shape"]), nearest=True).astype(pred.dtype)
+    return from_ras(ras, np.asarray(meta["orientation"]))
+
+
+class VolumeCache:
+    """Preprocessed volumes on disk, keyed by (file identity, settings); safe to fill from several processes."""
+
+    def __init__(self, root: Path | None, settings: Settings) -> None:
+        default = Path(os.environ.get("SSLKIT_CACHE_DIR", Path.home() / ".cache" / "sslkit")) / "medical3d"
+        self.root = Path(root) if root else default
+        self.settings = settings
+
+    def key(self, vol: Volume) -> str:
+        parts: list[Any] = [CACHE_VERSION, str(vol.path.resolve()), vol.series, str(vol.label)]
+        for p in [vol.path, vol.label]:
+            if p is not None:
+                files = sorted(p.glob("*.dcm")) if p.is_dir() else [p]
+                parts += [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+        parts.append(sorted(self.settings.__dict__.items()))
+        return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:24]
+
+    def get(self, vol: Volume) -> tuple[Path, dict[str, Any]]:
+        """(path of the cached image .npy, meta); preprocesses and stores it on a miss."""
+        k = self.key(vol)
+        npy, meta_path = self.root / f"{k}.npy", self.root / f"{k}.json"
+        if npy.is_file() and meta_path.is_file():
+            return npy, json.loads(meta_path.read_text())
+        arr, affine = read_volume(vol)
+        label = None
+        if vol.label is not None:
+            label, lab_affine = read_volume(vol.label)
+            if label.shape != arr.shape or not np.allclose(lab_affine, affine, atol=1e-3):
+                raise UserError(f"label {vol.label} (shape {label.shape}) does not match image {vol.path} "
+                                f"(shape {arr.shape}) in shape or affine — resample the label onto the image grid")
+        out = preprocess(arr, affine, self.settings, label)
+        self.root.mkdir(parents=True, exist_ok=True)
+        _atomic_npy(npy, out["image"].astype(np.float16))
+        if out["label"] is not None:
+            _atomic_npy(self.root / f"{k}.label.npy", out["label"])
+            out["meta"]["label"] = str(self.root / f"{k}.label.npy")
+        out["meta"].update(id=vol.id, source=str(vol.path))
+        _atomic_text(meta_path, json.dumps(out["meta"]))
+        return npy, out["meta"]
+
+
+def _atomic_npy(path: Path, arr: np.ndarray) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npy")
+    with os.fdopen(fd, "wb") as fh:
+        np.save(fh, arr)
+    os.replace(tmp, path)
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def prepare(volumes: list[Volume], cache: VolumeCache, strict: bool) -> tuple[list[tuple[Path, dict]], list[dict]]:
+    """Preprocess (or find in the cache) every volume; a bad one is skipped and reported unless `strict`."""
+    from sslkit.core.console import warn
+
+    ok, skipped = [], []
+    for vol in volumes:
+        try:
+            ok.append(cache.get(vol))
+        except UserError as exc:
+            if strict:
+                raise
+            warn(f"skipping {vol.id}: {exc}")
+            skipped.append({"id": vol.id, "path": str(vol.path), "reason": str(exc)})
+    if not ok:
+        raise UserError(f"none of the {len(volumes)} volumes could be read (first problem: "
+                        f"{skipped[0]['reason'] if skipped else 'none'}) — check the files")
+    return ok, skipped

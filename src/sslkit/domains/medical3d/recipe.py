@@ -1,0 +1,116 @@
+"""The medical3d recipe: data preprocessing, encoder, the two SSL methods and fine-tuning settings."""
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import Field
+
+from sslkit.core.recipes import Recipe, Section, TrainConfig
+
+
+class DataConfig(Section):
+    """Preprocessing (enters the cache key) and cropping."""
+
+    modality: Literal["ct", "mri"] = "ct"
+    spacing: Optional[tuple[float, float, float]] = (1.5, 1.5, 2.0)   # mm; null keeps the file's spacing (Alice: no resampling)
+    hu_window: tuple[float, float] = (-1000.0, 1000.0)               # CT only: HU clipped then scaled to [0, 1]
+    percentiles: tuple[float, float] = (0.5, 99.5)                    # MRI only: mapped to [0, 1]
+    crop_foreground: bool = True
+    foreground_threshold: float = 0.05
+    roi: int = 96                                                     # crop side in voxels
+    samples_per_volume: int = 4                                       # crops drawn per volume per epoch
+    pair_jitter: float = 0.05                                         # Alice: match jitter, fraction of roi
+    cache_dir: Optional[str] = None                                   # default $SSLKIT_CACHE_DIR or ~/.cache/sslkit
+    strict: bool = False                                              # true: a bad file stops the run
+
+
+class ModelConfig(Section):
+    encoder: Literal["conv3d", "swin"] = "conv3d"
+    size: Literal["tiny", "small", "base"] = "base"                  # conv3d widths (model.SIZES)
+    blocks: int = 1                                                   # residual blocks per conv3d stage
+    feature_size: int = 48                                            # swin embed dim (card: 48)
+    depths: list[int] = Field(default_factory=lambda: [2, 2, 2, 2])
+    num_heads: list[int] = Field(default_factory=lambda: [3, 6, 12, 24])
+    window_size: int = 7
+
+
+class AliceConfig(Section):
+    """Alice (ICCV'23) settings; defaults from METHODS.md 1b."""
+
+    out_dim: int = 512                # DINO head output, class token
+    patch_out_dim: int = 512          # DINO head output, patch tokens
+    head_hidden: int = 2048
+    head_bottleneck: int = 256
+    casa_heads: int = 8
+    mask_ratio: float = 0.75
+    mask_patch: int = 16
+    mask_columns: bool = True         # mask drawn on (X, Y), repeated along Z as in Alice's code
+    student_temp: float = 0.1
+    teacher_temp: float = 0.01
+    warmup_teacher_temp: float = 0.008
+    warmup_teacher_temp_steps: int = 3000   # card: 30 epochs; in steps here
+    center_momentum: float = 0.9
+    ema_start: float = 0.996
+    ema_end: float = 1.0
+    global_weight: float = 1.0        # λ1
+    patch_weight: float = 1.0         # λ2
+    recon_weight: float = 10.0        # λ3 (reconstruction on masked voxels only, unlike the code's whole volume)
+
+
+class SwinSSLConfig(Section):
+    """SwinUNETR-SSL settings; defaults from METHODS.md 1a."""
+
+    contrast_dim: int = 512
+    temperature: float = 0.5
+    cutout_max_frac: float = 0.3
+    cutout_max_side: float = 0.25
+    rot_weight: float = 1.0
+    contrast_weight: float = 1.0
+    recon_weight: float = 1.0
+
+
+class FinetuneConfig(Section):
+    """`medical3d finetune`: segmentation with the pretrained encoder and a UNETR-style decoder."""
+
+    steps: int = 500
+    batch_size: int = 2
+    lr: float = 1e-4
+    encoder_lr_mult: float = 1.0
+    weight_decay: float = 1e-5
+    warmup_steps: int = 20
+    roi: int = 96
+    samples_per_volume: int = 8
+    decoder_channels: int = 16
+    sw_overlap: float = 0.25
+    seed: int = 0
+    precision: Literal["auto", "bf16", "fp32"] = "fp32"   # fp32: bf16 conv3d backward overflowed on CPU (oneDNN)
+
+
+class Medical3DRecipe(Recipe):
+    domain: Literal["medical3d"] = "medical3d"
+    method: Literal["alice", "swinunetr-ssl"] = "alice"
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    alice: AliceConfig = Field(default_factory=AliceConfig)
+    swin: SwinSSLConfig = Field(default_factory=SwinSSLConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+
+
+class FinetuneRecipe(Recipe):
+    """What a finetune run folder records: the pretraining recipe's data/model plus the fit settings used."""
+
+    domain: Literal["medical3d"] = "medical3d"
+    method: Literal["finetune"] = "finetune"
+    pretrained: Optional[str] = None
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    classes: int = 2
+
+
+def finetune_train_config(base: TrainConfig, ft: FinetuneConfig) -> TrainConfig:
+    """The fit() settings of a fine-tuning run, derived from the `finetune` section."""
+    return base.model_copy(update={"steps": ft.steps, "batch_size": ft.batch_size, "micro_batch_size": None,
+                                   "lr": ft.lr, "lr_scale_batch": None, "weight_decay": ft.weight_decay,
+                                   "warmup_steps": ft.warmup_steps, "seed": ft.seed, "schedule": "cosine",
+                                   "checkpoint_every": max(ft.steps, 1), "precision": ft.precision, "log_every": max(1, min(10, ft.steps // 10))})

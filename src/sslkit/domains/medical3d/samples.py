@@ -1,0 +1,63 @@
+"""`medical3d sample-data`: real bundled volumes (nilearn's MNI152 T1 with GM/WM tissue labels) plus a synthetic set.
+
+Layout written under DIR:
+  mri/images/mni152_t1.nii.gz, mri/labels/mni152_t1.nii.gz   real T1 + tissue labels (0 other, 1 GM, 2 WM)
+  mri/unlabelled/subject_XX.nii.gz                            the T1 under random affine warps + bias fields
+                                                              (stand-ins for a population, for cross-volume pairs)
+  synthetic/images/vol_XX.nii.gz, synthetic/labels/...        MONAI create_test_image_3d spheres (labels 0..K-1)
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from sslkit.domains.medical3d.io import write_nifti
+
+
+def tissue_labels(gm: np.ndarray, wm: np.ndarray) -> np.ndarray:
+    """0 = other, 1 = grey matter, 2 = white matter: the most probable of (1 − gm − wm, gm, wm)."""
+    other = np.clip(1.0 - gm - wm, 0.0, 1.0)
+    return np.argmax(np.stack([other, gm, wm]), axis=0).astype(np.uint8)
+
+
+def warped_subject(t1: np.ndarray, rng: np.random.Generator, scale: float = 0.08, angle_deg: float = 8.0) -> np.ndarray:
+    """The template under a random affine (scale ±8 %, rotation ±8°, shift ±6 voxels) and a smooth bias field."""
+    from scipy.ndimage import affine_transform
+
+    a = np.deg2rad(rng.uniform(-angle_deg, angle_deg, 3))
+    rx = np.array([[1, 0, 0], [0, np.cos(a[0]), -np.sin(a[0])], [0, np.sin(a[0]), np.cos(a[0])]])
+    ry = np.array([[np.cos(a[1]), 0, np.sin(a[1])], [0, 1, 0], [-np.sin(a[1]), 0, np.cos(a[1])]])
+    rz = np.array([[np.cos(a[2]), -np.sin(a[2]), 0], [np.sin(a[2]), np.cos(a[2]), 0], [0, 0, 1]])
+    m = rx @ ry @ rz @ np.diag(1 + rng.uniform(-scale, scale, 3))
+    c = np.asarray(t1.shape) / 2
+    offset = c - m @ c + rng.uniform(-6, 6, 3)
+    out = affine_transform(t1, m, offset=offset, order=1)
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in t1.shape], indexing="ij"))
+    bias = 1 + 0.15 * np.tensordot(rng.uniform(-1, 1, 3), grid, axes=1)
+    return (out * bias).astype(np.float32)
+
+
+def write_sample_data(out: Path, resolution: int = 2, subjects: int = 6, synthetic: int = 8, size: int = 64,
+                      seed: int = 0) -> dict[str, int]:
+    """Write the layout above; returns counts of written volumes."""
+    from monai.data import create_test_image_3d
+    from nilearn import datasets
+
+    rng = np.random.default_rng(seed)
+    t1_img = datasets.load_mni152_template(resolution=resolution)
+    gm = np.asarray(datasets.load_mni152_gm_template(resolution=resolution).get_fdata(), np.float32)
+    wm = np.asarray(datasets.load_mni152_wm_template(resolution=resolution).get_fdata(), np.float32)
+    t1 = np.asarray(t1_img.get_fdata(), np.float32)
+    affine = t1_img.affine
+    write_nifti(out / "mri" / "images" / "mni152_t1.nii.gz", t1, affine)
+    write_nifti(out / "mri" / "labels" / "mni152_t1.nii.gz", tissue_labels(gm, wm), affine)
+    for i in range(subjects):
+        write_nifti(out / "mri" / "unlabelled" / f"subject_{i:02d}.nii.gz", warped_subject(t1, rng), affine)
+    for i in range(synthetic):
+        img, seg = create_test_image_3d(size, size, size, num_objs=6, rad_max=size // 6, rad_min=size // 16,
+                                        noise_max=0.3, num_seg_classes=3, channel_dim=None,
+                                        random_state=np.random.RandomState(seed * 1000 + i))
+        write_nifti(out / "synthetic" / "images" / f"vol_{i:02d}.nii.gz", img.astype(np.float32), np.eye(4))
+        write_nifti(out / "synthetic" / "labels" / f"vol_{i:02d}.nii.gz", seg.astype(np.uint8), np.eye(4))
+    return {"mri_labelled": 1, "mri_unlabelled": subjects, "synthetic": synthetic}

@@ -1,0 +1,101 @@
+"""Few-label segmentation on a (pretrained) encoder: UNETR/SwinUNETR-style decoder, Dice+CE, sliding-window inference."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class Segmenter(nn.Module):
+    """encoder pyramid (strides 2..2^L) + MONAI UNETR up-blocks with skips -> (B, classes, X, Y, Z) logits."""
+
+    def __init__(self, encoder: nn.Module, classes: int, base: int = 16) -> None:
+        super().__init__()
+        from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrUpBlock
+
+        self.encoder = encoder
+        ch = list(encoder.channels)
+        self.stem = UnetrBasicBlock(3, 1, base, kernel_size=3, stride=1, norm_name="instance", res_block=True)
+        self.bottleneck = UnetrBasicBlock(3, ch[-1], ch[-1], kernel_size=3, stride=1, norm_name="instance", res_block=True)
+        self.skips = nn.ModuleList(UnetrBasicBlock(3, c, c, kernel_size=3, stride=1, norm_name="instance", res_block=True)
+                                   for c in ch[:-1])
+        self.ups = nn.ModuleList(UnetrUpBlock(3, ch[i + 1], ch[i], kernel_size=3, upsample_kernel_size=2,
+                                              norm_name="instance", res_block=True) for i in range(len(ch) - 1))
+        self.final_up = UnetrUpBlock(3, ch[0], base, kernel_size=3, upsample_kernel_size=2, norm_name="instance", res_block=True)
+        self.out = UnetOutBlock(3, base, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        feats = self.encoder.pyramid(x)
+        d = self.bottleneck(feats[-1])
+        for i in range(len(feats) - 2, -1, -1):
+            d = self.ups[i](d, self.skips[i](feats[i]))
+        return self.out(self.final_up(d, self.stem(x)))
+
+
+def dice_ce_loss(logits: Tensor, label: Tensor) -> tuple[Tensor, Tensor]:
+    """(soft Dice + CE, soft Dice) for logits (B, K, ...) and labels (B, ...) with -1 = ignore."""
+    k = logits.shape[1]
+    logits = logits.float()
+    ce = F.cross_entropy(logits, label, ignore_index=-1)
+    valid = (label >= 0).unsqueeze(1).float()
+    onehot = F.one_hot(label.clamp_min(0), k).movedim(-1, 1).float() * valid
+    probs = logits.softmax(1) * valid
+    dims = (0, 2, 3, 4)
+    dice = (2 * (probs * onehot).sum(dims) + 1e-5) / (probs.sum(dims) + onehot.sum(dims) + 1e-5)
+    soft = dice[1:].mean() if k > 1 else dice.mean()
+    return ce + 1 - soft, soft
+
+
+class SegmentationTask(nn.Module):
+    """fit() method: forward({"image", "label"}) -> (Dice+CE loss, metrics); `encoder` is what gets exported."""
+
+    def __init__(self, segmenter: Segmenter, spec: dict, encoder_lr_mult: float = 1.0, weight_decay: float = 0.0) -> None:
+        super().__init__()
+        self.model = segmenter
+        self.encoder = segmenter.encoder
+        self.spec = spec
+        self.encoder_lr_mult, self.weight_decay = encoder_lr_mult, weight_decay
+
+    def param_groups(self) -> list[dict]:
+        """Pretrained encoder at lr × encoder_lr_mult, decoder at the base lr (fit() applies `lr_mult`)."""
+        enc = {id(p) for p in self.encoder.parameters()}
+        groups: list[dict] = []
+        for is_enc, mult in ((True, self.encoder_lr_mult), (False, 1.0)):
+            params = [p for p in self.parameters() if p.requires_grad and (id(p) in enc) == is_enc]
+            decay = [p for p in params if p.ndim > 1]
+            no_decay = [p for p in params if p.ndim <= 1]
+            groups += [{"params": decay, "weight_decay": self.weight_decay, "lr_mult": mult},
+                       {"params": no_decay, "weight_decay": 0.0, "lr_mult": mult}]
+        return [g for g in groups if g["params"]]
+
+    def encoder_spec(self) -> dict:
+        return self.spec
+
+    def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        loss, soft = dice_ce_loss(self.model(batch["image"]), batch["label"])
+        return loss, {"soft_dice": soft.detach()}
+
+
+@torch.no_grad()
+def predict(model: nn.Module, image: np.ndarray, roi: int, overlap: float, device: torch.device, bf16: bool) -> np.ndarray:
+    """Sliding-window argmax label map (X, Y, Z) int16 for a preprocessed (X, Y, Z) volume."""
+    from monai.inferers import sliding_window_inference
+
+    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(device)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        logits = sliding_window_inference(x, (roi,) * 3, 2, model, overlap=overlap, mode="gaussian",
+                                          padding_mode="constant")
+    return logits.float().argmax(1)[0].cpu().numpy().astype(np.int16)
+
+
+def dice_per_class(pred: np.ndarray, label: np.ndarray, classes: int, region: np.ndarray | None = None) -> list[float]:
+    """Hard Dice for classes 1..K-1 (NaN where the class is absent from both), optionally inside a boolean region."""
+    if region is not None:
+        pred, label = pred[region], label[region]
+    out = []
+    for c in range(1, classes):
+        p, t = pred == c, label == c
+        denom = p.sum() + t.sum()
+        out.append(float(2 * (p & t).sum() / denom) if denom else float("nan"))
+    return out

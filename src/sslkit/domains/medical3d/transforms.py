@@ -1,0 +1,109 @@
+"""Crops, anatomically matched cross-volume pairs, masks, rotations and inpainting cutout.
+
+Arrays are (X, Y, Z) in RAS after preprocessing; batched tensors are (B, 1, X, Y, Z).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+def crop(vol: np.ndarray, center: np.ndarray, roi: int) -> np.ndarray:
+    """(roi, roi, roi) float32 crop centred at `center`; parts outside the volume are zero-padded.
+
+    Works on a memory-mapped array: only the crop's voxels are read and copied.
+    A volume smaller than the ROI after resampling is padded (documented behaviour).
+    """
+    out = np.zeros((roi, roi, roi), dtype=np.float32)
+    lo = np.round(np.asarray(center, float) - roi / 2).astype(int)
+    src, dst = [], []
+    for a, n in zip(lo, vol.shape):
+        s0, s1 = max(a, 0), min(a + roi, n)
+        if s1 <= s0:
+            return out
+        src.append(slice(s0, s1))
+        dst.append(slice(s0 - a, s1 - a))
+    out[tuple(dst)] = vol[tuple(src)]
+    return out
+
+
+def random_center(shape: tuple[int, ...], roi: int, rng: np.random.Generator) -> np.ndarray:
+    """A crop centre drawn uniformly so the crop stays inside the volume where it fits."""
+    half = roi / 2
+    return np.array([rng.uniform(half, n - half) if n > roi else n / 2 for n in shape])
+
+
+def matched_centers(meta_a: dict, meta_b: dict, rng: np.random.Generator, jitter: float, roi: int
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Anatomically corresponding crop centres in two different volumes.
+
+    Each volume's foreground is summarised by its centre of mass c and per-axis spread s
+    (a moment-based affine frame in RAS, computed once at preprocessing). A point
+    drawn in A's frame, z ~ N(0, 1) clipped to ±1.5, lands at c_A + z·s_A; its match is
+    c_B + z·s_B plus a small jitter (a fraction of the ROI), so both crops show the
+    same normalised anatomical position.
+    """
+    z = np.clip(rng.normal(0.0, 1.0, 3), -1.5, 1.5)
+    ca, sa = np.asarray(meta_a["com"]), np.asarray(meta_a["std"])
+    cb, sb = np.asarray(meta_b["com"]), np.asarray(meta_b["std"])
+    return ca + z * sa, cb + z * sb + rng.uniform(-jitter, jitter, 3) * roi
+
+
+def column_mask(batch: int, roi: int, patch: int, ratio: float, columns: bool, device: torch.device) -> Tensor:
+    """SimMIM mask (B, 1, X, Y, Z) of 0/1 floats: `ratio` of the `patch`-voxel cells are 1 (masked).
+
+    columns=True draws the mask on the (X, Y) grid and repeats it along Z (Alice's code), else on the 3-D grid.
+    """
+    g = max(1, roi // patch)
+    cells = g * g if columns else g ** 3
+    n_mask = int(round(ratio * cells))
+    order = torch.rand(batch, cells, device=device).argsort(dim=1)
+    flat = torch.zeros(batch, cells, device=device)
+    flat.scatter_(1, order[:, :n_mask], 1.0)
+    if columns:
+        m = flat.view(batch, 1, g, g, 1).expand(batch, 1, g, g, g)
+    else:
+        m = flat.view(batch, 1, g, g, g)
+    m = m.repeat_interleave(patch, 2).repeat_interleave(patch, 3).repeat_interleave(patch, 4)
+    pad = [0, roi - m.shape[4], 0, roi - m.shape[3], 0, roi - m.shape[2]]  # cells that do not fit stay visible
+    return torch.nn.functional.pad(m, pad)
+
+
+def rotate(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Rotate each crop (B, 1, X, Y, Z) by k·90° in the X-Y plane, k uniform in 0..3; returns (rotated, k)."""
+    k = torch.randint(0, 4, (x.shape[0],), device=x.device)
+    out = torch.stack([torch.rot90(x[i], int(k[i]), dims=(1, 2)) for i in range(x.shape[0])])
+    return out, k
+
+
+def inpainting_cutout(x: Tensor, max_frac: float = 0.3, max_side: float = 0.25) -> Tensor:
+    """SwinUNETR-SSL cutout on (B, 1, X, Y, Z): boxes of min-max-normalised noise cover U(0, max_frac) of the
+    voxels (each side ≤ max_side of the crop), then boxes copied from another sample of the batch are pasted."""
+    out = x.clone()
+    b, _, *size = x.shape
+    for i in range(b):
+        target = float(torch.rand(())) * max_frac
+        covered = torch.zeros(size, dtype=torch.bool, device=x.device)
+        tries = 0
+        while covered.float().mean() < target and tries < 50:
+            sl = _random_box(size, max_side)
+            noise = torch.randn(out[i, 0][sl].shape, device=x.device)
+            noise = (noise - noise.min()) / (noise.max() - noise.min() + 1e-6)
+            out[i, 0][sl] = noise
+            covered[sl] = True
+            tries += 1
+        if b > 1:
+            other = (i + 1 + int(torch.randint(0, b - 1, ()))) % b
+            sl = _random_box(size, max_side)
+            out[i, 0][sl] = x[other, 0][sl]
+    return out
+
+
+def _random_box(size: list[int], max_side: float) -> tuple[slice, ...]:
+    box = []
+    for n in size:
+        side = int(torch.randint(max(1, n // 16), max(2, int(n * max_side)) + 1, ()))
+        start = int(torch.randint(0, max(1, n - side + 1), ()))
+        box.append(slice(start, start + side))
+    return tuple(box)

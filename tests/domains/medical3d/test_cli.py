@@ -1,0 +1,155 @@
+"""End to end through the CLI on tiny generated volumes: pretrain (both methods), embed, export/load_encoder,
+finetune with NIfTI predictions, bad input, resume after SIGTERM, torchrun with 2 processes."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import sslkit
+from sslkit.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args):  # noqa: ANN002, ANN201
+    return runner.invoke(app, ["medical3d", *map(str, args)])
+
+
+@pytest.fixture(scope="module")
+def tiny_run(volumes: Path, tmp_path_factory) -> Path:  # noqa: ANN001
+    out = tmp_path_factory.mktemp("m3d-runs") / "alice"
+    res = invoke("pretrain", volumes / "img", "-r", "tiny", "--out", out)
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def test_pretrain_writes_run_and_loadable_encoder(tiny_run: Path, tmp_path: Path) -> None:
+    metrics = [json.loads(line) for line in (tiny_run / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[-1]["step"] == 6 and all(np.isfinite(m["loss"]) for m in metrics)
+    manifest = json.loads((tiny_run / "manifest.json").read_text())
+    assert manifest["medical3d"]["volumes"] == 4 and manifest["medical3d"]["skipped_count"] == 0
+    assert (tiny_run / "plots" / "loss.png").is_file()
+    res = invoke("export", tiny_run, "--out", tmp_path / "enc")
+    assert res.exit_code == 0, res.output
+    enc = sslkit.load_encoder(tmp_path / "enc")
+    ref = sslkit.load_encoder(tiny_run)
+    x = torch.rand(1, 1, 32, 32, 32)
+    torch.testing.assert_close(enc(x), ref(x))
+    assert enc(x).shape == (1, 128)
+
+
+def test_embed_parquet_with_ids_and_grids(tiny_run: Path, volumes: Path, tmp_path: Path) -> None:
+    from sslkit.core.embeddings import read_embeddings
+
+    out = tmp_path / "emb.parquet"
+    res = invoke("embed", tiny_run, volumes / "img", "--out", out, "--grid-dir", tmp_path / "grids")
+    assert res.exit_code == 0, res.output
+    ids, vecs = read_embeddings(out)
+    assert list(ids) == ["v0.nii.gz", "v1.nii.gz", "v2.nii.gz", "v3.nii.gz"] and vecs.shape == (4, 128)
+    assert not np.allclose(vecs[0], vecs[1])
+    assert np.load(tmp_path / "grids" / "v0.npy").shape == (128, 2, 2, 2)
+    again = invoke("embed", tiny_run, volumes / "img", "--out", out)
+    assert again.exit_code == 2 and "already exists" in again.output
+
+
+def test_finetune_writes_dice_and_predictions_on_input_grid(tiny_run: Path, tmp_path: Path) -> None:
+    from tests.domains.medical3d.conftest import write_volumes
+
+    flipped = np.diag([-1.5, 1.5, 2.0, 1.0])                       # LAS with anisotropic voxels: orientation matters
+    data = write_volumes(tmp_path / "d", n=3, affine=flipped)
+    res = invoke("finetune", tiny_run, data / "img", data / "lab", "--train", "2", "--out", tmp_path / "ft")
+    assert res.exit_code == 0, res.output
+    ev = json.loads((tmp_path / "ft" / "evaluation.json").read_text())
+    assert list(ev["dice_per_volume"]) == ["v2.nii.gz"] and len(ev["dice_per_class"]) == 2
+    pred = nib.load(tmp_path / "ft" / "predictions" / "v2.nii.gz")
+    src = nib.load(data / "img" / "v2.nii.gz")
+    assert pred.shape == src.shape and np.allclose(pred.affine, src.affine)
+    assert (tmp_path / "ft" / "plots" / "segmentation.png").is_file()
+    scratch = invoke("finetune", tiny_run, data / "img", data / "lab", "--from-scratch", "--out", tmp_path / "ft",
+                     "--set", "finetune.steps=1")
+    assert scratch.exit_code == 2 and "already exists" in scratch.output  # never overwrites without --overwrite
+
+
+def test_bad_inputs_are_one_line_exit_2(tiny_run: Path, volumes: Path, tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    cases = [
+        (("pretrain", tmp_path / "empty", "-r", "tiny", "--out", tmp_path / "r1"), "no volumes found"),
+        (("pretrain", volumes / "img", "-r", "tiny", "--set", "data.rio=3", "--out", tmp_path / "r2"), "rio"),
+        (("pretrain", volumes / "img", "-r", "tiny", "--set", "data.roi=24", "--out", tmp_path / "r3"), "multiple"),
+        (("pretrain", volumes / "img", "-r", "tiny", "--modality", "pet", "--out", tmp_path / "r4"), "pet"),
+    ]
+    for args, needle in cases:
+        res = invoke(*args)
+        assert res.exit_code == 2, res.output
+        assert needle in res.output and "Traceback" not in res.output
+    bad = tmp_path / "lab"
+    bad.mkdir()
+    for i in range(4):
+        nib.save(nib.Nifti1Image(np.zeros((20, 32, 32), np.uint8), np.eye(4)), bad / f"v{i}.nii.gz")
+    res = invoke("finetune", tiny_run, volumes / "img", bad, "--strict", "--out", tmp_path / "ft")
+    assert res.exit_code == 2 and "does not match image" in res.output
+
+
+def test_one_corrupt_volume_is_skipped_and_counted(volumes: Path, tmp_path: Path) -> None:
+    data = tmp_path / "mixed"
+    data.mkdir()
+    for f in sorted((volumes / "img").iterdir())[:2]:
+        (data / f.name).write_bytes(f.read_bytes())
+    (data / "corrupt.nii.gz").write_bytes(b"\x1f\x8b truncated")
+    args = ["pretrain", data, "-r", "tiny", "--set", "train.steps=1", "--out", tmp_path / "run"]
+    res = invoke(*args)
+    assert res.exit_code == 0, res.output
+    skipped = json.loads((tmp_path / "run" / "manifest.json").read_text())["medical3d"]["skipped"]
+    assert [s["id"] for s in skipped] == ["corrupt.nii.gz"]
+    strict = invoke(*args[:-1], tmp_path / "run2", "--strict")
+    assert strict.exit_code == 2 and "corrupt.nii.gz" in strict.output
+
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def test_resume_after_sigterm_matches_uninterrupted(volumes: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    args = [sys.executable, "-m", "sslkit", "medical3d", "pretrain", str(volumes / "img"), "-r", "tiny",
+            "--set", "train.checkpoint_every=2", "--set", "train.precision=fp32"]
+    full = subprocess.run([*args, "--out", str(tmp_path / "full")], capture_output=True, text=True, env=ENV)
+    assert full.returncode == 0, full.stderr
+    proc = subprocess.Popen([*args, "--out", str(tmp_path / "cut")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=ENV)
+    ck = tmp_path / "cut" / "checkpoints" / "last.pt"
+    while not ck.exists() and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    step = torch.load(ck, weights_only=True)["step"]
+    assert proc.returncode == 130 and 0 < step < 6, err
+    res = subprocess.run([*args, "--out", str(tmp_path / "cut"), "--resume"], capture_output=True, text=True, env=ENV)
+    assert res.returncode == 0, res.stderr
+    a = load_file(str(tmp_path / "full" / "encoder" / "encoder.safetensors"))
+    b = load_file(str(tmp_path / "cut" / "encoder" / "encoder.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_torchrun_two_processes_swin(volumes: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "sslkit", "medical3d", "pretrain", str(volumes / "img"), "-r", "tiny-swin",
+                          "--set", "train.steps=2", "--out", str(out)], capture_output=True, text=True, env=ENV,
+                         timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["world_size"] == 2
+    assert [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [2]
+    assert sslkit.load_encoder(out)(torch.rand(1, 1, 32, 32, 32)).shape == (1, 192)

@@ -1,0 +1,137 @@
+"""Readers, bad input, orientation/resampling/intensity presets and the preprocessing cache."""
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from sslkit.core.errors import UserError
+from sslkit.domains.medical3d import io, preprocess
+from sslkit.domains.medical3d.preprocess import Settings, VolumeCache
+from sslkit.domains.medical3d.transforms import crop
+
+
+def _nii(path: Path, arr: np.ndarray, affine: np.ndarray | None = None) -> Path:
+    nib.save(nib.Nifti1Image(arr, np.eye(4) if affine is None else affine), path)
+    return path
+
+
+def test_find_volumes_folder_datalist_and_empty(volumes: Path, tmp_path: Path) -> None:
+    found = io.find_volumes([volumes / "img"])
+    assert [v.id for v in found] == ["v0.nii.gz", "v1.nii.gz", "v2.nii.gz", "v3.nii.gz"]
+    dl = tmp_path / "list.json"
+    dl.write_text(json.dumps({"training": [{"image": str(volumes / "img" / "v1.nii.gz"),
+                                            "label": str(volumes / "lab" / "v1.nii.gz")}]}))
+    (v,) = io.find_volumes([dl])
+    assert v.path.name == "v1.nii.gz" and v.label.name == "v1.nii.gz"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no volumes found"):
+        io.find_volumes([tmp_path / "empty"])
+
+
+@pytest.mark.parametrize("shape,match", [((8, 8, 8, 3), "4-D"), ((16, 16), "not a 3-D volume")])
+def test_4d_and_2d_inputs_are_errors(tmp_path: Path, shape: tuple, match: str) -> None:
+    p = _nii(tmp_path / "x.nii.gz", np.zeros(shape, np.float32))
+    with pytest.raises(UserError, match=match):
+        io.read_volume(p)
+
+
+def test_nan_and_corrupt_files_name_the_file(tmp_path: Path) -> None:
+    arr = np.ones((8, 8, 8), np.float32)
+    arr[1, 2, 3] = np.nan
+    with pytest.raises(UserError, match=r"nan\.nii\.gz has 1 NaN/Inf"):
+        io.read_volume(_nii(tmp_path / "nan.nii.gz", arr))
+    bad = tmp_path / "broken.nii.gz"
+    bad.write_bytes(gzip.compress(b"not a nifti header at all" * 10))
+    with pytest.raises(UserError, match="broken.nii.gz is not a readable NIfTI"):
+        io.read_volume(bad)
+
+
+def _dicom_series(folder: Path, vol: np.ndarray, uid: str, spacing: float = 2.0) -> None:
+    """Write vol (cols, rows, slices) as an axial DICOM series with pydicom."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for k in range(vol.shape[2]):
+        meta = FileMetaDataset()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds = FileDataset(str(folder / f"{uid}_{k}.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.SeriesInstanceUID, ds.SOPInstanceUID = uid, meta.MediaStorageSOPInstanceUID
+        ds.Rows, ds.Columns = vol.shape[1], vol.shape[0]
+        ds.PixelSpacing = [1.0, 1.0]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.ImagePositionPatient = [0.0, 0.0, float(k * spacing)]
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
+        ds.PixelData = np.ascontiguousarray(vol[:, :, k].T.astype(np.int16)).tobytes()
+        ds.save_as(str(folder / f"{uid}_{k}.dcm"), enforce_file_format=True)
+
+
+def test_dicom_series_roundtrip_and_several_series(tmp_path: Path) -> None:
+    vol = np.arange(6 * 5 * 4, dtype=np.int16).reshape(6, 5, 4)
+    vol[::-1] = vol  # not symmetric along any axis
+    _dicom_series(tmp_path / "ct", vol[:, :, ::-1].copy(), "1.2.3.4")
+    (v,) = io.find_volumes([tmp_path / "ct"])
+    arr, affine = io.read_volume(v)
+    np.testing.assert_array_equal(arr, vol[:, :, ::-1] - 1024)     # HU = raw + intercept, slices in z order
+    np.testing.assert_allclose(np.diag(affine)[:3], [-1.0, -1.0, 2.0])  # LPS -> RAS flips x and y; 2 mm slices
+    _dicom_series(tmp_path / "ct", vol, "1.2.3.5")                   # a second series in the same folder
+    found = io.find_volumes([tmp_path / "ct"])
+    assert len(found) == 2 and {f.series for f in found} == {"1.2.3.4", "1.2.3.5"}
+    with pytest.raises(UserError, match="holds 2 DICOM series"):
+        io.read_dicom(tmp_path / "ct", None)
+
+
+def test_ras_roundtrip_resampling_and_intensity() -> None:
+    arr = np.random.default_rng(0).random((4, 5, 6)).astype(np.float32)
+    lps = np.diag([-1.0, -2.0, 3.0, 1.0])                             # x and y flipped, 2 mm / 3 mm voxels
+    ras, aff, orient = preprocess.to_ras(arr, lps)
+    np.testing.assert_array_equal(ras, arr[::-1, ::-1, :])
+    assert np.all(np.diag(aff)[:3] > 0)
+    np.testing.assert_array_equal(preprocess.from_ras(ras, orient), arr)
+    assert preprocess.target_shape((10, 10, 10), np.array([1.0, 2.0, 3.0]), (2.0, 2.0, 1.5)) == (5, 10, 20)
+    ct = Settings(modality="ct", hu_window=(-1000, 1000))
+    np.testing.assert_allclose(preprocess.scale_intensity(np.array([-2000, 0, 500, 3000], np.float32), ct), [0, .5, .75, 1])
+
+
+def test_cache_hit_invalidation_and_undo(volumes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    vol = io.Volume("v0", volumes / "img" / "v0.nii.gz", label=volumes / "lab" / "v0.nii.gz")
+    s = Settings(modality="mri", spacing=(2.0, 2.0, 2.0), crop_foreground=True)
+    npy, meta = VolumeCache(tmp_path, s).get(vol)
+    assert tuple(np.load(npy).shape) == tuple(meta["shape"]) and max(meta["shape"]) <= 16
+    monkeypatch.setattr(preprocess, "read_volume", lambda v: (_ for _ in ()).throw(AssertionError("re-read")))
+    assert VolumeCache(tmp_path, s).get(vol)[0] == npy                   # hit: no decoding
+    with pytest.raises(AssertionError, match="re-read"):                 # another setting: a new entry
+        VolumeCache(tmp_path, Settings(modality="mri", spacing=(1.0, 1.0, 1.0))).get(vol)
+    label = np.load(meta["label"])
+    back = preprocess.undo_preprocess(label, meta)
+    assert back.shape == (32, 32, 32)
+    orig = np.asarray(nib.load(vol.label).dataobj)
+    assert (back == orig).mean() > 0.9                                   # 2 mm and back: most voxels agree
+
+
+def test_label_geometry_mismatch_and_bad_file_skipped(volumes: Path, tmp_path: Path) -> None:
+    lab = _nii(tmp_path / "lab.nii.gz", np.zeros((30, 32, 32), np.uint8))
+    with pytest.raises(UserError, match="does not match image"):
+        VolumeCache(tmp_path / "c", Settings()).get(io.Volume("v", volumes / "img" / "v0.nii.gz", label=lab))
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_bytes(b"garbage")
+    good = io.Volume("v0", volumes / "img" / "v0.nii.gz")
+    ok, skipped = preprocess.prepare([good, io.Volume("bad", bad)], VolumeCache(tmp_path / "c", Settings()), strict=False)
+    assert len(ok) == 1 and skipped[0]["id"] == "bad" and "bad.nii.gz" in skipped[0]["reason"]
+    with pytest.raises(UserError, match="bad.nii.gz"):
+        preprocess.prepare([good, io.Volume("bad", bad)], VolumeCache(tmp_path / "c", Settings()), strict=True)
+
+
+def test_crop_pads_when_roi_exceeds_volume() -> None:
+    vol = np.ones((10, 12, 8), np.float32)
+    out = crop(vol, np.array([5.0, 6.0, 4.0]), 16)
+    assert out.shape == (16, 16, 16) and out.sum() == 10 * 12 * 8      # everything inside, zero padding around

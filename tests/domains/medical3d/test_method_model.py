@@ -1,0 +1,122 @@
+"""Masks, cross-volume matching, encoders (every registered kind), Alice/SwinUNETR-SSL objectives, segmentation."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sslkit.core.recipes import load_recipe
+from sslkit.domains.medical3d.method import Alice, SwinSSL
+from sslkit.domains.medical3d.model import ENCODERS, embed_volume
+from sslkit.domains.medical3d.recipe import Medical3DRecipe
+from sslkit.domains.medical3d.segmentation import Segmenter, dice_ce_loss, dice_per_class
+from sslkit.domains.medical3d.transforms import column_mask, matched_centers, rotate
+
+
+def test_column_mask_ratio_and_depth_repeat() -> None:
+    m = column_mask(3, 32, 8, 0.75, True, torch.device("cpu"))
+    assert m.shape == (3, 1, 32, 32, 32)
+    assert torch.allclose(m.mean(dim=(1, 2, 3, 4)), torch.full((3,), 0.75))
+    assert torch.equal(m[..., :1].expand_as(m), m)                     # whole columns along Z
+
+
+def test_matched_centers_follow_the_moment_frame() -> None:
+    a = {"com": [10.0, 20.0, 30.0], "std": [1.0, 2.0, 3.0]}
+    b = {"com": [50.0, 60.0, 70.0], "std": [2.0, 4.0, 6.0]}
+    ca, cb = matched_centers(a, b, np.random.default_rng(0), 0.0, 32)
+    z = (ca - np.array(a["com"])) / np.array(a["std"])
+    np.testing.assert_allclose(cb, np.array(b["com"]) + z * np.array(b["std"]))
+
+
+def test_rotation_labels_match_rot90() -> None:
+    x = torch.randn(4, 1, 8, 8, 8)
+    out, k = rotate(x)
+    for i in range(4):
+        assert torch.equal(out[i], torch.rot90(x[i], int(k[i]), dims=(1, 2)))
+
+
+@pytest.mark.parametrize("kind,kwargs", [("conv3d", {"widths": [8, 16, 16, 32]}), ("swin", {"feature_size": 12})])
+def test_registered_encoders_forward_backward(kind: str, kwargs: dict) -> None:
+    assert set(ENCODERS) == {"conv3d", "swin"}
+    enc = ENCODERS[kind](**kwargs)
+    x = torch.randn(2, 1, 32, 32, 32, requires_grad=True)
+    feats = enc.pyramid(x)
+    assert [f.shape[1] for f in feats] == enc.channels and feats[-1].shape[2] == 32 // enc.stride
+    z = enc(x)
+    assert z.shape == (2, enc.out_dim) and torch.isfinite(z).all()
+    z.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in enc.parameters() if p.grad is not None)
+    vec, grid = embed_volume(enc.eval(), torch.randn(1, 1, 40, 32, 32), 32)   # padded to 2 tiles along x
+    assert vec.shape == (enc.out_dim,) and grid.shape[1] == 2 * (32 // enc.stride)
+
+
+def _tiny(name: str, **over) -> Medical3DRecipe:  # noqa: ANN003
+    return load_recipe(Medical3DRecipe, "medical3d", name, [f"{k}={v}" for k, v in over.items()])
+
+
+def test_alice_loss_terms_and_ema() -> None:
+    torch.manual_seed(0)
+    m = Alice(_tiny("tiny", **{"alice.ema_start": 1.0, "alice.ema_end": 1.0}))
+    batch = {"query": torch.rand(2, 1, 32, 32, 32), "anchor": torch.rand(2, 1, 32, 32, 32)}
+    loss, metrics = m(batch)
+    assert torch.isfinite(loss) and set(metrics) == {"global", "patch", "recon", "teacher_entropy"}
+    expected = metrics["global"] + metrics["patch"] + 10 * metrics["recon"]   # λ1 = λ2 = 1, λ3 = 10
+    assert torch.allclose(loss.detach(), expected, atol=1e-4)
+    before = {k: v.clone() for k, v in m.teacher.state_dict().items()}
+    loss.backward()
+    assert m.mask_token.grad is not None and m.teacher["encoder"].stages[0][0][0].weight.grad is None
+    torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.1).step()
+    m.after_step(1, 10)
+    assert all(torch.equal(before[k], v) for k, v in m.teacher.state_dict().items())  # m = 1: teacher untouched
+    assert int(m.step) == 1
+
+
+def test_alice_reconstruction_counts_masked_voxels_only() -> None:
+    torch.manual_seed(0)
+    m = Alice(_tiny("tiny", **{"alice.mask_ratio": 0.0}))
+    _, metrics = m({"query": torch.rand(1, 1, 32, 32, 32), "anchor": torch.rand(1, 1, 32, 32, 32)})
+    assert float(metrics["recon"]) == 0.0                              # nothing masked: nothing to reconstruct
+
+
+def test_swin_ssl_forward() -> None:
+    torch.manual_seed(0)
+    m = SwinSSL(_tiny("tiny-swin"))
+    loss, metrics = m({"image": torch.rand(2, 1, 32, 32, 32)})
+    assert torch.isfinite(loss) and 0.0 <= float(metrics["rot_acc"]) <= 1.0
+    loss.backward()
+    assert m.rotation_head.weight.grad is not None and m.recon.net[0].weight.grad is not None
+
+
+def test_segmenter_and_dice() -> None:
+    seg = Segmenter(ENCODERS["conv3d"](widths=[8, 8, 16, 16]), classes=3, base=8)
+    logits = seg(torch.randn(1, 1, 32, 32, 32))
+    assert logits.shape == (1, 3, 32, 32, 32)
+    label = torch.randint(0, 3, (1, 32, 32, 32))
+    label[0, :4] = -1                                                   # ignored voxels
+    perfect = torch.nn.functional.one_hot(label.clamp_min(0), 3).movedim(-1, 1).float() * 50
+    loss, soft = dice_ce_loss(perfect, label)
+    assert soft > 0.999 and loss < 0.01
+    pred = np.array([[[1, 1, 2, 0]]])
+    ref = np.array([[[1, 0, 2, 2]]])
+    d = dice_per_class(pred, ref, 3)
+    assert d[0] == pytest.approx(2 * 1 / 3) and d[1] == pytest.approx(2 * 1 / 3)  # hand-computed
+
+
+def test_finetune_encoder_lr_mult_reaches_the_optimizer():
+    from torch import nn
+
+    from sslkit.core.optim import build_optimizer
+    from sslkit.core.recipes import TrainConfig
+    from sslkit.domains.medical3d.segmentation import SegmentationTask
+
+    class Seg(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder = nn.Linear(4, 4)
+            self.head = nn.Linear(4, 2)
+
+    task = SegmentationTask(Seg(), {}, encoder_lr_mult=0.1, weight_decay=0.01)
+    opt = build_optimizer(task, TrainConfig(), 1e-3)
+    mults = {id(p): g["lr_mult"] for g in opt.param_groups for p in g["params"]}
+    assert all(mults[id(p)] == 0.1 for p in task.encoder.parameters())
+    assert all(mults[id(p)] == 1.0 for p in task.model.head.parameters())
