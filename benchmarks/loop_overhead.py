@@ -73,17 +73,17 @@ def with_fit(data: TensorDataset, train: TrainConfig) -> float:
 
 
 def per_step(fn, data: TensorDataset, train: TrainConfig, *args) -> float:  # noqa: ANN001
-    """Marginal seconds per step: (min t(S) - min t(10)) / (S - 10) over 3 tries, so set-up costs cancel
+    """Marginal seconds per step: (min t(S) - min t(10)) / (S - 10) over 2 tries, so set-up costs cancel
     and load spikes from other processes are filtered out by the minimum."""
     short = train.model_copy(update={"steps": 10})
-    long_t = min(fn(data, train, *args) for _ in range(3))
-    short_t = min(fn(data, short, *args) for _ in range(3))
+    long_t = min(fn(data, train, *args) for _ in range(2))
+    short_t = min(fn(data, short, *args) for _ in range(2))
     return (long_t - short_t) / (train.steps - 10)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--steps", type=int, default=30)
     args = parser.parse_args()
     data = TensorDataset(torch.randn(4096, 64, 192))
     rows = []

@@ -54,7 +54,10 @@ def embedding_map(vectors: np.ndarray, labels: np.ndarray | None, path: Path, ti
     _, _, vt = np.linalg.svd(x[: min(len(x), 20000)], full_matrices=False)
     xy = x @ vt[:2].T
     fig, ax = plt.subplots(figsize=(5, 5), dpi=120)
-    ax.scatter(xy[:, 0], xy[:, 1], c=labels if labels is not None else "tab:blue", s=4, cmap="tab10", alpha=0.7)
+    if labels is None:
+        ax.scatter(xy[:, 0], xy[:, 1], color="tab:blue", s=4, alpha=0.7)
+    else:
+        ax.scatter(xy[:, 0], xy[:, 1], c=labels, s=4, cmap="tab10", alpha=0.7)
     ax.set_title(title or "embeddings (PCA)")
     ax.set_xticks([])
     ax.set_yticks([])

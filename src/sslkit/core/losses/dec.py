@@ -19,7 +19,8 @@ def student_t_assignment(z: Tensor, centroids: Tensor, alpha: float = 1.0) -> Te
             f"student_t_assignment expects z (N, D) and centroids (K, D) with the same D; "
             f"got {tuple(z.shape)} and {tuple(centroids.shape)}"
         )
-    sq_dist = torch.cdist(z, centroids).pow(2)
+    # ‖z‖² − 2 z·μ + ‖μ‖² as one matmul: far faster than cdist on CPU; clamp guards rounding below 0
+    sq_dist = (z.pow(2).sum(1, keepdim=True) - 2 * z @ centroids.T + centroids.pow(2).sum(1)).clamp_min(0)
     kernel = (1.0 + sq_dist / alpha).pow(-(alpha + 1.0) / 2.0)
     return kernel / kernel.sum(dim=1, keepdim=True)
 

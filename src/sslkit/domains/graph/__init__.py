@@ -1,0 +1,1 @@
+"""Graphs: SCGC/SCGC* node representations and clustering, GRACE baseline."""

@@ -1,0 +1,101 @@
+"""Model inputs and training batches: prepared node features, full-graph batches for small
+graphs, and seed-node blocks (seeds + sampled neighbours, with their mask block) for large ones."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from sslkit.core.console import warn
+from sslkit.domains.graph.io import Graph
+from sslkit.domains.graph.method import GraphRecipe
+from sslkit.domains.graph.transforms import (adjacency, auto_hops, mask_tensors, positive_mask, positive_mask_block, propagate,
+                                             row_normalise, sample_block, standardise, structural_features)
+
+
+@dataclass
+class Inputs:
+    """Prepared features x (N, D) fed to the encoder (already smoothed for SCGC) and how they were made."""
+
+    x: np.ndarray
+    hops: int
+    structural: bool
+    a_row: Any  # D⁻¹(A+I), for SCGC masks
+
+    def summary(self) -> dict[str, Any]:
+        return {"in_dim": int(self.x.shape[1]), "hops": self.hops, "structural_features": self.structural}
+
+
+def prepare_inputs(graph: Graph, recipe: GraphRecipe, quiet: bool = False) -> Inputs:
+    """Features (given or structural), normalised, then Â^hops X for SCGC (GRACE's GCN propagates itself)."""
+    n, data = graph.num_nodes, recipe.data
+    a_sym = adjacency(graph.edge_index, graph.edge_weight, n, "sym")
+    structural = graph.x is None
+    if structural:
+        if not quiet:
+            warn(f"the graph has no node features — using {data.structural_dim} structural features "
+                 "(log-degree + random-walk diffusions); pass --features for better results")
+        degree = np.bincount(graph.edge_index[0], minlength=n)
+        x = structural_features(a_sym, degree, data.structural_dim, recipe.train.seed)
+    else:
+        x = {"row": row_normalise, "standard": standardise, "none": lambda v: v.astype(np.float32)}[data.feature_norm](graph.x)
+    hops = 0 if recipe.method == "grace" else (data.hops if data.hops is not None else auto_hops(n, graph.edge_index.shape[1]))
+    x = propagate(a_sym, x, hops)
+    if recipe.method != "grace" and data.input_norm == "l2":
+        x = x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
+    a_row = adjacency(graph.edge_index, graph.edge_weight, n, "row") if recipe.method != "grace" else None
+    return Inputs(x.astype(np.float32), hops, structural, a_row)
+
+
+def use_full_batch(recipe: GraphRecipe, n: int) -> bool:
+    fb = recipe.data.full_batch
+    return n <= recipe.data.full_batch_max_nodes if fb == "auto" else bool(fb)
+
+
+class FullGraph(Dataset):
+    """`copies` identical items, each the whole graph (one per process under DDP); collate with `first`."""
+
+    def __init__(self, batch: dict[str, torch.Tensor], copies: int = 1) -> None:
+        self.batch, self.copies = batch, copies
+
+    def __len__(self) -> int:
+        return self.copies
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return self.batch
+
+
+def first(items: list[Any]) -> Any:
+    return items[0]
+
+
+def full_batch(inputs: Inputs, graph: Graph, recipe: GraphRecipe) -> dict[str, torch.Tensor]:
+    """The whole graph as one batch: SCGC gets x and the sparse mask; GRACE gets x and edge_index."""
+    x = torch.from_numpy(inputs.x)
+    if recipe.method == "grace":
+        return {"x": x, "edge_index": torch.from_numpy(graph.edge_index)}
+    mask = positive_mask(inputs.a_row, recipe.loss.r, cumulative=recipe.method == "scgc-star")
+    return {"x": x, **mask_tensors(mask)}
+
+
+class NodeBlocks(Dataset):
+    """Items are node indices; `collate` turns a list of seeds into {"x": (B, D), "pos_index", "pos_weight"} (the sparse mask block)
+    for the block of seeds plus `fanout` sampled neighbours each (never an N×N matrix)."""
+
+    def __init__(self, inputs: Inputs, r: int, cumulative: bool, fanout: int) -> None:
+        self.x, self.a_row, self.r, self.cumulative, self.fanout = inputs.x, inputs.a_row, r, cumulative, fanout
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+    def collate(self, seeds: list[int]) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng(int(np.random.randint(0, 2**31 - 1)))  # numpy is seeded per item by fit
+        nodes = sample_block(self.a_row, np.asarray(seeds, dtype=np.int64), self.fanout, rng)
+        mask = positive_mask_block(self.a_row, nodes, self.r, self.cumulative)
+        return {"x": torch.from_numpy(self.x[nodes]), **mask_tensors(mask)}

@@ -1,0 +1,201 @@
+"""`sslkit graph ...`: SCGC/SCGC* node embeddings and clustering, with GRACE as baseline."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from sslkit.core.cli_options import (DevicesOpt, JsonOpt, OutOpt, OverwriteOpt, RecipeOpt, ResumeOpt, RunArg,
+                                     SeedsOpt, SetOpt, maybe_relaunch)
+
+app = typer.Typer(help="Graphs: SCGC/SCGC* node embeddings and clustering, GRACE baseline.", no_args_is_help=True)
+GraphArg = Annotated[Path, typer.Argument(help="Edge list (CSV/TSV/space, optional weight), PyG .pt, or a folder "
+                                               "with edges.csv, features.*, labels.csv.")]
+FeaturesOpt = Annotated[Optional[Path], typer.Option("--features", "-f", help="Node features: CSV/Parquet (id + "
+                                                     "columns), .npy, or sparse .npz (row i = node i).")]
+ClustersOpt = Annotated[Optional[int], typer.Option("--clusters", "-k", help="Number of clusters K of the clustering head.")]
+FileOut = Annotated[Path, typer.Option("--out", "-o", help="File to write.")]
+
+
+def _graph(path: Path, features: Path | None, quiet: bool = False):  # noqa: ANN202
+    from sslkit.core.console import info
+    from sslkit.domains.graph.io import load_graph
+
+    graph, labels = load_graph(path, features)
+    if not quiet:
+        info(f"graph: {graph.num_nodes} nodes, {graph.edge_index.shape[1] // 2} undirected edges, "
+             f"{'no' if graph.x is None else graph.x.shape[1]} features" + "".join(f"; {n}" for n in graph.notes))
+    return graph, labels
+
+
+def _recipe(run: Path):  # noqa: ANN202
+    from sslkit.core.runs import Run
+    from sslkit.domains.graph.method import GraphRecipe
+
+    return GraphRecipe.model_validate(Run.load(run, "graph").recipe_dict)
+
+
+@app.command()
+def pretrain(graph: GraphArg, features: FeaturesOpt = None, recipe: RecipeOpt = "scgc-star",
+             clusters: ClustersOpt = None, set_: SetOpt = None, out: OutOpt = None, overwrite: OverwriteOpt = False,
+             resume: ResumeOpt = False, devices: DevicesOpt = 1) -> None:
+    """Train SCGC* (default), SCGC or GRACE on one graph; writes a run folder with the exported encoder."""
+    maybe_relaunch(devices)
+    from sslkit.core import distributed
+    from sslkit.core.console import info
+    from sslkit.core.errors import UserError
+    from sslkit.core.export import export_encoder
+    from sslkit.core.loop import fit, seed_everything
+    from sslkit.core.recipes import load_recipe
+    from sslkit.core.runs import Run
+    from sslkit.domains.graph.batches import FullGraph, NodeBlocks, first, full_batch, prepare_inputs, use_full_batch
+    from sslkit.domains.graph.clustering import check_clusters
+    from sslkit.domains.graph.method import GraphRecipe, build_method
+
+    cfg = load_recipe(GraphRecipe, "graph", recipe, set_ or [])
+    g, _ = _graph(graph, features, quiet=not distributed.is_main())
+    if clusters is not None:
+        cfg.clusters = clusters
+    check_clusters(cfg.clusters, g.num_nodes)
+    if cfg.method != "grace" and cfg.clusters is None:
+        raise UserError(f"{cfg.method} learns K clusters — pass --clusters K (2 <= K <= {g.num_nodes})")
+    inputs = prepare_inputs(g, cfg, quiet=not distributed.is_main())
+    world = distributed.dist_env().world_size
+    full = use_full_batch(cfg, g.num_nodes)
+    if full:
+        cfg.train.batch_size, cfg.train.micro_batch_size = world, None  # one whole-graph batch per process
+    elif cfg.method == "grace":
+        raise UserError(f"the GRACE baseline trains full-batch only; this graph has {g.num_nodes} nodes — "
+                        "use --recipe scgc-star, or --set data.full_batch=true if it fits in memory")
+    run = Run.open(out, domain="graph", recipe=cfg, data_paths=[p for p in (graph, features) if p],
+                   overwrite=overwrite, resume=resume)
+    run.update_manifest(graph={"nodes": g.num_nodes, "edges": int(g.edge_index.shape[1] // 2), "notes": g.notes,
+                               "full_batch": full, **inputs.summary()})
+    seed_everything(cfg.train.seed)
+    method = build_method(cfg, inputs.x.shape[1], inputs.hops)
+    if full:
+        data, collate = FullGraph(full_batch(inputs, g, cfg), copies=world), first
+    else:
+        data = NodeBlocks(inputs, cfg.loss.r, cfg.method == "scgc-star", cfg.data.fanout)
+        collate = data.collate
+    result = fit(method, data, cfg.train, run, collate_fn=collate, resume=resume)
+    if distributed.is_main():
+        export_encoder(method.encoder, method.encoder_spec(), run.path("encoder"),
+                       extra={"num_nodes": g.num_nodes, **inputs.summary()})
+        _cluster_plot(run.dir, g, cfg, inputs)
+        info(f"done: {result.step} steps in {result.seconds:.1f}s, final loss {result.last_loss:.4f}")
+        typer.echo(str(run.dir))
+
+
+def _cluster_plot(run_dir: Path, graph, cfg, inputs) -> None:  # noqa: ANN001
+    """plots/clusters.png: PCA of the embeddings coloured by learned cluster (k-means for GRACE)."""
+    from sslkit.core.plots import embedding_map
+    from sslkit.domains.graph.clustering import encode, soft_assign, unit_rows
+
+    z = encode(run_dir, graph, cfg, inputs)
+    if cfg.method == "grace" or cfg.clusters is None:
+        from sklearn.cluster import KMeans
+
+        k = cfg.clusters or 8
+        colour, how = KMeans(k, n_init=4, random_state=0).fit_predict(unit_rows(z)), "k-means"
+    else:
+        try:
+            colour, how = soft_assign(run_dir, z).argmax(1), "learned soft assignment"
+        except Exception:  # noqa: BLE001 — the head may not have started; the plot is optional, the run is not
+            colour, how = None, "no clusters yet"
+    embedding_map(unit_rows(z), colour, run_dir / "plots" / "clusters.png", title=f"{cfg.method} embeddings ({how})")
+
+
+@app.command()
+def embed(run: RunArg, graph: GraphArg, out: FileOut = Path("embeddings.parquet"), features: FeaturesOpt = None,
+          overwrite: OverwriteOpt = False) -> None:
+    """Node embeddings (L2-normalised encoder outputs) as Parquet with the graph's own node ids."""
+    from sslkit.core.embeddings import write_embeddings
+    from sslkit.domains.graph.clustering import encode, run_inputs, unit_rows
+
+    if out.exists() and not overwrite:
+        from sslkit.core.errors import UserError
+
+        raise UserError(f"{out} already exists — pass --overwrite to replace it")
+    cfg = _recipe(run)
+    g, _ = _graph(graph, features, quiet=True)
+    z = unit_rows(encode(run, g, cfg, run_inputs(run, g, cfg)))
+    ids = g.ids.tolist()
+    write_embeddings(out, ids, z, overwrite=overwrite)
+    typer.echo(str(out))
+
+
+@app.command()
+def cluster(run: RunArg, graph: GraphArg, out: FileOut = Path("clusters.csv"), features: FeaturesOpt = None,
+            overwrite: OverwriteOpt = False) -> None:
+    """Node id -> learned cluster, with the soft-assignment confidence (max_j q_ij), as CSV."""
+    import pandas as pd
+
+    from sslkit.core.checkpoint import atomic_write_text
+    from sslkit.core.errors import UserError
+    from sslkit.domains.graph.clustering import encode, run_inputs, soft_assign
+
+    if out.exists() and not overwrite:
+        raise UserError(f"{out} already exists — pass --overwrite to replace it")
+    cfg = _recipe(run)
+    g, _ = _graph(graph, features, quiet=True)
+    q = soft_assign(run, encode(run, g, cfg, run_inputs(run, g, cfg)))
+    df = pd.DataFrame({"node": g.ids, "cluster": q.argmax(1), "confidence": q.max(1).round(6)})
+    atomic_write_text(out, df.to_csv(index=False))
+    typer.echo(str(out))
+
+
+@app.command()
+def evaluate(run: RunArg, graph: GraphArg, labels: Annotated[Optional[Path], typer.Option(
+                 "--labels", "-l", help="`node,label` CSV (default: labels.csv in the graph folder).")] = None,
+             features: FeaturesOpt = None, seeds: SeedsOpt = 5, json_out: JsonOpt = False) -> None:
+    """ACC/NMI/ARI/F1 of k-means (embeddings vs raw and propagated features) and of the learned soft
+    assignment, plus a logistic-regression node-classification probe; mean ± std over seeds."""
+    from sslkit.core.checkpoint import atomic_write_text
+    from sslkit.core.console import print_table, warn
+    from sslkit.core.errors import UserError
+    from sslkit.core.evaluation import metrics_table_rows
+    from sslkit.domains.graph.clustering import encode, evaluate_all, run_inputs, soft_assign
+    from sslkit.domains.graph.io import align_labels
+
+    cfg = _recipe(run)
+    g, found = _graph(graph, features, quiet=True)
+    labels = labels or found
+    if labels is None:
+        raise UserError("no labels — pass --labels node_labels.csv (columns node,label)")
+    idx, y = align_labels(g, labels)
+    if len(idx) < g.num_nodes:
+        warn(f"{g.num_nodes - len(idx)} node(s) have no label; evaluating the {len(idx)} labelled ones")
+    z = encode(run, g, cfg, run_inputs(run, g, cfg))
+    q = soft_assign(run, z) if cfg.method != "grace" else None
+    rows = evaluate_all(g, cfg, z, q, idx, y, tuple(range(seeds)))
+    columns, table = metrics_table_rows(rows)
+    print_table(f"graph evaluation: {len(idx)} labelled nodes, {int(y.max()) + 1} classes, {seeds} seeds "
+                "(k-means / soft assignment: acc nmi ari f1; probe_acc: logistic regression)", columns, table)
+    payload = {"run": str(run), "labels": str(labels), "seeds": seeds,
+               "results": {name: {m: list(v) for m, v in res.items()} for name, res in rows.items()}}
+    atomic_write_text(Path(run) / "evaluation.json", json.dumps(payload, indent=2))
+    if json_out:
+        typer.echo(json.dumps(payload))
+
+
+@app.command()
+def export(run: RunArg, out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write.")],
+           overwrite: OverwriteOpt = False) -> None:
+    """Write the encoder (safetensors + config.json), loadable with sslkit.load_encoder(DIR)."""
+    from sslkit.core.export import export_from_run
+
+    typer.echo(str(export_from_run(run, out, overwrite=overwrite)))
+
+
+@app.command("sample-data")
+def sample_data(out: Annotated[Path, typer.Argument(help="Folder to write the sample graphs into.")],
+                overwrite: OverwriteOpt = False) -> None:
+    """Write Zachary's karate club (networkx; no features, club labels) and a small generated
+    stochastic-block-model graph with noisy features, each as edges.csv (+ features.csv) + labels.csv."""
+    from sslkit.domains.graph.samples import write_samples
+
+    for path in write_samples(out, overwrite=overwrite):
+        typer.echo(str(path))

@@ -1,0 +1,90 @@
+"""What a trained graph run gives back: node embeddings, soft cluster assignments, and the
+evaluation table (k-means on embeddings and on two training-free baselines, the learned
+soft assignment, and a logistic-regression node-classification probe)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sslkit.core.errors import UserError
+from sslkit.domains.graph.batches import Inputs, prepare_inputs
+from sslkit.domains.graph.io import Graph
+from sslkit.domains.graph.method import GraphRecipe, soft_assignment
+
+
+def check_clusters(k: int | None, n: int) -> None:
+    if k is not None and not 2 <= k <= n:
+        raise UserError(f"--clusters {k} is not possible for a graph of {n} nodes — choose 2 <= K <= {n}")
+
+
+def run_inputs(run_dir: Path, graph: Graph, recipe: GraphRecipe) -> Inputs:
+    """The encoder's inputs for `graph`, prepared as in the run; a feature-width mismatch is an error."""
+    from sslkit.core.export import read_config
+
+    inputs = prepare_inputs(graph, recipe, quiet=True)
+    want = read_config(run_dir)["kwargs"]["in_dim"]
+    if inputs.x.shape[1] != want:
+        raise UserError(f"the graph's features have {inputs.x.shape[1]} columns but the run was trained on {want} — "
+                        "pass the same --features as for pretrain")
+    return inputs
+
+
+@torch.no_grad()
+def encode(run_dir: Path, graph: Graph, recipe: GraphRecipe, inputs: Inputs, chunk: int = 65536) -> np.ndarray:
+    """Encoder outputs z (N, D) for every node (SCGC: MLP on the prepared features, in chunks; GRACE: GCN)."""
+    from sslkit.core.export import load_encoder
+
+    encoder = load_encoder(run_dir)
+    x = torch.from_numpy(inputs.x)
+    if recipe.method == "grace":
+        return encoder(x, torch.from_numpy(graph.edge_index)).numpy()
+    return torch.cat([encoder.mlp(x[i:i + chunk]) for i in range(0, len(x), chunk)]).numpy()
+
+
+def unit_rows(z: np.ndarray) -> np.ndarray:
+    """L2-normalised rows: both methods train cosine similarities, so this is the embedding geometry."""
+    return (z / np.linalg.norm(z, axis=1, keepdims=True).clip(1e-12)).astype(np.float32)
+
+
+def soft_assign(run_dir: Path, z: np.ndarray) -> np.ndarray:
+    """q (N, K) from the run's learned centroids; an error for GRACE runs or a head that never started."""
+    from sslkit.core.checkpoint import load_checkpoint
+    from sslkit.core.runs import Run
+
+    run = Run.load(run_dir, "graph")
+    state = load_checkpoint(run.checkpoint_path)["model"]
+    if "centroids" not in state or not bool(state.get("ready", torch.tensor(False))):
+        method = run.recipe_dict.get("method")
+        if method == "grace":
+            raise UserError(f"{run_dir} is a GRACE run, which has no clustering head — use `evaluate` (k-means) "
+                            "or pretrain with --recipe scgc-star")
+        raise UserError(f"{run_dir}: the clustering head never started (loss.cluster_warmup >= train.steps) — "
+                        "pretrain longer or lower loss.cluster_warmup")
+    return soft_assignment(torch.from_numpy(z).float(), state["centroids"].float()).numpy()
+
+
+def evaluate_all(graph: Graph, recipe: GraphRecipe, z: np.ndarray, q: np.ndarray | None, idx: np.ndarray,
+                 y: np.ndarray, seeds: tuple[int, ...]) -> dict[str, dict[str, Any]]:
+    """{row name: {metric: (mean, std)}} over the labelled nodes idx with labels y."""
+    from sslkit.core.evaluation import cluster_metrics, kmeans_eval, linear_probe
+    from sslkit.domains.graph.transforms import auto_hops
+
+    k = int(y.max()) + 1
+    baseline = recipe.model_copy(deep=True)
+    baseline.method = "scgc-star"
+    baseline.data.hops = 0
+    raw = prepare_inputs(graph, baseline, quiet=True).x
+    baseline.data.hops = recipe.data.hops if recipe.data.hops is not None else auto_hops(graph.num_nodes, graph.edge_index.shape[1])
+    smooth = prepare_inputs(graph, baseline, quiet=True).x
+    rows: dict[str, dict[str, Any]] = {}
+    feats = {"raw features": raw, f"propagated Â^{baseline.data.hops}X (no training)": smooth,
+             f"{recipe.method} embeddings": unit_rows(z)}
+    for name, x in feats.items():
+        rows[name] = {**kmeans_eval(x[idx], y, k, seeds=seeds), "probe_acc": linear_probe(x[idx], y, seeds=seeds)["accuracy"]}
+    if q is not None:
+        one = cluster_metrics(y, q[idx].argmax(1))
+        rows[f"{recipe.method} soft assignment"] = {m: (v, 0.0) for m, v in one.items()}
+    return rows

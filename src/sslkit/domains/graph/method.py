@@ -1,0 +1,223 @@
+"""SCGC / SCGC* (influence-augmented contrastive graph clustering) and the GRACE baseline.
+
+SCGC (Kulatilleke et al., arXiv:2204.08504; gayanku/SCGC): an MLP encoder on node features, a
+neighbour-contrastive loss whose positives are weighted by a graph mask M (A^r for SCGC,
+Σ_{k≤r} A^k for SCGC*), and DEC's Student-t clustering head with a sharpened KL target.
+GRACE (Zhu et al., arXiv:2006.04131): a GCN trained with NT-Xent between two edge-dropped,
+feature-masked views.
+"""
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, field_validator
+from torch import Tensor, nn
+
+from sslkit.core.export import encoder_spec
+from sslkit.core.losses.dec import DECLoss
+from sslkit.core.losses.nt_xent import nt_xent
+from sslkit.core.recipes import Recipe, Section
+from sslkit.domains.graph.model import GCNEncoder, SCGCEncoder
+
+METHODS = ("scgc-star", "scgc", "grace")
+
+
+class GraphData(Section):
+    feature_norm: Literal["row", "standard", "none"] = "row"  # row: bag-of-words rows sum to 1
+    hops: int | None = None            # low-pass propagation Â^hops X for SCGC; None = chosen from structure
+    input_norm: Literal["l2", "none"] = "l2"  # SCGC: unit-length rows of Â^hops X (cosine geometry)
+    structural_dim: int = 32           # width of structural features when the graph has none
+    full_batch: Literal["auto"] | bool = "auto"
+    full_batch_max_nodes: int = 8000  # auto: full batch up to this many nodes, node mini-batches above
+    fanout: int = 4                    # mini-batches: random neighbours added per seed node
+
+    @field_validator("hops")
+    @classmethod
+    def _hops(cls, v: int | None) -> int | None:
+        if v is not None and not 0 <= v <= 32:
+            raise ValueError("data.hops must be between 0 and 32 (or null for automatic)")
+        return v
+
+
+class GraphModel(Section):
+    hidden: list[int] = Field(default_factory=lambda: [500, 500, 2000])  # SCGC MLP widths; GRACE: GCN hidden = hidden[0]
+    out_dim: int = 10
+    proj_dim: int = 128  # GRACE projection head
+
+
+class GraphLoss(Section):
+    alpha: float = 1.0        # weight of the neighbour-contrastive loss
+    beta: float = 0.1         # weight of KL(P‖Q)
+    r: int = 1                # mask order
+    tau: float = 0.25         # multiplies the cosine similarity (an inverse temperature), as in SCGC
+    recon_weight: float = 1.0  # SCGC (not SCGC*) MSE reconstruction
+    cluster_warmup: int = 50  # steps of contrastive-only training before k-means sets the centroids
+    drop_edge: tuple[float, float] = (0.2, 0.4)     # GRACE
+    drop_feature: tuple[float, float] = (0.3, 0.4)  # GRACE
+    temperature: float = 0.4                        # GRACE NT-Xent temperature
+
+    @field_validator("tau")
+    @classmethod
+    def _tau(cls, v: float) -> float:
+        if not 0 < v <= 30:
+            raise ValueError("loss.tau must be in (0, 30]")
+        return v
+
+    @field_validator("r")
+    @classmethod
+    def _r(cls, v: int) -> int:
+        if not 1 <= v <= 8:
+            raise ValueError("loss.r must be between 1 and 8")
+        return v
+
+
+class GraphRecipe(Recipe):
+    domain: Literal["graph"] = "graph"
+    method: Literal["scgc-star", "scgc", "grace"] = "scgc-star"
+    clusters: int | None = None  # K of the clustering head (set with --clusters)
+    data: GraphData = Field(default_factory=GraphData)
+    model: GraphModel = Field(default_factory=GraphModel)
+    loss: GraphLoss = Field(default_factory=GraphLoss)
+
+
+RECIPE_SCHEMA = GraphRecipe
+
+
+def neighbour_contrastive(z: Tensor, pos_index: Tensor, pos_weight: Tensor, tau: float) -> Tensor:
+    """SCGC's L_NC = −mean_i log(Σ_j M_ij e^{τ s_ij} / Σ_j e^{τ s_ij}), s = cosine with s_ii := 0.
+
+    z: (B, D); the mask M (B, B) is sparse: pos_index (2, P) rows/cols with weights pos_weight (P,).
+    Rows without positive weight are skipped. Only the denominator touches all B² pairs.
+    """
+    zn = F.normalize(z.float(), dim=1)
+    n = zn.shape[0]
+    rows, cols = pos_index[0], pos_index[1]
+    sim = zn @ zn.T
+    s_pos = sim.reshape(-1)[rows * n + cols]  # a gather of P scalars, cheaper than P dot products
+    s_pos = torch.where(rows == cols, torch.zeros_like(s_pos), s_pos)
+    num = torch.zeros(n, device=z.device).index_add_(0, rows, pos_weight.float() * torch.exp(tau * s_pos))
+    lse = torch.logsumexp(tau * sim, dim=1)  # includes e^{τ s_ii} = e^τ; swapped for 1 below
+    log_den = torch.log(torch.exp(lse) - math.exp(tau) + 1.0)
+    has_pos = num > 0
+    return -(torch.log(num[has_pos]) - log_den[has_pos]).mean()
+
+
+def soft_assignment(z: Tensor, centroids: Tensor) -> Tensor:
+    """DEC's Student-t q (N, K), q_ij ∝ (1 + ‖z_i − μ_j‖²)^-1, with distances from one matmul:
+    the same values as core's `student_t_assignment` (α = 1) without torch.cdist, which is slow on CPU."""
+    sq = (z.pow(2).sum(1, keepdim=True) + centroids.pow(2).sum(1) - 2.0 * z @ centroids.T).clamp_min(0.0)
+    kernel = 1.0 / (1.0 + sq)
+    return kernel / kernel.sum(1, keepdim=True)
+
+
+def kmeans_init(z: Tensor, k: int) -> Tensor:
+    """Centroids (K, D) from scikit-learn k-means on z (N, D), seeded from the torch RNG (seeded by fit)."""
+    from sklearn.cluster import KMeans
+
+    seed = int(torch.randint(0, 2**31 - 1, (1,)))
+    km = KMeans(k, n_init=10, random_state=seed).fit(z.detach().float().cpu().numpy())
+    return torch.from_numpy(km.cluster_centers_).to(z.device, torch.float32)
+
+
+class SCGC(nn.Module):
+    """forward({"x": (B, D) smoothed features, "pos_index": (2, P), "pos_weight": (P,)}) -> (loss, metrics).
+
+    cumulative=True is SCGC* (IAC mask, no decoder); False is SCGC (A^r mask + reconstruction).
+    """
+
+    def __init__(self, in_dim: int, hops: int, clusters: int | None, model: GraphModel, loss: GraphLoss,
+                 cumulative: bool = True) -> None:
+        super().__init__()
+        self.in_dim, self.hops, self.cfg, self.lcfg, self.cumulative = in_dim, hops, model, loss, cumulative
+        self.encoder = SCGCEncoder(in_dim, model.hidden, model.out_dim, hops)
+        self.decoder = None
+        if not cumulative:
+            dims = [model.out_dim, *reversed(model.hidden), in_dim]
+            layers: list[nn.Module] = []
+            for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+                layers += [nn.Linear(a, b)] + ([nn.ReLU()] if i < len(dims) - 2 else [])
+            self.decoder = nn.Sequential(*layers)
+        self.clusters = clusters
+        self.centroids = nn.Parameter(torch.zeros(clusters or 1, model.out_dim))
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self.register_buffer("ready", torch.zeros((), dtype=torch.bool))
+        self.kl = DECLoss()
+
+    def _maybe_init_centroids(self, z: Tensor) -> None:
+        if not self.clusters or bool(self.ready) or int(self.step) < self.lcfg.cluster_warmup:
+            return
+        with torch.no_grad():
+            self.centroids.copy_(kmeans_init(z, self.clusters))
+            if torch.distributed.is_initialized():
+                torch.distributed.broadcast(self.centroids.data, src=0)
+            self.ready.fill_(True)
+
+    def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        x = batch["x"]
+        z = self.encoder.mlp(x)
+        l_nc = neighbour_contrastive(z, batch["pos_index"], batch["pos_weight"], self.lcfg.tau)
+        loss = self.lcfg.alpha * l_nc
+        metrics: dict[str, Tensor] = {"loss_nc": l_nc.detach()}
+        if self.decoder is not None:
+            l_rec = F.mse_loss(self.decoder(z).float(), x.float())
+            loss = loss + self.lcfg.recon_weight * l_rec
+            metrics["loss_rec"] = l_rec.detach()
+        self._maybe_init_centroids(z)
+        if self.clusters and bool(self.ready):
+            q = soft_assignment(z.float(), self.centroids.float())
+            l_kl = self.kl(q)
+            loss = loss + self.lcfg.beta * l_kl
+            metrics["loss_kl"] = l_kl.detach()
+        else:
+            loss = loss + 0.0 * self.centroids.sum()  # keeps DDP's gradient buckets complete before the head starts
+        return loss, metrics
+
+    def after_step(self, step: int, total: int) -> None:  # noqa: ARG002
+        self.step.fill_(step)
+
+    def encoder_spec(self) -> dict:
+        return encoder_spec("graph", "scgc_mlp", in_dim=self.in_dim, hidden=list(self.cfg.hidden),
+                            out_dim=self.cfg.out_dim, hops=self.hops)
+
+
+def drop_edges(edge_index: Tensor, p: float) -> Tensor:
+    """Keep each directed edge with probability 1 − p (GRACE's dropout_adj)."""
+    return edge_index[:, torch.rand(edge_index.shape[1], device=edge_index.device) >= p]
+
+
+def mask_features(x: Tensor, p: float) -> Tensor:
+    """Zero each feature column with probability p (the same columns for every node)."""
+    keep = (torch.rand(x.shape[1], device=x.device) >= p).to(x.dtype)
+    return x * keep
+
+
+class GRACE(nn.Module):
+    """forward({"x": (N, D), "edge_index": (2, E)}) -> (loss, metrics): NT-Xent between two corrupted views."""
+
+    def __init__(self, in_dim: int, model: GraphModel, loss: GraphLoss) -> None:
+        super().__init__()
+        self.in_dim, self.cfg, self.lcfg = in_dim, model, loss
+        self.layers = max(2, len(model.hidden) + 1)
+        self.encoder = GCNEncoder(in_dim, model.hidden[0], model.out_dim, self.layers)
+        self.proj = nn.Sequential(nn.Linear(model.out_dim, model.proj_dim), nn.ELU(), nn.Linear(model.proj_dim, model.out_dim))
+
+    def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        x, ei = batch["x"], batch["edge_index"]
+        (pe1, pe2), (pf1, pf2) = self.lcfg.drop_edge, self.lcfg.drop_feature
+        h1 = self.encoder(mask_features(x, pf1), drop_edges(ei, pe1))
+        h2 = self.encoder(mask_features(x, pf2), drop_edges(ei, pe2))
+        loss = nt_xent(self.proj(h1).float(), self.proj(h2).float(), self.lcfg.temperature)
+        return loss, {}
+
+    def encoder_spec(self) -> dict:
+        return encoder_spec("graph", "gcn", in_dim=self.in_dim, hidden=self.cfg.hidden[0], out_dim=self.cfg.out_dim,
+                            layers=self.layers)
+
+
+def build_method(recipe: GraphRecipe, in_dim: int, hops: int) -> nn.Module:
+    if recipe.method == "grace":
+        return GRACE(in_dim, recipe.model, recipe.loss)
+    return SCGC(in_dim, hops, recipe.clusters, recipe.model, recipe.loss, cumulative=recipe.method == "scgc-star")

@@ -1,0 +1,65 @@
+"""Graph encoders: SCGC's MLP over low-pass-filtered features, and the GCN of the GRACE baseline."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+
+def _sym_norm_propagate(x: Tensor, edge_index: Tensor, hops: int) -> Tensor:
+    """Â^hops x with Â = D^-½(A+I)D^-½ as a torch sparse operator (N, D) -> (N, D)."""
+    n = x.shape[0]
+    loops = torch.arange(n, device=x.device)
+    ei = torch.cat([edge_index, torch.stack([loops, loops])], dim=1)
+    deg = torch.zeros(n, device=x.device).index_add_(0, ei[0], torch.ones(ei.shape[1], device=x.device))
+    w = deg[ei[0]].rsqrt() * deg[ei[1]].rsqrt()
+    a = torch.sparse_coo_tensor(ei, w, (n, n)).coalesce()
+    for _ in range(hops):
+        x = torch.sparse.mm(a, x)
+    return x
+
+
+class SCGCEncoder(nn.Module):
+    """SCGC's encoder: an MLP (ReLU between layers) on features smoothed over `hops` hops.
+
+    forward(x (N, in_dim), edge_index (2, E) or None) -> (N, out_dim). Pass edge_index to smooth inside
+    (the exported encoder is then self-contained); without it x must already be Â^hops X.
+    """
+
+    def __init__(self, in_dim: int, hidden: list[int] | tuple[int, ...] = (500, 500, 2000), out_dim: int = 10,
+                 hops: int = 0) -> None:
+        super().__init__()
+        dims = [in_dim, *hidden, out_dim]
+        layers: list[nn.Module] = []
+        for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+            layers.append(nn.Linear(a, b))
+            if i < len(dims) - 2:
+                layers.append(nn.ReLU())
+        self.mlp = nn.Sequential(*layers)
+        self.hops = hops
+
+    def forward(self, x: Tensor, edge_index: Tensor | None = None) -> Tensor:
+        if edge_index is not None and self.hops:
+            x = _sym_norm_propagate(x, edge_index, self.hops)
+        return self.mlp(x)
+
+
+class GCNEncoder(nn.Module):
+    """GRACE's encoder: `layers` PyG GCNConv layers with PReLU/ReLU. forward(x (N, D), edge_index (2, E)) -> (N, out_dim)."""
+
+    def __init__(self, in_dim: int, hidden: int = 256, out_dim: int = 128, layers: int = 2) -> None:
+        super().__init__()
+        from torch_geometric.nn import GCNConv
+
+        dims = [in_dim] + [hidden] * (layers - 1) + [out_dim]
+        self.convs = nn.ModuleList(GCNConv(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.act = nn.ReLU()
+
+    def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
+        for conv in self.convs:
+            x = self.act(conv(x, edge_index))
+        return x
+
+
+ENCODERS: dict[str, Callable[..., nn.Module]] = {"scgc_mlp": SCGCEncoder, "gcn": GCNEncoder}

@@ -1,0 +1,152 @@
+"""End to end through the CLI on generated data (sample-data): pretrain, resume, torchrun, embed,
+cluster, evaluate, export/load_encoder, and the bad-input cases (one line, exit code 2)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from sslkit.cli import app
+
+runner = CliRunner()
+TINY = ["--recipe", "tiny"]
+
+
+def invoke(*args: str):  # noqa: ANN201
+    return runner.invoke(app, ["graph", *map(str, args)])
+
+
+@pytest.fixture(scope="module")
+def sbm_run(samples: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "sbm"
+    res = invoke("pretrain", samples / "sbm", *TINY, "--clusters", "3", "--out", out)
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def test_sample_data_writes_karate_and_sbm(samples: Path) -> None:
+    assert (samples / "karate" / "edges.csv").read_text().count("\n") == 79  # header + 78 edges
+    assert (samples / "sbm" / "labels.csv").read_text().startswith("node,label\nn000,")
+    res = invoke("sample-data", samples)
+    assert res.exit_code == 2 and "--overwrite" in res.output
+
+
+def test_pretrain_writes_a_complete_run(sbm_run: Path) -> None:
+    for f in ("recipe.yaml", "manifest.json", "metrics.jsonl", "checkpoints/last.pt", "encoder/encoder.safetensors",
+              "plots/loss.png", "plots/clusters.png"):
+        assert (sbm_run / f).is_file(), f
+    manifest = json.loads((sbm_run / "manifest.json").read_text())
+    assert manifest["graph"]["nodes"] == 300 and manifest["graph"]["hops"] == 2 and manifest["graph"]["full_batch"]
+    losses = [r["loss"] for r in map(json.loads, (sbm_run / "metrics.jsonl").read_text().splitlines())]
+    assert losses[-1] < losses[0]
+
+
+def test_embed_cluster_evaluate_use_original_ids_and_learn(sbm_run: Path, samples: Path, tmp_path: Path) -> None:
+    from sslkit.core.embeddings import read_embeddings
+
+    res = invoke("embed", sbm_run, samples / "sbm", "--out", tmp_path / "e.parquet")
+    assert res.exit_code == 0, res.output
+    ids, vecs = read_embeddings(tmp_path / "e.parquet")
+    assert list(ids)[:2] == ["n000", "n001"] and vecs.shape == (300, 16)
+    np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+
+    res = invoke("cluster", sbm_run, samples / "sbm", "--out", tmp_path / "c.csv")
+    assert res.exit_code == 0, res.output
+    import pandas as pd
+
+    c = pd.read_csv(tmp_path / "c.csv")
+    assert list(c.columns) == ["node", "cluster", "confidence"] and c["node"].iloc[0] == "n000"
+    assert c["cluster"].between(0, 2).all() and c["confidence"].between(1 / 3, 1).all()
+
+    res = invoke("evaluate", sbm_run, samples / "sbm", "--seeds", "2")
+    assert res.exit_code == 0, res.output
+    results = json.loads((sbm_run / "evaluation.json").read_text())["results"]
+    emb, raw = results["scgc-star embeddings"], results["raw features"]
+    assert set(emb) == {"acc", "nmi", "ari", "f1", "probe_acc"} and "scgc-star soft assignment" in results
+    # the planted blocks are only partly visible in the noisy features; the graph-aware embeddings find them
+    assert emb["nmi"][0] > raw["nmi"][0] + 0.1 and emb["nmi"][0] > 0.6, results
+    assert results["scgc-star soft assignment"]["nmi"][0] > 0.6, results
+
+
+def test_export_and_load_encoder_reproduce_embeddings(sbm_run: Path, tmp_path: Path) -> None:
+    import sslkit
+
+    res = invoke("export", sbm_run, "--out", tmp_path / "enc")
+    assert res.exit_code == 0, res.output
+    enc = sslkit.load_encoder(tmp_path / "enc")
+    x = torch.randn(5, 8)
+    ei = torch.tensor([[0, 1], [1, 0]])
+    ref = sslkit.load_encoder(sbm_run)
+    torch.testing.assert_close(enc(x, ei), ref(x, ei))
+    assert enc(x, ei).shape == (5, 16)
+
+
+def test_resume_after_interruption(samples: Path, tmp_path: Path) -> None:
+    """A run stopped at step 10 (train.steps=10) and resumed to 30 equals an uninterrupted 30-step run."""
+    from sslkit.core.checkpoint import load_checkpoint
+
+    g = samples / "karate"
+    assert invoke("pretrain", g, *TINY, "-k", "2", "--out", tmp_path / "full").exit_code == 0
+    out = tmp_path / "resumed"
+    assert invoke("pretrain", g, *TINY, "-k", "2", "--out", out, "--set", "train.steps=10").exit_code == 0
+    import yaml
+
+    recipe = yaml.safe_load((out / "recipe.yaml").read_text())
+    recipe["train"]["steps"] = 30
+    (out / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    res = invoke("pretrain", g, *TINY, "-k", "2", "--out", out, "--resume")
+    assert res.exit_code == 0, res.output
+    a = load_checkpoint(tmp_path / "full" / "checkpoints" / "last.pt")
+    b = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert b["step"] == 30
+    for k in a["model"]:
+        torch.testing.assert_close(a["model"][k], b["model"][k])
+
+
+def test_minibatch_mode_and_grace_baseline_train(samples: Path, tmp_path: Path) -> None:
+    res = invoke("pretrain", samples / "sbm", *TINY, "-k", "3", "--out", tmp_path / "mb", "--set", "data.full_batch=false",
+                 "--set", "train.batch_size=64", "--set", "train.steps=8")
+    assert res.exit_code == 0, res.output
+    assert not json.loads((tmp_path / "mb" / "manifest.json").read_text())["graph"]["full_batch"]
+    res = invoke("pretrain", samples / "sbm", "--recipe", "grace", "--out", tmp_path / "grace", "--set", "train.steps=3",
+                 "--set", "model.hidden=[16]", "--set", "model.out_dim=8")
+    assert res.exit_code == 0, res.output
+    res = invoke("evaluate", tmp_path / "grace", samples / "sbm", "--seeds", "1")
+    assert res.exit_code == 0 and "grace embeddings" in json.loads((tmp_path / "grace" / "evaluation.json").read_text())["results"]
+    res = invoke("cluster", tmp_path / "grace", samples / "sbm", "--out", tmp_path / "c.csv")
+    assert res.exit_code == 2 and "no clustering head" in res.output
+
+
+def test_pretrain_under_torchrun_two_processes(samples: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "sslkit",
+           "graph", "pretrain", str(samples / "sbm"), *TINY, "-k", "3", "--out", str(out),
+           "--set", "data.full_batch=false", "--set", "train.batch_size=64", "--set", "train.steps=6"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads((out / "manifest.json").read_text())["world_size"] == 2
+    assert (out / "encoder" / "encoder.safetensors").is_file()
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == 6  # rank 0 alone logged
+
+
+@pytest.mark.parametrize("args,pattern", [
+    (["pretrain", "{s}/karate", "--recipe", "tiny", "-k", "1"], "--clusters 1 is not possible"),
+    (["pretrain", "{s}/karate", "--recipe", "tiny", "-k", "35"], "2 <= K <= 34"),
+    (["pretrain", "{s}/karate", "--recipe", "tiny"], "pass --clusters"),
+    (["pretrain", "{s}/nope.csv", "--recipe", "tiny", "-k", "2"], "does not exist"),
+    (["pretrain", "{s}/karate", "--recipe", "tiny", "-k", "2", "--set", "loss.nope=1"], "loss.nope"),
+    (["evaluate", "{run}", "{s}/karate"], "features have"),
+    (["evaluate", "{run}", "{s}/sbm", "--labels", "{s}/karate/labels.csv"], "not in the graph"),
+])
+def test_bad_input_is_one_line_exit_2(samples: Path, sbm_run: Path, args: list[str], pattern: str) -> None:
+    res = runner.invoke(app, ["graph", *(a.format(s=samples, run=sbm_run) for a in args)])
+    assert res.exit_code == 2, res.output
+    assert pattern in res.output and "Traceback" not in res.output

@@ -1,0 +1,100 @@
+"""Graph operators against dense reference formulas, and the SCGC loss against its definition."""
+from __future__ import annotations
+
+import math
+
+import networkx as nx
+import numpy as np
+import pytest
+import torch
+
+from sslkit.domains.graph.method import neighbour_contrastive, soft_assignment
+from sslkit.domains.graph.transforms import (adjacency, auto_hops, mask_tensors, positive_mask, positive_mask_block,
+                                             propagate, sample_block)
+
+
+@pytest.fixture
+def karate():  # noqa: ANN201
+    g = nx.karate_club_graph()
+    ei = np.array(list(g.edges())).T
+    ei = np.hstack([ei, ei[::-1]])
+    return ei, np.ones(ei.shape[1], np.float32), g.number_of_nodes()
+
+
+def _dense_row_norm(ei: np.ndarray, n: int) -> np.ndarray:
+    a = np.zeros((n, n))
+    a[ei[0], ei[1]] = 1
+    a += np.eye(n)
+    return a / a.sum(1, keepdims=True)
+
+
+def test_iac_mask_is_the_cumulative_sum_of_powers(karate) -> None:  # noqa: ANN001
+    ei, w, n = karate
+    a = _dense_row_norm(ei, n)
+    a_row = adjacency(ei, w, n, "row")
+    np.testing.assert_allclose(a_row.toarray(), a, atol=1e-6)
+    want = a + a @ a + a @ a @ a
+    np.testing.assert_allclose(positive_mask(a_row, 3, cumulative=True).toarray(), want, atol=1e-5)
+    np.testing.assert_allclose(positive_mask(a_row, 3, cumulative=False).toarray(), a @ a @ a, atol=1e-5)
+
+
+def test_block_mask_equals_the_dense_sub_block(karate) -> None:  # noqa: ANN001
+    ei, w, n = karate
+    a_row = adjacency(ei, w, n, "row")
+    nodes = np.array([0, 3, 5, 16, 33])
+    full = positive_mask(a_row, 3, cumulative=True).toarray()
+    block = positive_mask_block(a_row, nodes, 3, cumulative=True).toarray()
+    np.testing.assert_allclose(block, full[np.ix_(nodes, nodes)], atol=1e-6)
+
+
+def test_sampled_block_holds_seeds_and_only_their_neighbours(karate) -> None:  # noqa: ANN001
+    ei, w, n = karate
+    a_row = adjacency(ei, w, n, "row")
+    seeds = np.array([0, 33])
+    nodes = sample_block(a_row, seeds, 2, np.random.default_rng(0))
+    assert set(seeds) <= set(nodes.tolist()) and len(nodes) <= 6
+    neighbours = set(ei[1][np.isin(ei[0], seeds)].tolist()) | set(seeds.tolist())
+    assert set(nodes.tolist()) <= neighbours
+
+
+def test_sym_propagation_and_auto_hops(karate) -> None:  # noqa: ANN001
+    ei, w, n = karate
+    a = np.zeros((n, n))
+    a[ei[0], ei[1]] = 1
+    a += np.eye(n)
+    d = 1 / np.sqrt(a.sum(1))
+    a_sym = d[:, None] * a * d[None, :]
+    x = np.random.default_rng(0).normal(size=(n, 3)).astype(np.float32)
+    np.testing.assert_allclose(propagate(adjacency(ei, w, n, "sym"), x, 2), a_sym @ a_sym @ x, atol=1e-5)
+    assert auto_hops(2708, 10556) == 5  # Cora: log 2708 / log(1 + 3.9)
+    assert auto_hops(10, 0) == 3 and auto_hops(10**6, 10**9) == 2
+
+
+def test_neighbour_contrastive_matches_its_definition() -> None:
+    torch.manual_seed(0)
+    z = torch.randn(6, 4)
+    m = torch.rand(6, 6) * (torch.rand(6, 6) > 0.5)
+    m[2] = 0  # a row without positives is skipped
+    import scipy.sparse as sp
+
+    t = mask_tensors(sp.csr_matrix(m.numpy()))
+    tau = 1.7
+    zn = torch.nn.functional.normalize(z, dim=1)
+    s = zn @ zn.T
+    s.fill_diagonal_(0)
+    e = torch.exp(tau * s)
+    per_row = -torch.log((m * e).sum(1) / e.sum(1))
+    want = per_row[[0, 1, 3, 4, 5]].mean()
+    got = neighbour_contrastive(z, t["pos_index"], t["pos_weight"], tau)
+    assert math.isclose(float(got), float(want), rel_tol=1e-5)
+
+
+def test_soft_assignment_matches_core_student_t_and_target_is_sharper() -> None:
+    from sslkit.core.losses.dec import student_t_assignment, target_distribution
+
+    torch.manual_seed(0)
+    z, c = torch.randn(50, 8), torch.randn(4, 8)
+    q = soft_assignment(z, c)
+    torch.testing.assert_close(q, student_t_assignment(z, c), atol=1e-5, rtol=1e-4)
+    p = target_distribution(q)
+    assert float(p.max(1).values.mean()) > float(q.max(1).values.mean())  # P is sharper than Q
