@@ -6,6 +6,7 @@ Prints ms/step for both and fit's overhead in percent (target: <= 5%).
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -40,14 +41,15 @@ class BenchRecipe(Recipe):
     pass
 
 
-def bare_loop(data: TensorDataset, train: TrainConfig, bf16: bool) -> float:
-    """Seconds for `train.steps` steps of the plainest correct loop (same optimizer, clipping, autocast)."""
+def bare_loop(data: TensorDataset, train: TrainConfig, bf16: bool) -> list[float]:
+    """Per-step seconds of the plainest correct loop (same optimizer, clipping, autocast)."""
     seed_everything(0)
     model = Method()
     opt = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
     loader = DataLoader(data, batch_size=train.batch_size, shuffle=True, drop_last=True)
-    t0, step = time.perf_counter(), 0
+    times, step = [], 0
     while step < train.steps:
+        t0 = time.perf_counter()
         for batch in loader:
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 loss, _ = model(batch)
@@ -55,30 +57,35 @@ def bare_loop(data: TensorDataset, train: TrainConfig, bf16: bool) -> float:
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             opt.zero_grad(set_to_none=True)
+            float(loss)  # fit() reads the loss every step too
             step += 1
+            times.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
             if step == train.steps:
                 break
-    return time.perf_counter() - t0
+    return times
 
 
-def with_fit(data: TensorDataset, train: TrainConfig) -> float:
-    """Seconds for the same steps through fit() (run folder, metrics, checkpoint at the end, plot)."""
+def with_fit(data: TensorDataset, train: TrainConfig) -> list[float]:
+    """Per-step seconds through fit(), read back from metrics.jsonl (log_every=1): data wait, step,
+    NaN guard, schedule, logging and progress included."""
     seed_everything(0)
     model = Method()
     with tempfile.TemporaryDirectory() as tmp:
         run = Run.open(Path(tmp) / "run", domain="toy", recipe=BenchRecipe(domain="toy", method="bench", train=train))
-        t0 = time.perf_counter()
         fit(model, data, train, run)
-        return time.perf_counter() - t0
+        return [train.batch_size / r["samples_per_s"] for r in run.metrics() if "samples_per_s" in r]
 
 
-def per_step(fn, data: TensorDataset, train: TrainConfig, *args) -> float:  # noqa: ANN001
-    """Marginal seconds per step: (min t(S) - min t(10)) / (S - 10) over 2 tries, so set-up costs cancel
-    and load spikes from other processes are filtered out by the minimum."""
-    short = train.model_copy(update={"steps": 10})
-    long_t = min(fn(data, train, *args) for _ in range(2))
-    short_t = min(fn(data, short, *args) for _ in range(2))
-    return (long_t - short_t) / (train.steps - 10)
+def interleaved(data: TensorDataset, train: TrainConfig, bf16: bool) -> tuple[float, float]:
+    """Median step times (after 5 warm-up steps) of bare loop and fit(), run alternately twice
+    (bare, fit, fit, bare) so drifts of a shared VM hit both sides alike."""
+    bare, ours = [], []
+    for first_bare in (True, False):
+        runs = [("bare", lambda: bare_loop(data, train, bf16)), ("fit", lambda: with_fit(data, train))]
+        for name, fn in (runs if first_bare else runs[::-1]):
+            (bare if name == "bare" else ours).extend(fn()[5:])
+    return statistics.median(bare), statistics.median(ours)
 
 
 def main() -> None:
@@ -92,9 +99,8 @@ def main() -> None:
         if precision == "bf16" and not bf16:
             continue
         train = TrainConfig(steps=args.steps, batch_size=32, lr=1e-3, precision=precision, clip_grad=1.0,
-                            log_every=10, checkpoint_every=10**9)
-        bare = per_step(bare_loop, data, train, bf16)
-        ours = per_step(with_fit, data, train)
+                            log_every=1, checkpoint_every=10**9)
+        bare, ours = interleaved(data, train, bf16)
         rows.append([precision, f"{1000 * bare:.1f}", f"{1000 * ours:.1f}", f"{100 * (ours / bare - 1):+.1f}%"])
     print_table(f"fit() vs bare loop ({torch.get_num_threads()} threads, batch 32 × 64 tokens, d=192, 4 layers)",
                 ["precision", "bare ms/step", "fit ms/step", "overhead"], rows)
