@@ -2,29 +2,23 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import cli_in_process, sslkit_cmd
+
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    """`sslkit lidar ARGS` in this process (CliRunner on the root app)."""
-    from typer.testing import CliRunner
-
-    from sslkit.cli import app
-
-    res = CliRunner().invoke(app, ["lidar", *map(str, args)])
-    if res.exception is not None and not isinstance(res.exception, SystemExit):
-        raise res.exception
-    return subprocess.CompletedProcess(args, res.exit_code, res.stdout, res.stderr)
+def run_cli(*args: object) -> subprocess.CompletedProcess:
+    """`sslkit lidar ARGS` in this process."""
+    return cli_in_process("lidar", *args)
 
 
-def run_subprocess(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sslkit", "lidar", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env=ENV)
+def run_subprocess(*args: object, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`python -m sslkit lidar ARGS` in a fresh interpreter, exactly as a user runs it."""
+    return sslkit_cmd("lidar", *args, timeout=timeout, env={"OMP_NUM_THREADS": "1"})
 
 
 @pytest.fixture(scope="session")

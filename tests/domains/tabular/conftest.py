@@ -2,31 +2,24 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import cli_in_process, sslkit_cmd
 
 # Tiny tensors: one thread per process is faster than two on the shared 2-core machine.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    """`sslkit tabular ARGS` in this process (CliRunner on the root app: no 4 s interpreter start per call)."""
-    from typer.testing import CliRunner
-
-    from sslkit.cli import app
-
-    res = CliRunner().invoke(app, ["tabular", *map(str, args)])
-    if res.exception is not None and not isinstance(res.exception, SystemExit):
-        raise res.exception
-    return subprocess.CompletedProcess(args, res.exit_code, res.stdout, res.stderr)
+def run_cli(*args: object) -> subprocess.CompletedProcess:
+    """`sslkit tabular ARGS` in this process."""
+    return cli_in_process("tabular", *args)
 
 
-def run_subprocess(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+def run_subprocess(*args: object, timeout: int = 300) -> subprocess.CompletedProcess:
     """`python -m sslkit tabular ARGS` in a fresh interpreter, exactly as a user runs it."""
-    return subprocess.run([sys.executable, "-m", "sslkit", "tabular", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env=ENV)
+    return sslkit_cmd("tabular", *args, timeout=timeout, env={"OMP_NUM_THREADS": "1"})
 
 
 @pytest.fixture(scope="session")
