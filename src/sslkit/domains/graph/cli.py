@@ -108,22 +108,27 @@ def _cluster_plot(run_dir: Path, graph, cfg, inputs) -> None:  # noqa: ANN001
     embedding_map(unit_rows(z), colour, run_dir / "plots" / "clusters.png", title=f"{cfg.method} embeddings ({how})")
 
 
+def _encode_graph(run: Path, graph: Path, features: Path | None, out: Path, overwrite: bool):  # noqa: ANN202
+    """(graph, raw encoder outputs) for `embed` and `cluster`, after refusing to overwrite `out`."""
+    from sslkit.core.errors import UserError
+    from sslkit.domains.graph.clustering import encode, run_inputs
+
+    if out.exists() and not overwrite:
+        raise UserError(f"{out} already exists — pass --overwrite to replace it")
+    cfg = _recipe(run)
+    g, _ = _graph(graph, features, quiet=True)
+    return g, encode(run, g, cfg, run_inputs(run, g, cfg))
+
+
 @app.command()
 def embed(run: RunArg, graph: GraphArg, out: FileOut = Path("embeddings.parquet"), features: FeaturesOpt = None,
           overwrite: OverwriteOpt = False) -> None:
     """Node embeddings (L2-normalised encoder outputs) as Parquet with the graph's own node ids."""
     from sslkit.core.embeddings import write_embeddings
-    from sslkit.domains.graph.clustering import encode, run_inputs, unit_rows
+    from sslkit.domains.graph.clustering import unit_rows
 
-    if out.exists() and not overwrite:
-        from sslkit.core.errors import UserError
-
-        raise UserError(f"{out} already exists — pass --overwrite to replace it")
-    cfg = _recipe(run)
-    g, _ = _graph(graph, features, quiet=True)
-    z = unit_rows(encode(run, g, cfg, run_inputs(run, g, cfg)))
-    ids = g.ids.tolist()
-    write_embeddings(out, ids, z, overwrite=overwrite)
+    g, z = _encode_graph(run, graph, features, out, overwrite)
+    write_embeddings(out, g.ids.tolist(), unit_rows(z), overwrite=overwrite)
     typer.echo(str(out))
 
 
@@ -133,15 +138,11 @@ def cluster(run: RunArg, graph: GraphArg, out: FileOut = Path("clusters.csv"), f
     """Node id -> learned cluster, with the soft-assignment confidence (max_j q_ij), as CSV."""
     import pandas as pd
 
-    from sslkit.core.checkpoint import atomic_write_text
-    from sslkit.core.errors import UserError
-    from sslkit.domains.graph.clustering import encode, run_inputs, soft_assign
+    from sslkit.core.files import atomic_write_text
+    from sslkit.domains.graph.clustering import soft_assign
 
-    if out.exists() and not overwrite:
-        raise UserError(f"{out} already exists — pass --overwrite to replace it")
-    cfg = _recipe(run)
-    g, _ = _graph(graph, features, quiet=True)
-    q = soft_assign(run, encode(run, g, cfg, run_inputs(run, g, cfg)))
+    g, z = _encode_graph(run, graph, features, out, overwrite)
+    q = soft_assign(run, z)
     df = pd.DataFrame({"node": g.ids, "cluster": q.argmax(1), "confidence": q.max(1).round(6)})
     atomic_write_text(out, df.to_csv(index=False))
     typer.echo(str(out))
@@ -153,7 +154,7 @@ def evaluate(run: RunArg, graph: GraphArg, labels: Annotated[Optional[Path], typ
              features: FeaturesOpt = None, seeds: SeedsOpt = 5, json_out: JsonOpt = False) -> None:
     """ACC/NMI/ARI/F1 of k-means (embeddings vs raw and propagated features) and of the learned soft
     assignment, plus a logistic-regression node-classification probe; mean ± std over seeds."""
-    from sslkit.core.checkpoint import atomic_write_text
+    from sslkit.core.files import atomic_write_text
     from sslkit.core.console import print_table, warn
     from sslkit.core.errors import UserError
     from sslkit.core.evaluation import metrics_table_rows

@@ -76,6 +76,6 @@ def clean_frame(points: np.ndarray) -> tuple[np.ndarray, int]:
 
 
 def write_bin(path: Path, points: np.ndarray) -> None:
-    from sslkit.core.checkpoint import atomic_write_bytes
+    from sslkit.core.files import atomic_write_bytes
 
     atomic_write_bytes(path, np.ascontiguousarray(points[:, :4], dtype=np.float32).tobytes())

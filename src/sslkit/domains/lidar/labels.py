@@ -27,13 +27,13 @@ def pcdet_line(b: Box) -> str:
 
 
 def write_kitti(path: Path, boxes: list[Box], with_score: bool = True) -> None:
-    from sslkit.core.checkpoint import atomic_write_text
+    from sslkit.core.files import atomic_write_text
 
     atomic_write_text(path, "".join(kitti_line(b, with_score) + "\n" for b in boxes))
 
 
 def write_pcdet(path: Path, boxes: list[Box]) -> None:
-    from sslkit.core.checkpoint import atomic_write_text
+    from sslkit.core.files import atomic_write_text
 
     atomic_write_text(path, "".join(pcdet_line(b) + "\n" for b in boxes if b.cls != "DontCare"))
 

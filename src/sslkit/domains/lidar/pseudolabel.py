@@ -87,6 +87,6 @@ def summary(names: list[str], per_teacher, merged, teacher_names, timing: dict, 
 
 
 def dump(path: Path, payload: dict) -> None:
-    from sslkit.core.checkpoint import atomic_write_text
+    from sslkit.core.files import atomic_write_text
 
     atomic_write_text(path, json.dumps(payload, indent=2))

@@ -15,7 +15,7 @@ def render_bev(points: np.ndarray, path: Path, gt: list[Box] = (), pred: list[Bo
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from sslkit.core.checkpoint import atomic_write_bytes
+    from sslkit.core.files import atomic_write_bytes
 
     fig, ax = plt.subplots(figsize=(14, 5.5), dpi=110)
     if extent is None:

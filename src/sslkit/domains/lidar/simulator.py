@@ -242,7 +242,7 @@ def simulate(out: Path, frames: int, beams: int, seed: int, min_points: int = 10
             n_boxes[b.cls] = n_boxes.get(b.cls, 0) + 1
         write_kitti(out / "label_2" / f"{name}.txt", labelled, with_score=False)
         n_points += len(pts)
-    from sslkit.core.checkpoint import atomic_write_text
+    from sslkit.core.files import atomic_write_text
 
     atomic_write_text(out / "sensor.json", json.dumps(asdict(spec), indent=2))
     return {"frames": frames, "mean_points": n_points / max(frames, 1), "boxes": n_boxes}

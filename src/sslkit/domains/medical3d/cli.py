@@ -127,7 +127,7 @@ def embed(run: RunArg, data: DataArgs, out: Annotated[Path, typer.Option("--out"
         if grid_dir is not None:
             import io
 
-            from sslkit.core.checkpoint import atomic_write_bytes
+            from sslkit.core.files import atomic_write_bytes
 
             buf = io.BytesIO()
             np.save(buf, grid)

@@ -92,7 +92,7 @@ def run_finetune(cfg: Medical3DRecipe, pretrained: Path | None, pairs: list[Volu
 
 def evaluate(task: Any, run: Any, eval_e: list, eval_regions: list, classes: int, ft: Any, bf16: bool,
              device: torch.device) -> dict[str, Any]:
-    from sslkit.core.checkpoint import atomic_write_text
+    from sslkit.core.files import atomic_write_text
     from sslkit.core.console import print_table
     from sslkit.domains.medical3d.io import write_nifti
     from sslkit.domains.medical3d.preprocess import undo_preprocess

@@ -70,7 +70,7 @@ def pretrain(
     """Pretrain an encoder on the table's feature columns; writes a run folder with preprocess.json and encoder/."""
     maybe_relaunch(devices)
     from sslkit.core import distributed
-    from sslkit.core.checkpoint import atomic_write_text
+    from sslkit.core.files import atomic_write_text
     from sslkit.core.console import info, warn
     from sslkit.core.errors import UserError
     from sslkit.core.export import export_encoder
@@ -174,7 +174,7 @@ def evaluate(
     json_out: JsonOpt = False,
 ) -> None:
     """Downstream models on raw features vs embeddings vs both (mean ± std over seeds); JSON in the run folder."""
-    from sslkit.core.checkpoint import atomic_write_text
+    from sslkit.core.files import atomic_write_text
     from sslkit.core.console import info, print_table, warn
     from sslkit.core.errors import UserError
     from sslkit.core.runs import Run
