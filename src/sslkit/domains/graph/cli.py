@@ -48,13 +48,13 @@ def pretrain(graph: GraphArg, features: FeaturesOpt = None, recipe: RecipeOpt = 
     from sslkit.core.errors import UserError
     from sslkit.core.export import export_encoder
     from sslkit.core.loop import fit, seed_everything
-    from sslkit.core.recipes import load_recipe
+    from sslkit.core.recipes import resolve_recipe
     from sslkit.core.runs import Run
     from sslkit.domains.graph.batches import FullGraph, NodeBlocks, first, full_batch, prepare_inputs, use_full_batch
     from sslkit.domains.graph.clustering import check_clusters
     from sslkit.domains.graph.method import GraphRecipe, build_method
 
-    cfg = load_recipe(GraphRecipe, "graph", recipe, set_ or [])
+    cfg = resolve_recipe(GraphRecipe, "graph", recipe, set_ or [], out, resume)
     g, _ = _graph(graph, features, quiet=not distributed.is_main())
     if clusters is not None:
         cfg.clusters = clusters

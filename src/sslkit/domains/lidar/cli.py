@@ -155,7 +155,7 @@ def _train(frames: Path, labels: Path | None, recipe: str, set_: list[str] | Non
     from sslkit.core.errors import UserError
     from sslkit.core.export import export_encoder
     from sslkit.core.loop import fit, seed_everything
-    from sslkit.core.recipes import load_recipe
+    from sslkit.core.recipes import resolve_recipe
     from sslkit.core.runs import Run
     from sslkit.domains.lidar import pseudolabel as pl
     from sslkit.domains.lidar.io import list_frames
@@ -163,10 +163,7 @@ def _train(frames: Path, labels: Path | None, recipe: str, set_: list[str] | Non
     from sslkit.domains.lidar.method import LidarRecipe, StudentDetector
     from sslkit.domains.lidar.student_data import StudentFrames, collate, pair_labels
 
-    saved = out / "recipe.yaml" if resume and out is not None else None
-    if saved is not None and saved.is_file():  # --resume continues with the run's own recipe
-        recipe = str(saved)
-    cfg = load_recipe(LidarRecipe, "lidar", recipe, set_ or [])
+    cfg = resolve_recipe(LidarRecipe, "lidar", recipe, set_ or [], out, resume)
     files = list_frames(frames)
     if labels is not None:
         files, lfiles, stats = pair_labels(files, label_files(_labels_dir(labels)))

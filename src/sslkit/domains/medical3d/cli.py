@@ -18,12 +18,13 @@ ModalityOpt = Annotated[Optional[str], typer.Option("--modality", help="ct (HU w
 StrictOpt = Annotated[bool, typer.Option("--strict", help="Stop at the first unreadable volume instead of skipping it.")]
 
 
-def _recipe(recipe: str, sets: list[str] | None, modality: str | None):  # noqa: ANN202
+def _recipe(recipe: str, sets: list[str] | None, modality: str | None, out: Path | None = None,  # noqa: ANN202
+            resume: bool = False):
     from sslkit.core.errors import UserError
-    from sslkit.core.recipes import load_recipe
+    from sslkit.core.recipes import resolve_recipe
     from sslkit.domains.medical3d.recipe import Medical3DRecipe
 
-    cfg = load_recipe(Medical3DRecipe, "medical3d", recipe, sets or [])
+    cfg = resolve_recipe(Medical3DRecipe, "medical3d", recipe, sets or [], out, resume)
     if modality is not None:
         if modality not in ("ct", "mri"):
             raise UserError(f"--modality {modality!r} is not known — use ct or mri")
@@ -68,7 +69,7 @@ def pretrain(data: DataArgs, recipe: RecipeOpt = "alice", modality: ModalityOpt 
     from sslkit.domains.medical3d.method import build_method
     from sslkit.domains.medical3d.preprocess import VolumeCache
 
-    cfg = _recipe(recipe, set_, modality)
+    cfg = _recipe(recipe, set_, modality, out, resume)
     cfg.data.strict = cfg.data.strict or strict
     volumes = find_volumes(data)
     distributed.init_distributed(distributed.select_device(cfg.train.device))

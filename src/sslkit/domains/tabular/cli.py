@@ -75,7 +75,7 @@ def pretrain(
     from sslkit.core.errors import UserError
     from sslkit.core.export import export_encoder
     from sslkit.core.loop import fit, seed_everything
-    from sslkit.core.recipes import load_recipe
+    from sslkit.core.recipes import resolve_recipe
     from sslkit.core.runs import Run
     from sslkit.domains.tabular.cache import EncodedRows, write_cache
     from sslkit.domains.tabular.inference import check_named_columns
@@ -83,9 +83,7 @@ def pretrain(
     from sslkit.domains.tabular.method import TabularRecipe, build_method
     from sslkit.domains.tabular.preprocess import Preprocessor
 
-    saved = Path(out) / "recipe.yaml" if resume and out is not None else None
-    # --resume continues with the run's own resolved recipe (a --set may still extend train.steps)
-    cfg = load_recipe(TabularRecipe, "tabular", str(saved) if saved and saved.is_file() else recipe, set_ or [])
+    cfg = resolve_recipe(TabularRecipe, "tabular", recipe, set_ or [], out, resume)
     columns = table_columns(data)
     drop, categorical, numeric = drop or [], categorical or [], numeric or []
     check_named_columns(data, columns, target=target, id=id_col, drop=drop, categorical=categorical, numeric=numeric)
