@@ -135,3 +135,18 @@ def test_crop_pads_when_roi_exceeds_volume() -> None:
     vol = np.ones((10, 12, 8), np.float32)
     out = crop(vol, np.array([5.0, 6.0, 4.0]), 16)
     assert out.shape == (16, 16, 16) and out.sum() == 10 * 12 * 8      # everything inside, zero padding around
+
+
+def test_foreground_box_and_moments_match_voxel_coordinates() -> None:
+    """The projection-based box and moments equal the direct computation over the foreground voxels' coordinates."""
+    rng = np.random.default_rng(1)
+    arr = np.zeros((30, 40, 25), np.float32)
+    arr[3:21, 5:33, 2:20] = rng.random((18, 28, 18)).astype(np.float32)
+    idx = np.argwhere(arr > 0.05)
+    lo, hi = np.maximum(idx.min(0) - 4, 0), np.minimum(idx.max(0) + 5, arr.shape)
+    assert preprocess.foreground_box(arr, 0.05, 4) == tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    com, std = preprocess.moments(arr, 0.05)
+    np.testing.assert_allclose(com, idx.mean(0), rtol=1e-9)
+    np.testing.assert_allclose(std, idx.std(0), rtol=1e-9)
+    assert preprocess.foreground_box(np.zeros((4, 5, 6), np.float32), 0.05, 4) == (slice(0, 4), slice(0, 5), slice(0, 6))
+    assert preprocess.moments(np.zeros((4, 8, 8), np.float32), 0.05) == ([2.0, 4.0, 4.0], [1.0, 2.0, 2.0])

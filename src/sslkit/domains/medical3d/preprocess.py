@@ -80,7 +80,10 @@ def target_shape(shape: tuple[int, ...], spacing: np.ndarray, target: tuple[floa
 
 
 def scale_intensity(arr: np.ndarray, s: Settings) -> np.ndarray:
-    """CT: clip to the HU window and map to [0, 1]. MRI: map the (p_lo, p_hi) percentiles of non-zero voxels to [0, 1]."""
+    """CT: clip to the HU window and map to [0, 1]. MRI: map the (p_lo, p_hi) percentiles of non-zero voxels to [0, 1].
+
+    One float32 output array, scaled and clipped in place (no full-size temporaries beyond it).
+    """
     if s.modality == "ct":
         lo, hi = s.hu_window
     else:
@@ -88,26 +91,50 @@ def scale_intensity(arr: np.ndarray, s: Settings) -> np.ndarray:
         lo, hi = np.percentile(nz if nz.size else arr, s.percentiles)
         if hi <= lo:
             hi = lo + 1.0
-    return np.clip((arr - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+    out = np.subtract(arr, np.float32(lo), dtype=np.float32)
+    out *= np.float32(1.0 / (hi - lo))
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
+def _profiles(mask: np.ndarray) -> list[np.ndarray]:
+    """Per-axis counts of a boolean (X, Y, Z) mask: [(X,), (Y,), (Z,)] — its projections onto each axis."""
+    yz = mask.sum(axis=0, dtype=np.int64)                                  # (Y, Z)
+    return [mask.sum(axis=(1, 2), dtype=np.int64), yz.sum(axis=1), yz.sum(axis=0)]
 
 
 def foreground_box(arr: np.ndarray, threshold: float, margin: int) -> tuple[slice, ...]:
-    """Bounding box of voxels above `threshold` plus a margin (the whole volume when empty)."""
-    idx = np.argwhere(arr > threshold)
-    if idx.size == 0:
+    """Bounding box of voxels above `threshold` plus a margin (the whole volume when empty).
+
+    Read off the mask's axis projections rather than a list of voxel coordinates (no N×3 index array).
+    """
+    profiles = _profiles(arr > threshold)
+    if profiles[0].sum() == 0:
         return tuple(slice(0, n) for n in arr.shape)
-    lo = np.maximum(idx.min(0) - margin, 0)
-    hi = np.minimum(idx.max(0) + 1 + margin, arr.shape)
-    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    box = []
+    for prof, n in zip(profiles, arr.shape):
+        nz = np.flatnonzero(prof)
+        box.append(slice(int(max(nz[0] - margin, 0)), int(min(nz[-1] + 1 + margin, n))))
+    return tuple(box)
 
 
 def moments(arr: np.ndarray, threshold: float) -> tuple[list[float], list[float]]:
-    """Centre of mass and per-axis standard deviation (voxels) of the foreground: a coarse affine frame."""
-    idx = np.argwhere(arr > threshold).astype(np.float64)
-    if len(idx) < 8:
+    """Centre of mass and per-axis standard deviation (voxels) of the foreground: a coarse affine frame.
+
+    Per axis these depend only on the mask's projection onto that axis, so they come from three 1-D histograms.
+    """
+    profiles = _profiles(arr > threshold)
+    total = int(profiles[0].sum())
+    if total < 8:
         shape = np.asarray(arr.shape, float)
         return (shape / 2).tolist(), (shape / 4).tolist()
-    return idx.mean(0).tolist(), np.maximum(idx.std(0), 1.0).tolist()
+    com, std = [], []
+    for prof in profiles:
+        i = np.arange(len(prof), dtype=np.float64)
+        w = prof / total
+        m = float((i * w).sum())
+        com.append(m)
+        std.append(max(float(np.sqrt(max((w * (i - m) ** 2).sum(), 0.0))), 1.0))
+    return com, std
 
 
 def preprocess(arr: np.ndarray, affine: np.ndarray, s: Settings, label: np.ndarray | None = None) -> dict[str, Any]:
