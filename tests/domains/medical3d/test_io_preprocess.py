@@ -45,6 +45,12 @@ def test_nan_and_corrupt_files_name_the_file(tmp_path: Path) -> None:
     arr[1, 2, 3] = np.nan
     with pytest.raises(UserError, match=r"nan\.nii\.gz has 1 NaN/Inf"):
         io.read_volume(_nii(tmp_path / "nan.nii.gz", arr))
+    arr[1, 2, 3] = 1.0
+    arr[0, 0, 0], arr[7, 7, 7] = np.inf, -np.inf                     # +inf and -inf together (their sum is NaN)
+    with pytest.raises(UserError, match=r"inf\.nii\.gz has 2 NaN/Inf"):
+        io.read_volume(_nii(tmp_path / "inf.nii.gz", arr))
+    big = np.full((8, 8, 8), 3e38, np.float32)                       # finite, but a float32 sum would overflow
+    assert io.read_volume(_nii(tmp_path / "big.nii.gz", big))[0].max() == np.float32(3e38)
     bad = tmp_path / "broken.nii.gz"
     bad.write_bytes(gzip.compress(b"not a nifti header at all" * 10))
     with pytest.raises(UserError, match="broken.nii.gz is not a readable NIfTI"):
