@@ -128,7 +128,9 @@ def _check_array(arr: np.ndarray, where: str) -> np.ndarray:
         raise UserError(f"{where} has shape {arr.shape}, not a 3-D volume — medical3d needs 3-D volumes "
                         "(2-D images and single slices are not supported)")
     arr = np.asarray(arr, dtype=np.float32)
-    if not np.isfinite(arr.sum(dtype=np.float64)):  # one pass, no mask: a NaN/Inf anywhere makes the sum non-finite
+    with np.errstate(invalid="ignore", over="ignore"):  # inf + -inf: NaN is the answer we want, not a warning
+        total = arr.sum(dtype=np.float64)
+    if not np.isfinite(total):  # one pass, no mask: a NaN/Inf anywhere makes the sum non-finite
         bad = ~np.isfinite(arr)
         raise UserError(f"{where} has {int(bad.sum())} NaN/Inf voxels — fix or mask them before training "
                         "(e.g. nibabel + numpy.nan_to_num)")
