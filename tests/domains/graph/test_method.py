@@ -7,13 +7,15 @@ import torch
 from sslkit.domains.graph.method import GRACE, SCGC, GraphLoss, GraphModel, drop_edges, mask_features
 from sslkit.domains.graph.model import ENCODERS
 
-KWARGS = {"scgc_mlp": {"in_dim": 6, "hidden": [8], "out_dim": 4, "hops": 2}, "gcn": {"in_dim": 6, "hidden": 8, "out_dim": 4}}
+KWARGS = {"scgc_mlp": {"in_dim": 6, "hidden": [8], "out_dim": 4, "hops": 2}, "gcn": {"in_dim": 6, "hidden": 8, "out_dim": 4},
+          "scgc_mlp-2": {"in_dim": 6, "hidden": [], "out_dim": 4, "hops": 2, "branches": 2}}
 
 
-@pytest.mark.parametrize("kind", sorted(ENCODERS))
+@pytest.mark.parametrize("kind", sorted(KWARGS))
 def test_encoder_forward_backward_finite(kind: str) -> None:
+    assert kind.split("-")[0] in ENCODERS
     torch.manual_seed(0)
-    enc = ENCODERS[kind](**KWARGS[kind])
+    enc = ENCODERS[kind.split("-")[0]](**KWARGS[kind])
     x = torch.randn(10, 6, requires_grad=True)
     ei = torch.tensor([[0, 1, 2, 3, 1, 2, 3, 4], [1, 2, 3, 4, 0, 1, 2, 3]])
     z = enc(x, ei)
@@ -28,6 +30,40 @@ def test_scgc_encoder_smooths_inside_when_given_edges() -> None:
     ei = torch.tensor([[0, 1], [1, 0]])
     assert not torch.allclose(enc(x, ei)[:2], enc(x)[:2])  # nodes 0, 1 are mixed by the propagation
     torch.testing.assert_close(enc(x, ei)[2:], enc(x)[2:])  # isolated nodes: Â^k x = x
+
+
+def test_two_branch_encoder_averages_its_normalised_unshared_views() -> None:
+    torch.manual_seed(0)
+    enc = ENCODERS["scgc_mlp"](**KWARGS["scgc_mlp-2"])
+    x = torch.randn(7, 6)
+    v1, v2 = enc.views(x)
+    assert not torch.allclose(v1, v2)  # two independently initialised encoders, not one shared
+    want = (torch.nn.functional.normalize(v1, dim=1) + torch.nn.functional.normalize(v2, dim=1)) / 2
+    torch.testing.assert_close(enc(x), want)
+    assert len(ENCODERS["scgc_mlp"](**KWARGS["scgc_mlp"]).views(x)) == 1
+
+
+def test_mse_objective_pulls_neighbours_together_and_pushes_others_apart() -> None:
+    """A few Adam steps on two disjoint 4-cliques: within-clique cosines rise above across-clique ones."""
+    torch.manual_seed(0)
+    blocks = [torch.arange(4), torch.arange(4, 8)]
+    pos = torch.cat([torch.cartesian_prod(b, b) for b in blocks]).T
+    batch = {"x": torch.randn(8, 6), "pos_index": pos, "pos_weight": torch.ones(pos.shape[1])}
+    m = SCGC(6, 0, None, GraphModel(hidden=[], out_dim=8, branches=2), GraphLoss(objective="mse", noise=0.01))
+    opt = torch.optim.Adam(m.parameters(), lr=0.05)
+    first = None
+    for _ in range(60):
+        loss, metrics = m(batch)
+        first = float(loss.detach()) if first is None else first
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(loss.detach()) < first / 2 and "loss_nc" in metrics
+    with torch.no_grad():
+        z = torch.nn.functional.normalize(m.encoder(batch["x"]), dim=1)
+    s = z @ z.T
+    inside, across = s[:4, :4].mean(), s[:4, 4:].mean()
+    assert inside > 0.8 and across < 0.3, (inside, across)
 
 
 def _batch(n: int = 12) -> dict[str, torch.Tensor]:

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from sslkit.domains.graph.method import neighbour_contrastive, soft_assignment
-from sslkit.domains.graph.transforms import (adjacency, auto_hops, mask_tensors, positive_mask, positive_mask_block,
+from sslkit.domains.graph.method import dense_mask, neighbour_contrastive, neighbour_mse, soft_assignment
+from sslkit.domains.graph.transforms import (adjacency, auto_hops, filter_hops, mask_tensors, positive_mask, positive_mask_block,
                                              propagate, sample_block)
 
 
@@ -68,6 +68,9 @@ def test_sym_propagation_and_auto_hops(karate) -> None:  # noqa: ANN001
     np.testing.assert_allclose(propagate(adjacency(ei, w, n, "sym"), x, 2), a_sym @ a_sym @ x, atol=1e-5)
     assert auto_hops(2708, 10556) == 5  # Cora: log 2708 / log(1 + 3.9)
     assert auto_hops(10, 0) == 3 and auto_hops(10**6, 10**9) == 2
+    # SCGC's filter depth is half the mixing distance before rounding: Cora 4.97 / 2 -> 2, a sparse
+    # million-node graph (mean degree 2: log 1e6 / log 3 = 12.6) -> 6, clipped to 4; never below 1
+    assert filter_hops(2708, 10556) == 2 and filter_hops(10**6, 2 * 10**6) == 4 and filter_hops(10**6, 10**9) == 1
 
 
 def test_neighbour_contrastive_matches_its_definition() -> None:
@@ -98,3 +101,34 @@ def test_soft_assignment_matches_core_student_t_and_target_is_sharper() -> None:
     torch.testing.assert_close(q, student_t_assignment(z, c), atol=1e-5, rtol=1e-4)
     p = target_distribution(q)
     assert float(p.max(1).values.mean()) > float(q.max(1).values.mean())  # P is sharper than Q
+
+
+def test_neighbour_mse_matches_its_definition() -> None:
+    torch.manual_seed(0)
+    z1, z2 = torch.randn(5, 3), torch.randn(5, 3)
+    import scipy.sparse as sp
+
+    m = np.zeros((5, 5), np.float32)
+    m[0, 1] = m[1, 0] = 0.3
+    m[2, 2] = 2.0  # weights are binarised: any reach within r hops is a positive
+    t = mask_tensors(sp.csr_matrix(m))
+    target = dense_mask(t["pos_index"], t["pos_weight"], 5)
+    assert target.sum() == 3 and target[0, 1] == 1 and target[2, 2] == 1 and target[0, 0] == 0
+    want = 0.0
+    for i in range(5):
+        for j in range(5):
+            cos = float(torch.nn.functional.cosine_similarity(z1[i], z2[j], dim=0))
+            want += (cos - float(m[i, j] > 0)) ** 2
+    got = neighbour_mse(z1, z2, t["pos_index"], t["pos_weight"])
+    assert math.isclose(float(got), want / 25, rel_tol=1e-5)
+
+
+def test_neighbour_mse_is_zero_only_when_cosines_equal_the_mask() -> None:
+    eye = torch.eye(4)
+    self_loops = {"pos_index": torch.arange(4).repeat(2, 1), "pos_weight": torch.ones(4)}
+    assert float(neighbour_mse(eye, 3 * eye, **self_loops)) == 0.0  # orthogonal nodes, only self-positives
+    pairs = {"pos_index": torch.tensor([[0, 1, 0, 1], [0, 1, 1, 0]]), "pos_weight": torch.ones(4)}
+    # 0 ~ 1 are neighbours but orthogonal (2 errors); 2 and 3 lack self-positives yet have cosine 1 (2 more)
+    assert math.isclose(float(neighbour_mse(eye, eye, **pairs)), 4 / 16)
+    with pytest.raises(ValueError, match="two"):
+        neighbour_mse(eye, eye[:3], **self_loops)

@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 from sslkit.core.console import warn
 from sslkit.domains.graph.io import Graph
 from sslkit.domains.graph.method import GraphRecipe
-from sslkit.domains.graph.transforms import (adjacency, auto_hops, mask_tensors, positive_mask, positive_mask_block, propagate,
+from sslkit.domains.graph.transforms import (adjacency, filter_hops, mask_tensors, positive_mask, positive_mask_block, propagate,
                                              row_normalise, sample_block, standardise, structural_features)
 
 
@@ -42,7 +42,7 @@ def prepare_inputs(graph: Graph, recipe: GraphRecipe, quiet: bool = False) -> In
         x = structural_features(a_sym, degree, data.structural_dim, recipe.train.seed)
     else:
         x = {"row": row_normalise, "standard": standardise, "none": lambda v: v.astype(np.float32)}[data.feature_norm](graph.x)
-    hops = 0 if recipe.method == "grace" else (data.hops if data.hops is not None else auto_hops(n, graph.edge_index.shape[1]))
+    hops = 0 if recipe.method == "grace" else (data.hops if data.hops is not None else filter_hops(n, graph.edge_index.shape[1]))
     x = propagate(a_sym, x, hops)
     if recipe.method != "grace" and data.input_norm == "l2":
         x = x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)

@@ -21,11 +21,16 @@ def check_clusters(k: int | None, n: int) -> None:
 
 
 def run_inputs(run_dir: Path, graph: Graph, recipe: GraphRecipe) -> Inputs:
-    """The encoder's inputs for `graph`, prepared as in the run; a feature-width mismatch is an error."""
+    """The encoder's inputs for `graph`, prepared as in the run (with the filter depth the run used, as its
+    encoder config records it); a feature-width mismatch is an error."""
     from sslkit.core.export import read_config
 
+    kwargs = read_config(run_dir)["kwargs"]
+    if recipe.method != "grace" and recipe.data.hops is None and "hops" in kwargs:
+        recipe = recipe.model_copy(deep=True)
+        recipe.data.hops = int(kwargs["hops"])
     inputs = prepare_inputs(graph, recipe, quiet=True)
-    want = read_config(run_dir)["kwargs"]["in_dim"]
+    want = kwargs["in_dim"]
     if inputs.x.shape[1] != want:
         raise UserError(f"the graph's features have {inputs.x.shape[1]} columns but the run was trained on {want} — "
                         "pass the same --features as for pretrain")
@@ -34,14 +39,14 @@ def run_inputs(run_dir: Path, graph: Graph, recipe: GraphRecipe) -> Inputs:
 
 @torch.no_grad()
 def encode(run_dir: Path, graph: Graph, recipe: GraphRecipe, inputs: Inputs, chunk: int = 65536) -> np.ndarray:
-    """Encoder outputs z (N, D) for every node (SCGC: MLP on the prepared features, in chunks; GRACE: GCN)."""
+    """Encoder outputs z (N, D) for every node (SCGC: MLP(s) on the prepared features, in chunks; GRACE: GCN)."""
     from sslkit.core.export import load_encoder
 
     encoder = load_encoder(run_dir)
     x = torch.from_numpy(inputs.x)
     if recipe.method == "grace":
         return encoder(x, torch.from_numpy(graph.edge_index)).numpy()
-    return torch.cat([encoder.mlp(x[i:i + chunk]) for i in range(0, len(x), chunk)]).numpy()
+    return torch.cat([encoder(x[i:i + chunk]) for i in range(0, len(x), chunk)]).numpy()
 
 
 def unit_rows(z: np.ndarray) -> np.ndarray:

@@ -45,11 +45,14 @@ class GraphData(Section):
 class GraphModel(Section):
     hidden: list[int] = Field(default_factory=lambda: [500, 500, 2000])  # SCGC MLP widths; GRACE: GCN hidden = hidden[0]
     out_dim: int = 10
+    branches: Literal[1, 2] = 1  # SCGC: 2 = two unshared encoders (two views), their normalised outputs averaged
     proj_dim: int = 128  # GRACE projection head
 
 
 class GraphLoss(Section):
-    alpha: float = 1.0        # weight of the neighbour-contrastive loss
+    objective: Literal["infonce", "mse"] = "infonce"  # SCGC's L_NC, or the MSE between cross-view cosines and the mask
+    alpha: float = 1.0        # weight of the neighbour loss (either objective)
+    noise: float = 0.0        # mse: σ of Gaussian noise on the second view's normalised embedding
     beta: float = 0.1         # weight of KL(P‖Q)
     r: int = 1                # mask order
     tau: float = 0.25         # multiplies the cosine similarity (an inverse temperature), as in SCGC
@@ -84,6 +87,23 @@ class GraphRecipe(Recipe):
 
 
 RECIPE_SCHEMA = GraphRecipe
+
+
+def dense_mask(pos_index: Tensor, pos_weight: Tensor, n: int) -> Tensor:
+    """The sparse mask (2, P) + (P,) as a dense (n, n) 0/1 target: 1 where M_ij > 0 (i reaches j within r hops)."""
+    target = torch.zeros(n, n, device=pos_weight.device)
+    target[pos_index[0], pos_index[1]] = (pos_weight > 0).float()
+    return target
+
+
+def neighbour_mse(z1: Tensor, z2: Tensor, pos_index: Tensor, pos_weight: Tensor) -> Tensor:
+    """Neighbour-oriented MSE (Liu et al., arXiv:2205.07865): mean_ij (cos(z1_i, z2_j) − T_ij)², T = 1 on the
+    mask's support (self included when the mask has self-loops), 0 elsewhere. z1, z2: (B, D) views of the same
+    B nodes. Pulls r-hop neighbours together across views and pushes every other pair towards orthogonal."""
+    if z1.shape != z2.shape or z1.dim() != 2:
+        raise ValueError(f"neighbour_mse expects two (B, D) views of the same shape; got {tuple(z1.shape)}, {tuple(z2.shape)}")
+    s = F.normalize(z1.float(), dim=1) @ F.normalize(z2.float(), dim=1).T
+    return F.mse_loss(s, dense_mask(pos_index, pos_weight, z1.shape[0]))
 
 
 def neighbour_contrastive(z: Tensor, pos_index: Tensor, pos_weight: Tensor, tau: float) -> Tensor:
@@ -132,7 +152,7 @@ class SCGC(nn.Module):
                  cumulative: bool = True) -> None:
         super().__init__()
         self.in_dim, self.hops, self.cfg, self.lcfg, self.cumulative = in_dim, hops, model, loss, cumulative
-        self.encoder = SCGCEncoder(in_dim, model.hidden, model.out_dim, hops)
+        self.encoder = SCGCEncoder(in_dim, model.hidden, model.out_dim, hops, model.branches)
         self.decoder = None
         if not cumulative:
             dims = [model.out_dim, *reversed(model.hidden), in_dim]
@@ -157,8 +177,16 @@ class SCGC(nn.Module):
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         x = batch["x"]
-        z = self.encoder.mlp(x)
-        l_nc = neighbour_contrastive(z, batch["pos_index"], batch["pos_weight"], self.lcfg.tau)
+        views = self.encoder.views(x)
+        if self.lcfg.objective == "mse":  # z: the fused embedding the exported encoder returns
+            z1, z2 = F.normalize(views[0].float(), dim=1), F.normalize(views[-1].float(), dim=1)
+            z = (z1 + z2) / 2
+            if self.lcfg.noise:
+                z2 = z2 + self.lcfg.noise * torch.randn_like(z2)
+            l_nc = neighbour_mse(z1, z2, batch["pos_index"], batch["pos_weight"])
+        else:
+            z = views[0] if len(views) == 1 else self.encoder(x)
+            l_nc = neighbour_contrastive(z, batch["pos_index"], batch["pos_weight"], self.lcfg.tau)
         loss = self.lcfg.alpha * l_nc
         metrics: dict[str, Tensor] = {"loss_nc": l_nc.detach()}
         if self.decoder is not None:
@@ -180,7 +208,7 @@ class SCGC(nn.Module):
 
     def encoder_spec(self) -> dict:
         return encoder_spec("graph", "scgc_mlp", in_dim=self.in_dim, hidden=list(self.cfg.hidden),
-                            out_dim=self.cfg.out_dim, hops=self.hops)
+                            out_dim=self.cfg.out_dim, hops=self.hops, branches=self.cfg.branches)
 
 
 def drop_edges(edge_index: Tensor, p: float) -> Tensor:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -20,29 +21,45 @@ def _sym_norm_propagate(x: Tensor, edge_index: Tensor, hops: int) -> Tensor:
     return x
 
 
+def _mlp(in_dim: int, hidden: list[int] | tuple[int, ...], out_dim: int) -> nn.Sequential:
+    dims = [in_dim, *hidden, out_dim]
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(dims) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
 class SCGCEncoder(nn.Module):
-    """SCGC's encoder: an MLP (ReLU between layers) on features smoothed over `hops` hops.
+    """SCGC's encoder: an MLP (ReLU between layers, a single linear layer when `hidden` is empty) on
+    features smoothed over `hops` hops; with `branches=2`, two unshared MLPs (two views of each node, as in
+    Liu et al.'s Simple Contrastive Graph Clustering) whose L2-normalised outputs are averaged.
 
     forward(x (N, in_dim), edge_index (2, E) or None) -> (N, out_dim). Pass edge_index to smooth inside
     (the exported encoder is then self-contained); without it x must already be Â^hops X.
     """
 
     def __init__(self, in_dim: int, hidden: list[int] | tuple[int, ...] = (500, 500, 2000), out_dim: int = 10,
-                 hops: int = 0) -> None:
+                 hops: int = 0, branches: int = 1) -> None:
         super().__init__()
-        dims = [in_dim, *hidden, out_dim]
-        layers: list[nn.Module] = []
-        for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
-            layers.append(nn.Linear(a, b))
-            if i < len(dims) - 2:
-                layers.append(nn.ReLU())
-        self.mlp = nn.Sequential(*layers)
+        if branches not in (1, 2):
+            raise ValueError(f"SCGCEncoder has 1 or 2 branches, not {branches}")
+        self.mlp = _mlp(in_dim, hidden, out_dim)
+        self.mlp2 = _mlp(in_dim, hidden, out_dim) if branches == 2 else None
         self.hops = hops
+
+    def views(self, x: Tensor) -> list[Tensor]:
+        """Raw branch outputs [(N, out_dim)] * branches, on already-smoothed x."""
+        return [self.mlp(x)] if self.mlp2 is None else [self.mlp(x), self.mlp2(x)]
 
     def forward(self, x: Tensor, edge_index: Tensor | None = None) -> Tensor:
         if edge_index is not None and self.hops:
             x = _sym_norm_propagate(x, edge_index, self.hops)
-        return self.mlp(x)
+        if self.mlp2 is None:
+            return self.mlp(x)
+        z1, z2 = (F.normalize(v, dim=1) for v in self.views(x))
+        return (z1 + z2) / 2
 
 
 class GCNEncoder(nn.Module):

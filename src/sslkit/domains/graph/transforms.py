@@ -33,6 +33,15 @@ def auto_hops(n: int, num_edges: int, lo: int = 1, hi: int = 8) -> int:
     return int(min(hi, max(lo, round(math.log(max(n, 2)) / math.log1p(mean_deg)))))
 
 
+def filter_hops(n: int, num_edges: int, lo: int = 1, hi: int = 4) -> int:
+    """SCGC's default low-pass depth t: half the random-walk mixing distance log N / log(1 + mean degree)
+    (the quantity `auto_hops` rounds), so that two nodes whose t-hop neighbourhoods meet get similar filtered
+    features while deeper filtering does not yet blur neighbouring communities together (over-smoothing).
+    Cora: 7.90 / (2 · 1.59) = 2.5 -> 2."""
+    mean_deg = max(num_edges / max(n, 1), 1.0)
+    return int(min(hi, max(lo, round(math.log(max(n, 2)) / (2 * math.log1p(mean_deg))))))
+
+
 def propagate(a_sym: Any, x: np.ndarray, hops: int) -> np.ndarray:
     """Â^hops X (N, D) by repeated sparse products (a low-pass filter of the features)."""
     out = x.astype(np.float32)
