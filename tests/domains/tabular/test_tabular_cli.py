@@ -186,3 +186,16 @@ def test_torchrun_two_processes(adult_csv, tmp_path):
     steps = [json.loads(ln)["step"] for ln in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps)) and steps[-1] == 10                     # rank 0 alone logs
     assert sslkit.load_encoder(out).sslkit_config["kind"] == "t-jepa"
+
+
+def test_piecewise_linear_tokenizer_trains_exports_and_embeds(adult_csv, tmp_path):
+    run = tmp_path / "ple"
+    res = run_cli("pretrain", adult_csv, "--target", "income", "--id", "id", "-r", "tiny", "--out", run,
+                  "--set", "model.num_bins=8", "--set", "train.steps=10")
+    assert res.returncode == 0, res.stderr
+    enc = sslkit.load_encoder(run)
+    assert enc.sslkit_config["kwargs"]["n_bins"] == 8 and enc.tokenizer.num_weight.shape[1:] == (8, 16)
+    res = run_cli("embed", run, adult_csv, "--out", tmp_path / "e.parquet")
+    assert res.returncode == 0, res.stderr
+    ids, z = read_embeddings(tmp_path / "e.parquet")
+    assert z.shape == (600, enc.out_dim) and np.isfinite(z).all()

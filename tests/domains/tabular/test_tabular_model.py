@@ -114,3 +114,36 @@ def test_scarf_loss_at_init_and_training():
         loss.backward()
         opt.step()
     assert loss.item() < first
+
+
+def test_bmm_attention_matches_sdpa():
+    from sslkit.domains.tabular.model import attention
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(8, 2, 15, 32) for _ in range(3))
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    assert torch.allclose(attention(q, k, v), ref, atol=1e-5)
+    # not a copy of the values: attention mixes the positions
+    assert not torch.allclose(attention(q, k, v), v, atol=1e-2)
+
+
+def test_piecewise_linear_encoding_by_hand():
+    from sslkit.domains.tabular.model import normal_edges, piecewise_linear
+
+    edges = torch.tensor([0.0, 1.0, 2.0, 4.0])
+    x = torch.tensor([[-1.0], [0.5], [1.5], [3.0], [5.0]])
+    expected = torch.tensor([[-1.0, 0, 0], [0.5, 0, 0], [1, 0.5, 0], [1, 1, 0.5], [1, 1, 1.5]])
+    assert torch.allclose(piecewise_linear(x, edges)[:, 0], expected)
+    e = normal_edges(4)
+    assert torch.allclose(e[1:-1], torch.tensor([-0.6745, 0.0, 0.6745]), atol=1e-4) and e[0] == -5.2 and e[-1] == 5.2
+
+
+def test_piecewise_tokenizer_bends_with_the_value():
+    torch.manual_seed(0)
+    tok = FeatureTokenizer(1, [], 8, n_bins=8)
+    miss = torch.zeros(3, 1, dtype=torch.uint8)
+    t = tok(torch.tensor([[-1.0], [0.0], [1.0]]), miss, torch.zeros(3, 0, dtype=torch.long))[:, 0]
+    # a linear tokenizer gives equal steps (t1 - t0 == t2 - t1); piecewise-linear bins do not
+    assert not torch.allclose(t[1] - t[0], t[2] - t[1], atol=1e-4)
+    with pytest.raises(ValueError, match="n_bins"):
+        FeatureTokenizer(1, [], 8, n_bins=1)

@@ -192,7 +192,7 @@ def evaluate(
     if test is not None:
         test_sets, y_test, _, test_classes, _ = load_labelled(r, encoder, test, target, task, drop or [], classes=classes)
         test_pack = (test_sets, y_test)
-    from sslkit.domains.tabular.downstream import MLP_ALPHAS, MLP_HIDDEN, run_evaluation
+    from sslkit.domains.tabular.downstream import HGB_EMBED_COMPONENTS, MLP_ALPHAS, MLP_HIDDEN, run_evaluation
 
     info(f"evaluating {len(y)} rows, task {task}, {seeds} seed(s), models {', '.join(chosen)}")
     results = run_evaluation(train_sets, y, task, range(seeds), test=test_pack, models=chosen, jobs=jobs)
@@ -200,7 +200,9 @@ def evaluate(
     print_table(f"tabular evaluation: {r.recipe_dict['method']} embeddings, target '{target}' "
                 f"({'test table' if test else '20% held out'}, {seeds} seeds)", columns, rows)
     payload = {"pool": getattr(encoder, "pool", None), "task": task, "target": target, "seeds": seeds, "n_rows": int(len(y)), "test": str(test) if test else None,
-               "mlp": {"hidden": list(MLP_HIDDEN), "alphas": list(MLP_ALPHAS), "early_stopping": True}, "results": results}
+               "mlp": {"hidden": list(MLP_HIDDEN), "alphas": list(MLP_ALPHAS), "early_stopping": True},
+               "hgb": {"raw+embeddings": f"raw + {HGB_EMBED_COMPONENTS} PCA components of the embeddings (fitted on train)"},
+               "results": results}
     atomic_write_text(r.path("evaluation.json"), json.dumps(payload, indent=2))
     evaluation_plots(r, train_sets["embeddings"].dense, y, results, task, target)
     info(f"wrote {r.path('evaluation.json')} and {r.path('plots')}")

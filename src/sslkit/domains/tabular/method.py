@@ -41,6 +41,7 @@ class TJepaModel(Section):
     n_reg: int = 1                     # regularisation ([CLS]-like) tokens
     dropout: float = 0.0
     pool: Literal["mean", "mean_reg", "flatten"] = "mean_reg"   # exported representation (NF in the card)
+    num_bins: int = Field(0, ge=0)     # 0: value × vector (card); k ≥ 2: piecewise-linear encoding over k bins
     pred_dim: int = 16
     pred_depth: int = 16
     pred_heads: int = 4
@@ -89,7 +90,8 @@ class TJepa(nn.Module):
     def __init__(self, n_num: int, cardinalities: list[int], model: TJepaModel, masks: TJepaMasks, ema: TJepaEMA) -> None:
         super().__init__()
         self.kwargs = dict(n_num=n_num, cardinalities=list(cardinalities), dim=model.dim, depth=model.depth,
-                           heads=model.heads, ffn=model.ffn, n_reg=model.n_reg, dropout=model.dropout, pool=model.pool)
+                           heads=model.heads, ffn=model.ffn, n_reg=model.n_reg, dropout=model.dropout, pool=model.pool,
+                           n_bins=model.num_bins)
         self.masks, self.ema = masks, ema
         self.context_encoder = TJepaEncoder(**self.kwargs)
         self.encoder = make_target(self.context_encoder)          # EMA target: no gradient, exported
