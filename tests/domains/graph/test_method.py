@@ -99,3 +99,31 @@ def test_grace_views_differ_and_loss_is_finite() -> None:
     loss, _ = m({"x": torch.randn(12, 6), "edge_index": ei})
     loss.backward()
     assert torch.isfinite(loss)
+
+
+def test_centroids_train_at_their_own_lr_multiple_through_the_recipe_optimizer() -> None:
+    """loss.centroid_lr_mult scales only the centroids' step: with Adam, a small β alone would not slow them."""
+    from sslkit.core.optim import build_optimizer
+    from sslkit.core.recipes import TrainConfig
+
+    moves = {}
+    for mult in (1.0, 0.01):
+        torch.manual_seed(0)
+        m = SCGC(6, 2, 3, GraphModel(hidden=[8], out_dim=4), GraphLoss(cluster_warmup=0, centroid_lr_mult=mult))
+        groups = m.param_groups()
+        assert sum(len(g["params"]) for g in groups) == len(list(m.parameters()))
+        opt = build_optimizer(m, TrainConfig(optimizer="adam"), lr=0.01)
+        for g in opt.param_groups:  # what fit() does at every step
+            g["lr"] = 0.01 * g.get("lr_mult", 1.0)
+        b = _batch()
+        m(b)  # k-means sets the centroids
+        start = m.centroids.detach().clone()
+        enc_start = m.encoder.views(b["x"])[0].detach().clone()
+        for _ in range(5):
+            loss, _ = m(b)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        moves[mult] = (float((m.centroids - start).abs().max()), float((m.encoder.views(b["x"])[0] - enc_start).abs().max()))
+    assert moves[0.01][0] < moves[1.0][0] / 20  # centroids: ~100× smaller Adam steps
+    assert moves[0.01][1] > 0 and moves[1.0][0] > 0.02  # both still train

@@ -58,6 +58,7 @@ class GraphLoss(Section):
     tau: float = 0.25         # multiplies the cosine similarity (an inverse temperature), as in SCGC
     recon_weight: float = 1.0  # SCGC (not SCGC*) MSE reconstruction
     cluster_warmup: int = 50  # steps of contrastive-only training before k-means sets the centroids
+    centroid_lr_mult: float = 1.0  # the centroids' lr relative to the encoder's (Adam ignores β's scale)
     drop_edge: tuple[float, float] = (0.2, 0.4)     # GRACE
     drop_feature: tuple[float, float] = (0.3, 0.4)  # GRACE
     temperature: float = 0.4                        # GRACE NT-Xent temperature
@@ -202,6 +203,13 @@ class SCGC(nn.Module):
         else:
             loss = loss + 0.0 * self.centroids.sum()  # keeps DDP's gradient buckets complete before the head starts
         return loss, metrics
+
+    def param_groups(self) -> list[dict]:
+        """Encoder (and decoder) at the base lr; the centroids at lr × loss.centroid_lr_mult. Adam normalises
+        each gradient, so a small β alone would not keep the centroids from drifting off the embeddings."""
+        rest = [p for n, p in self.named_parameters() if n != "centroids" and p.requires_grad]
+        return [{"params": rest},
+                {"params": [self.centroids], "lr_mult": self.lcfg.centroid_lr_mult}]
 
     def after_step(self, step: int, total: int) -> None:  # noqa: ARG002
         self.step.fill_(step)
