@@ -178,15 +178,14 @@ class SCGC(nn.Module):
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         x = batch["x"]
-        views = self.encoder.views(x)
-        if self.lcfg.objective == "mse":  # z: the fused embedding the exported encoder returns
-            z1, z2 = F.normalize(views[0].float(), dim=1), F.normalize(views[-1].float(), dim=1)
-            z = (z1 + z2) / 2
+        views = [v.float() for v in self.encoder.views(x)]
+        z = self.encoder.fuse(views)  # the embedding the exported encoder returns
+        if self.lcfg.objective == "mse":
+            z1, z2 = F.normalize(views[0], dim=1), F.normalize(views[-1], dim=1)
             if self.lcfg.noise:
                 z2 = z2 + self.lcfg.noise * torch.randn_like(z2)
             l_nc = neighbour_mse(z1, z2, batch["pos_index"], batch["pos_weight"])
         else:
-            z = views[0] if len(views) == 1 else self.encoder(x)
             l_nc = neighbour_contrastive(z, batch["pos_index"], batch["pos_weight"], self.lcfg.tau)
         loss = self.lcfg.alpha * l_nc
         metrics: dict[str, Tensor] = {"loss_nc": l_nc.detach()}

@@ -53,13 +53,17 @@ class SCGCEncoder(nn.Module):
         """Raw branch outputs [(N, out_dim)] * branches, on already-smoothed x."""
         return [self.mlp(x)] if self.mlp2 is None else [self.mlp(x), self.mlp2(x)]
 
+    @staticmethod
+    def fuse(views: list[Tensor]) -> Tensor:
+        """The node embedding from `views()`: the single branch as is, or the mean of the two L2-normalised ones."""
+        if len(views) == 1:
+            return views[0]
+        return (F.normalize(views[0], dim=1) + F.normalize(views[1], dim=1)) / 2
+
     def forward(self, x: Tensor, edge_index: Tensor | None = None) -> Tensor:
         if edge_index is not None and self.hops:
             x = _sym_norm_propagate(x, edge_index, self.hops)
-        if self.mlp2 is None:
-            return self.mlp(x)
-        z1, z2 = (F.normalize(v, dim=1) for v in self.views(x))
-        return (z1 + z2) / 2
+        return self.fuse(self.views(x))
 
 
 class GCNEncoder(nn.Module):

@@ -28,18 +28,22 @@ def adjacency(edge_index: np.ndarray, edge_weight: np.ndarray, n: int, norm: str
 
 
 def auto_hops(n: int, num_edges: int, lo: int = 1, hi: int = 8) -> int:
-    """Propagation depth from structure alone: ≈ hops for a random walk to reach N nodes, log N / log(1 + mean degree)."""
+    """Propagation depth from structure alone: ≈ hops for a random walk to reach N nodes."""
+    return int(min(hi, max(lo, round(mixing_distance(n, num_edges)))))
+
+
+def mixing_distance(n: int, num_edges: int) -> float:
+    """log N / log(1 + mean degree): roughly how many hops a random walk needs to reach every node."""
     mean_deg = max(num_edges / max(n, 1), 1.0)
-    return int(min(hi, max(lo, round(math.log(max(n, 2)) / math.log1p(mean_deg)))))
+    return math.log(max(n, 2)) / math.log1p(mean_deg)
 
 
 def filter_hops(n: int, num_edges: int, lo: int = 1, hi: int = 4) -> int:
     """SCGC's default low-pass depth t: half the random-walk mixing distance log N / log(1 + mean degree)
-    (the quantity `auto_hops` rounds), so that two nodes whose t-hop neighbourhoods meet get similar filtered
+    (`mixing_distance`, which `auto_hops` rounds), so that two nodes whose t-hop neighbourhoods meet get similar filtered
     features while deeper filtering does not yet blur neighbouring communities together (over-smoothing).
     Cora: 7.90 / (2 · 1.59) = 2.5 -> 2."""
-    mean_deg = max(num_edges / max(n, 1), 1.0)
-    return int(min(hi, max(lo, round(math.log(max(n, 2)) / (2 * math.log1p(mean_deg))))))
+    return int(min(hi, max(lo, round(mixing_distance(n, num_edges) / 2))))
 
 
 def propagate(a_sym: Any, x: np.ndarray, hops: int) -> np.ndarray:
