@@ -68,10 +68,12 @@ def test_finetune_writes_dice_and_predictions_on_input_grid(tiny_run: Path, tmp_
 
     flipped = np.diag([-1.5, 1.5, 2.0, 1.0])                       # LAS with anisotropic voxels: orientation matters
     data = write_volumes(tmp_path / "d", n=3, affine=flipped)
+    (data / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "sphere": 1}}))  # nnU-Net style; class 2 unnamed
     res = invoke("finetune", tiny_run, data / "img", data / "lab", "--train", "2", "--out", tmp_path / "ft")
     assert res.exit_code == 0, res.output
     ev = json.loads((tmp_path / "ft" / "evaluation.json").read_text())
     assert list(ev["dice_per_volume"]) == ["v2.nii.gz"] and len(ev["dice_per_class"]) == 2
+    assert ev["class_names"] == ["sphere", "class 2"] and "sphere" in res.output
     pred = nib.load(tmp_path / "ft" / "predictions" / "v2.nii.gz")
     src = nib.load(data / "img" / "v2.nii.gz")
     assert pred.shape == src.shape and np.allclose(pred.affine, src.affine)
@@ -153,3 +155,19 @@ def test_torchrun_two_processes_swin(volumes: Path, tmp_path: Path) -> None:
     assert manifest["world_size"] == 2
     assert [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [2]
     assert sslkit.load_encoder(out)(torch.rand(1, 1, 32, 32, 32)).shape == (1, 192)
+
+
+def test_class_names_read_msd_and_nnunet_mappings_and_reject_bad_json(tmp_path: Path) -> None:
+    from sslkit.core.errors import UserError
+    from sslkit.domains.medical3d.finetune import class_names
+
+    labels = tmp_path / "labelsTr"
+    labels.mkdir()
+    assert class_names(labels, 3) == ["class 1", "class 2"]
+    (tmp_path / "dataset.json").write_text(json.dumps({"labels": {"0": "background", "1": "liver", "2": "tumour"}}))
+    assert class_names(labels, 3) == ["liver", "tumour"]
+    (labels / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "GM": 1, "WM": 2}}))
+    assert class_names(labels / "a.nii.gz", 3) == ["GM", "WM"]
+    (labels / "dataset.json").write_text(json.dumps({"labels": ["GM", "WM"]}))
+    with pytest.raises(UserError, match="labels"):
+        class_names(labels, 3)

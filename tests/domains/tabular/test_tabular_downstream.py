@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from sslkit.domains.tabular.downstream import (HGB_EMBED_COMPONENTS, FeatureSet, embedding_features, reduce_embedded,
-                                               run_evaluation)
+from sslkit.domains.tabular.downstream import (HGB_EMBED_COMPONENTS, FeatureSet, choose_components, embedding_features,
+                                               reduce_embedded, run_evaluation)
 
 
 def _sets(n: int = 400, seed: int = 0) -> tuple[dict[str, FeatureSet], np.ndarray]:
@@ -21,13 +21,13 @@ def test_reduce_embedded_keeps_raw_and_fits_pca_on_train_only():
     sets, _ = _sets()
     fs = sets["raw+embeddings"]
     assert fs.embedded_mask().tolist() == [False] * 3 + [True] * 80
-    xtr, xte, cats = reduce_embedded(fs, fs.trees[:300], fs.trees[300:])
-    assert xtr.shape == (300, 3 + HGB_EMBED_COMPONENTS) and xte.shape == (100, 3 + HGB_EMBED_COMPONENTS)
+    xtr, xte, cats = reduce_embedded(fs, fs.trees[:300], fs.trees[300:], 4)
+    assert xtr.shape == (300, 3 + 4) and xte.shape == (100, 3 + 4)
     assert np.array_equal(xtr[:, :3], fs.trees[:300, :3]) and not cats.any()
     assert abs(xtr[:, 3:].mean()) < 1e-4 and abs(xte[:, 3:].mean()) > 1e-4   # centred on the training rows only
     # raw alone and embeddings alone pass through unchanged
     for name in ("raw", "embeddings"):
-        a, b, _ = reduce_embedded(sets[name], sets[name].trees[:300], sets[name].trees[300:])
+        a, b, _ = reduce_embedded(sets[name], sets[name].trees[:300], sets[name].trees[300:], 4)
         assert a.shape[1] == sets[name].trees.shape[1]
 
 
@@ -35,3 +35,17 @@ def test_run_evaluation_hgb_on_raw_plus_embeddings():
     sets, y = _sets()
     res = run_evaluation(sets, y, "classification", [0], models=("hgb",))
     assert res["raw+embeddings / hgb"]["accuracy"][0] > 0.75     # label is a noisy threshold on raw column 0
+    assert res["raw+embeddings / hgb"]["settings"][0]["pca_components"] in HGB_EMBED_COMPONENTS
+
+
+def test_choose_components_keeps_enough_components_for_the_signal():
+    """The label lives in the embedding direction with the 7th-largest variance: 2 or 4 components miss it."""
+    rng = np.random.default_rng(0)
+    n = 1500
+    raw = rng.normal(size=(n, 2)).astype(np.float32)
+    scales = np.array([8, 7, 6, 5, 4, 3, 2] + [0.1] * 13)
+    z = (rng.normal(size=(n, 20)) * scales).astype(np.float32)
+    y = (z[:, 6] > 0).astype(int)
+    fs = FeatureSet.concat(FeatureSet(raw, raw, np.zeros(2, dtype=bool)), embedding_features(z))
+    assert max(HGB_EMBED_COMPONENTS) >= 7
+    assert choose_components("classification", fs, fs.trees, y, seed=0) >= 7

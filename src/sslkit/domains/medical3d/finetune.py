@@ -50,6 +50,24 @@ def count_classes(entries: list[tuple[Path, dict]]) -> int:
     return k
 
 
+def class_names(labels: Path, classes: int) -> list[str]:
+    """Names of classes 1..K-1 from a `dataset.json` in the label folder or the folder above it (nnU-Net v2
+    `{"labels": {"name": index}}` or MSD `{"labels": {"index": "name"}}`); "class i" where none is given."""
+    names = {c: f"class {c}" for c in range(1, classes)}
+    folder = labels if labels.is_dir() else labels.parent
+    found = next((p for p in (folder / "dataset.json", folder.parent / "dataset.json") if p.is_file()), None)
+    if found is None:
+        return [names[c] for c in range(1, classes)]
+    try:
+        table = json.loads(found.read_text()).get("labels", {})
+        pairs = [(int(v), str(k)) if not str(k).isdigit() else (int(k), str(v)) for k, v in table.items()]
+    except (ValueError, TypeError, AttributeError) as e:
+        raise UserError(f"{found}: cannot read its \"labels\" mapping ({e}) — write it as "
+                        '{"labels": {"background": 0, "name": 1, ...}} or delete the file') from None
+    names.update({i: n for i, n in pairs if 1 <= i < classes})
+    return [names[c] for c in range(1, classes)]
+
+
 def run_finetune(cfg: Medical3DRecipe, pretrained: Path | None, pairs: list[Volume], n_train: int | None,
                  out: Path | None, overwrite: bool, strict: bool, data_paths: list[Path]) -> dict[str, Any]:
     """Train, predict the held-out part, write predictions and evaluation.json; returns the evaluation."""
@@ -67,6 +85,7 @@ def run_finetune(cfg: Medical3DRecipe, pretrained: Path | None, pairs: list[Volu
     cache = VolumeCache(Path(cfg.data.cache_dir) if cfg.data.cache_dir else None, settings_from(cfg.data))
     entries, skipped = prepare(pairs, cache, strict)
     classes = count_classes(entries)
+    names = class_names(data_paths[1], classes) if len(data_paths) > 1 else [f"class {c}" for c in range(1, classes)]
     train_e, eval_e, train_regions, eval_regions = split(entries, n_train)
     rec = FinetuneRecipe(pretrained=str(pretrained) if pretrained else None, data=cfg.data, model=cfg.model,
                          finetune=ft, classes=classes, train=finetune_train_config(cfg.train, ft))
@@ -87,17 +106,19 @@ def run_finetune(cfg: Medical3DRecipe, pretrained: Path | None, pairs: list[Volu
     result = fit(task, data, rec.train, run)
     if not distributed.is_main():
         return {}
-    return evaluate(task, run, eval_e, eval_regions, classes, ft, use_bf16(rec.train.precision, result.device), result.device)
+    return evaluate(task, run, eval_e, eval_regions, names, ft, use_bf16(rec.train.precision, result.device), result.device)
 
 
-def evaluate(task: Any, run: Any, eval_e: list, eval_regions: list, classes: int, ft: Any, bf16: bool,
+def evaluate(task: Any, run: Any, eval_e: list, eval_regions: list, names: list[str], ft: Any, bf16: bool,
              device: torch.device) -> dict[str, Any]:
+    """Held-out Dice per foreground class `names` (classes 1..K-1), NIfTI predictions, evaluation.json, overlay."""
     from sslkit.core.files import atomic_write_text
     from sslkit.core.console import print_table
     from sslkit.domains.medical3d.io import write_nifti
     from sslkit.domains.medical3d.preprocess import undo_preprocess
     from sslkit.domains.medical3d.segmentation import dice_per_class, predict
 
+    classes = len(names) + 1
     model = task.model.eval()
     per_volume, shown = {}, None
     for (npy, meta), (x0, x1) in zip(eval_e, eval_regions):
@@ -112,11 +133,11 @@ def evaluate(task: Any, run: Any, eval_e: list, eval_regions: list, classes: int
         shown = shown or (image, label, pred, x0, x1)
     scores = np.array(list(per_volume.values()), dtype=float)
     mean = np.nanmean(scores, axis=0)
-    rows = [[f"class {c + 1}", *[f"{v[c]:.3f}" for v in per_volume.values()], f"{mean[c]:.3f}"] for c in range(classes - 1)]
+    rows = [[names[c], *[f"{v[c]:.3f}" for v in per_volume.values()], f"{mean[c]:.3f}"] for c in range(classes - 1)]
     rows.append(["mean", *[f"{np.nanmean(v):.3f}" for v in per_volume.values()], f"{np.nanmean(mean):.3f}"])
     print_table("held-out Dice", ["class", *per_volume.keys(), "mean"], rows)
     payload = {"dice_per_volume": per_volume, "dice_per_class": mean.tolist(), "mean_dice": float(np.nanmean(mean)),
-               "classes": classes}
+               "classes": classes, "class_names": names}
     atomic_write_text(run.path("evaluation.json"), json.dumps(payload, indent=2))
     if shown is not None:
         overlay(*shown, run.path("plots", "segmentation.png"))

@@ -2,16 +2,19 @@
 
 Layout written under DIR:
   mri/images/mni152_t1.nii.gz, mri/labels/mni152_t1.nii.gz   real T1 + tissue labels (0 other, 1 GM, 2 WM)
+  mri/dataset.json                                            class names (nnU-Net style "labels" mapping)
   mri/unlabelled/subject_XX.nii.gz                            the T1 under random affine warps + bias fields
                                                               (stand-ins for a population, for cross-volume pairs)
   synthetic/images/vol_XX.nii.gz, synthetic/labels/...        MONAI create_test_image_3d spheres (labels 0..K-1)
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 
+from sslkit.core.files import atomic_write_text
 from sslkit.domains.medical3d.io import write_nifti
 
 
@@ -52,6 +55,8 @@ def write_sample_data(out: Path, resolution: int = 2, subjects: int = 6, synthet
     affine = t1_img.affine
     write_nifti(out / "mri" / "images" / "mni152_t1.nii.gz", t1, affine)
     write_nifti(out / "mri" / "labels" / "mni152_t1.nii.gz", tissue_labels(gm, wm), affine)
+    atomic_write_text(out / "mri" / "dataset.json",
+                      json.dumps({"labels": {"background": 0, "grey matter": 1, "white matter": 2}}, indent=2))
     for i in range(subjects):
         write_nifti(out / "mri" / "unlabelled" / f"subject_{i:02d}.nii.gz", warped_subject(t1, rng), affine)
     for i in range(synthetic):

@@ -201,7 +201,8 @@ def evaluate(
                 f"({'test table' if test else '20% held out'}, {seeds} seeds)", columns, rows)
     payload = {"pool": getattr(encoder, "pool", None), "task": task, "target": target, "seeds": seeds, "n_rows": int(len(y)), "test": str(test) if test else None,
                "mlp": {"hidden": list(MLP_HIDDEN), "alphas": list(MLP_ALPHAS), "early_stopping": True},
-               "hgb": {"raw+embeddings": f"raw + {HGB_EMBED_COMPONENTS} PCA components of the embeddings (fitted on train)"},
+               "hgb": {"raw+embeddings": "raw + k PCA components of the embeddings (fitted on train; "
+                                     f"k in {list(HGB_EMBED_COMPONENTS)} chosen on a validation split of train)"},
                "results": results}
     atomic_write_text(r.path("evaluation.json"), json.dumps(payload, indent=2))
     evaluation_plots(r, train_sets["embeddings"].dense, y, results, task, target)
