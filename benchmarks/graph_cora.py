@@ -66,8 +66,8 @@ def main() -> None:
             q = soft_assign(out, z) if method != "grace" else None
             res = evaluate_all(g, cfg, z, q, idx, y, (seed,))
             for name, metrics in res.items():
-                if name.startswith(("raw", "propagated")) and seed >= 1:
-                    continue  # the training-free baselines do not depend on the training seed
+                if name.startswith(("raw", "propagated")) and (seed >= 1 or method == "grace"):
+                    continue  # training-free baselines: seed-independent, and prepared as SCGC* prepares its input
                 for m, (v, _) in metrics.items():
                     rows.setdefault(name, {}).setdefault(m, []).append(v)
             print(f"{method} seed {seed}: {secs:.1f}s  k-means NMI {res[f'{method} embeddings']['nmi'][0]:.3f} "

@@ -253,9 +253,10 @@ def fit(
                     wait += time.perf_counter() - tw
                     torch.manual_seed(derive_seed(train.seed, step, k, env.rank, 11))
                     sync = model.no_sync() if env.is_distributed and k < accum - 1 else _nullcontext()
-                    with sync, torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                        loss, metrics = forward(batch)
-                        (loss / accum).backward()
+                    with sync:
+                        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                            loss, metrics = forward(batch)
+                        (loss / accum).backward()  # outside autocast, as PyTorch advises: ops keep their forward dtypes
                     value = float(loss.detach())
                     if not math.isfinite(value) and bad is None:
                         bad = f"loss became {value} at step {step + 1}"

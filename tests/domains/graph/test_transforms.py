@@ -123,6 +123,17 @@ def test_neighbour_mse_matches_its_definition() -> None:
     assert math.isclose(float(got), want / 25, rel_tol=1e-5)
 
 
+def test_neighbour_mse_runs_in_fp32_under_bf16_autocast() -> None:
+    """pretrain autocasts to bf16 on CPU by default; the loss must neither fail nor lose its precision there."""
+    torch.manual_seed(0)
+    z1, z2 = torch.randn(64, 16), torch.randn(64, 16)
+    mask = {"pos_index": torch.randint(0, 64, (2, 300)), "pos_weight": torch.ones(300)}
+    want = neighbour_mse(z1, z2, **mask)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = neighbour_mse(z1, z2, **mask)
+    assert got.dtype == torch.float32 and math.isclose(float(got), float(want), rel_tol=1e-6)
+
+
 def test_neighbour_mse_is_zero_only_when_cosines_equal_the_mask() -> None:
     eye = torch.eye(4)
     self_loops = {"pos_index": torch.arange(4).repeat(2, 1), "pos_weight": torch.ones(4)}

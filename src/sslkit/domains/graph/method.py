@@ -109,7 +109,11 @@ def neighbour_mse(z1: Tensor, z2: Tensor, pos_index: Tensor, pos_weight: Tensor)
     """
     if z1.shape != z2.shape or z1.dim() != 2:
         raise ValueError(f"neighbour_mse expects two (B, D) views of the same shape; got {tuple(z1.shape)}, {tuple(z2.shape)}")
-    a, b = F.normalize(z1.float(), dim=1), F.normalize(z2.float(), dim=1)
+    with torch.autocast(z1.device.type, enabled=False):  # fp32: the sums cancel, and CSR products lack bf16 kernels
+        return _neighbour_mse(F.normalize(z1.float(), dim=1), F.normalize(z2.float(), dim=1), pos_index, pos_weight)
+
+
+def _neighbour_mse(a: Tensor, b: Tensor, pos_index: Tensor, pos_weight: Tensor) -> Tensor:
     n = a.shape[0]
     keep = pos_weight > 0
     flat = torch.unique(pos_index[0, keep] * n + pos_index[1, keep])  # the support, each pair once
