@@ -66,6 +66,19 @@ def test_mse_objective_pulls_neighbours_together_and_pushes_others_apart() -> No
     assert inside > 0.8 and across < 0.3, (inside, across)
 
 
+def test_two_linear_branches_in_one_matmul_equal_the_separate_branches() -> None:
+    from sslkit.domains.graph.model import SCGCEncoder
+
+    torch.manual_seed(0)
+    enc, x = SCGCEncoder(6, [], 4, branches=2), torch.randn(10, 6)
+    v1, v2 = enc.views(x)
+    torch.testing.assert_close(v1, enc.mlp(x))
+    torch.testing.assert_close(v2, enc.mlp2(x))
+    (v1.sum() + 2 * v2.sum()).backward()
+    torch.testing.assert_close(enc.mlp[0].weight.grad, x.sum(0).expand(4, 6))
+    torch.testing.assert_close(enc.mlp2[0].weight.grad, 2 * x.sum(0).expand(4, 6))
+
+
 def _batch(n: int = 12) -> dict[str, torch.Tensor]:
     idx = torch.arange(n)
     rows = torch.cat([idx, idx, (idx + 1) % n])

@@ -101,6 +101,13 @@ def test_soft_assignment_matches_core_student_t_and_target_is_sharper() -> None:
     torch.testing.assert_close(q, student_t_assignment(z, c), atol=1e-5, rtol=1e-4)
     p = target_distribution(q)
     assert float(p.max(1).values.mean()) > float(q.max(1).values.mean())  # P is sharper than Q
+    # on unit-length embeddings q is nearly uniform at scale 1; kernel_scale sharpens it, same nearest centroid
+    cn = torch.nn.functional.normalize(c, dim=1)
+    zn = torch.nn.functional.normalize(cn[torch.arange(50) % 4] + 0.2 * torch.randn(50, 8), dim=1)  # 4 tight groups
+    flat, sharp = soft_assignment(zn, cn), soft_assignment(zn, cn, scale=30.0)
+    assert float(flat.max(1).values.mean()) < 0.45 and float(sharp.max(1).values.mean()) > 0.6
+    assert torch.equal(flat.argmax(1), sharp.argmax(1))
+    torch.testing.assert_close(soft_assignment(zn, cn, 4.0), student_t_assignment(2 * zn, 2 * cn), atol=1e-5, rtol=1e-4)
 
 
 def test_neighbour_mse_matches_its_definition() -> None:

@@ -68,7 +68,8 @@ def soft_assign(run_dir: Path, z: np.ndarray) -> np.ndarray:
                             "or pretrain with --recipe scgc-star")
         raise UserError(f"{run_dir}: the clustering head never started (loss.cluster_warmup >= train.steps) — "
                         "pretrain longer or lower loss.cluster_warmup")
-    return soft_assignment(torch.from_numpy(z).float(), state["centroids"].float()).numpy()
+    scale = float(run.recipe_dict.get("loss", {}).get("kernel_scale", 1.0))
+    return soft_assignment(torch.from_numpy(z).float(), state["centroids"].float(), scale).numpy()
 
 
 def evaluate_all(graph: Graph, recipe: GraphRecipe, z: np.ndarray, q: np.ndarray | None, idx: np.ndarray,

@@ -60,6 +60,7 @@ class GraphLoss(Section):
     recon_weight: float = 1.0  # SCGC (not SCGC*) MSE reconstruction
     cluster_warmup: int = 50  # steps of contrastive-only training before k-means sets the centroids
     centroid_lr_mult: float = 1.0  # the centroids' lr relative to the encoder's (Adam ignores β's scale)
+    kernel_scale: float = Field(1.0, gt=0)  # Student-t q ∝ (1 + scale·d²)^-1; >1 sharpens q on unit-length embeddings
     drop_edge: tuple[float, float] = (0.2, 0.4)     # GRACE
     drop_feature: tuple[float, float] = (0.3, 0.4)  # GRACE
     temperature: float = 0.4                        # GRACE NT-Xent temperature
@@ -147,11 +148,13 @@ def neighbour_contrastive(z: Tensor, pos_index: Tensor, pos_weight: Tensor, tau:
     return -(torch.log(num[has_pos]) - log_den[has_pos]).mean()
 
 
-def soft_assignment(z: Tensor, centroids: Tensor) -> Tensor:
-    """DEC's Student-t q (N, K), q_ij ∝ (1 + ‖z_i − μ_j‖²)^-1, with distances from one matmul:
-    the same values as core's `student_t_assignment` (α = 1) without torch.cdist, which is slow on CPU."""
+def soft_assignment(z: Tensor, centroids: Tensor, scale: float = 1.0) -> Tensor:
+    """DEC's Student-t q (N, K), q_ij ∝ (1 + scale·‖z_i − μ_j‖²)^-1, with distances from one matmul:
+    the same values as core's `student_t_assignment` (α = 1, scale 1) without torch.cdist, which is slow on CPU.
+    `scale` reads the distances in units of 1/√scale: on unit-length embeddings (distances ≤ 2) scale 1 leaves
+    q nearly uniform, so the KL target barely sharpens anything."""
     sq = (z.pow(2).sum(1, keepdim=True) + centroids.pow(2).sum(1) - 2.0 * z @ centroids.T).clamp_min(0.0)
-    kernel = 1.0 / (1.0 + sq)
+    kernel = 1.0 / (1.0 + scale * sq)
     return kernel / kernel.sum(1, keepdim=True)
 
 
@@ -216,7 +219,7 @@ class SCGC(nn.Module):
             metrics["loss_rec"] = l_rec.detach()
         self._maybe_init_centroids(z)
         if self.clusters and bool(self.ready):
-            q = soft_assignment(z.float(), self.centroids.float())
+            q = soft_assignment(z.float(), self.centroids.float(), self.lcfg.kernel_scale)
             l_kl = self.kl(q)
             loss = loss + self.lcfg.beta * l_kl
             metrics["loss_kl"] = l_kl.detach()
