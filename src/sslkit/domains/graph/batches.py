@@ -46,10 +46,6 @@ def prepare_inputs(graph: Graph, recipe: GraphRecipe, quiet: bool = False) -> In
     x = propagate(a_sym, x, hops)
     if recipe.method != "grace" and data.input_norm == "l2":
         x = x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
-    import os
-    if os.environ.get("SSLKIT_PCA") and recipe.method != "grace":
-        from sklearn.decomposition import PCA
-        x = PCA(int(os.environ["SSLKIT_PCA"]), random_state=0, svd_solver="randomized").fit_transform(x)
     a_row = adjacency(graph.edge_index, graph.edge_weight, n, "row") if recipe.method != "grace" else None
     return Inputs(x.astype(np.float32), hops, structural, a_row)
 
