@@ -140,3 +140,38 @@ def test_centroids_train_at_their_own_lr_multiple_through_the_recipe_optimizer()
         moves[mult] = (float((m.centroids - start).abs().max()), float((m.encoder.views(b["x"])[0] - enc_start).abs().max()))
     assert moves[0.01][0] < moves[1.0][0] / 20  # centroids: ~100× smaller Adam steps
     assert moves[0.01][1] > 0 and moves[1.0][0] > 0.02  # both still train
+
+
+@pytest.mark.parametrize("density", [0.05, 1.0])
+def test_full_batch_applies_linear_weights_before_the_filter_with_the_same_values_and_gradients(density: float) -> None:
+    """Sparse (bag-of-words) and dense features: row_scale · Â^t (x0 Wᵀ) + b equals W·(prepared x) + b."""
+    import networkx as nx
+    import numpy as np
+
+    from sslkit.domains.graph.batches import full_batch, prepare_inputs
+    from sslkit.domains.graph.io import Graph
+    from sslkit.domains.graph.method import GraphRecipe, build_method
+
+    g = nx.karate_club_graph()
+    ei = np.array(list(g.edges())).T
+    rng = np.random.default_rng(0)
+    x = (rng.random((34, 40)) < density).astype(np.float32) * rng.random((34, 40)).astype(np.float32)
+    graph = Graph(np.arange(34).astype(str), np.hstack([ei, ei[::-1]]), np.ones(2 * ei.shape[1], np.float32), x)
+    recipe = GraphRecipe.model_validate({"clusters": 2, "data": {"hops": 2, "feature_norm": "none"},
+                                         "model": {"hidden": [], "out_dim": 8, "branches": 2},
+                                         "loss": {"objective": "mse"}})
+    inputs = prepare_inputs(graph, recipe, quiet=True)
+    batch = full_batch(inputs, graph, recipe)
+    assert ("x0_t" in batch) == (density < 0.2) and batch["x0"].is_sparse_csr == (density < 0.2)
+    torch.manual_seed(0)
+    enc = build_method(recipe, inputs.x.shape[1], inputs.hops).encoder
+    fast = enc.lowpass_views(batch["x0"], batch["adj"], batch["row_scale"], batch.get("x0_t"))
+    slow = enc.views(batch["x"])
+    for f, s in zip(fast, slow):
+        torch.testing.assert_close(f, s, atol=1e-5, rtol=1e-4)
+    grads = [torch.autograd.grad(sum((v * torch.arange(8.0)).sum() ** 2 for v in views), enc.mlp2[0].weight)[0]
+             for views in (fast, slow)]
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-4, rtol=1e-4)
+    deep = recipe.model_copy(deep=True)
+    deep.model.hidden = [16]
+    assert "x0" not in full_batch(prepare_inputs(graph, deep, quiet=True), graph, deep)  # MLPs filter first

@@ -130,6 +130,15 @@ def test_neighbour_mse_matches_its_definition() -> None:
     assert math.isclose(float(got), want / 25, rel_tol=1e-5)
 
 
+def test_gram_product_equals_the_squared_cosine_sum_and_its_gradients_check() -> None:
+    from sslkit.domains.graph.method import GramProduct
+
+    torch.manual_seed(0)
+    a, b = (torch.randn(9, 4, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    assert math.isclose(float(GramProduct.apply(a, b)), float(((a @ b.T) ** 2).sum()), rel_tol=1e-12)
+    assert torch.autograd.gradcheck(GramProduct.apply, (a, b))
+
+
 def test_neighbour_mse_runs_in_fp32_under_bf16_autocast() -> None:
     """pretrain autocasts to bf16 on CPU by default; the loss must neither fail nor lose its precision there."""
     torch.manual_seed(0)

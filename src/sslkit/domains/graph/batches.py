@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from torch.utils.data import Dataset
 
@@ -24,6 +25,9 @@ class Inputs:
     hops: int
     structural: bool
     a_row: Any  # D⁻¹(A+I), for SCGC masks
+    x0: np.ndarray | None = None         # features before the filter (SCGC): x = row_scale · Â^hops x0
+    a_sym: Any = None                    # Â = D^-½(A+I)D^-½
+    row_scale: np.ndarray | None = None  # (N, 1) the L2 row normalisation applied after the filter
 
     def summary(self) -> dict[str, Any]:
         return {"in_dim": int(self.x.shape[1]), "hops": self.hops, "structural_features": self.structural}
@@ -43,11 +47,16 @@ def prepare_inputs(graph: Graph, recipe: GraphRecipe, quiet: bool = False) -> In
     else:
         x = {"row": row_normalise, "standard": standardise, "none": lambda v: v.astype(np.float32)}[data.feature_norm](graph.x)
     hops = 0 if recipe.method == "grace" else (data.hops if data.hops is not None else filter_hops(n, graph.edge_index.shape[1]))
-    x = propagate(a_sym, x, hops)
+    x0 = x.astype(np.float32)
+    x = propagate(a_sym, x0, hops)
+    scale = np.ones((n, 1), np.float32)
     if recipe.method != "grace" and data.input_norm == "l2":
-        x = x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
-    a_row = adjacency(graph.edge_index, graph.edge_weight, n, "row") if recipe.method != "grace" else None
-    return Inputs(x.astype(np.float32), hops, structural, a_row)
+        scale = (1.0 / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)).astype(np.float32)
+        x = x * scale
+    if recipe.method == "grace":
+        return Inputs(x.astype(np.float32), hops, structural, None)
+    a_row = adjacency(graph.edge_index, graph.edge_weight, n, "row")
+    return Inputs(x.astype(np.float32), hops, structural, a_row, x0, a_sym, scale)
 
 
 def use_full_batch(recipe: GraphRecipe, n: int) -> bool:
@@ -78,7 +87,33 @@ def full_batch(inputs: Inputs, graph: Graph, recipe: GraphRecipe) -> dict[str, t
     if recipe.method == "grace":
         return {"x": x, "edge_index": torch.from_numpy(graph.edge_index)}
     mask = positive_mask(inputs.a_row, recipe.loss.r, cumulative=recipe.method == "scgc-star")
-    return {"x": x, **mask_tensors(mask)}
+    batch = {"x": x, **mask_tensors(mask)}
+    if not recipe.model.hidden and inputs.x0 is not None:
+        batch.update(lowpass_tensors(inputs))
+    return batch
+
+
+def lowpass_tensors(inputs: Inputs) -> dict[str, torch.Tensor]:
+    """{"x0", "adj", "row_scale"} (+ "x0_t"): the filter's factors, for linear encoders that apply their weights
+    before it. x0 becomes sparse CSR (with its transpose for the backward pass) when mostly zeros, as
+    bag-of-words features are."""
+    import warnings
+
+    out = {"x0": torch.from_numpy(inputs.x0), "row_scale": torch.from_numpy(inputs.row_scale)}
+    with warnings.catch_warnings():  # "sparse CSR support is in beta"
+        warnings.simplefilter("ignore", UserWarning)
+        if np.count_nonzero(inputs.x0) < 0.2 * inputs.x0.size:
+            out["x0_t"] = csr_tensor(sp.csr_matrix(inputs.x0.T))
+            out["x0"] = csr_tensor(sp.csr_matrix(inputs.x0))
+        out["adj"] = csr_tensor(inputs.a_sym)
+    return out
+
+
+def csr_tensor(m: Any) -> torch.Tensor:
+    """A scipy CSR matrix as a float32 torch sparse CSR tensor."""
+    m = m.tocsr()
+    return torch.sparse_csr_tensor(torch.from_numpy(m.indptr.astype(np.int64)), torch.from_numpy(m.indices.astype(np.int64)),
+                                   torch.from_numpy(m.data.astype(np.float32)), m.shape)
 
 
 class NodeBlocks(Dataset):

@@ -124,9 +124,25 @@ def _neighbour_mse(a: Tensor, b: Tensor, pos_index: Tensor, pos_weight: Tensor) 
     with warnings.catch_warnings():  # "sparse CSR support is in beta": CSR × dense and its gradient are what we use
         warnings.simplefilter("ignore", UserWarning)
         support = torch.sparse_csr_tensor(crow, cols, torch.ones(flat.numel(), device=a.device), (n, n))
-    squares = ((a.T @ a) * (b.T @ b)).sum()
+    squares = GramProduct.apply(a, b)
     on_support = (a * (support @ b)).sum()
     return (squares - 2.0 * on_support + flat.numel()) / (n * n)
+
+
+class GramProduct(torch.autograd.Function):
+    """Σ_ij (a_i·b_j)² = Σ (aᵀa) ∘ (bᵀb) for a, b (B, D), with the gradients 2·a·(bᵀb) and 2·b·(aᵀa) written out:
+    four (B, D)×(D, D)-sized products per step where autograd's backward of aᵀa takes two for each side."""
+
+    @staticmethod
+    def forward(ctx, a: Tensor, b: Tensor) -> Tensor:  # noqa: ANN001
+        ga, gb = a.T @ a, b.T @ b
+        ctx.save_for_backward(a, b, ga, gb)
+        return (ga * gb).sum()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor]:  # noqa: ANN001
+        a, b, ga, gb = ctx.saved_tensors
+        return 2.0 * grad * (a @ gb), 2.0 * grad * (b @ ga)
 
 
 def neighbour_contrastive(z: Tensor, pos_index: Tensor, pos_weight: Tensor, tau: float) -> Tensor:
@@ -202,7 +218,10 @@ class SCGC(nn.Module):
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         x = batch["x"]
-        views = [v.float() for v in self.encoder.views(x)]
+        if "x0" in batch:  # full batch, linear branches: weights before the filter (same values, far cheaper)
+            views = self.encoder.lowpass_views(batch["x0"], batch["adj"], batch["row_scale"], batch.get("x0_t"))
+        else:
+            views = [v.float() for v in self.encoder.views(x)]
         z = self.encoder.fuse(views)  # the embedding the exported encoder returns
         if self.lcfg.objective == "mse":
             z1, z2 = F.normalize(views[0], dim=1), F.normalize(views[-1], dim=1)

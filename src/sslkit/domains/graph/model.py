@@ -31,6 +31,20 @@ def _mlp(in_dim: int, hidden: list[int] | tuple[int, ...], out_dim: int) -> nn.S
     return nn.Sequential(*layers)
 
 
+class SparseMatmul(torch.autograd.Function):
+    """a @ dense with a constant sparse `a` whose transpose `a_t` is given: the backward is one more sparse product
+    (a_t @ grad), where autograd would transpose the CSR matrix on every step."""
+
+    @staticmethod
+    def forward(ctx, a: Tensor, a_t: Tensor, dense: Tensor) -> Tensor:  # noqa: ANN001
+        ctx.a_t = a_t
+        return a @ dense
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[None, None, Tensor]:  # noqa: ANN001
+        return None, None, ctx.a_t @ grad
+
+
 class SCGCEncoder(nn.Module):
     """SCGC's encoder: an MLP (ReLU between layers, a single linear layer when `hidden` is empty) on
     features smoothed over `hops` hops; with `branches=2`, two unshared MLPs (two views of each node, as in
@@ -65,6 +79,22 @@ class SCGCEncoder(nn.Module):
         if len(views) == 1:
             return views[0]
         return (F.normalize(views[0], dim=1) + F.normalize(views[1], dim=1)) / 2
+
+    def lowpass_views(self, x0: Tensor, adj: Tensor, row_scale: Tensor, x0_t: Tensor | None = None) -> list[Tensor]:
+        """`views()` of x = row_scale · Â^hops x0 for single-layer branches, computed as row_scale · Â^hops (x0 Wᵀ) + b:
+        the weights act on the unfiltered (often sparse) features and the filter on the narrow outputs, the same
+        values as `views(x)` at a fraction of the cost when x0 is sparse. x0 (N, F) dense or sparse CSR (then x0_t, its
+        transpose as CSR, serves the backward pass), adj (N, N) sparse symmetric Â, row_scale (N, 1)."""
+        if len(self.mlp) != 1:
+            raise ValueError("lowpass_views needs single-layer branches (model.hidden: [])")
+        layers = [self.mlp[0]] if self.mlp2 is None else [self.mlp[0], self.mlp2[0]]
+        w, b = torch.cat([m.weight for m in layers]), torch.cat([m.bias for m in layers])
+        with torch.autocast(x0.device.type, enabled=False):  # sparse products are fp32-only on CPU, and cheap
+            h = x0 @ w.float().T if x0_t is None else SparseMatmul.apply(x0, x0_t, w.float().T)
+            for _ in range(self.hops):
+                h = SparseMatmul.apply(adj, adj, h)
+            h = h * row_scale + b.float()
+        return list(h.chunk(len(layers), dim=1))
 
     def forward(self, x: Tensor, edge_index: Tensor | None = None) -> Tensor:
         if edge_index is not None and self.hops:
