@@ -155,15 +155,23 @@ def recipes_copy(
 
 def main() -> None:
     """Console entry point: exit 2 for usage errors, 130 when interrupted, 1 for internal errors."""
+    # recent typer runs on a vendored copy of click whose exceptions are distinct classes: catch both kinds
+    try:
+        from typer._click.exceptions import ClickException as TyperClickException
+    except ImportError:
+        TyperClickException = click.ClickException
+    exits = (click.exceptions.Exit, typer.Exit)
+    usage = (click.ClickException, TyperClickException)
+    aborts = (click.exceptions.Abort, typer.Abort, KeyboardInterrupt)
     command = typer.main.get_command(app)
     try:
         code = command.main(args=sys.argv[1:], prog_name="sslkit", standalone_mode=False)
-    except click.exceptions.Exit as exc:
+    except exits as exc:
         code = exc.exit_code
-    except click.ClickException as exc:
+    except usage as exc:
         exc.show()
         code = 2
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except aborts:
         typer.echo("interrupted", err=True)
         code = 130
     except Exception as exc:  # the one place that catches everything: an internal error, reported plainly

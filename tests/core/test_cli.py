@@ -36,6 +36,14 @@ def test_unbuilt_domain_says_so_plainly():
     assert "not built yet" in out.stderr and "Traceback" not in out.stderr
 
 
+def test_usage_errors_exit_2_not_as_internal_errors():
+    out = sslkit_cmd("toy", "pretrain", "--no-such-flag")
+    assert out.returncode == 2, (out.returncode, out.stderr)
+    assert "No such option" in out.stderr and "internal error" not in out.stderr
+    missing = sslkit_cmd("recipes", "show")
+    assert missing.returncode == 2 and "Missing argument" in missing.stderr
+
+
 def test_version():
     out = sslkit_cmd("--version")
     assert out.returncode == 0 and out.stdout.startswith("sslkit ")
