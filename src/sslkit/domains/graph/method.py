@@ -92,13 +92,6 @@ class GraphRecipe(Recipe):
 RECIPE_SCHEMA = GraphRecipe
 
 
-def dense_mask(pos_index: Tensor, pos_weight: Tensor, n: int) -> Tensor:
-    """The sparse mask (2, P) + (P,) as a dense (n, n) 0/1 target: 1 where M_ij > 0 (i reaches j within r hops)."""
-    target = torch.zeros(n, n, device=pos_weight.device)
-    target[pos_index[0], pos_index[1]] = (pos_weight > 0).float()
-    return target
-
-
 def neighbour_mse(z1: Tensor, z2: Tensor, pos_index: Tensor, pos_weight: Tensor) -> Tensor:
     """Neighbour-oriented MSE (Liu et al., arXiv:2205.07865): mean_ij (cos(z1_i, z2_j) − T_ij)², T = 1 on the
     mask's support (self included when the mask has self-loops), 0 elsewhere. z1, z2: (B, D) views of the same
@@ -218,7 +211,7 @@ class SCGC(nn.Module):
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         x = batch["x"]
-        if "x0" in batch:  # full batch, linear branches: weights before the filter (same values, far cheaper)
+        if "x0" in batch:  # full batch, linear branches: weights before the filter (same values, cheaper)
             views = self.encoder.lowpass_views(batch["x0"], batch["adj"], batch["row_scale"], batch.get("x0_t"))
         else:
             views = [v.float() for v in self.encoder.views(x)]
