@@ -150,7 +150,8 @@ def test_torchrun_two_processes_swin(volumes: Path, tmp_path: Path) -> None:
                           "-m", "sslkit", "medical3d", "pretrain", str(volumes / "img"), "-r", "tiny-swin",
                           "--set", "train.steps=2", "--out", str(out)], capture_output=True, text=True, env=ENV,
                          timeout=600)
-    assert res.returncode == 0, res.stderr[-2000:]
+    # on failure show the ranks' own errors (the head of stderr), not only torchrun's summary (the tail)
+    assert res.returncode == 0, res.stderr[:6000] + "\n…\n" + res.stderr[-1500:]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["world_size"] == 2
     assert [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [2]
