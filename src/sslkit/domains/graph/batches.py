@@ -13,6 +13,7 @@ from torch.utils.data import Dataset
 from sslkit.core.console import warn
 from sslkit.domains.graph.io import Graph
 from sslkit.domains.graph.method import GraphRecipe
+from sslkit.domains.graph.model import sparse_csr
 from sslkit.domains.graph.transforms import (adjacency, filter_hops, mask_tensors, positive_mask, positive_mask_block, propagate,
                                              row_normalise, sample_block, standardise, structural_features)
 
@@ -97,23 +98,19 @@ def lowpass_tensors(inputs: Inputs) -> dict[str, torch.Tensor]:
     """{"x0", "adj", "row_scale"} (+ "x0_t"): the filter's factors, for linear encoders that apply their weights
     before it. x0 becomes sparse CSR (with its transpose for the backward pass) when mostly zeros, as
     bag-of-words features are."""
-    import warnings
-
     out = {"x0": torch.from_numpy(inputs.x0), "row_scale": torch.from_numpy(inputs.row_scale)}
-    with warnings.catch_warnings():  # "sparse CSR support is in beta"
-        warnings.simplefilter("ignore", UserWarning)
-        if np.count_nonzero(inputs.x0) < 0.2 * inputs.x0.size:
-            out["x0_t"] = csr_tensor(sp.csr_matrix(inputs.x0.T))
-            out["x0"] = csr_tensor(sp.csr_matrix(inputs.x0))
-        out["adj"] = csr_tensor(inputs.a_sym)
+    if np.count_nonzero(inputs.x0) < 0.2 * inputs.x0.size:
+        out["x0_t"] = csr_tensor(sp.csr_matrix(inputs.x0.T))
+        out["x0"] = csr_tensor(sp.csr_matrix(inputs.x0))
+    out["adj"] = csr_tensor(inputs.a_sym)
     return out
 
 
 def csr_tensor(m: Any) -> torch.Tensor:
     """A scipy CSR matrix as a float32 torch sparse CSR tensor."""
     m = m.tocsr()
-    return torch.sparse_csr_tensor(torch.from_numpy(m.indptr.astype(np.int64)), torch.from_numpy(m.indices.astype(np.int64)),
-                                   torch.from_numpy(m.data.astype(np.float32)), m.shape)
+    return sparse_csr(torch.from_numpy(m.indptr.astype(np.int64)), torch.from_numpy(m.indices.astype(np.int64)),
+                      torch.from_numpy(m.data.astype(np.float32)), m.shape)
 
 
 class NodeBlocks(Dataset):

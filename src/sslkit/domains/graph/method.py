@@ -9,7 +9,6 @@ feature-masked views.
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Literal
 
 import torch
@@ -21,7 +20,7 @@ from sslkit.core.export import encoder_spec
 from sslkit.core.losses.dec import DECLoss
 from sslkit.core.losses.nt_xent import nt_xent
 from sslkit.core.recipes import Recipe, Section
-from sslkit.domains.graph.model import GCNEncoder, SCGCEncoder
+from sslkit.domains.graph.model import GCNEncoder, SCGCEncoder, sparse_csr
 
 METHODS = ("scgc-star", "scgc", "grace")
 
@@ -114,9 +113,7 @@ def _neighbour_mse(a: Tensor, b: Tensor, pos_index: Tensor, pos_weight: Tensor) 
     rows, cols = flat // n, flat % n
     crow = torch.zeros(n + 1, dtype=torch.long, device=a.device)
     crow[1:] = torch.bincount(rows, minlength=n).cumsum(0)
-    with warnings.catch_warnings():  # "sparse CSR support is in beta": CSR × dense and its gradient are what we use
-        warnings.simplefilter("ignore", UserWarning)
-        support = torch.sparse_csr_tensor(crow, cols, torch.ones(flat.numel(), device=a.device), (n, n))
+    support = sparse_csr(crow, cols, torch.ones(flat.numel(), device=a.device), (n, n))
     squares = GramProduct.apply(a, b)
     on_support = (a * (support @ b)).sum()
     return (squares - 2.0 * on_support + flat.numel()) / (n * n)

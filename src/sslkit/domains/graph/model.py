@@ -1,6 +1,7 @@
 """Graph encoders: SCGC's MLP over low-pass-filtered features, and the GCN of the GRACE baseline."""
 from __future__ import annotations
 
+import warnings
 from typing import Callable
 
 import torch
@@ -29,6 +30,14 @@ def _mlp(in_dim: int, hidden: list[int] | tuple[int, ...], out_dim: int) -> nn.S
         if i < len(dims) - 2:
             layers.append(nn.ReLU())
     return nn.Sequential(*layers)
+
+
+def sparse_csr(crow: Tensor, col: Tensor, values: Tensor, shape: tuple[int, int]) -> Tensor:
+    """A torch sparse CSR tensor, without torch's "sparse CSR support is in beta" warning: CSR × dense and its
+    gradient, the only operations used here, are supported."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(crow, col, values, shape)
 
 
 class SparseMatmul(torch.autograd.Function):
@@ -69,9 +78,14 @@ class SCGCEncoder(nn.Module):
         if self.mlp2 is None:
             return [self.mlp(x)]
         if len(self.mlp) == 1:
-            a, b = self.mlp[0], self.mlp2[0]
-            return list(F.linear(x, torch.cat([a.weight, b.weight]), torch.cat([a.bias, b.bias])).chunk(2, dim=1))
+            w, b = self._stacked_linear()
+            return list(F.linear(x, w, b).chunk(2, dim=1))
         return [self.mlp(x), self.mlp2(x)]
+
+    def _stacked_linear(self) -> tuple[Tensor, Tensor]:
+        """Weights (branches·out_dim, in_dim) and biases of single-layer branches, stacked for one product."""
+        layers = [self.mlp[0]] if self.mlp2 is None else [self.mlp[0], self.mlp2[0]]
+        return torch.cat([m.weight for m in layers]), torch.cat([m.bias for m in layers])
 
     @staticmethod
     def fuse(views: list[Tensor]) -> Tensor:
@@ -87,14 +101,13 @@ class SCGCEncoder(nn.Module):
         transpose as CSR, serves the backward pass), adj (N, N) sparse symmetric Â, row_scale (N, 1)."""
         if len(self.mlp) != 1:
             raise ValueError("lowpass_views needs single-layer branches (model.hidden: [])")
-        layers = [self.mlp[0]] if self.mlp2 is None else [self.mlp[0], self.mlp2[0]]
-        w, b = torch.cat([m.weight for m in layers]), torch.cat([m.bias for m in layers])
+        w, b = self._stacked_linear()
         with torch.autocast(x0.device.type, enabled=False):  # sparse products are fp32-only on CPU, and cheap
             h = x0 @ w.float().T if x0_t is None else SparseMatmul.apply(x0, x0_t, w.float().T)
             for _ in range(self.hops):
                 h = SparseMatmul.apply(adj, adj, h)
             h = h * row_scale + b.float()
-        return list(h.chunk(len(layers), dim=1))
+        return list(h.chunk(1 if self.mlp2 is None else 2, dim=1))
 
     def forward(self, x: Tensor, edge_index: Tensor | None = None) -> Tensor:
         if edge_index is not None and self.hops:
