@@ -169,3 +169,15 @@ def test_single_row_group_read_is_zero_copy(tmp_path):
 
 def test_module_does_not_import_pyarrow_at_top():
     assert "pyarrow" not in vars(embeddings)
+
+
+@pytest.mark.parametrize("dim", [1, 2, 8])
+def test_embedding_map_draws_any_width(tmp_path, dim):
+    from PIL import Image
+
+    from sslkit.core.plots import embedding_map
+
+    vecs = np.random.default_rng(0).standard_normal((50, dim)).astype(np.float32)
+    path = embedding_map(vecs, np.arange(50) % 3, tmp_path / "map.png")
+    with Image.open(path) as im:
+        assert im.size[0] > 100 and im.size[1] > 100

@@ -53,6 +53,8 @@ def embedding_map(vectors: np.ndarray, labels: np.ndarray | None, path: Path, ti
     x = vectors - vectors.mean(0, keepdims=True)
     _, _, vt = np.linalg.svd(x[: min(len(x), 20000)], full_matrices=False)
     xy = x @ vt[:2].T
+    if xy.shape[1] < 2:  # one-dimensional embeddings: a strip along the x axis
+        xy = np.pad(xy, ((0, 0), (0, 2 - xy.shape[1])))
     fig, ax = plt.subplots(figsize=(5, 5), dpi=120)
     if labels is None:
         ax.scatter(xy[:, 0], xy[:, 1], color="tab:blue", s=4, alpha=0.7)

@@ -54,8 +54,17 @@ def test_embed_cluster_evaluate_use_original_ids_and_learn(sbm_run: Path, sample
     res = invoke("embed", sbm_run, samples / "sbm", "--out", tmp_path / "e.parquet")
     assert res.exit_code == 0, res.output
     ids, vecs = read_embeddings(tmp_path / "e.parquet")
-    assert list(ids)[:2] == ["n000", "n001"] and vecs.shape == (300, 16)
+    assert list(ids)[:2] == ["n000", "n001"] and vecs.shape[0] == 300 and 1 <= vecs.shape[1] <= 16
     np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+    # the rows are the encoder's outputs centred and reduced as the recipe says (embedding.pca_variance 0.9)
+    from sslkit.domains.graph.clustering import encode, node_embedding, run_inputs
+    from sslkit.domains.graph.io import load_graph
+    from sslkit.domains.graph.method import GraphRecipe
+    from sslkit.core.runs import Run
+
+    cfg = GraphRecipe.model_validate(Run.load(sbm_run, "graph").recipe_dict)
+    g, _ = load_graph(samples / "sbm")
+    np.testing.assert_allclose(vecs, node_embedding(encode(sbm_run, g, cfg, run_inputs(sbm_run, g, cfg)), 0.9), atol=1e-5)
 
     res = invoke("cluster", sbm_run, samples / "sbm", "--out", tmp_path / "c.csv")
     assert res.exit_code == 0, res.output

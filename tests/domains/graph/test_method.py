@@ -175,3 +175,26 @@ def test_full_batch_applies_linear_weights_before_the_filter_with_the_same_value
     deep = recipe.model_copy(deep=True)
     deep.model.hidden = [16]
     assert "x0" not in full_batch(prepare_inputs(graph, deep, quiet=True), graph, deep)  # MLPs filter first
+
+
+def test_node_embedding_centres_and_keeps_the_main_directions() -> None:
+    import numpy as np
+
+    from sslkit.domains.graph.clustering import node_embedding, unit_rows
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1, 2], 40)
+    signal = np.zeros((120, 16), np.float32)
+    signal[np.arange(120), 1 + labels] = 1.0                      # three clusters along directions 1..3
+    z = (signal + 0.01 * rng.standard_normal((120, 16))).astype(np.float32)
+    z[:, 0] += 10.0                                               # one shared direction dominates every row
+    assert (unit_rows(z) @ unit_rows(z).T).min() > 0.98           # plain unit rows: every pair looks alike
+    e = node_embedding(z, 0.9)
+    assert e.shape == (120, 2)                                    # the 3 centred cluster directions span 2 dimensions
+    np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-5)
+    cos = e @ e.T
+    same = labels[:, None] == labels[None, :]
+    assert cos[same].min() > 0.99 and cos[~same].max() < -0.4    # the clusters separate once centred
+    full = node_embedding(z, 1.0)                                 # all directions: the geometry of the centred rows
+    np.testing.assert_allclose(full @ full.T, unit_rows(z - z.mean(0)) @ unit_rows(z - z.mean(0)).T, atol=1e-4)
+    np.testing.assert_allclose(node_embedding(z, None), unit_rows(z))

@@ -92,20 +92,21 @@ def pretrain(graph: GraphArg, features: FeaturesOpt = None, recipe: RecipeOpt = 
 def _cluster_plot(run_dir: Path, graph, cfg, inputs) -> None:  # noqa: ANN001
     """plots/clusters.png: PCA of the embeddings coloured by learned cluster (k-means for GRACE)."""
     from sslkit.core.plots import embedding_map
-    from sslkit.domains.graph.clustering import encode, soft_assign, unit_rows
+    from sslkit.domains.graph.clustering import encode, node_embedding, soft_assign
 
     z = encode(run_dir, graph, cfg, inputs)
+    emb = node_embedding(z, cfg.embedding.pca_variance)
     if cfg.method == "grace" or cfg.clusters is None:
         from sklearn.cluster import KMeans
 
         k = cfg.clusters or 8
-        colour, how = KMeans(k, n_init=4, random_state=0).fit_predict(unit_rows(z)), "k-means"
+        colour, how = KMeans(k, n_init=4, random_state=0).fit_predict(emb), "k-means"
     else:
         try:
             colour, how = soft_assign(run_dir, z).argmax(1), "learned soft assignment"
         except Exception:  # noqa: BLE001 — the head may not have started; the plot is optional, the run is not
             colour, how = None, "no clusters yet"
-    embedding_map(unit_rows(z), colour, run_dir / "plots" / "clusters.png", title=f"{cfg.method} embeddings ({how})")
+    embedding_map(emb, colour, run_dir / "plots" / "clusters.png", title=f"{cfg.method} embeddings ({how})")
 
 
 def _encode_graph(run: Path, graph: Path, features: Path | None, out: Path, overwrite: bool):  # noqa: ANN202
@@ -123,12 +124,13 @@ def _encode_graph(run: Path, graph: Path, features: Path | None, out: Path, over
 @app.command()
 def embed(run: RunArg, graph: GraphArg, out: FileOut = Path("embeddings.parquet"), features: FeaturesOpt = None,
           overwrite: OverwriteOpt = False) -> None:
-    """Node embeddings (L2-normalised encoder outputs) as Parquet with the graph's own node ids."""
+    """Node embeddings as Parquet with the graph's own node ids: the encoder's outputs centred, reduced to the
+    principal directions holding `embedding.pca_variance` of their variance, and L2-normalised (as evaluate reads them)."""
     from sslkit.core.embeddings import write_embeddings
-    from sslkit.domains.graph.clustering import unit_rows
+    from sslkit.domains.graph.clustering import node_embedding
 
     g, z = _encode_graph(run, graph, features, out, overwrite)
-    write_embeddings(out, g.ids.tolist(), unit_rows(z), overwrite=overwrite)
+    write_embeddings(out, g.ids.tolist(), node_embedding(z, _recipe(run).embedding.pca_variance), overwrite=overwrite)
     typer.echo(str(out))
 
 

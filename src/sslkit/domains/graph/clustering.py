@@ -54,6 +54,23 @@ def unit_rows(z: np.ndarray) -> np.ndarray:
     return (z / np.linalg.norm(z, axis=1, keepdims=True).clip(1e-12)).astype(np.float32)
 
 
+def node_embedding(z: np.ndarray, pca_variance: float | None) -> np.ndarray:
+    """Encoder outputs z (N, D) read as node embeddings: with `pca_variance`, centred and projected onto the fewest
+    principal directions (at least two) holding that fraction of the variance (from the D×D covariance), then L2-normalised;
+    with None, only L2-normalised. Transductive: the centre and directions come from the N rows given."""
+    if pca_variance is None:
+        return unit_rows(z)
+    z = np.asarray(z, dtype=np.float32)
+    z = z - z.mean(0, dtype=np.float64).astype(np.float32)
+    var, dirs = np.linalg.eigh((z.T @ z).astype(np.float64))
+    var, dirs = var[::-1].clip(0), dirs[:, ::-1]
+    if var.sum() <= 0:  # all rows equal: nothing to project
+        return unit_rows(z)
+    keep = int(np.searchsorted(np.cumsum(var) / var.sum(), pca_variance - 1e-9)) + 1
+    keep = min(max(keep, 2), len(var))  # one direction would leave only the sign after normalising
+    return unit_rows(z @ dirs[:, :keep].astype(np.float32))
+
+
 def soft_assign(run_dir: Path, z: np.ndarray) -> np.ndarray:
     """q (N, K) from the run's learned centroids; an error for GRACE runs or a head that never started."""
     from sslkit.core.checkpoint import load_checkpoint
@@ -87,7 +104,7 @@ def evaluate_all(graph: Graph, recipe: GraphRecipe, z: np.ndarray, q: np.ndarray
     smooth = prepare_inputs(graph, baseline, quiet=True).x
     rows: dict[str, dict[str, Any]] = {}
     feats = {"raw features": raw, f"propagated Â^{baseline.data.hops}X (no training)": smooth,
-             f"{recipe.method} embeddings": unit_rows(z)}
+             f"{recipe.method} embeddings": node_embedding(z, recipe.embedding.pca_variance)}
     for name, x in feats.items():
         rows[name] = {**kmeans_eval(x[idx], y, k, seeds=seeds), "probe_acc": linear_probe(x[idx], y, seeds=seeds)["accuracy"]}
     if q is not None:

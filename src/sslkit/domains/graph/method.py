@@ -79,6 +79,14 @@ class GraphLoss(Section):
         return v
 
 
+class GraphEmbedding(Section):
+    # How sslkit reads the encoder's outputs as node embeddings (embed, evaluate, the cluster map): centred, projected
+    # onto the principal directions that hold this fraction of their variance, then L2-normalised. null = the plain
+    # L2-normalised outputs. SCGC*'s outputs share one dominant direction (their unit rows average to length ~0.97 on
+    # Cora), which plain normalisation keeps and centring removes.
+    pca_variance: float | None = Field(0.9, gt=0, le=1)
+
+
 class GraphRecipe(Recipe):
     domain: Literal["graph"] = "graph"
     method: Literal["scgc-star", "scgc", "grace"] = "scgc-star"
@@ -86,6 +94,7 @@ class GraphRecipe(Recipe):
     data: GraphData = Field(default_factory=GraphData)
     model: GraphModel = Field(default_factory=GraphModel)
     loss: GraphLoss = Field(default_factory=GraphLoss)
+    embedding: GraphEmbedding = Field(default_factory=GraphEmbedding)
 
 
 RECIPE_SCHEMA = GraphRecipe
