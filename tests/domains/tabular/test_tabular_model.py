@@ -120,9 +120,15 @@ def test_bmm_attention_matches_sdpa():
     from sslkit.domains.tabular.model import attention
 
     torch.manual_seed(0)
-    q, k, v = (torch.randn(8, 2, 15, 32) for _ in range(3))
+    q, k, v = (torch.randn(8, 2, 15, 32, requires_grad=True) for _ in range(3))
     ref = torch.nn.functional.scaled_dot_product_attention(q, k, v)
-    assert torch.allclose(attention(q, k, v), ref, atol=1e-5)
+    out = attention(q, k, v)
+    assert torch.allclose(out, ref, atol=1e-5)
+    g = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (q, k, v), g)
+    for got, want in zip(grads, torch.autograd.grad(ref, (q, k, v), g)):
+        assert torch.allclose(got, want, atol=1e-5)
+    q, k, v = q.detach(), k.detach(), v.detach()
     # not a copy of the values: attention mixes the positions
     assert not torch.allclose(attention(q, k, v), v, atol=1e-2)
 
