@@ -107,7 +107,9 @@ def main() -> None:
     pre, data = adult_arrays(recipe)
     ref_step = reference_step_factory(args.ref, len(pre.numeric), pre.cardinalities, recipe)
     ours = make_method(recipe, pre)
-    opt = torch.optim.AdamW([p for p in ours.parameters() if p.requires_grad], lr=recipe.train.lr, weight_decay=0.0)
+    from sslkit.core.optim import build_optimizer
+
+    opt = build_optimizer(ours, recipe.train, recipe.train.lr)  # as fit() builds it (AdamW, fused where possible)
     bs, n = recipe.train.batch_size, len(data["num"])
     x_ref = torch.cat([data["num"], data["cat"].float()], dim=1)   # the reference takes one float matrix
     times: dict[str, list[float]] = {"reference (jose-melo/t-jepa)": [], "sslkit T-JEPA": []}

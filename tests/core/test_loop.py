@@ -201,3 +201,30 @@ def test_failed_start_leaves_no_stub_run_folder(tmp_path):
     with pytest.raises(UserError):
         _train(tmp_path / "stub", train={"batch_size": 500})
     assert not (tmp_path / "stub").exists()
+
+
+@pytest.mark.parametrize("name", ["adamw", "adam"])
+def test_adam_uses_the_fused_kernel_with_the_same_updates(name):
+    from sslkit.core.optim import build_optimizer
+
+    torch.manual_seed(0)
+    a = nn.Sequential(nn.Linear(6, 8), nn.LayerNorm(8), nn.Linear(8, 2))
+    b = nn.Sequential(nn.Linear(6, 8), nn.LayerNorm(8), nn.Linear(8, 2))
+    b.load_state_dict(a.state_dict())
+    cfg = TrainConfig(optimizer=name, weight_decay=0.05)
+    fused = build_optimizer(a, cfg, 1e-2)
+    assert fused.defaults["fused"] is True
+    groups = [dict(g, params=[pb for pa, pb in zip(a.parameters(), b.parameters()) for p in g["params"] if p is pa])
+              for g in fused.param_groups]
+    plain = type(fused)([{k: v for k, v in g.items() if k in ("params", "weight_decay")} for g in groups],
+                        lr=1e-2, fused=False, foreach=False)
+    x = torch.randn(16, 6)
+    start = a[0].weight.detach().clone()
+    for _ in range(5):
+        for model, opt in ((a, fused), (b, plain)):
+            opt.zero_grad()
+            model(x).square().mean().backward()
+            opt.step()
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)
+    assert (a[0].weight - start).abs().max() > 1e-3  # the steps moved the weights
