@@ -1,6 +1,7 @@
 """Every registered encoder and both objectives: shapes, finite gradients, the clustering head's start."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -48,7 +49,7 @@ def test_mse_objective_pulls_neighbours_together_and_pushes_others_apart() -> No
     torch.manual_seed(0)
     blocks = [torch.arange(4), torch.arange(4, 8)]
     pos = torch.cat([torch.cartesian_prod(b, b) for b in blocks]).T
-    batch = {"x": torch.randn(8, 6), "pos_index": pos, "pos_weight": torch.ones(pos.shape[1])}
+    batch = {"x": torch.randn(8, 6), **_mask(pos[0], pos[1], 8)}
     m = SCGC(6, 0, None, GraphModel(hidden=[], out_dim=8, branches=2), GraphLoss(objective="mse", noise=0.01))
     opt = torch.optim.Adam(m.parameters(), lr=0.05)
     first = None
@@ -83,7 +84,16 @@ def _batch(n: int = 12) -> dict[str, torch.Tensor]:
     idx = torch.arange(n)
     rows = torch.cat([idx, idx, (idx + 1) % n])
     cols = torch.cat([idx, (idx + 1) % n, idx])
-    return {"x": torch.randn(n, 6), "pos_index": torch.stack([rows, cols]), "pos_weight": torch.ones(3 * n)}
+    return {"x": torch.randn(n, 6), **_mask(rows, cols, n)}
+
+
+def _mask(rows: torch.Tensor, cols: torch.Tensor, n: int) -> dict[str, torch.Tensor]:
+    """The batch's mask tensors for 0/1 positives at (rows, cols), as the data pipeline builds them."""
+    import scipy.sparse as sp
+
+    from sslkit.domains.graph.transforms import mask_tensors
+
+    return mask_tensors(sp.coo_matrix((np.ones(len(rows)), (rows.numpy(), cols.numpy())), shape=(n, n)))
 
 
 @pytest.mark.parametrize("cumulative", [True, False])

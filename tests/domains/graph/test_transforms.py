@@ -5,6 +5,7 @@ import math
 
 import networkx as nx
 import numpy as np
+import scipy.sparse as sp
 import pytest
 import torch
 
@@ -124,9 +125,12 @@ def test_neighbour_mse_matches_its_definition() -> None:
         for j in range(5):
             cos = float(torch.nn.functional.cosine_similarity(z1[i], z2[j], dim=0))
             want += (cos - float(m[i, j] > 0)) ** 2
-    got = neighbour_mse(z1, z2, t["pos_index"], t["pos_weight"])
+    got = neighbour_mse(z1, z2, t["support_crow"], t["support_col"])
     assert math.isclose(float(got), want / 25, rel_tol=1e-5)
-    twice = neighbour_mse(z1, z2, t["pos_index"].repeat(1, 2), t["pos_weight"].repeat(2))  # a pair listed twice counts once
+    rows, cols = np.nonzero(m)
+    listed_twice = sp.coo_matrix((np.tile(m[rows, cols], 2), (np.tile(rows, 2), np.tile(cols, 2))), shape=(5, 5))
+    t2 = mask_tensors(listed_twice)
+    twice = neighbour_mse(z1, z2, t2["support_crow"], t2["support_col"])  # a pair listed twice counts once
     assert math.isclose(float(twice), want / 25, rel_tol=1e-5)
 
 
@@ -143,7 +147,9 @@ def test_neighbour_mse_runs_in_fp32_under_bf16_autocast() -> None:
     """pretrain autocasts to bf16 on CPU by default; the loss must neither fail nor lose its precision there."""
     torch.manual_seed(0)
     z1, z2 = torch.randn(64, 16), torch.randn(64, 16)
-    mask = {"pos_index": torch.randint(0, 64, (2, 300)), "pos_weight": torch.ones(300)}
+    pairs = np.random.default_rng(0).integers(0, 64, (2, 300))
+    t = mask_tensors(sp.coo_matrix((np.ones(300), (pairs[0], pairs[1])), shape=(64, 64)))
+    mask = {"support_crow": t["support_crow"], "support_col": t["support_col"]}
     want = neighbour_mse(z1, z2, **mask)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         got = neighbour_mse(z1, z2, **mask)
@@ -152,9 +158,13 @@ def test_neighbour_mse_runs_in_fp32_under_bf16_autocast() -> None:
 
 def test_neighbour_mse_is_zero_only_when_cosines_equal_the_mask() -> None:
     eye = torch.eye(4)
-    self_loops = {"pos_index": torch.arange(4).repeat(2, 1), "pos_weight": torch.ones(4)}
+    def support(rows: list[int], cols: list[int]) -> dict:
+        t = mask_tensors(sp.coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(4, 4)))
+        return {"support_crow": t["support_crow"], "support_col": t["support_col"]}
+
+    self_loops = support([0, 1, 2, 3], [0, 1, 2, 3])
     assert float(neighbour_mse(eye, 3 * eye, **self_loops)) == 0.0  # orthogonal nodes, only self-positives
-    pairs = {"pos_index": torch.tensor([[0, 1, 0, 1], [0, 1, 1, 0]]), "pos_weight": torch.ones(4)}
+    pairs = support([0, 1, 0, 1], [0, 1, 1, 0])
     # 0 ~ 1 are neighbours but orthogonal (2 errors); 2 and 3 lack self-positives yet have cosine 1 (2 more)
     assert math.isclose(float(neighbour_mse(eye, eye, **pairs)), 4 / 16)
     with pytest.raises(ValueError, match="two"):

@@ -114,7 +114,7 @@ def csr_tensor(m: Any) -> torch.Tensor:
 
 
 class NodeBlocks(Dataset):
-    """Items are node indices; `collate` turns a list of seeds into {"x": (B, D), "pos_index", "pos_weight"} (the sparse mask block)
+    """Items are node indices; `collate` turns a list of seeds into {"x": (B, D)} + `mask_tensors` of the sparse mask block
     for the block of seeds plus `fanout` sampled neighbours each (never an N×N matrix)."""
 
     def __init__(self, inputs: Inputs, r: int, cumulative: bool, fanout: int) -> None:

@@ -110,7 +110,7 @@ def _cluster_plot(run_dir: Path, graph, cfg, inputs) -> None:  # noqa: ANN001
 
 
 def _encode_graph(run: Path, graph: Path, features: Path | None, out: Path, overwrite: bool):  # noqa: ANN202
-    """(graph, raw encoder outputs) for `embed` and `cluster`, after refusing to overwrite `out`."""
+    """(graph, raw encoder outputs, the run's recipe) for `embed` and `cluster`, after refusing to overwrite `out`."""
     from sslkit.core.errors import UserError
     from sslkit.domains.graph.clustering import encode, run_inputs
 
@@ -118,7 +118,7 @@ def _encode_graph(run: Path, graph: Path, features: Path | None, out: Path, over
         raise UserError(f"{out} already exists — pass --overwrite to replace it")
     cfg = _recipe(run)
     g, _ = _graph(graph, features, quiet=True)
-    return g, encode(run, g, cfg, run_inputs(run, g, cfg))
+    return g, encode(run, g, cfg, run_inputs(run, g, cfg)), cfg
 
 
 @app.command()
@@ -129,8 +129,8 @@ def embed(run: RunArg, graph: GraphArg, out: FileOut = Path("embeddings.parquet"
     from sslkit.core.embeddings import write_embeddings
     from sslkit.domains.graph.clustering import node_embedding
 
-    g, z = _encode_graph(run, graph, features, out, overwrite)
-    write_embeddings(out, g.ids.tolist(), node_embedding(z, _recipe(run).embedding.pca_variance), overwrite=overwrite)
+    g, z, cfg = _encode_graph(run, graph, features, out, overwrite)
+    write_embeddings(out, g.ids.tolist(), node_embedding(z, cfg.embedding.pca_variance), overwrite=overwrite)
     typer.echo(str(out))
 
 
@@ -143,7 +143,7 @@ def cluster(run: RunArg, graph: GraphArg, out: FileOut = Path("clusters.csv"), f
     from sslkit.core.files import atomic_write_text
     from sslkit.domains.graph.clustering import soft_assign
 
-    g, z = _encode_graph(run, graph, features, out, overwrite)
+    g, z, _ = _encode_graph(run, graph, features, out, overwrite)
     q = soft_assign(run, z)
     df = pd.DataFrame({"node": g.ids, "cluster": q.argmax(1), "confidence": q.max(1).round(6)})
     atomic_write_text(out, df.to_csv(index=False))

@@ -100,10 +100,11 @@ class GraphRecipe(Recipe):
 RECIPE_SCHEMA = GraphRecipe
 
 
-def neighbour_mse(z1: Tensor, z2: Tensor, pos_index: Tensor, pos_weight: Tensor) -> Tensor:
+def neighbour_mse(z1: Tensor, z2: Tensor, support_crow: Tensor, support_col: Tensor) -> Tensor:
     """Neighbour-oriented MSE (Liu et al., arXiv:2205.07865): mean_ij (cos(z1_i, z2_j) − T_ij)², T = 1 on the
     mask's support (self included when the mask has self-loops), 0 elsewhere. z1, z2: (B, D) views of the same
-    B nodes. Pulls r-hop neighbours together across views and pushes every other pair towards orthogonal.
+    B nodes; the support as CSR rows/columns (each pair once), as `mask_tensors` gives it. Pulls r-hop
+    neighbours together across views and pushes every other pair towards orthogonal.
 
     Computed without the (B, B) cosine matrix S = Z1·Z2ᵀ: Σ S² = Σ (Z1ᵀZ1) ∘ (Z2ᵀZ2) (two D×D Gram matrices)
     and Σ_T S = Σ Z1 ∘ (T·Z2) (one sparse product), so a step costs O(B·D² + P·D) time and O(B·D + D²)
@@ -111,21 +112,11 @@ def neighbour_mse(z1: Tensor, z2: Tensor, pos_index: Tensor, pos_weight: Tensor)
     """
     if z1.shape != z2.shape or z1.dim() != 2:
         raise ValueError(f"neighbour_mse expects two (B, D) views of the same shape; got {tuple(z1.shape)}, {tuple(z2.shape)}")
+    n, pairs = z1.shape[0], support_col.numel()
     with torch.autocast(z1.device.type, enabled=False):  # fp32: the sums cancel, and CSR products lack bf16 kernels
-        return _neighbour_mse(F.normalize(z1.float(), dim=1), F.normalize(z2.float(), dim=1), pos_index, pos_weight)
-
-
-def _neighbour_mse(a: Tensor, b: Tensor, pos_index: Tensor, pos_weight: Tensor) -> Tensor:
-    n = a.shape[0]
-    keep = pos_weight > 0
-    flat = torch.unique(pos_index[0, keep] * n + pos_index[1, keep])  # the support, each pair once
-    rows, cols = flat // n, flat % n
-    crow = torch.zeros(n + 1, dtype=torch.long, device=a.device)
-    crow[1:] = torch.bincount(rows, minlength=n).cumsum(0)
-    support = sparse_csr(crow, cols, torch.ones(flat.numel(), device=a.device), (n, n))
-    squares = GramProduct.apply(a, b)
-    on_support = (a * (support @ b)).sum()
-    return (squares - 2.0 * on_support + flat.numel()) / (n * n)
+        a, b = F.normalize(z1.float(), dim=1), F.normalize(z2.float(), dim=1)
+        target = sparse_csr(support_crow, support_col, torch.ones(pairs, device=a.device), (n, n))
+        return (GramProduct.apply(a, b) - 2.0 * (a * (target @ b)).sum() + pairs) / (n * n)
 
 
 class GramProduct(torch.autograd.Function):
@@ -183,7 +174,7 @@ def kmeans_init(z: Tensor, k: int) -> Tensor:
 
 
 class SCGC(nn.Module):
-    """forward({"x": (B, D) smoothed features, "pos_index": (2, P), "pos_weight": (P,)}) -> (loss, metrics).
+    """forward({"x": (B, D) smoothed features, and the mask as `mask_tensors` gives it}) -> (loss, metrics).
 
     cumulative=True is SCGC* (IAC mask, no decoder); False is SCGC (A^r mask + reconstruction).
     """
@@ -226,7 +217,7 @@ class SCGC(nn.Module):
             z1, z2 = F.normalize(views[0], dim=1), F.normalize(views[-1], dim=1)
             if self.lcfg.noise:
                 z2 = z2 + self.lcfg.noise * torch.randn_like(z2)
-            l_nc = neighbour_mse(z1, z2, batch["pos_index"], batch["pos_weight"])
+            l_nc = neighbour_mse(z1, z2, batch["support_crow"], batch["support_col"])
         else:
             l_nc = neighbour_contrastive(z, batch["pos_index"], batch["pos_weight"], self.lcfg.tau)
         loss = self.lcfg.alpha * l_nc
