@@ -8,9 +8,11 @@ train, export) for each method. Run: .venv/bin/python benchmarks/graph_cora.py [
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import io
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -54,6 +56,7 @@ def main() -> None:
     rows: dict[str, dict[str, list[float]]] = {}
     times: dict[str, list[float]] = {}
     work = Path(tempfile.mkdtemp(prefix="graph-bench-"))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)  # runs and caches are GBs: never left behind
     for method, recipe, n_seeds, extra in (("scgc-star", "scgc-star", args.seeds, ["--clusters", str(k)]),
                                            ("grace", "grace", args.grace_seeds, [])):
         for seed in range(n_seeds):

@@ -7,8 +7,10 @@ would need. Run: .venv/bin/python benchmarks/graph_scale.py [--nodes 200000 --de
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -33,6 +35,7 @@ def main() -> None:
     from sslkit.domains.graph.samples import sbm
 
     work = Path(tempfile.mkdtemp(prefix="graph-scale-"))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)  # runs and caches are GBs: never left behind
     t0 = time.perf_counter()
     edges, x, _ = sbm(args.nodes, args.blocks, args.degree, p_in=0.7, feat_dim=64, noise=2.0, seed=0)
     pd.DataFrame(edges, columns=["src", "dst"]).to_csv(work / "edges.csv", index=False)

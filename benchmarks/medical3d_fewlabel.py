@@ -16,6 +16,7 @@ crops). The CLI runs exactly as a user would. Prints mean ± std over seeds and 
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import shutil
@@ -60,6 +61,7 @@ def main() -> None:
     ap.add_argument("--ft-set", action="append", default=[], help="fine-tuning override (both arms)")
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="m3d-fewlabel-"))
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)  # runs and caches are GBs: never left behind
     os.environ["SSLKIT_CACHE_DIR"] = str(tmp / "cache")
     data = make_data(tmp, a.subjects, a.unlabelled)
     sets = {"mri": ([data / "mri" / "images", data / "mri" / "unlabelled"], data / "mri", []),

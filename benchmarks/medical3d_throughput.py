@@ -15,9 +15,11 @@ DIR defaults to a fresh `sslkit medical3d sample-data --resolution 1` (MNI152 T1
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -124,6 +126,7 @@ def main() -> None:
                           "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
         return
     tmp = Path(tempfile.mkdtemp(prefix="m3d-bench-"))
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)  # runs and caches are GBs: never left behind
     data = a.data
     if data is None:
         data = tmp / "data"
