@@ -84,6 +84,30 @@ def test_embed_cluster_evaluate_use_original_ids_and_learn(sbm_run: Path, sample
     assert results["scgc-star soft assignment"]["nmi"][0] > 0.6, results
 
 
+def test_pca_variance_option_rereads_without_retraining(sbm_run: Path, samples: Path, tmp_path: Path) -> None:
+    from sslkit.core.embeddings import read_embeddings
+    from sslkit.core.runs import Run
+    from sslkit.domains.graph.clustering import encode, node_embedding, run_inputs
+    from sslkit.domains.graph.io import load_graph
+    from sslkit.domains.graph.method import GraphRecipe
+
+    cfg = GraphRecipe.model_validate(Run.load(sbm_run, "graph").recipe_dict)
+    g, _ = load_graph(samples / "sbm")
+    z = encode(sbm_run, g, cfg, run_inputs(sbm_run, g, cfg))
+    for value, reading in (("0", None), ("1.0", 1.0)):
+        out = tmp_path / f"e{value}.parquet"
+        assert invoke("embed", sbm_run, samples / "sbm", "--out", out, "--pca-variance", value).exit_code == 0
+        np.testing.assert_allclose(read_embeddings(out)[1], node_embedding(z, reading), atol=1e-5)
+    # 0: the plain unit-length outputs, all 16 dimensions; the run's own reading (0.9) keeps fewer
+    assert read_embeddings(tmp_path / "e0.parquet")[1].shape[1] == 16
+    res = invoke("evaluate", sbm_run, samples / "sbm", "--seeds", "1", "--pca-variance", "0")
+    assert res.exit_code == 0, res.output
+    assert json.loads((sbm_run / "evaluation.json").read_text())["pca_variance"] is None
+    assert GraphRecipe.model_validate(Run.load(sbm_run, "graph").recipe_dict).embedding.pca_variance == 0.9  # run unchanged
+    res = invoke("embed", sbm_run, samples / "sbm", "--out", tmp_path / "bad.parquet", "--pca-variance", "1.5")
+    assert res.exit_code == 2 and "--pca-variance" in res.output and not (tmp_path / "bad.parquet").exists()
+
+
 def test_export_and_load_encoder_reproduce_embeddings(sbm_run: Path, tmp_path: Path) -> None:
     import sslkit
 

@@ -17,6 +17,9 @@ FeaturesOpt = Annotated[Optional[Path], typer.Option("--features", "-f", help="N
                                                      "columns), .npy, or sparse .npz (row i = node i).")]
 ClustersOpt = Annotated[Optional[int], typer.Option("--clusters", "-k", help="Number of clusters K of the clustering head.")]
 FileOut = Annotated[Path, typer.Option("--out", "-o", help="File to write.")]
+PcaOpt = Annotated[Optional[float], typer.Option("--pca-variance", help="Read the embeddings with this share of "
+                                                 "variance (0-1; 0: plain unit-length outputs) instead of the run's "
+                                                 "embedding.pca_variance; no retraining.")]
 
 
 def _graph(path: Path, features: Path | None, quiet: bool = False):  # noqa: ANN202
@@ -30,11 +33,19 @@ def _graph(path: Path, features: Path | None, quiet: bool = False):  # noqa: ANN
     return graph, labels
 
 
-def _recipe(run: Path):  # noqa: ANN202
+def _recipe(run: Path, pca_variance: float | None = None):  # noqa: ANN202
+    """The run's recipe; `pca_variance` (from --pca-variance) replaces its embedding reading, 0 meaning none."""
+    from sslkit.core.errors import UserError
     from sslkit.core.runs import Run
     from sslkit.domains.graph.method import GraphRecipe
 
-    return GraphRecipe.model_validate(Run.load(run, "graph").recipe_dict)
+    cfg = GraphRecipe.model_validate(Run.load(run, "graph").recipe_dict)
+    if pca_variance is not None:
+        if not 0 <= pca_variance <= 1:
+            raise UserError(f"--pca-variance {pca_variance}: give a share of variance in (0, 1], or 0 for plain "
+                            "unit-length outputs")
+        cfg.embedding.pca_variance = pca_variance or None
+    return cfg
 
 
 @app.command()
@@ -109,27 +120,28 @@ def _cluster_plot(run_dir: Path, graph, cfg, inputs) -> None:  # noqa: ANN001
     embedding_map(emb, colour, run_dir / "plots" / "clusters.png", title=f"{cfg.method} embeddings ({how})")
 
 
-def _encode_graph(run: Path, graph: Path, features: Path | None, out: Path, overwrite: bool):  # noqa: ANN202
+def _encode_graph(run: Path, graph: Path, features: Path | None, out: Path, overwrite: bool,  # noqa: ANN202
+                  pca_variance: float | None = None):
     """(graph, raw encoder outputs, the run's recipe) for `embed` and `cluster`, after refusing to overwrite `out`."""
     from sslkit.core.errors import UserError
     from sslkit.domains.graph.clustering import encode, run_inputs
 
     if out.exists() and not overwrite:
         raise UserError(f"{out} already exists — pass --overwrite to replace it")
-    cfg = _recipe(run)
+    cfg = _recipe(run, pca_variance)
     g, _ = _graph(graph, features, quiet=True)
     return g, encode(run, g, cfg, run_inputs(run, g, cfg)), cfg
 
 
 @app.command()
 def embed(run: RunArg, graph: GraphArg, out: FileOut = Path("embeddings.parquet"), features: FeaturesOpt = None,
-          overwrite: OverwriteOpt = False) -> None:
+          pca_variance: PcaOpt = None, overwrite: OverwriteOpt = False) -> None:
     """Node embeddings as Parquet with the graph's own node ids: the encoder's outputs centred, reduced to the
     principal directions holding `embedding.pca_variance` of their variance, and L2-normalised (as evaluate reads them)."""
     from sslkit.core.embeddings import write_embeddings
     from sslkit.domains.graph.clustering import node_embedding
 
-    g, z, cfg = _encode_graph(run, graph, features, out, overwrite)
+    g, z, cfg = _encode_graph(run, graph, features, out, overwrite, pca_variance)
     write_embeddings(out, g.ids.tolist(), node_embedding(z, cfg.embedding.pca_variance), overwrite=overwrite)
     typer.echo(str(out))
 
@@ -153,7 +165,8 @@ def cluster(run: RunArg, graph: GraphArg, out: FileOut = Path("clusters.csv"), f
 @app.command()
 def evaluate(run: RunArg, graph: GraphArg, labels: Annotated[Optional[Path], typer.Option(
                  "--labels", "-l", help="`node,label` CSV (default: labels.csv in the graph folder).")] = None,
-             features: FeaturesOpt = None, seeds: SeedsOpt = 5, json_out: JsonOpt = False) -> None:
+             features: FeaturesOpt = None, seeds: SeedsOpt = 5, pca_variance: PcaOpt = None,
+             json_out: JsonOpt = False) -> None:
     """ACC/NMI/ARI/F1 of k-means (embeddings vs raw and propagated features) and of the learned soft
     assignment, plus a logistic-regression node-classification probe; mean ± std over seeds."""
     from sslkit.core.files import atomic_write_text
@@ -163,7 +176,7 @@ def evaluate(run: RunArg, graph: GraphArg, labels: Annotated[Optional[Path], typ
     from sslkit.domains.graph.clustering import encode, evaluate_all, run_inputs, soft_assign
     from sslkit.domains.graph.io import align_labels
 
-    cfg = _recipe(run)
+    cfg = _recipe(run, pca_variance)
     g, found = _graph(graph, features, quiet=True)
     labels = labels or found
     if labels is None:
@@ -177,7 +190,7 @@ def evaluate(run: RunArg, graph: GraphArg, labels: Annotated[Optional[Path], typ
     columns, table = metrics_table_rows(rows)
     print_table(f"graph evaluation: {len(idx)} labelled nodes, {int(y.max()) + 1} classes, {seeds} seeds "
                 "(k-means / soft assignment: acc nmi ari f1; probe_acc: logistic regression)", columns, table)
-    payload = {"run": str(run), "labels": str(labels), "seeds": seeds,
+    payload = {"run": str(run), "labels": str(labels), "seeds": seeds, "pca_variance": cfg.embedding.pca_variance,
                "results": {name: {m: list(v) for m, v in res.items()} for name, res in rows.items()}}
     atomic_write_text(Path(run) / "evaluation.json", json.dumps(payload, indent=2))
     if json_out:
