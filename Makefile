@@ -12,6 +12,8 @@ setup: $(STAMP)
 
 $(STAMP):
 	@bash scripts/system-deps.sh
+	@test -x $(BIN)/python || [ $$(df -Pk . | awk 'NR==2 {print $$4}') -ge 9000000 ] || \
+	  { echo "error: $$(df -Ph . | awk 'NR==2 {print $$4}') free on this disk; the .venv needs about 9 GB (torch's CUDA build) — free some space and run again" >&2; exit 2; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[all,dev]'
