@@ -132,6 +132,10 @@ def test_neighbour_mse_matches_its_definition() -> None:
     t2 = mask_tensors(listed_twice)
     twice = neighbour_mse(z1, z2, t2["support_crow"], t2["support_col"])  # a pair listed twice counts once
     assert math.isclose(float(twice), want / 25, rel_tol=1e-5)
+    # the pipeline builds only what the recipe's objective reads
+    only = mask_tensors(listed_twice, "mse")
+    assert set(only) == {"support_crow", "support_col"} and torch.equal(only["support_col"], t2["support_col"])
+    assert set(mask_tensors(listed_twice, "infonce")) == {"pos_index", "pos_weight"}
 
 
 def test_gram_product_equals_the_squared_cosine_sum_and_its_gradients_check() -> None:

@@ -88,7 +88,7 @@ def full_batch(inputs: Inputs, graph: Graph, recipe: GraphRecipe) -> dict[str, t
     if recipe.method == "grace":
         return {"x": x, "edge_index": torch.from_numpy(graph.edge_index)}
     mask = positive_mask(inputs.a_row, recipe.loss.r, cumulative=recipe.method == "scgc-star")
-    batch = {"x": x, **mask_tensors(mask)}
+    batch = {"x": x, **mask_tensors(mask, recipe.loss.objective)}
     if not recipe.model.hidden and inputs.x0 is not None:
         batch.update(lowpass_tensors(inputs))
     return batch
@@ -117,8 +117,9 @@ class NodeBlocks(Dataset):
     """Items are node indices; `collate` turns a list of seeds into {"x": (B, D)} + `mask_tensors` of the sparse mask block
     for the block of seeds plus `fanout` sampled neighbours each (never an N×N matrix)."""
 
-    def __init__(self, inputs: Inputs, r: int, cumulative: bool, fanout: int) -> None:
+    def __init__(self, inputs: Inputs, r: int, cumulative: bool, fanout: int, objective: str | None = None) -> None:
         self.x, self.a_row, self.r, self.cumulative, self.fanout = inputs.x, inputs.a_row, r, cumulative, fanout
+        self.objective = objective
 
     def __len__(self) -> int:
         return len(self.x)
@@ -130,4 +131,4 @@ class NodeBlocks(Dataset):
         rng = np.random.default_rng(int(np.random.randint(0, 2**31 - 1)))  # numpy is seeded per item by fit
         nodes = sample_block(self.a_row, np.asarray(seeds, dtype=np.int64), self.fanout, rng)
         mask = positive_mask_block(self.a_row, nodes, self.r, self.cumulative)
-        return {"x": torch.from_numpy(self.x[nodes]), **mask_tensors(mask)}
+        return {"x": torch.from_numpy(self.x[nodes]), **mask_tensors(mask, self.objective)}

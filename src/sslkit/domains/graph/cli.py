@@ -89,7 +89,7 @@ def pretrain(graph: GraphArg, features: FeaturesOpt = None, recipe: RecipeOpt = 
     if full:
         data, collate = FullGraph(full_batch(inputs, g, cfg), copies=world), first
     else:
-        data = NodeBlocks(inputs, cfg.loss.r, cfg.method == "scgc-star", cfg.data.fanout)
+        data = NodeBlocks(inputs, cfg.loss.r, cfg.method == "scgc-star", cfg.data.fanout, cfg.loss.objective)
         collate = data.collate
     result = fit(method, data, cfg.train, run, collate_fn=collate, resume=resume)
     if distributed.is_main():

@@ -110,19 +110,24 @@ def positive_mask_block(a_row: Any, nodes: np.ndarray, r: int, cumulative: bool)
     return total.astype(np.float32).tocsr()
 
 
-def mask_tensors(mask: Any) -> dict[str, Any]:
-    """A scipy sparse mask as {"pos_index": LongTensor (2, P), "pos_weight": FloatTensor (P,)} (the weighted
-    mask, for InfoNCE) and {"support_crow", "support_col"}: the CSR rows/columns of its support, each pair once
-    (for the MSE objective's 0/1 target), built here once per batch rather than in the training step."""
+def mask_tensors(mask: Any, objective: str | None = None) -> dict[str, Any]:
+    """A scipy sparse mask as the tensors the loss `objective` reads, built once per batch rather than in the
+    training step: "infonce" gets {"pos_index": LongTensor (2, P), "pos_weight": FloatTensor (P,)} (the weighted
+    mask); "mse" gets {"support_crow", "support_col"}, the CSR rows/columns of its support with each pair once
+    (the 0/1 target); None gets both."""
     import torch
 
-    coo = mask.tocoo()
-    index = torch.from_numpy(np.vstack([coo.row, coo.col]).astype(np.int64))
-    support = (mask.tocsr() > 0).tocsr()  # duplicates summed, then binarised
-    support.sort_indices()
-    return {"pos_index": index, "pos_weight": torch.from_numpy(coo.data.astype(np.float32)),
-            "support_crow": torch.from_numpy(support.indptr.astype(np.int64)),
-            "support_col": torch.from_numpy(support.indices.astype(np.int64))}
+    out: dict[str, Any] = {}
+    if objective in (None, "infonce"):
+        coo = mask.tocoo()
+        out["pos_index"] = torch.from_numpy(np.vstack([coo.row, coo.col]).astype(np.int64))
+        out["pos_weight"] = torch.from_numpy(coo.data.astype(np.float32))
+    if objective in (None, "mse"):
+        support = (mask.tocsr() > 0).tocsr()  # duplicates summed, then binarised
+        support.sort_indices()
+        out["support_crow"] = torch.from_numpy(support.indptr.astype(np.int64))
+        out["support_col"] = torch.from_numpy(support.indices.astype(np.int64))
+    return out
 
 
 def sample_block(a_row: Any, seeds: np.ndarray, fanout: int, rng: np.random.Generator) -> np.ndarray:
