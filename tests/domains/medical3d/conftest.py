@@ -1,7 +1,9 @@
 """Tiny generated volumes (32³, MONAI's labelled synthetic maker) shared by the medical3d tests."""
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -26,7 +28,9 @@ def write_volumes(out: Path, n: int = 4, size: int = 32, affine: np.ndarray | No
 
 
 # Never touch ~/.cache in tests: the preprocessing cache goes to a fresh temporary folder.
+# It is removed when the test session ends.
 os.environ["SSLKIT_CACHE_DIR"] = tempfile.mkdtemp(prefix="sslkit-m3d-cache-")
+atexit.register(shutil.rmtree, os.environ["SSLKIT_CACHE_DIR"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -120,3 +120,18 @@ def test_finetune_encoder_lr_mult_reaches_the_optimizer():
     mults = {id(p): g["lr_mult"] for g in opt.param_groups for p in g["params"]}
     assert all(mults[id(p)] == 0.1 for p in task.encoder.parameters())
     assert all(mults[id(p)] == 1.0 for p in task.model.head.parameters())
+
+
+def test_single_volume_split_label_fraction_is_a_slab_in_the_training_half() -> None:
+    """One labelled volume: the held-out half never changes; fewer labels = a narrower slab inside the other half."""
+    from pathlib import Path
+
+    from sslkit.domains.medical3d.finetune import split
+
+    entry = [(Path("v.nii.gz"), {"shape": (80, 64, 64)})]
+    _, _, train, held = split(entry, None)
+    assert train == [(0, 40)] and held == [(40, 80)]
+    for frac, width in ((0.1, 8), (0.25, 20), (0.02, 2)):
+        _, _, [(lo, hi)], held_f = split(entry, None, frac)
+        assert held_f == held and hi - lo == width and 0 <= lo and hi <= 40
+        assert abs((lo + hi) / 2 - 20) <= 1          # centred in the training half

@@ -49,3 +49,42 @@ def test_choose_components_keeps_enough_components_for_the_signal():
     fs = FeatureSet.concat(FeatureSet(raw, raw, np.zeros(2, dtype=bool)), embedding_features(z))
     assert max(HGB_EMBED_COMPONENTS) >= 7
     assert choose_components("classification", fs, fs.trees, y, seed=0) >= 7
+
+
+def test_torch_mlp_learns_a_nonlinear_rule_and_is_reproducible():
+    """XOR of two signs: a linear model sits at chance, the MLP does not; same seed, same predictions."""
+    from sslkit.domains.tabular.downstream import TorchMLP
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1200, 4)).astype(np.float32) * 5 + 3       # unscaled on purpose: the MLP standardises
+    y = ((x[:, 0] > 3) ^ (x[:, 1] > 3)).astype(int)
+    a = TorchMLP("classification", hidden=(32, 32), epochs=30, seed=1).fit(x[:1000], y[:1000])
+    proba = a.predict_proba(x[1000:])
+    assert proba.shape == (200, 2) and np.allclose(proba.sum(1), 1.0)
+    assert (a.predict(x[1000:]) == y[1000:]).mean() > 0.9
+    assert -0.4 < a.best_validation_score_ < 0 and 1 <= a.n_iter_ <= 30   # minus the validation log-loss
+    b = TorchMLP("classification", hidden=(32, 32), epochs=30, seed=1).fit(x[:1000], y[:1000])
+    assert np.array_equal(a.predict_proba(x[1000:]), b.predict_proba(x[1000:]))
+
+
+def test_torch_mlp_regression_beats_the_mean():
+    from sslkit.domains.tabular.downstream import TorchMLP
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1000, 3)).astype(np.float32)
+    y = (np.sin(2 * x[:, 0]) + x[:, 1] ** 2).astype(np.float32)
+    y = (y - y.mean()) / y.std()
+    m = TorchMLP("regression", hidden=(64, 64), epochs=40).fit(x[:800], y[:800])
+    rmse = float(np.sqrt(np.mean((m.predict(x[800:]) - y[800:]) ** 2)))
+    assert rmse < 0.5 * float(y[800:].std()) and m.best_validation_score_ > -0.5
+
+
+def test_run_evaluation_mlp_records_the_chosen_setting():
+    from sslkit.domains.tabular.downstream import MLP_GRID
+
+    sets, y = _sets()
+    res = run_evaluation({"raw": sets["raw"]}, y, "classification", [0], models=("mlp",))
+    entry = res["raw / mlp"]
+    assert entry["accuracy"][0] > 0.75
+    chosen = entry["settings"][0]
+    assert {k: chosen[k] for k in ("dropout", "weight_decay")} in MLP_GRID and chosen["epochs"] >= 1

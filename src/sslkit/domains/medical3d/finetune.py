@@ -22,15 +22,20 @@ def settings_from(data: Any) -> Any:
                     crop_foreground=data.crop_foreground, foreground_threshold=data.foreground_threshold)
 
 
-def split(entries: list[tuple[Path, dict]], n_train: int | None) -> tuple[list, list, list | None, list]:
+def split(entries: list[tuple[Path, dict]], n_train: int | None,
+          label_fraction: float = 0.5) -> tuple[list, list, list | None, list]:
     """(train entries, eval entries, train X-regions or None, eval X-regions) — a single volume is split in halves.
 
     With one labelled volume the left half along RAS x (the right hemisphere of a brain) trains and
-    the other half is held out; with several, the first `n_train` volumes train and the rest are held out.
+    the other half is held out; `label_fraction` < 0.5 trains on a slab of that share of the x extent,
+    centred in the training half (fewer labels, same held-out half). With several volumes, the first
+    `n_train` train and the rest are held out.
     """
     if len(entries) == 1:
         x = entries[0][1]["shape"][0]
-        return entries, entries, [(0, x // 2)], [(x // 2, x)]
+        width = max(1, round(label_fraction * x))
+        lo = max(0, min(x // 2 - width, x // 4 - width // 2))
+        return entries, entries, [(lo, lo + width)], [(x // 2, x)]
     n = n_train if n_train is not None else max(1, len(entries) // 2)
     if not 1 <= n < len(entries):
         raise UserError(f"--train {n} leaves no held-out volume among {len(entries)} — use 1..{len(entries) - 1}")
@@ -86,7 +91,7 @@ def run_finetune(cfg: Medical3DRecipe, pretrained: Path | None, pairs: list[Volu
     entries, skipped = prepare(pairs, cache, strict)
     classes = count_classes(entries)
     names = class_names(data_paths[1], classes) if len(data_paths) > 1 else [f"class {c}" for c in range(1, classes)]
-    train_e, eval_e, train_regions, eval_regions = split(entries, n_train)
+    train_e, eval_e, train_regions, eval_regions = split(entries, n_train, ft.label_fraction)
     rec = FinetuneRecipe(pretrained=str(pretrained) if pretrained else None, data=cfg.data, model=cfg.model,
                          finetune=ft, classes=classes, train=finetune_train_config(cfg.train, ft))
     run = Run.open(out, domain="medical3d", recipe=rec, data_paths=data_paths, overwrite=overwrite)

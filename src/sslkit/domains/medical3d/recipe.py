@@ -82,6 +82,7 @@ class FinetuneConfig(Section):
     samples_per_volume: int = 8
     decoder_channels: int = 16
     sw_overlap: float = 0.25
+    label_fraction: float = Field(0.5, gt=0.0, le=0.5)   # one labelled volume: share of its x extent that trains
     seed: int = 0
     precision: Literal["auto", "bf16", "fp32"] = "fp32"   # fp32: bf16 conv3d backward overflowed on CPU (oneDNN)
 

@@ -192,7 +192,7 @@ def evaluate(
     if test is not None:
         test_sets, y_test, _, test_classes, _ = load_labelled(r, encoder, test, target, task, drop or [], classes=classes)
         test_pack = (test_sets, y_test)
-    from sslkit.domains.tabular.downstream import HGB_EMBED_COMPONENTS, MLP_ALPHAS, MLP_HIDDEN, run_evaluation
+    from sslkit.domains.tabular.downstream import HGB_EMBED_COMPONENTS, MLP_EPOCHS, MLP_GRID, MLP_HIDDEN, run_evaluation
 
     info(f"evaluating {len(y)} rows, task {task}, {seeds} seed(s), models {', '.join(chosen)}")
     results = run_evaluation(train_sets, y, task, range(seeds), test=test_pack, models=chosen, jobs=jobs)
@@ -200,7 +200,8 @@ def evaluate(
     print_table(f"tabular evaluation: {r.recipe_dict['method']} embeddings, target '{target}' "
                 f"({'test table' if test else '20% held out'}, {seeds} seeds)", columns, rows)
     payload = {"pool": getattr(encoder, "pool", None), "task": task, "target": target, "seeds": seeds, "n_rows": int(len(y)), "test": str(test) if test else None,
-               "mlp": {"hidden": list(MLP_HIDDEN), "alphas": list(MLP_ALPHAS), "early_stopping": True},
+               "mlp": {"hidden": list(MLP_HIDDEN), "grid": list(MLP_GRID), "max_epochs": MLP_EPOCHS,
+                       "best_epoch_on": "15% validation split of the training rows"},
                "hgb": {"raw+embeddings": "raw + k PCA components of the embeddings (fitted on train; "
                                      f"k in {list(HGB_EMBED_COMPONENTS)} chosen on a validation split of train)"},
                "results": results}
