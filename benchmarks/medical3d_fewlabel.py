@@ -90,7 +90,9 @@ def main() -> None:
           f"fine-tuning {a.ft_steps} steps; {time.time() - t0:.0f} s, load average {os.getloadavg()[0]:.2f}")
     print(f"{'data':<11}{'unlabelled':>11}{'labelled':>18}{'alice Dice':>16}{'scratch Dice':>16}{'gain (points)':>15}")
     for name, am, asd, sm, ssd, gain, al, sc in rows:
-        lab = "1 hemisphere" if name == "mri" else "2 volumes"
+        lab = "2 volumes" if name != "mri" else next(
+            (f"{float(x.split('=')[1]):.0%} x-slab" for x in a.ft_set if x.startswith("finetune.label_fraction=")),
+            "1 hemisphere")
         print(f"{name:<11}{n_unl[name]:>11}{lab:>18}{am:>10.3f} ± {asd:.3f}{sm:>10.3f} ± {ssd:.3f}{gain:>15.1f}")
         print(f"{'':<11}per seed: alice {np.round(al, 3).tolist()}  scratch {np.round(sc, 3).tolist()}")
 
