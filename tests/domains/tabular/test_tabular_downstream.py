@@ -88,3 +88,16 @@ def test_run_evaluation_mlp_records_the_chosen_setting():
     assert entry["accuracy"][0] > 0.75
     chosen = entry["settings"][0]
     assert {k: chosen[k] for k in ("dropout", "weight_decay")} in MLP_GRID and chosen["epochs"] >= 1
+
+
+def test_parallel_evaluation_does_not_restart_workers():
+    """Worker processes that start with a tree model and import torch later looked like a memory leak to
+    joblib, which restarted them with a warning printed to the user."""
+    import warnings
+
+    sets, y = _sets(n=600)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = run_evaluation(sets, y, "classification", [0, 1], models=("hgb", "linear", "mlp"), jobs=2)
+    assert len(res) == 9
+    assert not [w for w in caught if "worker stopped" in str(w.message)]

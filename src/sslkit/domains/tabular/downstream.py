@@ -255,6 +255,10 @@ def _task(task: str, sets: dict[str, FeatureSet], y: np.ndarray, seed: int, fnam
           test: tuple[dict[str, FeatureSet], np.ndarray] | None, test_size: float) -> tuple[dict, dict]:
     """One (seed, feature set, model) cell: split (or use the test table), fit, score."""
     from sklearn.model_selection import train_test_split
+    # Every cell loads torch (the MLP needs it) so that a worker's first cell already holds it: joblib's loky
+    # workers measure their memory after the first cell and restart, with a warning, when it later grows by
+    # 300 MB — which a worker that started with a tree model and then imported torch for an MLP did.
+    import torch  # noqa: F401
 
     fs = sets[fname]
     kind = "trees" if mname == "hgb" else "dense"
