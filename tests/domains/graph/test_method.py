@@ -186,6 +186,10 @@ def test_full_batch_applies_linear_weights_before_the_filter_with_the_same_value
     deep = recipe.model_copy(deep=True)
     deep.model.hidden = [16]
     assert "x0" not in full_batch(prepare_inputs(graph, deep, quiet=True), graph, deep)  # MLPs filter first
+    mini = recipe.model_copy(deep=True)
+    mini.data.full_batch = False
+    kept = prepare_inputs(graph, mini, quiet=True)   # mini-batches never read the filter's factors: not kept
+    assert kept.x0 is None and kept.a_sym is None and kept.row_scale is not None
 
 
 def test_node_embedding_centres_and_keeps_the_main_directions() -> None:

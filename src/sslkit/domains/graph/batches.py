@@ -26,7 +26,7 @@ class Inputs:
     hops: int
     structural: bool
     a_row: Any  # D⁻¹(A+I), for SCGC masks
-    x0: np.ndarray | None = None         # features before the filter (SCGC): x = row_scale · Â^hops x0
+    x0: np.ndarray | None = None         # features before the filter (SCGC, full-batch linear only): x = row_scale · Â^hops x0
     a_sym: Any = None                    # Â = D^-½(A+I)D^-½
     row_scale: np.ndarray | None = None  # (N, 1) the L2 row normalisation applied after the filter
 
@@ -57,6 +57,8 @@ def prepare_inputs(graph: Graph, recipe: GraphRecipe, quiet: bool = False) -> In
     if recipe.method == "grace":
         return Inputs(x.astype(np.float32), hops, structural, None)
     a_row = adjacency(graph.edge_index, graph.edge_weight, n, "row")
+    if recipe.model.hidden or not use_full_batch(recipe, n):   # only the full-batch low-pass path reads them
+        x0 = a_sym = None
     return Inputs(x.astype(np.float32), hops, structural, a_row, x0, a_sym, scale)
 
 
@@ -89,7 +91,7 @@ def full_batch(inputs: Inputs, graph: Graph, recipe: GraphRecipe) -> dict[str, t
         return {"x": x, "edge_index": torch.from_numpy(graph.edge_index)}
     mask = positive_mask(inputs.a_row, recipe.loss.r, cumulative=recipe.method == "scgc-star")
     batch = {"x": x, **mask_tensors(mask, recipe.loss.objective)}
-    if not recipe.model.hidden and inputs.x0 is not None:
+    if inputs.x0 is not None:
         batch.update(lowpass_tensors(inputs))
     return batch
 

@@ -80,8 +80,6 @@ def pretrain(graph: GraphArg, features: FeaturesOpt = None, recipe: RecipeOpt = 
     elif cfg.method == "grace":
         raise UserError(f"the GRACE baseline trains full-batch only; this graph has {g.num_nodes} nodes — "
                         "use --recipe scgc-star, or --set data.full_batch=true if it fits in memory")
-    else:
-        inputs.x0 = inputs.a_sym = None   # the filter's factors serve only the full-batch low-pass path
     run = Run.open(out, domain="graph", recipe=cfg, data_paths=[p for p in (graph, features) if p],
                    overwrite=overwrite, resume=resume)
     run.update_manifest(graph={"nodes": g.num_nodes, "edges": int(g.edge_index.shape[1] // 2), "notes": g.notes,

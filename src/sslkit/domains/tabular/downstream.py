@@ -129,11 +129,11 @@ class TorchMLP:
     def fit(self, x: np.ndarray, y: np.ndarray) -> "TorchMLP":
         import torch
         from sklearn.model_selection import train_test_split
+        from sklearn.preprocessing import StandardScaler
 
         classify = self.task == "classification"
-        self.mean_, self.scale_ = x.mean(0), x.std(0)
-        self.scale_[self.scale_ == 0] = 1.0
-        xt = torch.from_numpy(((x - self.mean_) / self.scale_).astype(np.float32))
+        self.scaler_ = StandardScaler().fit(x)
+        xt = torch.from_numpy(self.scaler_.transform(x).astype(np.float32))
         yt = torch.from_numpy(y.astype(np.int64 if classify else np.float32))
         try:
             fit, val = train_test_split(np.arange(len(y)), test_size=0.15, random_state=self.seed,
@@ -191,7 +191,7 @@ class TorchMLP:
         import torch
 
         with torch.no_grad():
-            return self.net_(torch.from_numpy(((x - self.mean_) / self.scale_).astype(np.float32))).numpy()
+            return self.net_(torch.from_numpy(self.scaler_.transform(x).astype(np.float32))).numpy()
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         out = self._forward(x)
