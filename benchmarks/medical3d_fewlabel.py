@@ -11,7 +11,7 @@ For every seed: one pretraining run (train.seed = seed) and two fine-tuning runs
 crops). The CLI runs exactly as a user would. Prints mean ± std over seeds and every run's Dice.
 
     .venv/bin/python benchmarks/medical3d_fewlabel.py [--seeds 3] [--sets mri,synthetic] [--steps 300]
-        [--ft-steps 150] [--set key=value ...]   # --set goes to pretraining (e.g. alice.recon_from=deepest)
+        [--ft-steps 150] [--set key=value ...]   # --set goes to pretraining (e.g. alice.mask_ratio=0.3)
 """
 from __future__ import annotations
 

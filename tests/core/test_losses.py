@@ -17,6 +17,7 @@ from sslkit.core.losses import (
     BarlowTwinsLoss,
     DECLoss,
     DINOLoss,
+    sinkhorn_knopp,
     MaskedReconstructionLoss,
     MatryoshkaLoss,
     NegativeCosineLoss,
@@ -305,6 +306,23 @@ def test_dino_teacher_is_sharpened_not_uniform_and_gets_no_gradient() -> None:
     assert entropy(probs) < entropy(student_probs)  # τ_t = 0.04 sharper than τ_s = 0.1
     assert all(t.grad is None for t in teacher)
     assert all(s.grad is not None for s in student)
+
+
+def test_dino_sinkhorn_targets_use_every_prototype_equally() -> None:
+    g = torch.Generator().manual_seed(0)
+    teacher = torch.randn(16, 8, generator=g)
+    teacher[:, 0] += 5.0                                   # every sample prefers prototype 0: centring-free collapse
+    probs = sinkhorn_knopp(teacher, temp=0.1, iters=50)
+    assert torch.allclose(probs.sum(1), torch.ones_like(probs[:, 0]), atol=1e-5)          # a distribution per sample
+    assert torch.allclose(probs.sum(0), torch.full_like(probs[0], 16 / 8), atol=0.1)  # equal prototype mass
+    assert probs.argmax(1).unique().numel() > 1                            # not all samples on prototype 0
+    loss_fn = DINOLoss(out_dim=8, centering="sinkhorn")
+    assert torch.allclose(loss_fn.teacher_probs(teacher), sinkhorn_knopp(teacher, 0.04))
+    student = torch.randn(16, 8, generator=g, requires_grad=True)
+    loss_fn([student], [teacher], pairs=[(0, 0)]).backward()
+    assert student.grad is not None and torch.isfinite(student.grad).all()
+    with pytest.raises(ValueError, match="centering"):
+        DINOLoss(out_dim=8, centering="mean")
 
 
 def test_dino_teacher_temperature_schedule() -> None:

@@ -1,11 +1,15 @@
 """Masks, cross-volume matching, encoders (every registered kind), Alice/SwinUNETR-SSL objectives, segmentation."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
 
+from sslkit.core.checkpoint import save_checkpoint
 from sslkit.core.recipes import load_recipe
+from sslkit.domains.medical3d.finetune import load_decoder
 from sslkit.domains.medical3d.method import Alice, SwinSSL
 from sslkit.domains.medical3d.model import ENCODERS, embed_volume
 from sslkit.domains.medical3d.recipe import Medical3DRecipe
@@ -59,7 +63,9 @@ def test_alice_loss_terms_and_ema() -> None:
     m = Alice(_tiny("tiny", **{"alice.ema_start": 1.0, "alice.ema_end": 1.0}))
     batch = {"query": torch.rand(2, 1, 32, 32, 32), "anchor": torch.rand(2, 1, 32, 32, 32)}
     loss, metrics = m(batch)
-    assert torch.isfinite(loss) and set(metrics) == {"global", "patch", "recon", "teacher_entropy"}
+    assert torch.isfinite(loss) and set(metrics) == {"global", "patch", "recon", "teacher_entropy", "patch_prototypes_used"}
+    assert 0.0 <= float(metrics["teacher_entropy"]) <= math.log(m.cfg.out_dim) + 1e-4   # of the sharpened targets
+    assert 1 <= float(metrics["patch_prototypes_used"]) <= 2 * 2 * (32 // m.encoder.stride) ** 3
     expected = metrics["global"] + metrics["patch"] + 10 * metrics["recon"]   # λ1 = λ2 = 1, λ3 = 10
     assert torch.allclose(loss.detach(), expected, atol=1e-4)
     before = {k: v.clone() for k, v in m.teacher.state_dict().items()}
@@ -76,6 +82,21 @@ def test_alice_reconstruction_counts_masked_voxels_only() -> None:
     m = Alice(_tiny("tiny", **{"alice.mask_ratio": 0.0}))
     _, metrics = m({"query": torch.rand(1, 1, 32, 32, 32), "anchor": torch.rand(1, 1, 32, 32, 32)})
     assert float(metrics["recon"]) == 0.0                              # nothing masked: nothing to reconstruct
+
+
+def test_alice_unet_reconstruction_decoder_moves_to_finetuning(tmp_path) -> None:  # noqa: ANN001
+    torch.manual_seed(0)
+    m = Alice(_tiny("tiny", **{"alice.recon_decoder": "unet", "alice.centering": "sinkhorn"}))
+    loss, metrics = m({"query": torch.rand(2, 1, 32, 32, 32), "anchor": torch.rand(2, 1, 32, 32, 32)})
+    loss.backward()
+    assert torch.isfinite(loss) and m.recon.stem.layer.conv1.conv.weight.grad is not None
+    save_checkpoint(tmp_path / "checkpoints" / "last.pt", {"model": m.state_dict()})
+    seg = Segmenter(m.encoder, classes=3, base=m.recon.out.conv.conv.in_channels)
+    moved = load_decoder(seg.decoder, tmp_path)
+    assert moved == len(seg.decoder.state_dict()) - 2                 # all but the output conv (1 vs 3 channels)
+    assert torch.equal(seg.decoder.ups[0].transp_conv.conv.weight, m.recon.ups[0].transp_conv.conv.weight)
+    assert load_decoder(Segmenter(m.encoder, 3, base=4).decoder, tmp_path) == 0   # other widths: nothing moves
+    assert load_decoder(seg.decoder, tmp_path / "nowhere") == 0                  # an exported encoder: no decoder
 
 
 def test_swin_ssl_forward() -> None:

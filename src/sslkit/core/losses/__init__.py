@@ -9,7 +9,7 @@ from torch import nn
 from sslkit.core.losses.barlow_twins import BarlowTwinsLoss, barlow_twins, cross_correlation
 from sslkit.core.losses.byol import NegativeCosineLoss, byol_loss
 from sslkit.core.losses.dec import DECLoss, kl_divergence, student_t_assignment, target_distribution
-from sslkit.core.losses.dino import DINOLoss, dino_cross_entropy
+from sslkit.core.losses.dino import DINOLoss, dino_cross_entropy, sinkhorn_knopp
 from sslkit.core.losses.masked import MaskedReconstructionLoss, masked_mean, normalize_patches
 from sslkit.core.losses.matryoshka import MatryoshkaLoss
 from sslkit.core.losses.nt_xent import NTXentLoss, nt_xent
@@ -46,6 +46,7 @@ __all__ = [
     "masked_mean",
     "normalize_patches",
     "nt_xent",
+    "sinkhorn_knopp",
     "student_t_assignment",
     "target_distribution",
     "variance",

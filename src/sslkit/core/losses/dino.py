@@ -5,6 +5,7 @@ Transformers", arXiv:2104.14294.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -19,6 +20,37 @@ Views = Tensor | Sequence[Tensor]
 def dino_cross_entropy(teacher_probs: Tensor, student_out: Tensor, student_temp: float) -> Tensor:
     """mean_i Σ_k −P_t[i, k] · log softmax(student_out[i] / τ_s)_k for (B, K) inputs."""
     return torch.sum(-teacher_probs * F.log_softmax(student_out / student_temp, dim=-1), dim=-1).mean()
+
+
+@torch.no_grad()
+def sinkhorn_knopp(logits: Tensor, temp: float, iters: int = 3) -> Tensor:
+    """Teacher targets (B, K) with equal prototype usage over the batch (all ranks): Sinkhorn-Knopp on exp(logits / τ).
+
+    DINOv2/SwAV's alternative to centring: it cannot settle on one prototype or on the uniform
+    output while the samples differ, which keeps small batches from collapsing. Computed in the
+    log domain, so sharp temperatures on unbounded logits do not underflow.
+    """
+    from sslkit.core.distributed import world_size
+
+    n = logits.shape[0] * world_size()
+    log_q = logits.float() / temp
+    for _ in range(iters):
+        log_q = log_q - _batch_logsumexp(log_q) - math.log(logits.shape[1])  # every prototype gets 1/K of the mass
+        log_q = log_q - torch.logsumexp(log_q, dim=1, keepdim=True) - math.log(n)  # every sample gets 1/N
+    return (log_q + math.log(n)).exp().to(logits.dtype)
+
+
+def _batch_logsumexp(x: Tensor) -> Tensor:
+    """log Σ_batch exp(x) per column (1, K), over the batches of all ranks."""
+    import torch.distributed as dist
+
+    from sslkit.core.distributed import world_size
+
+    m = x.max(dim=0, keepdim=True).values
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(m, op=dist.ReduceOp.MAX)
+    total = all_reduce_mean((x - m).exp().sum(dim=0, keepdim=True)) * world_size()
+    return m + total.log()
 
 
 def _as_list(views: Views, name: str) -> list[Tensor]:
@@ -38,6 +70,7 @@ class DINOLoss(nn.Module):
     `teacher_temp` over `warmup_teacher_temp_steps` optimizer steps.
 
     out_dim: K, the width of the DINO head's output.
+    centering: "center" (the paper) or "sinkhorn" (DINOv2: Sinkhorn-Knopp targets, for small batches).
     """
 
     center: Tensor
@@ -50,6 +83,7 @@ class DINOLoss(nn.Module):
         warmup_teacher_temp: float = 0.04,
         warmup_teacher_temp_steps: int = 0,
         center_momentum: float = 0.9,
+        centering: str = "center",
     ) -> None:
         super().__init__()
         if min(student_temp, teacher_temp, warmup_teacher_temp) <= 0:
@@ -62,6 +96,9 @@ class DINOLoss(nn.Module):
         self.warmup_teacher_temp = warmup_teacher_temp
         self.warmup_teacher_temp_steps = warmup_teacher_temp_steps
         self.center_momentum = center_momentum
+        if centering not in ("center", "sinkhorn"):
+            raise ValueError(f"DINO centering must be 'center' or 'sinkhorn', got {centering!r}")
+        self.centering = centering
         self.register_buffer("center", torch.zeros(1, out_dim))
 
     def teacher_temperature(self, step: int) -> float:
@@ -72,8 +109,11 @@ class DINOLoss(nn.Module):
         return self.warmup_teacher_temp + frac * (self.teacher_temp - self.warmup_teacher_temp)
 
     def teacher_probs(self, teacher_out: Tensor, step: int = 0) -> Tensor:
-        """softmax((teacher_out − center) / τ_t) for (B, K) logits, without gradient."""
+        """softmax((teacher_out − center) / τ_t) for (B, K) logits (Sinkhorn-Knopp targets with
+        centering="sinkhorn"), without gradient."""
         temp = self.teacher_temperature(step)
+        if self.centering == "sinkhorn":
+            return sinkhorn_knopp(teacher_out.detach(), temp)
         return F.softmax((teacher_out.detach() - self.center) / temp, dim=-1)
 
     @torch.no_grad()

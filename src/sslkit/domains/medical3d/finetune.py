@@ -73,6 +73,31 @@ def class_names(labels: Path, classes: int) -> list[str]:
     return [names[c] for c in range(1, classes)]
 
 
+def load_decoder(decoder: torch.nn.Module, pretrained: Path) -> int:
+    """Start `decoder` from the pretraining run's U-Net reconstruction decoder (`alice.recon_decoder: unet`).
+
+    All tensors but the output layer (1 channel there) must match by name and shape, else nothing
+    moves (with a warning: e.g. another `decoder_channels`). Returns the number of tensors copied;
+    0 for an exported encoder folder or a run with the linear reconstruction head.
+    """
+    from sslkit.core.checkpoint import load_checkpoint
+    from sslkit.core.console import warn
+
+    ckpt = Path(pretrained) / "checkpoints" / "last.pt"
+    if not ckpt.is_file():
+        return 0
+    weights = {k[len("recon."):]: v for k, v in load_checkpoint(ckpt)["model"].items() if k.startswith("recon.")}
+    wanted = {k: v for k, v in decoder.state_dict().items() if not k.startswith("out.")}
+    if not all(k in weights for k in wanted):
+        return 0
+    if any(weights[k].shape != v.shape for k, v in wanted.items()):
+        warn(f"the pretraining run's reconstruction decoder has other widths than finetune.decoder_channels — "
+             f"the decoder starts fresh (set finetune.decoder_channels as in {pretrained / 'recipe.yaml'} to reuse it)")
+        return 0
+    decoder.load_state_dict({k: weights[k] for k in wanted}, strict=False)
+    return len(wanted)
+
+
 def run_finetune(cfg: Medical3DRecipe, pretrained: Path | None, pairs: list[Volume], n_train: int | None,
                  out: Path | None, overwrite: bool, strict: bool, data_paths: list[Path]) -> dict[str, Any]:
     """Train, predict the held-out part, write predictions and evaluation.json; returns the evaluation."""
@@ -105,7 +130,10 @@ def run_finetune(cfg: Medical3DRecipe, pretrained: Path | None, pairs: list[Volu
         encoder, spec = build_encoder(cfg.model)
     if ft.roi % encoder.stride:
         raise UserError(f"finetune.roi={ft.roi} must be a multiple of the encoder stride {encoder.stride}")
-    task = SegmentationTask(Segmenter(encoder, classes, ft.decoder_channels), spec,
+    segmenter = Segmenter(encoder, classes, ft.decoder_channels)
+    if pretrained is not None and ft.transfer_decoder:
+        run.update_manifest(decoder_from_pretraining=load_decoder(segmenter.decoder, pretrained))
+    task = SegmentationTask(segmenter, spec,
                             encoder_lr_mult=ft.encoder_lr_mult, weight_decay=rec.train.weight_decay)
     data = LabelledCrops(train_e, ft.roi, ft.samples_per_volume, train_regions)
     result = fit(task, data, rec.train, run)

@@ -92,11 +92,16 @@ class Alice(nn.Module):
         self.global_head = DINOHead(c, a.out_dim, a.head_hidden, a.head_bottleneck)
         self.patch_head = DINOHead(c, a.patch_out_dim, a.head_hidden, a.head_bottleneck)
         self.casa = CASA(c, a.casa_heads)
-        self.recon = VoxelShuffleHead(c, self.encoder.stride)
+        if a.recon_decoder == "unet":
+            from sslkit.domains.medical3d.segmentation import UNetDecoder
+
+            self.recon: nn.Module = UNetDecoder(self.encoder.channels, 1, recipe.finetune.decoder_channels)
+        else:
+            self.recon = VoxelShuffleHead(c, self.encoder.stride)
         self.mask_token = nn.Parameter(torch.zeros(1))
         self.teacher = nn.ModuleDict({k: make_target(getattr(self, k)) for k in ("encoder", "global_head", "patch_head", "casa")})
         kw = {"student_temp": a.student_temp, "teacher_temp": a.teacher_temp, "warmup_teacher_temp": a.warmup_teacher_temp,
-              "warmup_teacher_temp_steps": a.warmup_teacher_temp_steps, "center_momentum": a.center_momentum}
+              "warmup_teacher_temp_steps": a.warmup_teacher_temp_steps, "center_momentum": a.center_momentum, "centering": a.centering}
         self.global_loss = DINOLoss(a.out_dim, **kw)
         self.patch_loss = DINOLoss(a.patch_out_dim, **kw)
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
@@ -110,7 +115,8 @@ class Alice(nn.Module):
         views = torch.cat([q, k])                                                  # (2B, 1, R, R, R)
         mask = column_mask(2 * b, self.roi, a.mask_patch, a.mask_ratio, a.mask_columns, q.device)
         masked = views * (1 - mask) + self.mask_token * mask
-        fs = self.encoder.pyramid(masked)[-1]                                      # (2B, C, r, r, r)
+        pyramid = self.encoder.pyramid(masked)
+        fs = pyramid[-1]                                                           # (2B, C, r, r, r)
         with torch.no_grad():
             ft = self.teacher["encoder"].pyramid(views)[-1]
         step = int(self.step)
@@ -127,13 +133,22 @@ class Alice(nn.Module):
             pt = self.teacher["patch_head"](self.teacher["casa"](tt, torch.cat([tt[b:], tt[:b]]))).float()
         l_patch = self.patch_loss(ps.flatten(0, 1), pt.flatten(0, 1), step=step, pairs=[(0, 0)])
         # reconstruction of the masked voxels only
-        rec = self.recon(fs).float()
+        if a.recon_decoder == "unet" and q.device.type == "cpu":  # fp32: bf16 conv3d backward on CPU overflowed
+            with torch.autocast("cpu", enabled=False):
+                rec = self.recon([f.float() for f in pyramid], masked.float())
+        elif a.recon_decoder == "unet":
+            rec = self.recon(pyramid, masked).float()
+        else:
+            rec = self.recon(fs).float()
         err = (rec - views.float()) ** 2 * mask
         l_rec = err.sum() / mask.sum().clamp_min(1.0)
         loss = a.global_weight * l_global + a.patch_weight * l_patch + a.recon_weight * l_rec
-        ent = -(F.softmax(gt, -1) * F.log_softmax(gt, -1)).sum(-1).mean()
+        tp = self.global_loss.teacher_probs(gt, step)      # the centred, sharpened targets the student sees
+        ent = -(tp * tp.clamp_min(1e-12).log()).sum(-1).mean()
+        pp = self.patch_loss.teacher_probs(pt.flatten(0, 1), step)
+        used = pp.argmax(-1).unique().numel()
         return loss, {"global": l_global.detach(), "patch": l_patch.detach(), "recon": l_rec.detach(),
-                      "teacher_entropy": ent.detach()}
+                      "teacher_entropy": ent.detach(), "patch_prototypes_used": torch.tensor(float(used))}
 
     @torch.no_grad()
     def after_step(self, step: int, total: int) -> None:

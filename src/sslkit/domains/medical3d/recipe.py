@@ -50,11 +50,14 @@ class AliceConfig(Section):
     warmup_teacher_temp: float = 0.008
     warmup_teacher_temp_steps: int = 3000   # card: 30 epochs; in steps here
     center_momentum: float = 0.9
+    centering: Literal["center", "sinkhorn"] = "center"   # sinkhorn: DINOv2's Sinkhorn-Knopp targets (small batches)
     ema_start: float = 0.996
     ema_end: float = 1.0
     global_weight: float = 1.0        # λ1
     patch_weight: float = 1.0         # λ2
     recon_weight: float = 10.0        # λ3 (reconstruction on masked voxels only, unlike the code's whole volume)
+    recon_decoder: Literal["linear", "unet"] = "linear"  # unet: skip decoder at full resolution (the card's U-shaped
+                                                        # student); linear: SimMIM voxel-shuffle of the deepest map
 
 
 class SwinSSLConfig(Section):
@@ -82,6 +85,7 @@ class FinetuneConfig(Section):
     samples_per_volume: int = 8
     decoder_channels: int = 16
     sw_overlap: float = 0.25
+    transfer_decoder: bool = True      # also start the decoder from the pretraining run's U-Net reconstruction decoder
     label_fraction: float = Field(0.5, gt=0.0, le=0.5)   # one labelled volume: share of its x extent that trains
     seed: int = 0
     precision: Literal["auto", "bf16", "fp32"] = "fp32"   # fp32: bf16 conv3d backward overflowed on CPU (oneDNN)

@@ -7,15 +7,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-class Segmenter(nn.Module):
-    """encoder pyramid (strides 2..2^L) + MONAI UNETR up-blocks with skips -> (B, classes, X, Y, Z) logits."""
+class UNetDecoder(nn.Module):
+    """MONAI UNETR up-blocks with skips: (encoder pyramid, input) -> (B, out_channels, X, Y, Z) at input resolution."""
 
-    def __init__(self, encoder: nn.Module, classes: int, base: int = 16) -> None:
+    def __init__(self, channels: list[int], out_channels: int, base: int = 16) -> None:
         super().__init__()
         from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrUpBlock
 
-        self.encoder = encoder
-        ch = list(encoder.channels)
+        ch = list(channels)
         self.stem = UnetrBasicBlock(3, 1, base, kernel_size=3, stride=1, norm_name="instance", res_block=True)
         self.bottleneck = UnetrBasicBlock(3, ch[-1], ch[-1], kernel_size=3, stride=1, norm_name="instance", res_block=True)
         self.skips = nn.ModuleList(UnetrBasicBlock(3, c, c, kernel_size=3, stride=1, norm_name="instance", res_block=True)
@@ -23,14 +22,25 @@ class Segmenter(nn.Module):
         self.ups = nn.ModuleList(UnetrUpBlock(3, ch[i + 1], ch[i], kernel_size=3, upsample_kernel_size=2,
                                               norm_name="instance", res_block=True) for i in range(len(ch) - 1))
         self.final_up = UnetrUpBlock(3, ch[0], base, kernel_size=3, upsample_kernel_size=2, norm_name="instance", res_block=True)
-        self.out = UnetOutBlock(3, base, classes)
+        self.out = UnetOutBlock(3, base, out_channels)
 
-    def forward(self, x: Tensor) -> Tensor:
-        feats = self.encoder.pyramid(x)
+    def forward(self, feats: list[Tensor], x: Tensor) -> Tensor:
         d = self.bottleneck(feats[-1])
         for i in range(len(feats) - 2, -1, -1):
             d = self.ups[i](d, self.skips[i](feats[i]))
         return self.out(self.final_up(d, self.stem(x)))
+
+
+class Segmenter(nn.Module):
+    """encoder pyramid (strides 2..2^L) + `UNetDecoder` -> (B, classes, X, Y, Z) logits."""
+
+    def __init__(self, encoder: nn.Module, classes: int, base: int = 16) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = UNetDecoder(encoder.channels, classes, base)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.decoder(self.encoder.pyramid(x), x)
 
 
 def dice_ce_loss(logits: Tensor, label: Tensor) -> tuple[Tensor, Tensor]:
