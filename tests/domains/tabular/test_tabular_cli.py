@@ -152,9 +152,11 @@ def test_bad_inputs_one_line_exit_2(adult_csv, tiny_run, tmp_path):
     _one_line_exit_2(run_cli("evaluate", tiny_run, adult_csv, "--target", "age"), "was a feature")
 
 
-def test_resume_after_sigterm_matches_uninterrupted(adult_csv, tmp_path):
+@pytest.mark.parametrize("tokens", [[], ["--set", "model.num_bins=8", "--set", "model.bin_edges=data"]],
+                         ids=["value-times-vector", "data-fitted-bins"])
+def test_resume_after_sigterm_matches_uninterrupted(adult_csv, tmp_path, tokens):
     args = ["-m", "sslkit", "tabular", "pretrain", str(adult_csv), "--target", "income", "--id", "id", "-r", "tiny",
-            "--set", "train.steps=150", "--set", "train.checkpoint_every=5"]
+            "--set", "train.steps=150", "--set", "train.checkpoint_every=5", *tokens]
     full = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "full")], capture_output=True, text=True, env=ENV)
     assert full.returncode == 0, full.stderr
     proc = subprocess.Popen([sys.executable, *args, "--out", str(tmp_path / "cut")], stderr=subprocess.PIPE,
@@ -191,10 +193,12 @@ def test_torchrun_two_processes(adult_csv, tmp_path):
 def test_piecewise_linear_tokenizer_trains_exports_and_embeds(adult_csv, tmp_path):
     run = tmp_path / "ple"
     res = run_cli("pretrain", adult_csv, "--target", "income", "--id", "id", "-r", "tiny", "--out", run,
-                  "--set", "model.num_bins=8", "--set", "train.steps=10")
+                  "--set", "model.num_bins=8", "--set", "model.bin_edges=data", "--set", "train.steps=10")
     assert res.returncode == 0, res.stderr
     enc = sslkit.load_encoder(run)
     assert enc.sslkit_config["kwargs"]["n_bins"] == 8 and enc.tokenizer.num_weight.shape[1:] == (8, 16)
+    assert enc.sslkit_config["kwargs"]["bin_edges"] == "data" and enc.tokenizer.edges.shape[1] == 9
+    assert not torch.equal(enc.tokenizer.edges[0], enc.tokenizer.edges[1])   # fitted per feature, saved, reloaded
     res = run_cli("embed", run, adult_csv, "--out", tmp_path / "e.parquet")
     assert res.returncode == 0, res.stderr
     ids, z = read_embeddings(tmp_path / "e.parquet")

@@ -153,3 +153,46 @@ def test_piecewise_tokenizer_bends_with_the_value():
     assert not torch.allclose(t[1] - t[0], t[2] - t[1], atol=1e-4)
     with pytest.raises(ValueError, match="n_bins"):
         FeatureTokenizer(1, [], 8, n_bins=1)
+
+
+def test_data_edges_give_every_frequent_amount_its_own_bin():
+    import numpy as np
+
+    from sslkit.domains.tabular.model import data_edges, piecewise_linear
+
+    rng = np.random.default_rng(0)
+    # capital_gain-like: 92% zeros, 40 distinct amounts, a few missing values (NaN, left out)
+    amounts = np.sort(rng.normal(2.0, 0.5, 40))
+    x = np.where(rng.random(5000) < 0.92, 0.0, amounts[rng.integers(0, 40, 5000)])
+    x[:10] = np.nan
+    e = data_edges(x, 64)
+    assert e.shape == (65,) and (np.diff(e) > 0).all()
+    codes = piecewise_linear(torch.tensor(np.r_[0.0, amounts], dtype=torch.float32)[:, None], torch.tensor(e))[:, 0]
+    assert len(torch.unique(codes.round(decimals=4), dim=0)) == 41              # every amount distinguishable
+    # shared normal-quantile bins leave the 40 amounts in a few bins (that is what data edges fix)
+    from sslkit.domains.tabular.model import normal_edges
+    shared = piecewise_linear(torch.tensor(amounts, dtype=torch.float32)[:, None], normal_edges(16))[:, 0]
+    assert int((shared.std(0) > 0).sum()) <= 4
+    # few distinct values: padded below the minimum, still increasing
+    e = data_edges(np.array([1.0, 2.0, 2.0, 3.0]), 16)
+    assert e.shape == (17,) and (np.diff(e) > 0).all() and e[-1] == 3.0
+
+
+def test_data_bin_edges_are_fitted_in_both_encoders_and_saved():
+    import numpy as np
+
+    model = TJepaModel(dim=16, depth=1, heads=2, ffn=16, pred_dim=8, pred_depth=1, num_bins=8, bin_edges="data")
+    m = TJepa(4, CARDS, model, TJepaMasks(), TJepaEMA())
+    b = _batch(256)
+    m.fit_bin_edges(b["num"].numpy(), b["miss"].numpy())
+    e = m.context_encoder.tokenizer.edges
+    assert e.shape == (4, 9) and torch.equal(e, m.encoder.tokenizer.edges) and not torch.equal(e[0], e[1])
+    assert "tokenizer.edges" in m.encoder.state_dict()
+    enc = ENCODERS["t-jepa"](**m.kwargs)
+    enc.load_state_dict(m.encoder.state_dict())
+    assert torch.equal(enc.tokenizer.edges, e)
+    # shared normal bins stay out of the state dict (encoders exported before the option still load)
+    plain = TJepa(4, CARDS, TJepaModel(dim=16, depth=1, heads=2, ffn=16, pred_dim=8, pred_depth=1, num_bins=8),
+                  TJepaMasks(), TJepaEMA())
+    assert "tokenizer.edges" not in plain.encoder.state_dict() and "bin_edges" not in plain.kwargs
+    assert np.isfinite(m.encoder(b["num"], b["miss"], b["cat"]).numpy()).all()

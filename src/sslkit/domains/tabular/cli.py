@@ -119,6 +119,8 @@ def pretrain(
     seed_everything(cfg.train.seed)
     method = build_method(cfg, len(pre.numeric), pre.cardinalities)
     rows = EncodedRows(run.path("cache"))
+    if not resume and hasattr(method, "fit_bin_edges"):   # resume: the edges come back with the checkpoint
+        method.fit_bin_edges(rows.arrays["num"], rows.arrays["miss"])
     result = fit(method, rows, cfg.train, run, collate_fn=rows.collate, resume=resume)
     if distributed.is_main():
         extra = {"preprocess": json.loads(pre.to_json()), "method": cfg.method, "out_dim": int(method.encoder.out_dim)}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field
@@ -42,6 +43,7 @@ class TJepaModel(Section):
     dropout: float = 0.0
     pool: Literal["mean", "mean_reg", "flatten"] = "mean_reg"   # exported representation (NF in the card)
     num_bins: int = Field(0, ge=0)     # 0: value × vector (card); k ≥ 2: piecewise-linear encoding over k bins
+    bin_edges: Literal["normal", "data"] = "normal"   # shared normal-quantile bins, or per feature from the table
     pred_dim: int = 16
     pred_depth: int = 16
     pred_heads: int = 4
@@ -92,12 +94,19 @@ class TJepa(nn.Module):
         self.kwargs = dict(n_num=n_num, cardinalities=list(cardinalities), dim=model.dim, depth=model.depth,
                            heads=model.heads, ffn=model.ffn, n_reg=model.n_reg, dropout=model.dropout, pool=model.pool,
                            n_bins=model.num_bins)
+        if model.bin_edges != "normal":   # only when set, so encoders exported before the option load unchanged
+            self.kwargs["bin_edges"] = model.bin_edges
         self.masks, self.ema = masks, ema
         self.context_encoder = TJepaEncoder(**self.kwargs)
         self.encoder = make_target(self.context_encoder)          # EMA target: no gradient, exported
         self.predictor = TJepaPredictor(self.context_encoder.n_features, model.dim, model.pred_dim, model.pred_depth,
                                         model.pred_heads, n_reg=model.n_reg, dropout=model.dropout)
         self.momentum = ema.start
+
+    def fit_bin_edges(self, num: np.ndarray, miss: np.ndarray) -> None:
+        """Per-feature numeric bins from the pretraining rows (model.bin_edges=data), in both encoders."""
+        for enc in (self.context_encoder, self.encoder):
+            enc.tokenizer.fit_edges(num, miss)
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor | float]]:
         num, miss, cat = batch["num"], batch["miss"], batch["cat"]
