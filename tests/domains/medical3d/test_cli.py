@@ -83,6 +83,22 @@ def test_finetune_writes_dice_and_predictions_on_input_grid(tiny_run: Path, tmp_
     assert scratch.exit_code == 2 and "already exists" in scratch.output  # never overwrites without --overwrite
 
 
+def test_unet_reconstruction_decoder_starts_the_finetuning_decoder(volumes: Path, tmp_path: Path) -> None:
+    from tests.domains.medical3d.conftest import write_volumes
+
+    run = tmp_path / "unet"
+    res = invoke("pretrain", volumes / "img", "-r", "tiny", "--out", run, "--set", "alice.recon_decoder=unet",
+                 "--set", "alice.centering=sinkhorn", "--set", "train.steps=2")
+    assert res.exit_code == 0, res.output
+    data = write_volumes(tmp_path / "d", n=2)
+    for arm, flags, moved in (("pre", [], True), ("fresh", ["--set", "finetune.transfer_decoder=false"], False)):
+        res = invoke("finetune", run, data / "img", data / "lab", "--train", "1", "--out", tmp_path / arm,
+                     "--set", "finetune.steps=1", *flags)
+        assert res.exit_code == 0, res.output
+        manifest = json.loads((tmp_path / arm / "manifest.json").read_text())
+        assert (manifest.get("decoder_from_pretraining", 0) > 0) == moved
+
+
 def test_bad_inputs_are_one_line_exit_2(tiny_run: Path, volumes: Path, tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     cases = [

@@ -91,6 +91,9 @@ def test_alice_unet_reconstruction_decoder_moves_to_finetuning(tmp_path) -> None
     loss.backward()
     assert torch.isfinite(loss) and m.recon.stem.layer.conv1.conv.weight.grad is not None
     save_checkpoint(tmp_path / "checkpoints" / "last.pt", {"model": m.state_dict()})
+    (tmp_path / "recipe.yaml").write_text("alice: {recon_decoder: linear}\n")
+    assert load_decoder(Segmenter(m.encoder, 3, base=m.recon.out.conv.conv.in_channels).decoder, tmp_path) == 0
+    (tmp_path / "recipe.yaml").write_text("alice: {recon_decoder: unet}\n")
     seg = Segmenter(m.encoder, classes=3, base=m.recon.out.conv.conv.in_channels)
     moved = load_decoder(seg.decoder, tmp_path)
     assert moved == len(seg.decoder.state_dict()) - 2                 # all but the output conv (1 vs 3 channels)

@@ -83,9 +83,13 @@ def load_decoder(decoder: torch.nn.Module, pretrained: Path) -> int:
     from sslkit.core.checkpoint import load_checkpoint
     from sslkit.core.console import warn
 
-    ckpt = Path(pretrained) / "checkpoints" / "last.pt"
-    if not ckpt.is_file():
+    import yaml
+
+    recipe, ckpt = Path(pretrained) / "recipe.yaml", Path(pretrained) / "checkpoints" / "last.pt"
+    if not (recipe.is_file() and ckpt.is_file()):
         return 0
+    if ((yaml.safe_load(recipe.read_text()) or {}).get("alice") or {}).get("recon_decoder") != "unet":
+        return 0                                          # no decoder to reuse: skip reading the checkpoint
     weights = {k[len("recon."):]: v for k, v in load_checkpoint(ckpt)["model"].items() if k.startswith("recon.")}
     wanted = {k: v for k, v in decoder.state_dict().items() if not k.startswith("out.")}
     if not all(k in weights for k in wanted):
