@@ -196,3 +196,20 @@ def test_data_bin_edges_are_fitted_in_both_encoders_and_saved():
                   TJepaMasks(), TJepaEMA())
     assert "tokenizer.edges" not in plain.encoder.state_dict() and "bin_edges" not in plain.kwargs
     assert np.isfinite(m.encoder(b["num"], b["miss"], b["cat"]).numpy()).all()
+
+
+def test_block_last_positions_equal_the_full_block_and_the_predictor_uses_them():
+    from sslkit.domains.tabular.model import Block, TJepaPredictor
+
+    torch.manual_seed(0)
+    block = Block(16, 4, 32)
+    x = torch.randn(5, 9, 16)
+    torch.testing.assert_close(block(x, last=3), block(x)[:, -3:])
+    pred = TJepaPredictor(10, 32, dim=16, depth=2, heads=4).eval()
+    ctx, ctx_idx, tgt_idx = torch.randn(4, 5, 32), torch.tensor([0, 2, 4, 6]), torch.tensor([[1, 3], [5, 7], [8, 9]])
+    full = pred.embed(ctx) + torch.cat([torch.zeros(1, 16), pred.pos[ctx_idx]])
+    masks = (pred.mask_token + pred.pos[tgt_idx]).unsqueeze(1).expand(3, 4, 2, 16).reshape(12, 2, 16)
+    seq = torch.cat([full.repeat(3, 1, 1), masks], dim=1)
+    for blk in pred.blocks:
+        seq = blk(seq)
+    torch.testing.assert_close(pred(ctx, ctx_idx, tgt_idx), pred.out(pred.norm(seq[:, -2:])).reshape(3, 4, 2, 32))

@@ -164,11 +164,14 @@ class Block(nn.Module):
         self.ff = nn.Sequential(nn.Linear(dim, ffn), nn.ReLU(), nn.Dropout(dropout), nn.Linear(ffn, dim))
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, last: int = 0) -> Tensor:
+        """`last` > 0: only the last `last` positions attend (to all) and come out: (B, last, dim)."""
         b, t, d = x.shape
         q, k, v = self.qkv(self.norm1(x)).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        if last:
+            q, x = q[:, :, -last:], x[:, -last:]
         o = attention(q, k, v, self.dropout if self.training else 0.0)
-        x = x + self.drop(self.proj(o.transpose(1, 2).reshape(b, t, d)))
+        x = x + self.drop(self.proj(o.transpose(1, 2).reshape(b, x.shape[1], d)))
         return x + self.drop(self.ff(self.norm2(x)))
 
 
@@ -246,9 +249,10 @@ class TJepaPredictor(nn.Module):
         masks = (self.mask_token + self.pos[tgt_idx]).to(x.dtype)               # (T, k_t, dim)
         masks = masks.unsqueeze(1).expand(t, b, k_t, -1).reshape(t * b, k_t, -1)
         x = torch.cat([x, masks], dim=1)
-        for block in self.blocks:
+        for block in self.blocks[:-1]:
             x = block(x)
-        return self.out(self.norm(x[:, -k_t:])).reshape(t, b, k_t, -1)
+        x = self.blocks[-1](x, last=k_t)       # only the mask tokens' outputs are read: the last block skips the rest
+        return self.out(self.norm(x)).reshape(t, b, k_t, -1)
 
 
 class ScarfEncoder(nn.Module):
