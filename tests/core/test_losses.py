@@ -551,6 +551,7 @@ def _distributed_worker(
     dino = DINOLoss(out_dim=t[0].shape[1])
     dino([v[local] for v in t], [v[local] for v in t])
     results["center"] = dino.center.clone()
+    results["sinkhorn"] = sinkhorn_knopp(t[0][local], 0.1)
     out[rank] = results
     dist.destroy_process_group()
 
@@ -572,6 +573,8 @@ def test_gather_distributed_matches_single_process(tmp_path: Path) -> None:
         assert torch.allclose(torch.cat([r[2] for r in per_rank]), b.grad)
     expected_center = 0.1 * torch.cat(t).mean(0, keepdim=True)
     assert torch.allclose(out[0]["center"], expected_center) and torch.allclose(out[1]["center"], expected_center)
+    # Sinkhorn-Knopp over 2 ranks = over the whole batch in one process
+    assert torch.allclose(torch.cat([out[r]["sinkhorn"] for r in range(2)]), sinkhorn_knopp(t[0], 0.1))
 
 
 @pytest.mark.parametrize("loss_cls", [VICRegLoss, BarlowTwinsLoss])

@@ -146,6 +146,14 @@ def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     return x / dist.get_world_size()
 
 
+def all_reduce_max(x: torch.Tensor) -> torch.Tensor:
+    if not dist.is_initialized():
+        return x
+    x = x.clone()
+    dist.all_reduce(x, op=dist.ReduceOp.MAX)
+    return x
+
+
 def cleanup() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -90,16 +90,17 @@ def test_alice_unet_reconstruction_decoder_moves_to_finetuning(tmp_path) -> None
     loss, metrics = m({"query": torch.rand(2, 1, 32, 32, 32), "anchor": torch.rand(2, 1, 32, 32, 32)})
     loss.backward()
     assert torch.isfinite(loss) and m.recon.stem.layer.conv1.conv.weight.grad is not None
-    save_checkpoint(tmp_path / "checkpoints" / "last.pt", {"model": m.state_dict()})
-    (tmp_path / "recipe.yaml").write_text("alice: {recon_decoder: linear}\n")
-    assert load_decoder(Segmenter(m.encoder, 3, base=m.recon.out.conv.conv.in_channels).decoder, tmp_path) == 0
-    (tmp_path / "recipe.yaml").write_text("alice: {recon_decoder: unet}\n")
+    ckpt = tmp_path / "unet.pt"
+    save_checkpoint(ckpt, {"model": m.state_dict()})
     seg = Segmenter(m.encoder, classes=3, base=m.recon.out.conv.conv.in_channels)
-    moved = load_decoder(seg.decoder, tmp_path)
+    moved = load_decoder(seg.decoder, ckpt)
     assert moved == len(seg.decoder.state_dict()) - 2                 # all but the output conv (1 vs 3 channels)
     assert torch.equal(seg.decoder.ups[0].transp_conv.conv.weight, m.recon.ups[0].transp_conv.conv.weight)
-    assert load_decoder(Segmenter(m.encoder, 3, base=4).decoder, tmp_path) == 0   # other widths: nothing moves
-    assert load_decoder(seg.decoder, tmp_path / "nowhere") == 0                  # an exported encoder: no decoder
+    assert load_decoder(Segmenter(m.encoder, 3, base=4).decoder, ckpt) == 0   # other widths: nothing moves
+    linear = tmp_path / "linear.pt"
+    save_checkpoint(linear, {"model": Alice(_tiny("tiny")).state_dict()})
+    assert load_decoder(seg.decoder, linear) == 0                            # a linear head: no decoder
+    assert load_decoder(seg.decoder, tmp_path / "nowhere.pt") == 0          # no checkpoint
 
 
 def test_swin_ssl_forward() -> None:

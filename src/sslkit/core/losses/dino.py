@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sslkit.core.distributed import all_reduce_mean
+from sslkit.core.distributed import all_reduce_max, all_reduce_mean
 
 Views = Tensor | Sequence[Tensor]
 
@@ -42,15 +42,10 @@ def sinkhorn_knopp(logits: Tensor, temp: float, iters: int = 3) -> Tensor:
 
 def _batch_logsumexp(x: Tensor) -> Tensor:
     """log Σ_batch exp(x) per column (1, K), over the batches of all ranks."""
-    import torch.distributed as dist
-
     from sslkit.core.distributed import world_size
 
-    m = x.max(dim=0, keepdim=True).values
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(m, op=dist.ReduceOp.MAX)
-    total = all_reduce_mean((x - m).exp().sum(dim=0, keepdim=True)) * world_size()
-    return m + total.log()
+    m = all_reduce_max(x.max(dim=0, keepdim=True).values)
+    return m + (all_reduce_mean((x - m).exp().sum(dim=0, keepdim=True)) * world_size()).log()
 
 
 def _as_list(views: Views, name: str) -> list[Tensor]:

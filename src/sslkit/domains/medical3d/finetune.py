@@ -73,30 +73,22 @@ def class_names(labels: Path, classes: int) -> list[str]:
     return [names[c] for c in range(1, classes)]
 
 
-def load_decoder(decoder: torch.nn.Module, pretrained: Path) -> int:
-    """Start `decoder` from the pretraining run's U-Net reconstruction decoder (`alice.recon_decoder: unet`).
+def load_decoder(decoder: torch.nn.Module, checkpoint: Path) -> int:
+    """Start `decoder` from a pretraining checkpoint's U-Net reconstruction decoder (`alice.recon_decoder: unet`).
 
     All tensors but the output layer (1 channel there) must match by name and shape, else nothing
-    moves (with a warning: e.g. another `decoder_channels`). Returns the number of tensors copied;
-    0 for an exported encoder folder or a run with the linear reconstruction head.
+    moves, with a warning (e.g. another `decoder_channels`). Returns the number of tensors copied.
     """
     from sslkit.core.checkpoint import load_checkpoint
     from sslkit.core.console import warn
 
-    import yaml
-
-    recipe, ckpt = Path(pretrained) / "recipe.yaml", Path(pretrained) / "checkpoints" / "last.pt"
-    if not (recipe.is_file() and ckpt.is_file()):
+    if not checkpoint.is_file():
         return 0
-    if ((yaml.safe_load(recipe.read_text()) or {}).get("alice") or {}).get("recon_decoder") != "unet":
-        return 0                                          # no decoder to reuse: skip reading the checkpoint
-    weights = {k[len("recon."):]: v for k, v in load_checkpoint(ckpt)["model"].items() if k.startswith("recon.")}
+    weights = {k[len("recon."):]: v for k, v in load_checkpoint(checkpoint)["model"].items() if k.startswith("recon.")}
     wanted = {k: v for k, v in decoder.state_dict().items() if not k.startswith("out.")}
-    if not all(k in weights for k in wanted):
-        return 0
-    if any(weights[k].shape != v.shape for k, v in wanted.items()):
-        warn(f"the pretraining run's reconstruction decoder has other widths than finetune.decoder_channels — "
-             f"the decoder starts fresh (set finetune.decoder_channels as in {pretrained / 'recipe.yaml'} to reuse it)")
+    if any(k not in weights or weights[k].shape != v.shape for k, v in wanted.items()):
+        warn(f"{checkpoint} holds no reconstruction decoder of this shape (another finetune.decoder_channels, or "
+             "pretrained without alice.recon_decoder=unet) — the decoder starts fresh")
         return 0
     decoder.load_state_dict({k: weights[k] for k in wanted}, strict=False)
     return len(wanted)
@@ -135,8 +127,9 @@ def run_finetune(cfg: Medical3DRecipe, pretrained: Path | None, pairs: list[Volu
     if ft.roi % encoder.stride:
         raise UserError(f"finetune.roi={ft.roi} must be a multiple of the encoder stride {encoder.stride}")
     segmenter = Segmenter(encoder, classes, ft.decoder_channels)
-    if pretrained is not None and ft.transfer_decoder:
-        run.update_manifest(decoder_from_pretraining=load_decoder(segmenter.decoder, pretrained))
+    if pretrained is not None and ft.transfer_decoder and cfg.alice.recon_decoder == "unet":
+        moved = load_decoder(segmenter.decoder, Run.load(pretrained).checkpoint_path)
+        run.update_manifest(decoder_from_pretraining=moved)
     task = SegmentationTask(segmenter, spec,
                             encoder_lr_mult=ft.encoder_lr_mult, weight_decay=rec.train.weight_decay)
     data = LabelledCrops(train_e, ft.roi, ft.samples_per_volume, train_regions)
