@@ -31,6 +31,7 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.filterwarnings("error")   # the refusal is the only message: no torch warning before it
 def test_raw_pickle_file_is_refused(tmp_path):
     marker = tmp_path / "pwned2"
     path = tmp_path / "last.pt"

@@ -228,9 +228,11 @@ def read_pyg(path: Path) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | No
     from torch_geometric.data.data import DataEdgeAttr, DataTensorAttr
     from torch_geometric.data.storage import GlobalStorage
 
+    from sslkit.core.checkpoint import load_weights_only
+
     try:
         with torch.serialization.safe_globals([Data, DataEdgeAttr, DataTensorAttr, GlobalStorage]):
-            obj = torch.load(path, weights_only=True, map_location="cpu")
+            obj = load_weights_only(path)
     except Exception as exc:  # noqa: BLE001 — unpickling errors come in many types; all mean "not a safe Data file"
         raise UserError(f"{path} is not a PyG Data file that loads safely ({type(exc).__name__}: "
                         f"{str(exc).splitlines()[0][:120]}) — save `Data(x=..., edge_index=...)` with torch.save") from None
