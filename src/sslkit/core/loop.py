@@ -308,7 +308,8 @@ def fit(
     if distributed.is_main():
         from sslkit.core.plots import loss_curve
 
-        loss_curve(run.metrics(), run.path("plots", "loss.png"), title=f"{run.recipe_dict['domain']} / {run.recipe_dict['method']}")
+        loss_curve(run.metrics(), run.path("plots", "loss.png"), title=f"{run.recipe_dict['domain']} / {run.recipe_dict['method']}",
+                   terms=tuple(getattr(core, "loss_terms", ())))
     return FitResult(step=step, device=device, last_loss=last_loss, seconds=time.perf_counter() - t_start)
 
 

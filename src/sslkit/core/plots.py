@@ -26,16 +26,25 @@ def save_figure(fig: Any, path: Path) -> Path:
     return path
 
 
-def loss_curve(records: list[dict[str, Any]], path: Path, title: str = "") -> Path | None:
-    """Loss (and learning rate on a twin axis) against optimizer step; None when nothing was logged."""
+def loss_curve(records: list[dict[str, Any]], path: Path, title: str = "", terms: tuple[str, ...] = ()) -> Path | None:
+    """Loss (and learning rate on a twin axis) against optimizer step; None when nothing was logged.
+
+    `terms`: names of logged loss terms (a method's `loss_terms`); those present get a second panel, each
+    as logged (before its weight), on a log scale when all are positive — so a total that rises can be
+    traced to the term that rises.
+    """
     points = [(r["step"], r["loss"]) for r in records if "loss" in r and "step" in r]
     if not points:
         return None
     plt = pyplot()
     steps, losses = map(np.asarray, zip(*points))
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
+    curves = {t: [(r["step"], r[t]) for r in records if t in r and "step" in r] for t in terms}
+    curves = {t: c for t, c in curves.items() if c}
+    if curves:
+        fig, (ax, ax_terms) = plt.subplots(2, 1, figsize=(6, 5.5), dpi=120, sharex=True)
+    else:
+        fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
     ax.plot(steps, losses, color="tab:blue", lw=1.5, label="loss")
-    ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss", color="tab:blue")
     lrs = [(r["step"], r["lr"]) for r in records if "lr" in r]
     if lrs:
@@ -44,6 +53,17 @@ def loss_curve(records: list[dict[str, Any]], path: Path, title: str = "") -> Pa
         ax2.set_ylabel("learning rate", color="tab:gray")
     ax.set_title(title or "training loss")
     ax.grid(alpha=0.3)
+    if curves:
+        for t, c in curves.items():
+            ax_terms.plot(*zip(*c), lw=1.3, label=t)
+        if all(v > 0 for c in curves.values() for _, v in c):
+            ax_terms.set_yscale("log")
+        ax_terms.set_ylabel("loss terms (unweighted)")
+        ax_terms.legend(fontsize=8, loc="best")
+        ax_terms.grid(alpha=0.3)
+        ax_terms.set_xlabel("optimizer step")
+    else:
+        ax.set_xlabel("optimizer step")
     return save_figure(fig, path)
 
 

@@ -179,6 +179,8 @@ class SCGC(nn.Module):
     cumulative=True is SCGC* (IAC mask, no decoder); False is SCGC (A^r mask + reconstruction).
     """
 
+    loss_terms = ("loss_nc", "loss_rec", "loss_kl")
+
     def __init__(self, in_dim: int, hops: int, clusters: int | None, model: GraphModel, loss: GraphLoss,
                  cumulative: bool = True) -> None:
         super().__init__()

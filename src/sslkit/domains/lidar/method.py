@@ -69,6 +69,8 @@ def focal_heatmap_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float 
 class StudentDetector(nn.Module):
     """forward(batch) -> (loss, metrics); `encoder` is the exported pillar/BEV encoder."""
 
+    loss_terms = ("heatmap_loss", "reg_loss")
+
     def __init__(self, cfg: StudentModel) -> None:
         super().__init__()
         self.cfg = cfg

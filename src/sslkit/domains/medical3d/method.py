@@ -77,6 +77,8 @@ class CASA(nn.Module):
 class Alice(nn.Module):
     """forward({"query", "anchor"}: (B, 1, R, R, R)) -> (loss, metrics)."""
 
+    loss_terms = ("global", "patch", "recon")
+
     def __init__(self, recipe: Medical3DRecipe) -> None:
         super().__init__()
         self.cfg, self.roi = recipe.alice, recipe.data.roi
@@ -161,6 +163,8 @@ class Alice(nn.Module):
 
 class SwinSSL(nn.Module):
     """forward({"image": (B, 1, R, R, R)}) -> (loss, metrics); rotation + contrastive + inpainting heads."""
+
+    loss_terms = ("rot", "contrast", "recon")
 
     def __init__(self, recipe: Medical3DRecipe) -> None:
         super().__init__()
