@@ -163,18 +163,22 @@ def test_resume_after_sigterm_matches_uninterrupted(volumes: Path, tmp_path: Pat
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_torchrun_two_processes_swin(volumes: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("recipe", "extra", "dim"), [
+    ("tiny-swin", [], 192),
+    ("tiny", ["--set", "alice.centering=sinkhorn"], 128),   # Alice: Sinkhorn-Knopp targets all-reduced across ranks
+])
+def test_torchrun_two_processes(volumes: Path, tmp_path: Path, recipe: str, extra: list, dim: int) -> None:
     out = tmp_path / "ddp"
     res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          "-m", "sslkit", "medical3d", "pretrain", str(volumes / "img"), "-r", "tiny-swin",
-                          "--set", "train.steps=2", "--out", str(out)], capture_output=True, text=True, env=ENV,
-                         timeout=600)
+                          "-m", "sslkit", "medical3d", "pretrain", str(volumes / "img"), "-r", recipe,
+                          "--set", "train.steps=2", *extra, "--out", str(out)], capture_output=True, text=True,
+                         env=ENV, timeout=600)
     # on failure show the ranks' own errors (the head of stderr), not only torchrun's summary (the tail)
     assert res.returncode == 0, res.stderr[:6000] + "\n…\n" + res.stderr[-1500:]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["world_size"] == 2
     assert [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [2]
-    assert sslkit.load_encoder(out)(torch.rand(1, 1, 32, 32, 32)).shape == (1, 192)
+    assert sslkit.load_encoder(out)(torch.rand(1, 1, 32, 32, 32)).shape == (1, dim)
 
 
 def test_class_names_read_msd_and_nnunet_mappings_and_reject_bad_json(tmp_path: Path) -> None:
