@@ -30,8 +30,8 @@ def loss_curve(records: list[dict[str, Any]], path: Path, title: str = "", terms
     """Loss (and learning rate on a twin axis) against optimizer step; None when nothing was logged.
 
     `terms`: names of logged loss terms (a method's `loss_terms`); those present get a second panel, each
-    as logged (before its weight), on a log scale when all are positive — so a total that rises can be
-    traced to the term that rises.
+    as logged (before its weight), on a log scale when they are positive and over a decade apart, so a
+    total that rises can be traced to the term that rises.
     """
     points = [(r["step"], r["loss"]) for r in records if "loss" in r and "step" in r]
     if not points:
@@ -56,7 +56,8 @@ def loss_curve(records: list[dict[str, Any]], path: Path, title: str = "", terms
     if curves:
         for t, c in curves.items():
             ax_terms.plot(*zip(*c), lw=1.3, label=t)
-        if all(v > 0 for c in curves.values() for _, v in c):
+        values = [v for c in curves.values() for _, v in c]
+        if min(values) > 0 and max(values) / min(values) > 20:   # terms a decade or more apart
             ax_terms.set_yscale("log")
         ax_terms.set_ylabel("loss terms (unweighted)")
         ax_terms.legend(fontsize=8, loc="best")
