@@ -186,6 +186,9 @@ def fit(
 ) -> FitResult:
     """Train `method` (forward(batch) -> (loss, metrics)) on `dataset` for `train.steps` optimizer steps.
 
+    Optional on `method`: `after_step(step, total)` (EMA teachers, schedules), `encoder_spec()` (export),
+    `param_groups()`, and `loss_terms` (names of metrics drawn under the loss in `plots/loss.png`).
+
     `until` stops early at that step after writing a checkpoint (time-boxed jobs, resume tests).
     """
     t_start = time.perf_counter()

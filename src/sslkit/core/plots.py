@@ -57,7 +57,7 @@ def loss_curve(records: list[dict[str, Any]], path: Path, title: str = "", terms
         for t, c in curves.items():
             ax_terms.plot(*zip(*c), lw=1.3, label=t)
         values = [v for c in curves.values() for _, v in c]
-        if min(values) > 0 and max(values) / min(values) > 20:   # terms a decade or more apart
+        if min(values) > 0 and max(values) / min(values) > 20:   # over a decade apart
             ax_terms.set_yscale("log")
         ax_terms.set_ylabel("loss terms (unweighted)")
         ax_terms.legend(fontsize=8, loc="best")
