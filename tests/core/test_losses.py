@@ -286,9 +286,11 @@ def test_dino_center_update_follows_formula() -> None:
     first = 0.1 * torch.cat([t0, t1]).mean(0, keepdim=True)
     assert torch.allclose(loss_fn.center, first)
     t2, t3 = torch.randn(4, 3), torch.randn(4, 3)
+    before = [loss_fn.teacher_probs(t) for t in (t2, t3)]   # with the centre the call will use, before it moves
     loss_fn(s, [t2, t3])
     second = 0.9 * first + 0.1 * torch.cat([t2, t3]).mean(0, keepdim=True)
     assert torch.allclose(loss_fn.center, second)
+    assert all(torch.equal(a, b) for a, b in zip(loss_fn.last_targets, before, strict=True))   # the targets used
     loss_fn.eval()(s, [torch.randn(4, 3), torch.randn(4, 3)])
     assert torch.allclose(loss_fn.center, second)  # evaluation does not move the centre
 

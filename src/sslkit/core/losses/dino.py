@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sslkit.core.distributed import all_reduce_max, all_reduce_mean
+from sslkit.core.distributed import all_reduce_max, all_reduce_mean, world_size
 
 Views = Tensor | Sequence[Tensor]
 
@@ -30,8 +30,6 @@ def sinkhorn_knopp(logits: Tensor, temp: float, iters: int = 3) -> Tensor:
     output while the samples differ, which keeps small batches from collapsing. Computed in the
     log domain, so sharp temperatures on unbounded logits do not underflow.
     """
-    from sslkit.core.distributed import world_size
-
     n = logits.shape[0] * world_size()
     log_q = logits.float() / temp
     for _ in range(iters):
@@ -42,8 +40,6 @@ def sinkhorn_knopp(logits: Tensor, temp: float, iters: int = 3) -> Tensor:
 
 def _batch_logsumexp(x: Tensor) -> Tensor:
     """log Σ_batch exp(x) per column (1, K), over the batches of all ranks."""
-    from sslkit.core.distributed import world_size
-
     m = all_reduce_max(x.max(dim=0, keepdim=True).values)
     return m + (all_reduce_mean((x - m).exp().sum(dim=0, keepdim=True)) * world_size()).log()
 
@@ -95,6 +91,7 @@ class DINOLoss(nn.Module):
             raise ValueError(f"DINO centering must be 'center' or 'sinkhorn', got {centering!r}")
         self.centering = centering
         self.register_buffer("center", torch.zeros(1, out_dim))
+        self.last_targets: list[Tensor] = []   # the teacher targets of the last call, one per view (diagnostics)
 
     def teacher_temperature(self, step: int) -> float:
         """Linear warmup from warmup_teacher_temp to teacher_temp, then constant."""
@@ -171,7 +168,7 @@ class DINOLoss(nn.Module):
         if pairs is None:
             pairs = self._default_pairs(len(teacher), len(student))
         self._check(teacher, student, pairs)
-        probs = [self.teacher_probs(t, step) for t in teacher]
+        probs = self.last_targets = [self.teacher_probs(t, step) for t in teacher]
         loss = torch.stack([dino_cross_entropy(probs[t], student[s], self.student_temp) for t, s in pairs]).mean()
         if self.training:
             self.update_center(teacher)

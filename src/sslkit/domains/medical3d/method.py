@@ -23,6 +23,7 @@ from sslkit.core.losses.dino import DINOLoss
 from sslkit.core.losses.nt_xent import nt_xent
 from sslkit.domains.medical3d.model import SIZES, ConvEncoder3d, SwinEncoder3d, _norm
 from sslkit.domains.medical3d.recipe import Medical3DRecipe, ModelConfig
+from sslkit.domains.medical3d.segmentation import UNetDecoder
 from sslkit.domains.medical3d.transforms import column_mask, inpainting_cutout, rotate
 
 RECIPE_SCHEMA = Medical3DRecipe
@@ -95,8 +96,6 @@ class Alice(nn.Module):
         self.patch_head = DINOHead(c, a.patch_out_dim, a.head_hidden, a.head_bottleneck)
         self.casa = CASA(c, a.casa_heads)
         if a.recon_decoder == "unet":
-            from sslkit.domains.medical3d.segmentation import UNetDecoder
-
             self.recon: nn.Module = UNetDecoder(self.encoder.channels, 1, recipe.finetune.decoder_channels)
         else:
             self.recon = VoxelShuffleHead(c, self.encoder.stride)
@@ -145,9 +144,9 @@ class Alice(nn.Module):
         err = (rec - views.float()) ** 2 * mask
         l_rec = err.sum() / mask.sum().clamp_min(1.0)
         loss = a.global_weight * l_global + a.patch_weight * l_patch + a.recon_weight * l_rec
-        tp = self.global_loss.teacher_probs(gt, step)      # the centred, sharpened targets the student sees
+        tp = torch.cat(self.global_loss.last_targets)      # the centred, sharpened targets the student saw
         ent = -(tp * tp.clamp_min(1e-12).log()).sum(-1).mean()
-        pp = self.patch_loss.teacher_probs(pt.flatten(0, 1), step)
+        pp = torch.cat(self.patch_loss.last_targets)
         used = torch.zeros(pp.shape[-1], device=pp.device).index_fill_(0, pp.argmax(-1), 1.0).sum()  # no host sync
         return loss, {"global": l_global.detach(), "patch": l_patch.detach(), "recon": l_rec.detach(),
                       "teacher_entropy": ent.detach(), "patch_prototypes_used": used}
