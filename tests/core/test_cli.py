@@ -139,6 +139,13 @@ def test_toy_end_to_end_pretrain_embed_evaluate_export(tmp_path):
     x = torch.randn(4, 32)
     ref = sslkit.load_encoder(run)
     assert torch.allclose(enc(x), ref(x))
+    # every domain's export is the same shared command, and it refuses another domain's run
+    wrong = sslkit_cmd("graph", "export", str(run), "--out", str(tmp_path / "wrong"))
+    _one_line_exit_2(wrong, "is a toy run, not graph")
+    assert not (tmp_path / "wrong").exists()
+    helps = {d: sslkit_cmd(d, "export", "--help").stdout for d in ("toy", "graph", "lidar", "medical3d", "tabular")}
+    assert all("sslkit.load_encoder(DIR)" in h and "--overwrite" in h for h in helps.values()), helps
+    assert "pillar/BEV" in helps["lidar"] and "preprocessing" in helps["tabular"]
 
 
 def test_resume_uses_the_runs_own_recipe(tmp_path):

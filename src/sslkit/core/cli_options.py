@@ -52,3 +52,19 @@ def check_paths(paths: list[Path], what: str = "data") -> list[Path]:
         if p.is_dir() and not any(p.iterdir()):
             raise UserError(f"{what} folder {p} is empty — point at a folder that holds the files")
     return paths
+
+
+def add_export_command(app: typer.Typer, domain: str, what: str = "encoder") -> None:
+    """Register `sslkit DOMAIN export RUN --out DIR` on `app`: the same verb, help and checks in every domain.
+
+    The run must be one of `domain`'s (a graph run given to `sslkit tabular export` is refused).
+    """
+
+    def export(run: RunArg, out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write.")],
+               overwrite: OverwriteOpt = False) -> None:
+        from sslkit.core.export import export_from_run
+
+        typer.echo(str(export_from_run(run, out, overwrite=overwrite, domain=domain)))
+
+    export.__doc__ = f"Write the {what} (safetensors + config.json), loadable with sslkit.load_encoder(DIR)."
+    app.command("export")(export)

@@ -96,12 +96,13 @@ def tensor_bytes(module: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in module.state_dict().values() if isinstance(t, torch.Tensor))
 
 
-def export_from_run(run_dir: Path, out_dir: Path, overwrite: bool = False) -> Path:
-    """Re-export the encoder of a run from its last checkpoint (works for interrupted runs too)."""
+def export_from_run(run_dir: Path, out_dir: Path, overwrite: bool = False, domain: str | None = None) -> Path:
+    """Re-export the encoder of a run from its last checkpoint (works for interrupted runs too);
+    with `domain`, the run must belong to it."""
     from sslkit.core.checkpoint import load_checkpoint
     from sslkit.core.runs import Run
 
-    run = Run.load(run_dir)
+    run = Run.load(run_dir, domain)
     state = load_checkpoint(run.checkpoint_path)
     if not state.get("encoder_spec"):
         raise UserError(f"{run.checkpoint_path} does not say how to build its encoder — re-run pretrain with this sslkit")

@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from sslkit.core.cli_options import (DevicesOpt, JsonOpt, OutOpt, OverwriteOpt, RecipeOpt, ResumeOpt, RunArg,
-                                     SeedsOpt, SetOpt, maybe_relaunch)
+from sslkit.core.cli_options import (DevicesOpt, JsonOpt, OutOpt, OverwriteOpt, RecipeOpt, ResumeOpt, RunArg, SeedsOpt,
+                                     SetOpt, add_export_command, maybe_relaunch)
 
 app = typer.Typer(help="Graphs: SCGC/SCGC* node embeddings and clustering, GRACE baseline.", no_args_is_help=True)
 GraphArg = Annotated[Path, typer.Argument(help="Edge list (CSV/TSV/space, optional weight), PyG .pt, or a folder "
@@ -197,13 +197,7 @@ def evaluate(run: RunArg, graph: GraphArg, labels: Annotated[Optional[Path], typ
         typer.echo(json.dumps(payload))
 
 
-@app.command()
-def export(run: RunArg, out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write.")],
-           overwrite: OverwriteOpt = False) -> None:
-    """Write the encoder (safetensors + config.json), loadable with sslkit.load_encoder(DIR)."""
-    from sslkit.core.export import export_from_run
-
-    typer.echo(str(export_from_run(run, out, overwrite=overwrite)))
+add_export_command(app, "graph")
 
 
 @app.command("sample-data")

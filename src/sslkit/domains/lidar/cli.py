@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from sslkit.core.cli_options import (DevicesOpt, JsonOpt, OutOpt, OverwriteOpt, RecipeOpt, ResumeOpt, RunArg, SetOpt,
-                                     maybe_relaunch)
+                                     add_export_command, maybe_relaunch)
 
 app = typer.Typer(help="Roadside LiDAR: simulate, pseudo-label with statistical teachers, train a student detector.",
                   no_args_is_help=True)
@@ -354,10 +354,4 @@ def embed(run: RunArg, frames: FramesArg,
     typer.echo(str(out))
 
 
-@app.command()
-def export(run: RunArg, out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write.")],
-           overwrite: OverwriteOpt = False) -> None:
-    """Write the pillar/BEV encoder (safetensors + config.json), loadable with sslkit.load_encoder(DIR)."""
-    from sslkit.core.export import export_from_run
-
-    typer.echo(str(export_from_run(run, out, overwrite=overwrite)))
+add_export_command(app, "lidar", "pillar/BEV encoder")

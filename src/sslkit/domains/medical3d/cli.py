@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from sslkit.core.cli_options import (DevicesOpt, OutOpt, OverwriteOpt, RecipeOpt, ResumeOpt, RunArg, SetOpt,
-                                     maybe_relaunch)
+                                     add_export_command, maybe_relaunch)
 
 app = typer.Typer(help="3D CT/MRI volumes: Alice-style and SwinUNETR-SSL pretraining, few-label fine-tuning.",
                   no_args_is_help=True)
@@ -173,13 +173,7 @@ def finetune(run: RunArg, images: Annotated[Path, typer.Argument(help="Image fol
         typer.echo(f"{result['mean_dice']:.4f}")
 
 
-@app.command()
-def export(run: RunArg, out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write.")],
-           overwrite: OverwriteOpt = False) -> None:
-    """Write the encoder (safetensors + config.json), loadable with sslkit.load_encoder(DIR)."""
-    from sslkit.core.export import export_from_run
-
-    typer.echo(str(export_from_run(run, out, overwrite=overwrite)))
+add_export_command(app, "medical3d")
 
 
 @app.command("sample-data")

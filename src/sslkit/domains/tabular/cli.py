@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from sslkit.core.cli_options import (DevicesOpt, JsonOpt, OutOpt, OverwriteOpt, ResumeOpt, RunArg, SeedsOpt, SetOpt,
-                                     maybe_relaunch)
+                                     add_export_command, maybe_relaunch)
 
 app = typer.Typer(help="Tables: T-JEPA pretraining with SCARF as baseline.", no_args_is_help=True)
 
@@ -214,15 +214,7 @@ def evaluate(
         typer.echo(json.dumps(payload))
 
 
-@app.command()
-def export(run: RunArg, out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write.")],
-           overwrite: OverwriteOpt = False) -> None:
-    """Write the encoder (safetensors + config.json with the preprocessing), loadable with sslkit.load_encoder(DIR)."""
-    from sslkit.core.export import export_from_run
-    from sslkit.core.runs import Run
-
-    Run.load(run, "tabular")
-    typer.echo(str(export_from_run(run, out, overwrite=overwrite)))
+add_export_command(app, "tabular", "encoder with its preprocessing")
 
 
 @app.command("sample-data")

@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from sslkit.core.cli_options import (DevicesOpt, JsonOpt, OutOpt, OverwriteOpt, RecipeOpt, ResumeOpt, RunArg,
-                                     SeedsOpt, SetOpt, maybe_relaunch)
+from sslkit.core.cli_options import (DevicesOpt, JsonOpt, OutOpt, OverwriteOpt, RecipeOpt, ResumeOpt, RunArg, SeedsOpt,
+                                     SetOpt, add_export_command, maybe_relaunch)
 
 app = typer.Typer(help="Built-in test method (VICReg on synthetic vectors).", no_args_is_help=True)
 DataArg = Annotated[Optional[Path], typer.Argument(help="A .npy array (N, D); default: synthetic vectors from the recipe.")]
@@ -103,10 +103,4 @@ def evaluate(run: RunArg, seeds: SeedsOpt = 5, json_out: JsonOpt = False) -> Non
         typer.echo(json.dumps(payload))
 
 
-@app.command()
-def export(run: RunArg, out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write.")],
-           overwrite: OverwriteOpt = False) -> None:
-    """Write the encoder (safetensors + config.json), loadable with sslkit.load_encoder(DIR)."""
-    from sslkit.core.export import export_from_run
-
-    typer.echo(str(export_from_run(run, out, overwrite=overwrite)))
+add_export_command(app, "toy")
