@@ -4,7 +4,10 @@ Both run the card's Jannis config (d=64, 16 encoder layers, 16 predictor layers 
 batch 512, 4 target sets) on UCI Adult, in one process, steps interleaved so both see the
 same machine load. The reference step is its own code path: its MaskCollator (per-row masks
 drawn in Python), Encoder (one-hot via scikit-learn inside forward, gradient-clamp hooks),
-Predictors, MSE, AdamW and its EMA loop. Needs a checkout of the reference repository:
+Predictors, MSE, AdamW and its EMA loop. The reference trains in fp32 only; sslkit runs twice per
+step, in fp32 and as the recipe's `train.precision` resolves on this machine (`auto`: bf16 autocast
+where the CPU has AVX512-BF16/AMX, else fp32 — then only the fp32 arm runs). Each sslkit arm has
+its own model and optimiser, fed the same rows. Needs a checkout of the reference repository:
 
     git clone https://github.com/jose-melo/t-jepa /tmp/tjepa_ref
     .venv/bin/python benchmarks/tabular_reference.py --ref /tmp/tjepa_ref [--steps 6]
@@ -100,36 +103,45 @@ def main() -> None:
     from tabular_speed import adult_arrays, make_method
 
     from sslkit.core.console import print_table
+    from sslkit.core.loop import use_bf16
+    from sslkit.core.optim import build_optimizer
     from sslkit.core.recipes import load_recipe
     from sslkit.domains.tabular.method import TabularRecipe
 
     recipe = load_recipe(TabularRecipe, "tabular", "t-jepa")
     pre, data = adult_arrays(recipe)
     ref_step = reference_step_factory(args.ref, len(pre.numeric), pre.cardinalities, recipe)
-    ours = make_method(recipe, pre)
-    from sslkit.core.optim import build_optimizer
 
-    opt = build_optimizer(ours, recipe.train, recipe.train.lr)  # as fit() builds it (AdamW, fused where possible)
+    arms = {"sslkit T-JEPA, fp32": False}
+    if use_bf16(recipe.train.precision, torch.device("cpu")):
+        arms[f"sslkit T-JEPA, bf16 autocast (train.precision={recipe.train.precision})"] = True
+    models = {}
+    for name in arms:
+        ours = make_method(recipe, pre)
+        models[name] = (ours, build_optimizer(ours, recipe.train, recipe.train.lr))  # as fit() builds it
     bs, n = recipe.train.batch_size, len(data["num"])
     x_ref = torch.cat([data["num"], data["cat"].float()], dim=1)   # the reference takes one float matrix
-    times: dict[str, list[float]] = {"reference (jose-melo/t-jepa)": [], "sslkit T-JEPA": []}
+    reference = "reference (jose-melo/t-jepa), fp32"
+    times: dict[str, list[float]] = {reference: [], **{name: [] for name in arms}}
     for step in range(args.steps + 2):
         sl = slice((step * bs) % (n - bs), (step * bs) % (n - bs) + bs)
         t0 = time.perf_counter()
         ref_step(x_ref[sl], 0.996)
-        times["reference (jose-melo/t-jepa)"].append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        loss, _ = ours({k: v[sl] for k, v in data.items()})
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for p in ours.parameters() if p.grad is not None], 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        ours.after_step(step + 1, 1000)
-        times["sslkit T-JEPA"].append(time.perf_counter() - t0)
-        print(f"step {step}: ref {times['reference (jose-melo/t-jepa)'][-1]:.2f}s, "
-              f"sslkit {times['sslkit T-JEPA'][-1]:.2f}s", file=sys.stderr)
+        times[reference].append(time.perf_counter() - t0)
+        for name, (ours, opt) in models.items():
+            torch.manual_seed(step)                     # the same masks for both sslkit arms
+            t0 = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=arms[name]):
+                loss, _ = ours({k: v[sl] for k, v in data.items()})
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([p for p in ours.parameters() if p.grad is not None], 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            ours.after_step(step + 1, 1000)
+            times[name].append(time.perf_counter() - t0)
+        print(f"step {step}: " + ", ".join(f"{k.split(',')[0]} {v[-1]:.2f}s" for k, v in times.items()), file=sys.stderr)
     med = {k: statistics.median(v[2:]) for k, v in times.items()}
-    ref = med["reference (jose-melo/t-jepa)"]
+    ref = med[reference]
     rows = [[k, f"{v:.3f}", f"{bs / v:,.0f}", f"{ref / v:.2f}×"] for k, v in med.items()]
     print_table(f"T-JEPA step on Adult, card config, batch {bs}, {torch.get_num_threads()} threads (interleaved)",
                 ["code", "s/step (median)", "rows/s", "speed vs reference"], rows)
