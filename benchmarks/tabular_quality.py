@@ -88,6 +88,8 @@ def main() -> None:
         ("MLP on embeddings within 1 point of HGB raw", acc["embeddings / mlp"] >= acc["raw / hgb"] - 0.01),
         ("HGB on raw+embeddings not worse than HGB raw", acc["raw+embeddings / hgb"] >= acc["raw / hgb"] - 1e-9),
     ]
+    if "raw-ple / mlp" in acc:   # the stricter raw baseline: the encoder's own piecewise-linear numeric codes
+        checks.append(("MLP on T-JEPA embeddings beats MLP on raw-ple", acc["embeddings / mlp"] > acc["raw-ple / mlp"]))
     for text, ok in checks:
         print(f"{'PASS' if ok else 'FAIL'}  {text}", file=sys.stderr)
     print("pretraining wall time: " + ", ".join(f"{k} {v:.0f}s" for k, v in seconds.items()), file=sys.stderr)

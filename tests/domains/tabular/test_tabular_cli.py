@@ -83,6 +83,22 @@ def test_evaluate_prints_table_and_writes_json(tiny_run, adult_csv):
         assert 0.6 < acc <= 1.0 and len(report["results"][key]["per_seed"]) == 2
     assert report["results"]["raw / linear"]["auc"][0] > 0.8                  # Adult is learnable from raw features
     assert (tiny_run / "plots" / "evaluation.png").is_file() and (tiny_run / "plots" / "embedding_map.png").is_file()
+    assert not any(k.startswith("raw-ple") for k in report["results"])         # value × vector tokens: no PLE baseline
+
+
+def test_evaluate_adds_the_encoders_piecewise_linear_codes_as_a_raw_baseline(adult_csv, tmp_path):
+    run = tmp_path / "binned"
+    res = run_cli("pretrain", adult_csv, "--target", "income", "--id", "id", "-r", "tiny", "--out", run,
+                  "--set", "train.steps=5", "--set", "model.num_bins=8", "--set", "model.bin_edges=data")
+    assert res.returncode == 0, res.stderr
+    res = run_cli("evaluate", run, adult_csv, "--target", "income", "--seeds", "2", "--models", "linear,hgb",
+                  "--test", adult_csv)
+    assert res.returncode == 0, res.stderr
+    assert "raw-ple" in res.stderr
+    results = json.loads((run / "evaluation.json").read_text())["results"]
+    assert "raw-ple / linear" in results and "raw-ple / hgb" not in results   # trees already see the raw values
+    assert results["raw-ple / linear"]["accuracy"][0] > 0.75
+    assert (run / "plots" / "evaluation.png").is_file()
 
 
 def test_evaluate_regression_on_a_numeric_target(tiny_run, adult_csv):

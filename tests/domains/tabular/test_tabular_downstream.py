@@ -101,3 +101,27 @@ def test_parallel_evaluation_does_not_restart_workers():
         res = run_evaluation(sets, y, "classification", [0, 1], models=("hgb", "linear", "mlp"), jobs=2)
     assert len(res) == 9
     assert not [w for w in caught if "worker stopped" in str(w.message)]
+
+
+def test_ple_features_code_each_numeric_over_the_given_bins_and_skip_trees():
+    """raw-ple: a step function of a numeric column (what a piecewise-linear code makes linear) is learnt by a
+    linear model on raw-ple, not on raw; HistGradientBoosting is not run on it (trees see raw already)."""
+    from sslkit.domains.tabular.downstream import ple_features, raw_features
+    from sslkit.domains.tabular.model import data_edges
+
+    rng = np.random.default_rng(0)
+    n = 1200
+    num = rng.normal(size=(n, 2)).astype(np.float32)
+    miss = np.zeros((n, 2), dtype=np.uint8)
+    cat = rng.integers(0, 3, size=(n, 1))
+    y = (np.abs(num[:, 0]) > 1).astype(int)                   # not monotone in the value: linear on raw cannot
+    edges = np.stack([data_edges(num[:, j], 8) for j in range(2)])
+    ple = ple_features(num, miss, cat, [3], [False, False], edges)
+    assert ple.dense.shape == (n, 2 * 8 + 3) and ple.trees is None
+    codes = ple.dense[:, :8]
+    assert np.all((codes[:, 1:-1] >= 0) & (codes[:, 1:-1] <= 1))
+    assert np.all(np.diff(codes[:, 1:-1], axis=1) <= 0)       # thermometer: full bins, then the partial one, then empty
+    raw = raw_features(num, miss, cat, [3], [False, False])
+    res = run_evaluation({"raw": raw, "raw-ple": ple}, y, "classification", [0], models=("linear", "hgb"))
+    assert "raw-ple / hgb" not in res and "raw / hgb" in res
+    assert res["raw-ple / linear"]["accuracy"][0] > 0.9 > res["raw / linear"]["accuracy"][0]

@@ -6,6 +6,11 @@ budget for every feature set (`MLP_GRID`, picked on a validation split of the tr
 and scikit-learn's HistGradientBoosting as the strong baseline. Metrics: accuracy and AUC
 (classification) or RMSE (regression), mean ± std over seeds.
 
+When the encoder's numeric tokens are piecewise-linear codes (`model.num_bins` > 0), a fourth set,
+raw-ple, gives the dense models the raw features with every numeric column replaced by its
+piecewise-linear code over the encoder's own bins: the same numeric encoding the embeddings start
+from, so a gain of the embeddings over raw-ple is the pretraining's, not the encoding's.
+
 HistGradientBoosting on raw+embeddings gets the embeddings' first k principal components
 (PCA fitted on the training rows of each split) beside the raw columns: hundreds of
 correlated dense columns next to a dozen raw ones dilute the trees' split search and made
@@ -30,11 +35,11 @@ HGB_EMBED_COMPONENTS = (2, 4, 8)  # candidate PCA sizes of the embeddings beside
 
 @dataclass
 class FeatureSet:
-    """`dense` (N, F) for linear/MLP models; `trees` (N, F') with NaN for missing and `categorical` mask for HGB;
-    `embedded` marks the `trees` columns that are embedding values."""
+    """`dense` (N, F) for linear/MLP models; `trees` (N, F') with NaN for missing and `categorical` mask for HGB
+    (None: a set for the dense models only); `embedded` marks the `trees` columns that are embedding values."""
 
     dense: np.ndarray
-    trees: np.ndarray
+    trees: np.ndarray | None
     categorical: np.ndarray
     embedded: np.ndarray | None = None
 
@@ -52,12 +57,31 @@ def raw_features(num: np.ndarray, miss: np.ndarray, cat: np.ndarray, cardinaliti
                  missing_cols: Sequence[bool]) -> FeatureSet:
     """Preprocessed raw columns: scaled numerics + missing indicators + one-hot categories (dense);
     numerics with NaN + category codes (trees)."""
-    onehots = [np.eye(c, dtype=np.float32)[cat[:, j]] for j, c in enumerate(cardinalities)]
-    ind = miss[:, np.asarray(missing_cols, dtype=bool)].astype(np.float32) if len(missing_cols) else miss.astype(np.float32)
-    dense = np.hstack([num, ind, *onehots]) if onehots else np.hstack([num, ind])
+    dense = _dense(num, miss, cat, cardinalities, missing_cols)
     trees = np.hstack([np.where(miss.astype(bool), np.nan, num), cat.astype(np.float32)])
     mask = np.array([False] * num.shape[1] + [c <= 255 for c in cardinalities], dtype=bool)
-    return FeatureSet(dense.astype(np.float32), trees.astype(np.float32), mask)
+    return FeatureSet(dense, trees.astype(np.float32), mask)
+
+
+def _dense(numeric: np.ndarray, miss: np.ndarray, cat: np.ndarray, cardinalities: Sequence[int],
+           missing_cols: Sequence[bool]) -> np.ndarray:
+    """[numeric block, missing indicators of the columns that have missing values, one-hot categories]."""
+    onehots = [np.eye(c, dtype=np.float32)[cat[:, j]] for j, c in enumerate(cardinalities)]
+    ind = miss[:, np.asarray(missing_cols, dtype=bool)].astype(np.float32) if len(missing_cols) else miss.astype(np.float32)
+    return np.hstack([numeric, ind, *onehots]).astype(np.float32)
+
+
+def ple_features(num: np.ndarray, miss: np.ndarray, cat: np.ndarray, cardinalities: Sequence[int],
+                 missing_cols: Sequence[bool], edges: np.ndarray) -> FeatureSet:
+    """Raw features for the dense models with each numeric column as its piecewise-linear code over `edges`
+    ((n_bins + 1,) shared or (Dn, n_bins + 1) per column, the encoder's bins); no tree features."""
+    import torch
+
+    from sslkit.domains.tabular.model import piecewise_linear
+
+    codes = piecewise_linear(torch.from_numpy(np.ascontiguousarray(num, dtype=np.float32)),
+                             torch.as_tensor(edges, dtype=torch.float32)).flatten(1).numpy()
+    return FeatureSet(_dense(codes, miss, cat, cardinalities, missing_cols), None, np.zeros(0, dtype=bool))
 
 
 def embedding_features(z: np.ndarray) -> FeatureSet:
@@ -307,7 +331,7 @@ def run_evaluation(sets: dict[str, FeatureSet], y: np.ndarray, task: str, seeds:
     """
     from joblib import Parallel, delayed
 
-    cells = [(seed, f, m) for seed in seeds for f in sets for m in models]
+    cells = [(seed, f, m) for seed in seeds for f in sets for m in models if m != "hgb" or sets[f].trees is not None]
     outs = Parallel(n_jobs=jobs)(delayed(_task)(task, sets, y, s, f, m, test, test_size) for s, f, m in cells)
     results: dict[str, dict[str, Any]] = {}
     for (_, fname, mname), (scores, chosen) in zip(cells, outs):

@@ -8,7 +8,8 @@ import numpy as np
 from torch import nn
 
 from sslkit.core.errors import UserError
-from sslkit.domains.tabular.downstream import FeatureSet, check_target, embedding_features, infer_task, raw_features
+from sslkit.domains.tabular.downstream import (FeatureSet, check_target, embedding_features, infer_task, ple_features,
+                                               raw_features)
 from sslkit.domains.tabular.inference import embed_rows, encode_table
 from sslkit.domains.tabular.io import table_columns
 from sslkit.domains.tabular.preprocess import Preprocessor
@@ -24,7 +25,8 @@ def _present(y: np.ndarray) -> np.ndarray:
 
 def load_labelled(run: Any, encoder: nn.Module, data: Path, target: str, task: str | None, drop: Sequence[str],
                   classes: np.ndarray | None = None) -> tuple[dict[str, FeatureSet], np.ndarray, str, Any, int]:
-    """Feature sets {raw, embeddings, raw+embeddings}, labels, task, class names, rows without a label."""
+    """Feature sets {raw, embeddings, raw+embeddings, and raw-ple for an encoder with piecewise-linear numeric
+    tokens}, labels, task, class names, rows without a label."""
     pre = Preprocessor.load(run.path("preprocess.json"))
     columns = table_columns(data)
     if target not in columns:
@@ -55,7 +57,12 @@ def load_labelled(run: Any, encoder: nn.Module, data: Path, target: str, task: s
     raw = raw_features(table.num[ok], table.miss[ok], table.cat[ok], pre.cardinalities, [c.has_missing for c in pre.numeric])
     sub = type(table)(table.num[ok], table.miss[ok], table.cat[ok], {})
     emb = embedding_features(embed_rows(encoder, sub))
-    sets = {"raw": raw, "embeddings": emb, "raw+embeddings": FeatureSet.concat(raw, emb)}
+    sets = {"raw": raw}
+    tokenizer = getattr(encoder, "tokenizer", None)
+    if getattr(tokenizer, "n_bins", 0) and pre.numeric:   # the embeddings' own numeric encoding, as a raw baseline
+        sets["raw-ple"] = ple_features(table.num[ok], table.miss[ok], table.cat[ok], pre.cardinalities,
+                                       [c.has_missing for c in pre.numeric], tokenizer.edges.cpu().numpy())
+    sets.update({"embeddings": emb, "raw+embeddings": FeatureSet.concat(raw, emb)})
     return sets, y, task, classes, int((~ok).sum())
 
 
@@ -84,8 +91,8 @@ def evaluation_plots(run: Any, z: np.ndarray, y: np.ndarray, results: dict[str, 
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
     width = 0.8 / len(feats)
     for i, f in enumerate(feats):
-        means = [results[f"{f} / {m}"][metric][0] for m in models]
-        stds = [results[f"{f} / {m}"][metric][1] for m in models]
+        means = [results[f"{f} / {m}"][metric][0] if f"{f} / {m}" in results else np.nan for m in models]
+        stds = [results[f"{f} / {m}"][metric][1] if f"{f} / {m}" in results else 0.0 for m in models]
         ax.bar(np.arange(len(models)) + i * width, means, width, yerr=stds, label=f, capsize=2)
     allv = [results[k][metric][0] for k in results]
     lo, hi = min(allv), max(allv)
