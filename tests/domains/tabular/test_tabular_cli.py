@@ -101,6 +101,26 @@ def test_evaluate_adds_the_encoders_piecewise_linear_codes_as_a_raw_baseline(adu
     assert (run / "plots" / "evaluation.png").is_file()
 
 
+def test_raw_ple_is_skipped_with_a_warning_when_too_wide(adult_csv, tmp_path, monkeypatch, capsys):
+    from sslkit.core.runs import Run
+    from sslkit.domains.tabular import evaluation_report as er
+
+    run = tmp_path / "binned"
+    res = run_cli("pretrain", adult_csv, "--target", "income", "--id", "id", "-r", "tiny", "--out", run,
+                  "--set", "train.steps=2", "--set", "model.num_bins=8")
+    assert res.returncode == 0, res.stderr
+    encoder = sslkit.load_encoder(run)
+    width, fits = er.ple_size(encoder, 600)
+    assert width == encoder.tokenizer.n_num * 8 and fits
+    sets, *_ = er.load_labelled(Run.load(run, "tabular"), encoder, adult_csv, "income", None, [])
+    assert sets["raw-ple"].dense.shape[1] > width
+    monkeypatch.setattr(er, "PLE_MAX_COLUMNS", width - 1)
+    sets, *_ = er.load_labelled(Run.load(run, "tabular"), encoder, adult_csv, "income", None, [])
+    assert "raw-ple" not in sets and "raw-ple baseline skipped" in capsys.readouterr().err
+    sets, *_ = er.load_labelled(Run.load(run, "tabular"), encoder, adult_csv, "income", None, [], ple=True)
+    assert "raw-ple" in sets                                                   # a --test table follows the training one
+
+
 def test_evaluate_regression_on_a_numeric_target(tiny_run, adult_csv):
     res = run_cli("evaluate", tiny_run, adult_csv, "--target", "income", "--seeds", "1", "--models", "linear",
                   "--task", "regression")

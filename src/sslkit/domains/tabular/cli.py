@@ -192,7 +192,8 @@ def evaluate(
         warn(f"{dropped} rows of {data} have no '{target}' value and are left out")
     test_pack = None
     if test is not None:
-        test_sets, y_test, _, test_classes, _ = load_labelled(r, encoder, test, target, task, drop or [], classes=classes)
+        test_sets, y_test, _, test_classes, _ = load_labelled(r, encoder, test, target, task, drop or [], classes=classes,
+                                                              ple="raw-ple" in train_sets)
         test_pack = (test_sets, y_test)
     from sslkit.domains.tabular.downstream import HGB_EMBED_COMPONENTS, MLP_EPOCHS, MLP_GRID, MLP_HIDDEN, run_evaluation
 

@@ -7,6 +7,7 @@ from typing import Any, Sequence
 import numpy as np
 from torch import nn
 
+from sslkit.core.console import warn
 from sslkit.core.errors import UserError
 from sslkit.domains.tabular.downstream import (FeatureSet, check_target, embedding_features, infer_task, ple_features,
                                                raw_features)
@@ -23,10 +24,22 @@ def _present(y: np.ndarray) -> np.ndarray:
     return np.ones(len(y), dtype=bool)
 
 
+PLE_MAX_COLUMNS, PLE_MAX_VALUES = 8192, 100_000_000   # raw-ple's width and size caps (float32: 400 MB)
+
+
+def ple_size(encoder: nn.Module, n_rows: int) -> tuple[int, bool]:
+    """raw-ple's numeric width (columns × bins; 0 without binned tokens) and whether it fits the caps."""
+    tokenizer = getattr(encoder, "tokenizer", None)
+    width = getattr(tokenizer, "n_num", 0) * getattr(tokenizer, "n_bins", 0)
+    return width, 0 < width <= PLE_MAX_COLUMNS and width * n_rows <= PLE_MAX_VALUES
+
+
 def load_labelled(run: Any, encoder: nn.Module, data: Path, target: str, task: str | None, drop: Sequence[str],
-                  classes: np.ndarray | None = None) -> tuple[dict[str, FeatureSet], np.ndarray, str, Any, int]:
+                  classes: np.ndarray | None = None,
+                  ple: bool | None = None) -> tuple[dict[str, FeatureSet], np.ndarray, str, Any, int]:
     """Feature sets {raw, embeddings, raw+embeddings, and raw-ple for an encoder with piecewise-linear numeric
-    tokens}, labels, task, class names, rows without a label."""
+    tokens}, labels, task, class names, rows without a label. `ple` forces raw-ple on or off (a --test table
+    follows the training table); None decides from `ple_size`, with a warning when the set would be too big."""
     pre = Preprocessor.load(run.path("preprocess.json"))
     columns = table_columns(data)
     if target not in columns:
@@ -58,10 +71,15 @@ def load_labelled(run: Any, encoder: nn.Module, data: Path, target: str, task: s
     sub = type(table)(table.num[ok], table.miss[ok], table.cat[ok], {})
     emb = embedding_features(embed_rows(encoder, sub))
     sets = {"raw": raw}
-    tokenizer = getattr(encoder, "tokenizer", None)
-    if getattr(tokenizer, "n_bins", 0) and pre.numeric:   # the embeddings' own numeric encoding, as a raw baseline
+    width, fits = ple_size(encoder, int(ok.sum()))
+    if ple is None:
+        ple = fits
+        if width and not fits:
+            warn(f"raw-ple baseline skipped: {width:,} piecewise-linear columns × {int(ok.sum()):,} rows is over "
+                 f"{PLE_MAX_COLUMNS:,} columns or {PLE_MAX_VALUES:,} values — the table compares raw vs embeddings only")
+    if ple:   # the embeddings' own numeric encoding, as a raw baseline
         sets["raw-ple"] = ple_features(table.num[ok], table.miss[ok], table.cat[ok], pre.cardinalities,
-                                       [c.has_missing for c in pre.numeric], tokenizer.edges.cpu().numpy())
+                                       [c.has_missing for c in pre.numeric], encoder.tokenizer.edges.cpu().numpy())
     sets.update({"embeddings": emb, "raw+embeddings": FeatureSet.concat(raw, emb)})
     return sets, y, task, classes, int((~ok).sum())
 
