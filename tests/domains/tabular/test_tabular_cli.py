@@ -95,8 +95,9 @@ def test_evaluate_adds_the_encoders_piecewise_linear_codes_as_a_raw_baseline(adu
                   "--test", adult_csv)
     assert res.returncode == 0, res.stderr
     assert "raw-ple" in res.stderr
-    results = json.loads((run / "evaluation.json").read_text())["results"]
-    assert "raw-ple / linear" in results and "raw-ple / hgb" not in results   # trees already see the raw values
+    report = json.loads((run / "evaluation.json").read_text())
+    results = report["results"]
+    assert "piecewise-linear" in report["raw-ple"] and "raw-ple / linear" in results and "raw-ple / hgb" not in results   # trees already see the raw values
     assert results["raw-ple / linear"]["accuracy"][0] > 0.75
     assert (run / "plots" / "evaluation.png").is_file()
 

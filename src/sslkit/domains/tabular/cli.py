@@ -207,6 +207,8 @@ def evaluate(
                        "best_epoch_on": "15% validation split of the training rows"},
                "hgb": {"raw+embeddings": "raw + k PCA components of the embeddings (fitted on train; "
                                      f"k in {list(HGB_EMBED_COMPONENTS)} chosen on a validation split of train)"},
+               **({"raw-ple": "raw features, each numeric column as its piecewise-linear code over the encoder's bins "
+                             "(linear and MLP only)"} if "raw-ple" in train_sets else {}),
                "results": results}
     atomic_write_text(r.path("evaluation.json"), json.dumps(payload, indent=2))
     evaluation_plots(r, train_sets["embeddings"].dense, y, results, task, target)
