@@ -122,6 +122,20 @@ def test_raw_ple_is_skipped_with_a_warning_when_too_wide(adult_csv, tmp_path, mo
     assert "raw-ple" in sets                                                   # a --test table follows the training one
 
 
+def test_evaluate_with_few_labels(tiny_run, adult_csv):
+    res = run_cli("evaluate", tiny_run, adult_csv, "--target", "income", "--seeds", "2", "--models", "linear",
+                  "--label-fraction", "0.25")
+    assert res.returncode == 0, res.stderr
+    assert "0.25 of the training labels" in res.stderr
+    report = json.loads((tiny_run / "evaluation.json").read_text())
+    assert report["label_fraction"] == 0.25
+    assert {s["train_rows"] for s in report["results"]["embeddings / linear"]["settings"]} == {120}   # 25% of 480
+    _one_line_exit_2(run_cli("evaluate", tiny_run, adult_csv, "--target", "income", "--label-fraction", "0"),
+                     "--label-fraction 0.0")
+    _one_line_exit_2(run_cli("evaluate", tiny_run, adult_csv, "--target", "income", "--label-fraction", "0.02"),
+                     "raise it")
+
+
 def test_evaluate_regression_on_a_numeric_target(tiny_run, adult_csv):
     res = run_cli("evaluate", tiny_run, adult_csv, "--target", "income", "--seeds", "1", "--models", "linear",
                   "--task", "regression")

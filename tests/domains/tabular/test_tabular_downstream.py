@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from sslkit.domains.tabular.downstream import (HGB_EMBED_COMPONENTS, FeatureSet, choose_components, embedding_features,
                                                reduce_embedded, run_evaluation)
@@ -125,3 +126,21 @@ def test_ple_features_code_each_numeric_over_the_given_bins_and_skip_trees():
     res = run_evaluation({"raw": raw, "raw-ple": ple}, y, "classification", [0], models=("linear", "hgb"))
     assert "raw-ple / hgb" not in res and "raw / hgb" in res
     assert res["raw-ple / linear"]["accuracy"][0] > 0.9 > res["raw / linear"]["accuracy"][0]
+
+
+def test_label_fraction_trains_on_the_same_stratified_subset_for_every_feature_set():
+    from sslkit.core.errors import UserError
+    from sslkit.domains.tabular.downstream import check_label_fraction, label_subset
+
+    sets, y = _sets(n=1000)
+    full = run_evaluation(sets, y, "classification", [0, 1], models=("linear",))
+    few = run_evaluation(sets, y, "classification", [0, 1], models=("linear",), label_fraction=0.05)
+    assert {s["train_rows"] for s in full["raw / linear"]["settings"]} == {800}
+    for name in sets:
+        assert {s["train_rows"] for s in few[f"{name} / linear"]["settings"]} == {40}
+    keep = label_subset(y[:800], 0.05, 0, "classification")
+    assert len(keep) == 40 and abs(y[:800][keep].mean() - y[:800].mean()) < 0.05       # stratified
+    assert not np.array_equal(keep, label_subset(y[:800], 0.05, 1, "classification"))  # a new draw per seed
+    check_label_fraction(y, 0.05, "classification", 0.2, fixed_test=False)                # ~19 rows of the rarer class
+    with pytest.raises(UserError, match="--label-fraction 0.01 leaves about"):
+        check_label_fraction(y, 0.01, "classification", 0.2, fixed_test=False)

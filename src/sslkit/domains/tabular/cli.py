@@ -170,6 +170,9 @@ def evaluate(
     drop: DropOpt = None,
     models: Annotated[str, typer.Option("--models", help="Comma-separated subset of linear,mlp,hgb.")] = "linear,mlp,hgb",
     jobs: Annotated[int, typer.Option("--jobs", help="Parallel processes for the seeds × models grid.", min=1)] = 1,
+    label_fraction: Annotated[float, typer.Option("--label-fraction", help="Fit the downstream models on this "
+                                                  "stratified share of the training rows (few labels); the test "
+                                                  "rows do not change.")] = 1.0,
     pool: PoolOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -185,6 +188,8 @@ def evaluate(
     chosen = [m.strip() for m in models.split(",") if m.strip()]
     if not chosen or set(chosen) - {"linear", "mlp", "hgb"}:
         raise UserError(f"--models {models}: choose from linear, mlp, hgb (comma-separated)")
+    if not 0.0 < label_fraction <= 1.0:
+        raise UserError(f"--label-fraction {label_fraction}: give a share of the training rows in (0, 1]")
     r = Run.load(run, "tabular")
     encoder = _encoder(r.dir, pool)
     train_sets, y, task, classes, dropped = load_labelled(r, encoder, data, target, task, drop or [])
@@ -195,14 +200,19 @@ def evaluate(
         test_sets, y_test, _, test_classes, _ = load_labelled(r, encoder, test, target, task, drop or [], classes=classes,
                                                               ple="raw-ple" in train_sets)
         test_pack = (test_sets, y_test)
-    from sslkit.domains.tabular.downstream import HGB_EMBED_COMPONENTS, MLP_EPOCHS, MLP_GRID, MLP_HIDDEN, run_evaluation
+    from sslkit.domains.tabular.downstream import (HGB_EMBED_COMPONENTS, MLP_EPOCHS, MLP_GRID, MLP_HIDDEN,
+                                                   check_label_fraction, run_evaluation)
 
-    info(f"evaluating {len(y)} rows, task {task}, {seeds} seed(s), models {', '.join(chosen)}")
-    results = run_evaluation(train_sets, y, task, range(seeds), test=test_pack, models=chosen, jobs=jobs)
+    check_label_fraction(y, label_fraction, task, 0.2, fixed_test=test is not None)
+    labelled = f", {label_fraction:g} of the training labels" if label_fraction < 1 else ""
+    info(f"evaluating {len(y)} rows, task {task}, {seeds} seed(s), models {', '.join(chosen)}{labelled}")
+    results = run_evaluation(train_sets, y, task, range(seeds), test=test_pack, models=chosen, jobs=jobs,
+                             label_fraction=label_fraction)
     columns, rows = result_rows(results, task)
     print_table(f"tabular evaluation: {r.recipe_dict['method']} embeddings, target '{target}' "
-                f"({'test table' if test else '20% held out'}, {seeds} seeds)", columns, rows)
-    payload = {"pool": getattr(encoder, "pool", None), "task": task, "target": target, "seeds": seeds, "n_rows": int(len(y)), "test": str(test) if test else None,
+                f"({'test table' if test else '20% held out'}, {seeds} seeds{labelled})", columns, rows)
+    payload = {"pool": getattr(encoder, "pool", None), "task": task, "target": target, "seeds": seeds,
+               "n_rows": int(len(y)), "test": str(test) if test else None, "label_fraction": label_fraction,
                "mlp": {"hidden": list(MLP_HIDDEN), "grid": list(MLP_GRID), "max_epochs": MLP_EPOCHS,
                        "best_epoch_on": "15% validation split of the training rows"},
                "hgb": {"raw+embeddings": "raw + k PCA components of the embeddings (fitted on train; "
@@ -211,7 +221,7 @@ def evaluate(
                              "(linear and MLP only)"} if "raw-ple" in train_sets else {}),
                "results": results}
     atomic_write_text(r.path("evaluation.json"), json.dumps(payload, indent=2))
-    evaluation_plots(r, train_sets["embeddings"].dense, y, results, task, target)
+    evaluation_plots(r, train_sets["embeddings"].dense, y, results, task, target, label_fraction)
     info(f"wrote {r.path('evaluation.json')} and {r.path('plots')}")
     if json_out:
         typer.echo(json.dumps(payload))

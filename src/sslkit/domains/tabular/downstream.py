@@ -31,6 +31,7 @@ MLP_HIDDEN = (256, 256, 256)
 MLP_GRID = ({"dropout": 0.1, "weight_decay": 1e-2}, {"dropout": 0.3, "weight_decay": 1e-1})
 MLP_EPOCHS, MLP_PATIENCE = 30, 10
 HGB_EMBED_COMPONENTS = (2, 4, 8)  # candidate PCA sizes of the embeddings beside raw columns (chosen on validation)
+MIN_LABELLED = 10   # --label-fraction must leave every class at least this many training rows
 
 
 @dataclass
@@ -138,7 +139,8 @@ class TorchMLP:
     """The downstream MLP, with scikit-learn's fit / predict / predict_proba.
 
     Standardised inputs, `hidden` blocks of Linear–BatchNorm–ReLU–Dropout, AdamW with a cosine
-    learning rate over `epochs`, batch 256; 15% of the training rows (stratified) are held out
+    learning rate over `epochs`, batch 256 (on fewer than 2,048 rows an eighth of them, at least 16,
+    so a few hundred labelled rows still get 8+ steps an epoch); 15% of the training rows (stratified) are held out
     and the epoch with the best validation score (−log-loss, or −RMSE) is kept, stopping after
     `patience` epochs without improvement. scikit-learn's MLP has neither dropout nor batch
     norm; on Adult it scored the same on raw features and up to 0.8 points lower on embeddings.
@@ -172,7 +174,7 @@ class TorchMLP:
             layers += [torch.nn.Linear(width, h), torch.nn.BatchNorm1d(h), torch.nn.ReLU(), torch.nn.Dropout(self.dropout)]
             width = h
         net = torch.nn.Sequential(*layers, torch.nn.Linear(width, self.n_out_))
-        batch = min(self.batch_size, len(fit))
+        batch = min(self.batch_size, len(fit), max(16, len(fit) // 8))   # small tables: ≥ 8 steps an epoch
         per_epoch = max(1, len(fit) // batch)
         opt = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, self.epochs * per_epoch)
@@ -275,9 +277,34 @@ def fit_score(task: str, name: str, model: Any, xtr: np.ndarray, ytr: np.ndarray
     return _scores(task, model, xte, yte, y_mean, y_std), chosen
 
 
+def label_subset(y: np.ndarray, fraction: float, seed: int, task: str) -> np.ndarray:
+    """Indices of a `fraction` of the training rows, stratified by class: the few-label regime. The same
+    rows for every feature set and model of a seed."""
+    if fraction >= 1.0:
+        return np.arange(len(y))
+    from sklearn.model_selection import train_test_split
+
+    keep, _ = train_test_split(np.arange(len(y)), train_size=fraction, random_state=seed,
+                               stratify=y if task == "classification" else None)
+    return np.sort(keep)
+
+
+def check_label_fraction(y: np.ndarray, fraction: float, task: str, test_size: float, fixed_test: bool) -> None:
+    """Refuse a --label-fraction that leaves a class (or the whole set) too few rows to fit and validate on."""
+    share = fraction * (1.0 if fixed_test else 1.0 - test_size)
+    counts = np.bincount(y) if task == "classification" else np.array([len(y)])
+    least = int(np.floor(counts.min() * share))
+    if least < MIN_LABELLED:
+        which = "the rarest class" if task == "classification" else "the table"
+        raise UserError(f"--label-fraction {fraction} leaves about {least} labelled rows of {which} for training — "
+                        f"raise it so every class keeps at least {MIN_LABELLED}")
+
+
 def _task(task: str, sets: dict[str, FeatureSet], y: np.ndarray, seed: int, fname: str, mname: str,
-          test: tuple[dict[str, FeatureSet], np.ndarray] | None, test_size: float) -> tuple[dict, dict]:
-    """One (seed, feature set, model) cell: split (or use the test table), fit, score."""
+          test: tuple[dict[str, FeatureSet], np.ndarray] | None, test_size: float,
+          label_fraction: float = 1.0) -> tuple[dict, dict]:
+    """One (seed, feature set, model) cell: split (or use the test table), keep `label_fraction` of the
+    training rows, fit, score."""
     from sklearn.model_selection import train_test_split
     # Every cell loads torch (the MLP needs it) so that a worker's first cell already holds it: joblib's loky
     # workers measure their memory after the first cell and restart, with a warning, when it later grows by
@@ -293,12 +320,14 @@ def _task(task: str, sets: dict[str, FeatureSet], y: np.ndarray, seed: int, fnam
         tr, te = train_test_split(np.arange(len(y)), test_size=test_size, random_state=seed,
                                   stratify=y if task == "classification" else None)
         xtr, ytr, xte, yte = x[tr], y[tr], x[te], y[te]
+    keep = label_subset(ytr, label_fraction, seed, task)
+    xtr, ytr = xtr[keep], ytr[keep]
     categorical = fs.categorical
-    chosen: dict[str, Any] = {}
+    chosen: dict[str, Any] = {"train_rows": int(len(ytr))}
     if mname == "hgb" and fs.embedded_mask().any() and not fs.embedded_mask().all():
         k = choose_components(task, fs, xtr, ytr, seed)
         xtr, xte, categorical = reduce_embedded(fs, xtr, xte, k)
-        chosen = {"pca_components": k}
+        chosen["pca_components"] = k
     model = _models(task, seed, categorical)[mname]
     scores, settings = fit_score(task, mname, model, xtr, ytr, xte, yte)
     return scores, {**settings, **chosen}
@@ -323,16 +352,20 @@ def choose_components(task: str, fs: FeatureSet, xtr: np.ndarray, ytr: np.ndarra
 
 def run_evaluation(sets: dict[str, FeatureSet], y: np.ndarray, task: str, seeds: Sequence[int],
                    test: tuple[dict[str, FeatureSet], np.ndarray] | None = None, test_size: float = 0.2,
-                   models: Sequence[str] = ("linear", "mlp", "hgb"), jobs: int = 1) -> dict[str, dict[str, Any]]:
+                   models: Sequence[str] = ("linear", "mlp", "hgb"), jobs: int = 1,
+                   label_fraction: float = 1.0) -> dict[str, dict[str, Any]]:
     """{"<features> / <model>": {"per_seed": [...], "<metric>": [mean, std], "settings": [...]}}.
 
     One stratified split per seed (the same split for every feature set and model), or the
-    given test table; `jobs` > 1 runs the cells in parallel processes (joblib).
+    given test table; `label_fraction` < 1 trains on that stratified share of the training rows
+    (the same rows for every feature set and model of a seed; the test rows do not change);
+    `jobs` > 1 runs the cells in parallel processes (joblib).
     """
     from joblib import Parallel, delayed
 
     cells = [(seed, f, m) for seed in seeds for f in sets for m in models if m != "hgb" or sets[f].trees is not None]
-    outs = Parallel(n_jobs=jobs)(delayed(_task)(task, sets, y, s, f, m, test, test_size) for s, f, m in cells)
+    outs = Parallel(n_jobs=jobs)(delayed(_task)(task, sets, y, s, f, m, test, test_size, label_fraction)
+                                 for s, f, m in cells)
     results: dict[str, dict[str, Any]] = {}
     for (_, fname, mname), (scores, chosen) in zip(cells, outs):
         entry = results.setdefault(f"{fname} / {mname}", {"per_seed": [], "settings": []})

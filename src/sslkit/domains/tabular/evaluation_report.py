@@ -95,7 +95,7 @@ def result_rows(results: dict[str, dict[str, Any]], task: str) -> tuple[list[str
 
 
 def evaluation_plots(run: Any, z: np.ndarray, y: np.ndarray, results: dict[str, dict[str, Any]], task: str,
-                     target: str) -> None:
+                     target: str, label_fraction: float = 1.0) -> None:
     """plots/embedding_map.png (PCA of embeddings coloured by the target) and plots/evaluation.png (scores)."""
     from sslkit.core.plots import pyplot, embedding_map
 
@@ -117,7 +117,8 @@ def evaluation_plots(run: Any, z: np.ndarray, y: np.ndarray, results: dict[str, 
     ax.set_ylim(lo - 0.1 * (hi - lo + 1e-3) - 0.01, hi + 0.1 * (hi - lo + 1e-3) + 0.01)
     ax.set_xticks(np.arange(len(models)) + 0.4 - width / 2, models)
     ax.set_ylabel(metric)
-    ax.set_title(f"downstream {metric} on '{target}' (mean ± std over seeds)")
+    labels = f", {label_fraction:g} of the labels" if label_fraction < 1 else ""
+    ax.set_title(f"downstream {metric} on '{target}' (mean ± std over seeds{labels})")
     ax.legend(fontsize=7)
     fig.tight_layout()
     path = run.path("plots", "evaluation.png")
