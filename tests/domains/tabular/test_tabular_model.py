@@ -213,3 +213,32 @@ def test_block_last_positions_equal_the_full_block_and_the_predictor_uses_them()
     for blk in pred.blocks:
         seq = blk(seq)
     torch.testing.assert_close(pred(ctx, ctx_idx, tgt_idx), pred.out(pred.norm(seq[:, -2:])).reshape(3, 4, 2, 32))
+
+
+def test_batch_target_norm_leaves_only_what_tells_rows_apart():
+    """Without normalisation, predicting each target feature's mean over the rows already gives a small loss
+    (the shortcut a collapsing encoder takes); with loss.target_norm=batch that same guess (zero after
+    standardising across rows) scores exactly 1, so only row-specific predictions lower it."""
+    from sslkit.domains.tabular.method import TJepaLoss
+
+    batch = _batch(64)
+
+    class RowMean(torch.nn.Module):   # the per-feature mean of the raw targets, the same for every row
+        def forward(self, ctx, ctx_idx, tgt_idx):  # noqa: ANN001, ANN201
+            t = m.encoder.tokens(batch["num"], batch["miss"], batch["cat"])[:, 1 + tgt_idx].transpose(0, 1)
+            return t.mean(1, keepdim=True).expand_as(t)
+
+    class Zeros(torch.nn.Module):
+        def forward(self, ctx, ctx_idx, tgt_idx):  # noqa: ANN001, ANN201
+            return torch.zeros(tgt_idx.shape[0], ctx.shape[0], tgt_idx.shape[1], ctx.shape[-1])
+
+    losses = {}
+    for norm, guess in (("none", RowMean()), ("batch", Zeros())):
+        torch.manual_seed(0)
+        m = TJepa(4, CARDS, TJepaModel(dim=16, depth=1, heads=2, ffn=16, pred_dim=8, pred_depth=1), TJepaMasks(),
+                  TJepaEMA(), TJepaLoss(target_norm=norm))
+        m.predictor = guess
+        torch.manual_seed(1)
+        losses[norm] = m(batch)[0].item()
+    assert losses["none"] < 0.5
+    assert abs(losses["batch"] - 1.0) < 1e-3

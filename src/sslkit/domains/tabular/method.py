@@ -55,6 +55,14 @@ class TJepaMasks(Section):
     n_targets: int = Field(4, ge=1)
 
 
+class TJepaLoss(Section):
+    """What the predictor regresses. `target_norm: batch` standardises every target token element across the
+    rows of the batch (data2vec's target normalisation, applied over rows): the per-feature constant that a
+    collapsing encoder drifts to is removed, so only what tells rows apart is left to predict (NF in the card)."""
+
+    target_norm: Literal["none", "batch"] = "none"
+
+
 class TJepaEMA(Section):
     start: float = Field(0.996, ge=0, le=1)         # momentum, linear to `end` over train.steps
     end: float = Field(1.0, ge=0, le=1)
@@ -79,6 +87,7 @@ class TabularRecipe(Recipe):
     model: TJepaModel = Field(default_factory=TJepaModel)
     masks: TJepaMasks = Field(default_factory=TJepaMasks)
     ema: TJepaEMA = Field(default_factory=TJepaEMA)
+    loss: TJepaLoss = Field(default_factory=TJepaLoss)
     scarf: ScarfConfig = Field(default_factory=ScarfConfig)
 
 
@@ -89,14 +98,15 @@ class TJepa(nn.Module):
     """Context encoder sees a feature subset; the predictor guesses the EMA target encoder's
     tokens of T other subsets from it; loss = MSE in latent space. No augmentation."""
 
-    def __init__(self, n_num: int, cardinalities: list[int], model: TJepaModel, masks: TJepaMasks, ema: TJepaEMA) -> None:
+    def __init__(self, n_num: int, cardinalities: list[int], model: TJepaModel, masks: TJepaMasks, ema: TJepaEMA,
+                 loss: TJepaLoss | None = None) -> None:
         super().__init__()
         self.kwargs = dict(n_num=n_num, cardinalities=list(cardinalities), dim=model.dim, depth=model.depth,
                            heads=model.heads, ffn=model.ffn, n_reg=model.n_reg, dropout=model.dropout, pool=model.pool,
                            n_bins=model.num_bins)
         if model.bin_edges != "normal":   # only when set, so encoders exported before the option load unchanged
             self.kwargs["bin_edges"] = model.bin_edges
-        self.masks, self.ema = masks, ema
+        self.masks, self.ema, self.target_norm = masks, ema, (loss or TJepaLoss()).target_norm
         self.context_encoder = TJepaEncoder(**self.kwargs)
         self.encoder = make_target(self.context_encoder)          # EMA target: no gradient, exported
         self.predictor = TJepaPredictor(self.context_encoder.n_features, model.dim, model.pred_dim, model.pred_depth,
@@ -117,6 +127,9 @@ class TJepa(nn.Module):
         with torch.no_grad():
             full = self.encoder.tokens(num, miss, cat)                  # (B, R + D, dim)
             target = full[:, r + tgt_idx].transpose(0, 1)              # (T, B, k_t, dim)
+            if self.target_norm == "batch":
+                target = target.float()
+                target = (target - target.mean(1, keepdim=True)) * torch.rsqrt(target.var(1, keepdim=True, unbiased=False) + 1e-6)
         ctx = self.context_encoder.tokens(num, miss, cat, keep=ctx_idx)
         pred = self.predictor(ctx, ctx_idx, tgt_idx)                    # (T, B, k_t, dim)
         loss = F.mse_loss(pred.float(), target.float())
@@ -161,5 +174,5 @@ class Scarf(nn.Module):
 
 def build_method(recipe: TabularRecipe, n_num: int, cardinalities: list[int]) -> nn.Module:
     if recipe.method == "t-jepa":
-        return TJepa(n_num, cardinalities, recipe.model, recipe.masks, recipe.ema)
+        return TJepa(n_num, cardinalities, recipe.model, recipe.masks, recipe.ema, recipe.loss)
     return Scarf(n_num, cardinalities, recipe.scarf)
