@@ -232,13 +232,16 @@ def test_batch_target_norm_leaves_only_what_tells_rows_apart():
         def forward(self, ctx, ctx_idx, tgt_idx):  # noqa: ANN001, ANN201
             return torch.zeros(tgt_idx.shape[0], ctx.shape[0], tgt_idx.shape[1], ctx.shape[-1])
 
-    losses = {}
+    losses, spreads = {}, {}
     for norm, guess in (("none", RowMean()), ("batch", Zeros())):
         torch.manual_seed(0)
         m = TJepa(4, CARDS, TJepaModel(dim=16, depth=1, heads=2, ffn=16, pred_dim=8, pred_depth=1), TJepaMasks(),
                   TJepaEMA(), TJepaLoss(target_norm=norm))
         m.predictor = guess
         torch.manual_seed(1)
-        losses[norm] = m(batch)[0].item()
+        loss, metrics = m(batch)
+        losses[norm], spreads[norm] = loss.item(), metrics["target_std"].item()
     assert losses["none"] < 0.5
     assert abs(losses["batch"] - 1.0) < 1e-3
+    # the logged target_std is the raw targets' spread in both cases (the collapse diagnostic), never the normalised 1
+    assert spreads["batch"] == pytest.approx(spreads["none"], rel=1e-5) and spreads["batch"] < 0.9

@@ -126,14 +126,14 @@ class TJepa(nn.Module):
         r = self.context_encoder.n_reg
         with torch.no_grad():
             full = self.encoder.tokens(num, miss, cat)                  # (B, R + D, dim)
-            target = full[:, r + tgt_idx].transpose(0, 1)              # (T, B, k_t, dim)
+            target = full[:, r + tgt_idx].transpose(0, 1).float()      # (T, B, k_t, dim)
+            spread = target.std(dim=1).mean()     # the targets' spread across rows, before any normalisation: the collapse check
             if self.target_norm == "batch":
-                target = target.float()
                 target = (target - target.mean(1, keepdim=True)) * torch.rsqrt(target.var(1, keepdim=True, unbiased=False) + 1e-6)
         ctx = self.context_encoder.tokens(num, miss, cat, keep=ctx_idx)
         pred = self.predictor(ctx, ctx_idx, tgt_idx)                    # (T, B, k_t, dim)
-        loss = F.mse_loss(pred.float(), target.float())
-        return loss, {"target_std": target.float().std(dim=1).mean().detach(), "ema": self.momentum}
+        loss = F.mse_loss(pred.float(), target)
+        return loss, {"target_std": spread, "ema": self.momentum}
 
     @torch.no_grad()
     def after_step(self, step: int, total: int) -> None:
