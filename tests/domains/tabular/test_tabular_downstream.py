@@ -141,6 +141,6 @@ def test_label_fraction_trains_on_the_same_stratified_subset_for_every_feature_s
     keep = label_subset(y[:800], 0.05, 0, "classification")
     assert len(keep) == 40 and abs(y[:800][keep].mean() - y[:800].mean()) < 0.05       # stratified
     assert not np.array_equal(keep, label_subset(y[:800], 0.05, 1, "classification"))  # a new draw per seed
-    check_label_fraction(y, 0.05, "classification", 0.2, fixed_test=False)                # ~19 rows of the rarer class
+    check_label_fraction(y, 0.05, "classification", fixed_test=False)                # ~19 rows of the rarer class
     with pytest.raises(UserError, match="--label-fraction 0.01 leaves about"):
-        check_label_fraction(y, 0.01, "classification", 0.2, fixed_test=False)
+        check_label_fraction(y, 0.01, "classification", fixed_test=False)

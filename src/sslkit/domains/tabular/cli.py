@@ -203,7 +203,7 @@ def evaluate(
     from sslkit.domains.tabular.downstream import (HGB_EMBED_COMPONENTS, MLP_EPOCHS, MLP_GRID, MLP_HIDDEN,
                                                    check_label_fraction, run_evaluation)
 
-    check_label_fraction(y, label_fraction, task, 0.2, fixed_test=test is not None)
+    check_label_fraction(y, label_fraction, task, fixed_test=test is not None)
     labelled = f", {label_fraction:g} of the training labels" if label_fraction < 1 else ""
     info(f"evaluating {len(y)} rows, task {task}, {seeds} seed(s), models {', '.join(chosen)}{labelled}")
     results = run_evaluation(train_sets, y, task, range(seeds), test=test_pack, models=chosen, jobs=jobs,

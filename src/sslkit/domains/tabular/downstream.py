@@ -32,6 +32,7 @@ MLP_GRID = ({"dropout": 0.1, "weight_decay": 1e-2}, {"dropout": 0.3, "weight_dec
 MLP_EPOCHS, MLP_PATIENCE = 30, 10
 HGB_EMBED_COMPONENTS = (2, 4, 8)  # candidate PCA sizes of the embeddings beside raw columns (chosen on validation)
 MIN_LABELLED = 10   # --label-fraction must leave every class at least this many training rows
+TEST_SIZE = 0.2     # held-out share of each seed's split when no test table is given
 
 
 @dataclass
@@ -289,7 +290,8 @@ def label_subset(y: np.ndarray, fraction: float, seed: int, task: str) -> np.nda
     return np.sort(keep)
 
 
-def check_label_fraction(y: np.ndarray, fraction: float, task: str, test_size: float, fixed_test: bool) -> None:
+def check_label_fraction(y: np.ndarray, fraction: float, task: str, fixed_test: bool,
+                         test_size: float = TEST_SIZE) -> None:
     """Refuse a --label-fraction that leaves a class (or the whole set) too few rows to fit and validate on."""
     share = fraction * (1.0 if fixed_test else 1.0 - test_size)
     counts = np.bincount(y) if task == "classification" else np.array([len(y)])
@@ -351,7 +353,7 @@ def choose_components(task: str, fs: FeatureSet, xtr: np.ndarray, ytr: np.ndarra
 
 
 def run_evaluation(sets: dict[str, FeatureSet], y: np.ndarray, task: str, seeds: Sequence[int],
-                   test: tuple[dict[str, FeatureSet], np.ndarray] | None = None, test_size: float = 0.2,
+                   test: tuple[dict[str, FeatureSet], np.ndarray] | None = None, test_size: float = TEST_SIZE,
                    models: Sequence[str] = ("linear", "mlp", "hgb"), jobs: int = 1,
                    label_fraction: float = 1.0) -> dict[str, dict[str, Any]]:
     """{"<features> / <model>": {"per_seed": [...], "<metric>": [mean, std], "settings": [...]}}.
