@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -68,8 +68,13 @@ def loss_curve(records: list[dict[str, Any]], path: Path, title: str = "", terms
     return save_figure(fig, path)
 
 
-def embedding_map(vectors: np.ndarray, labels: np.ndarray | None, path: Path, title: str = "") -> Path:
-    """2-D PCA scatter of embeddings (N, D), coloured by label when given."""
+def embedding_map(vectors: np.ndarray, labels: np.ndarray | None, path: Path, title: str = "",
+                  names: Sequence[str] | None = None) -> Path:
+    """2-D PCA scatter of embeddings (N, D), coloured by label when given.
+
+    Up to 10 integer classes get one tab10 colour each and a legend (`names[k]` for class k, else k);
+    more classes, or continuous values, are drawn on the colour map without one.
+    """
     plt = pyplot()
     x = vectors - vectors.mean(0, keepdims=True)
     _, _, vt = np.linalg.svd(x[: min(len(x), 20000)], full_matrices=False)
@@ -79,6 +84,15 @@ def embedding_map(vectors: np.ndarray, labels: np.ndarray | None, path: Path, ti
     fig, ax = plt.subplots(figsize=(5, 5), dpi=120)
     if labels is None:
         ax.scatter(xy[:, 0], xy[:, 1], color="tab:blue", s=4, alpha=0.7)
+    elif np.issubdtype(np.asarray(labels).dtype, np.integer) and len(np.unique(labels)) <= 10:
+        keys, idx = np.unique(labels, return_inverse=True)
+        colours = np.asarray(plt.get_cmap("tab10").colors)
+        order = np.random.default_rng(0).permutation(len(xy))   # mixed drawing order: no class hides another
+        ax.scatter(xy[order, 0], xy[order, 1], color=colours[idx[order]], s=4, alpha=0.7)
+        for i, k in enumerate(keys):                             # legend entries only
+            ax.scatter([], [], color=colours[i], s=12,
+                       label=str(names[k]) if names is not None and 0 <= k < len(names) else str(k))
+        ax.legend(fontsize=7, loc="best")
     else:
         ax.scatter(xy[:, 0], xy[:, 1], c=labels, s=4, cmap="tab10", alpha=0.7)
     ax.set_title(title or "embeddings (PCA)")

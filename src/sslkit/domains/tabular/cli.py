@@ -221,7 +221,7 @@ def evaluate(
                              "(linear and MLP only)"} if "raw-ple" in train_sets else {}),
                "results": results}
     atomic_write_text(r.path("evaluation.json"), json.dumps(payload, indent=2))
-    evaluation_plots(r, train_sets["embeddings"].dense, y, results, task, target, label_fraction)
+    evaluation_plots(r, train_sets["embeddings"].dense, y, results, task, target, label_fraction, classes)
     info(f"wrote {r.path('evaluation.json')} and {r.path('plots')}")
     if json_out:
         typer.echo(json.dumps(payload))

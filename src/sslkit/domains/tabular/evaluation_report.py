@@ -95,13 +95,17 @@ def result_rows(results: dict[str, dict[str, Any]], task: str) -> tuple[list[str
 
 
 def evaluation_plots(run: Any, z: np.ndarray, y: np.ndarray, results: dict[str, dict[str, Any]], task: str,
-                     target: str, label_fraction: float = 1.0) -> None:
-    """plots/embedding_map.png (PCA of embeddings coloured by the target) and plots/evaluation.png (scores)."""
+                     target: str, label_fraction: float = 1.0, classes: Sequence[Any] | None = None) -> None:
+    """plots/embedding_map.png (PCA of embeddings coloured by the target: its classes, or its quartiles) and
+    plots/evaluation.png (scores)."""
     from sslkit.core.plots import pyplot, embedding_map
 
-    colour = y if task == "classification" else np.digitize(y, np.quantile(y, [0.25, 0.5, 0.75]))
+    if task == "classification":
+        colour, names = y, classes
+    else:
+        colour, names = np.digitize(y, np.quantile(y, [0.25, 0.5, 0.75])), [f"{target} quartile {q}" for q in range(1, 5)]
     embedding_map(z[:20000], colour[:20000], run.path("plots", "embedding_map.png"),
-                  title=f"{run.recipe_dict['method']} embeddings (PCA), colour = {target}")
+                  title=f"{run.recipe_dict['method']} embeddings (PCA), colour = {target}", names=names)
     metric = "accuracy" if task == "classification" else "rmse"
     plt = pyplot()
     feats = list(dict.fromkeys(k.split(" / ")[0] for k in results))
