@@ -132,7 +132,7 @@ def run_finetune(cfg: Medical3DRecipe, pretrained: Path | None, pairs: list[Volu
         run.update_manifest(decoder_from_pretraining=moved)
     task = SegmentationTask(segmenter, spec,
                             encoder_lr_mult=ft.encoder_lr_mult, weight_decay=rec.train.weight_decay)
-    data = LabelledCrops(train_e, ft.roi, ft.samples_per_volume, train_regions)
+    data = LabelledCrops(train_e, ft.roi, ft.samples_per_volume, train_regions, ft.augment)
     result = fit(task, data, rec.train, run)
     if not distributed.is_main():
         return {}

@@ -50,6 +50,17 @@ def matched_centers(meta_a: dict, meta_b: dict, rng: np.random.Generator, jitter
     return ca + z * sa, cb + z * sb + rng.uniform(-jitter, jitter, 3) * roi
 
 
+def flip_and_shift(image: np.ndarray, label: np.ndarray, rng: np.random.Generator,
+                   scale: float = 0.1, shift: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """Segmentation augmentation of a (R, R, R) crop and its label: a flip along each axis with
+    probability 0.5 (the same for both), then intensity × U(1 - scale, 1 + scale) + U(-shift, shift)."""
+    axes = tuple(a for a in range(3) if rng.random() < 0.5)
+    if axes:
+        image, label = np.flip(image, axes), np.flip(label, axes)
+    factor, offset = rng.uniform(1 - scale, 1 + scale), rng.uniform(-shift, shift)
+    return np.ascontiguousarray(image * np.float32(factor) + np.float32(offset)), np.ascontiguousarray(label)
+
+
 def column_mask(batch: int, roi: int, patch: int, ratio: float, columns: bool, device: torch.device) -> Tensor:
     """SimMIM mask (B, 1, X, Y, Z) of 0/1 floats: `ratio` of the `patch`-voxel cells are 1 (masked).
 
