@@ -188,3 +188,17 @@ def test_finetune_augmentation_keeps_image_and_label_aligned(tmp_path) -> None: 
         assert np.array_equal(lab, np.flip(ref_lab, axes[0]))      # the label followed the image
         flipped += bool(axes[0])
     assert 25 <= flipped <= 40          # no flip on any axis: probability 1/8
+
+
+def test_foreground_mask_clears_predictions_in_air_only() -> None:
+    """finetune.foreground_mask: tissue predicted where the image is air becomes background; enclosed dark voxels stay."""
+    from sslkit.domains.medical3d.segmentation import inside_foreground
+
+    image = np.zeros((12, 12, 12), np.float32)
+    image[2:10, 2:10, 2:10] = 0.8
+    image[5:7, 5:7, 5:7] = 0.0                      # a dark hole inside (a ventricle scaled to 0)
+    pred = np.ones(image.shape, np.int16) * 2       # tissue everywhere, also in the air
+    out = inside_foreground(pred, image)
+    assert out.dtype == pred.dtype
+    assert (out[2:10, 2:10, 2:10] == 2).all()       # inside, hole included, unchanged
+    assert out.sum() == 2 * 8**3                    # everything outside the filled box is background

@@ -146,7 +146,7 @@ def evaluate(task: Any, run: Any, eval_e: list, eval_regions: list, names: list[
     from sslkit.core.console import print_table
     from sslkit.domains.medical3d.io import write_nifti
     from sslkit.domains.medical3d.preprocess import undo_preprocess
-    from sslkit.domains.medical3d.segmentation import dice_per_class, predict
+    from sslkit.domains.medical3d.segmentation import dice_per_class, inside_foreground, predict
 
     classes = len(names) + 1
     model = task.model.eval()
@@ -155,6 +155,8 @@ def evaluate(task: Any, run: Any, eval_e: list, eval_regions: list, names: list[
         image = np.load(npy).astype(np.float32)
         label = np.load(meta["label"]).astype(np.int16)
         pred = predict(model, image, ft.roi, ft.sw_overlap, device, bf16)
+        if ft.foreground_mask:
+            pred = inside_foreground(pred, image)
         region = np.zeros(image.shape, dtype=bool)
         region[x0:x1] = True
         per_volume[meta["id"]] = dice_per_class(pred, label, classes, region)

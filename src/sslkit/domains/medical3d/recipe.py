@@ -88,6 +88,7 @@ class FinetuneConfig(Section):
     transfer_decoder: bool = True      # also start the decoder from the pretraining run's U-Net reconstruction decoder
     label_fraction: float = Field(0.5, gt=0.0, le=0.5)   # one labelled volume: share of its x extent that trains
     augment: bool = False              # random flips along each axis + intensity scale/shift (MONAI's BraTS tutorial)
+    foreground_mask: bool = False      # predictions outside the filled non-zero image are background (skull-stripped MRI)
     seed: int = 0
     precision: Literal["auto", "bf16", "fp32"] = "fp32"   # fp32: bf16 conv3d backward overflowed on CPU (oneDNN)
 

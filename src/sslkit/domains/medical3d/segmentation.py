@@ -99,6 +99,17 @@ def predict(model: nn.Module, image: np.ndarray, roi: int, overlap: float, devic
     return logits.float().argmax(1)[0].cpu().numpy().astype(np.int16)
 
 
+def inside_foreground(pred: np.ndarray, image: np.ndarray) -> np.ndarray:
+    """`pred` with every voxel outside the image's filled foreground set to background (0).
+
+    The foreground is the non-zero voxels of the preprocessed image (air scales to exactly 0) with
+    enclosed holes filled (ventricles, dark CSF), as nnU-Net's non-zero mask. For skull-stripped MRI;
+    wrong for targets that are air-filled and open to the outside (lungs, airways in CT)."""
+    from scipy.ndimage import binary_fill_holes
+
+    return np.where(binary_fill_holes(image > 0), pred, 0).astype(pred.dtype)
+
+
 def dice_per_class(pred: np.ndarray, label: np.ndarray, classes: int, region: np.ndarray | None = None) -> list[float]:
     """Hard Dice for classes 1..K-1 (NaN where the class is absent from both), optionally inside a boolean region."""
     if region is not None:
