@@ -86,6 +86,32 @@ def test_finetune_writes_dice_and_predictions_on_input_grid(tiny_run: Path, tmp_
     assert scratch.exit_code == 2 and "already exists" in scratch.output  # never overwrites without --overwrite
 
 
+def test_finetune_foreground_mask_and_augment(tiny_run: Path, tmp_path: Path) -> None:
+    """--set finetune.foreground_mask=true: no class predicted where the held-out image is air (zero, open to the
+    border); without it the same run predicts objects there. Augmented fine-tuning runs through the CLI."""
+    from tests.domains.medical3d.conftest import write_volumes
+
+    data = write_volumes(tmp_path / "d", n=3)
+    img = nib.load(data / "img" / "v2.nii.gz")
+    arr = img.get_fdata()
+    arr[:, :12, :12] = 0.0                                          # an air bar along x, touching the border
+    nib.save(nib.Nifti1Image(arr.astype(np.float32), img.affine), data / "img" / "v2.nii.gz")
+    lab = nib.load(data / "lab" / "v2.nii.gz")
+    seg = np.asarray(lab.dataobj).copy()
+    seg[:, :12, :12] = 0
+    nib.save(nib.Nifti1Image(seg, lab.affine), data / "lab" / "v2.nii.gz")
+    air = {}
+    for mask in ("false", "true"):
+        out = tmp_path / f"ft-{mask}"
+        res = invoke("finetune", tiny_run, data / "img", data / "lab", "--train", "2", "--out", out, "--set",
+                     f"finetune.foreground_mask={mask}", "--set", "finetune.augment=true",
+                     "--set", "finetune.seed=0")
+        assert res.exit_code == 0, res.output
+        pred = np.asarray(nib.load(out / "predictions" / "v2.nii.gz").dataobj)
+        air[mask] = int((pred[:, :12, :12] > 0).sum())
+    assert air["true"] == 0 and air["false"] > 0
+
+
 def test_unet_reconstruction_decoder_starts_the_finetuning_decoder(volumes: Path, tmp_path: Path) -> None:
     from tests.domains.medical3d.conftest import write_volumes
 
