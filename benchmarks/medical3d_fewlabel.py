@@ -11,7 +11,7 @@ For every seed: one pretraining run (train.seed = seed) and two fine-tuning runs
 crops). The CLI runs exactly as a user would. Prints mean ± std over seeds and every run's Dice.
 
     .venv/bin/python benchmarks/medical3d_fewlabel.py [--seeds 3] [--sets mri,synthetic] [--steps 300]
-        [--ft-steps 150] [--set key=value ...]   # --set goes to pretraining (e.g. alice.mask_ratio=0.3)
+        [--ft-steps 150] [--jobs 2] [--set key=value ...]   # --set goes to pretraining (e.g. alice.mask_ratio=0.3)
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -31,8 +32,9 @@ import numpy as np
 LABELLED = 6   # synthetic volumes with labels: --train 2, 4 held out
 
 
-def sslkit(*args: object) -> None:
-    res = subprocess.run([sys.executable, "-m", "sslkit", "medical3d", *map(str, args)], capture_output=True, text=True)
+def sslkit(*args: object, env: dict[str, str] | None = None) -> None:
+    res = subprocess.run([sys.executable, "-m", "sslkit", "medical3d", *map(str, args)], capture_output=True, text=True,
+                         env=env)
     if res.returncode:
         sys.exit(f"sslkit {' '.join(map(str, args))} failed:\n{res.stderr[-2000:]}")
 
@@ -59,6 +61,8 @@ def main() -> None:
     ap.add_argument("--unlabelled", type=int, default=24, help="synthetic volumes for pretraining only")
     ap.add_argument("--set", dest="sets_", action="append", default=[], help="pretraining recipe override")
     ap.add_argument("--ft-set", action="append", default=[], help="fine-tuning override (both arms)")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="seeds run side by side, each with cores/jobs threads")
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="m3d-fewlabel-"))
     atexit.register(shutil.rmtree, tmp, ignore_errors=True)  # runs and caches are GBs: never left behind
@@ -68,21 +72,30 @@ def main() -> None:
             "synthetic": ([data / "synthetic" / "unlabelled"], data / "synthetic", ["--train", "2"])}
     pre_sets = [x for s in a.sets_ for x in ("--set", s)]
     ft_sets = [x for s in a.ft_set for x in ("--set", s)]
+    env = dict(os.environ)
+    if a.jobs > 1:   # small 3-D convolutions scale poorly over threads: one thread per seed does more per core
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // a.jobs))
+
+    def one_seed(name: str, seed: int) -> tuple[float, float]:
+        """Pretrain with this seed, then fine-tune from it and from scratch: (alice Dice, scratch Dice)."""
+        unlabelled, folder, extra = sets[name]
+        run = tmp / f"{name}-pre-{seed}"
+        sslkit("pretrain", *unlabelled, "-r", "mri-demo", "--out", run, "--set", f"train.seed={seed}",
+               "--set", f"train.steps={a.steps}", *pre_sets, env=env)
+        dice = []
+        for arm, flag in (("alice", []), ("scratch", ["--from-scratch"])):
+            out = tmp / f"{name}-{arm}-{seed}"
+            sslkit("finetune", run, folder / "images", folder / "labels", *extra, *flag, "--out", out,
+                   "--set", f"finetune.seed={seed}", "--set", f"finetune.steps={a.ft_steps}", *ft_sets, env=env)
+            dice.append(json.loads((out / "evaluation.json").read_text())["mean_dice"])
+        print(f"{name} seed {seed}: alice {dice[0]:.3f}  scratch {dice[1]:.3f}", file=sys.stderr, flush=True)
+        return dice[0], dice[1]
+
     rows, t0 = [], time.time()
     for name in a.sets.split(","):
-        unlabelled, folder, extra = sets[name]
-        scores: dict[str, list[float]] = {"alice": [], "scratch": []}
-        for seed in range(a.seeds):
-            run = tmp / f"{name}-pre-{seed}"
-            sslkit("pretrain", *unlabelled, "-r", "mri-demo", "--out", run, "--set", f"train.seed={seed}",
-                   "--set", f"train.steps={a.steps}", *pre_sets)
-            for arm, flag in (("alice", []), ("scratch", ["--from-scratch"])):
-                out = tmp / f"{name}-{arm}-{seed}"
-                sslkit("finetune", run, folder / "images", folder / "labels", *extra, *flag, "--out", out,
-                       "--set", f"finetune.seed={seed}", "--set", f"finetune.steps={a.ft_steps}", *ft_sets)
-                scores[arm].append(json.loads((out / "evaluation.json").read_text())["mean_dice"])
-            print(f"{name} seed {seed}: alice {scores['alice'][-1]:.3f}  scratch {scores['scratch'][-1]:.3f}",
-                  file=sys.stderr, flush=True)
+        with ThreadPoolExecutor(max_workers=a.jobs) as pool:   # threads only wait on the sslkit processes
+            results = list(pool.map(lambda seed: one_seed(name, seed), range(a.seeds)))
+        scores = {"alice": [r[0] for r in results], "scratch": [r[1] for r in results]}
         al, sc = np.array(scores["alice"]), np.array(scores["scratch"])
         rows.append((name, al.mean(), al.std(), sc.mean(), sc.std(), 100 * (al.mean() - sc.mean()), al, sc))
     n_unl = {"mri": 1 + a.subjects, "synthetic": a.unlabelled}
