@@ -9,7 +9,7 @@ import torch
 
 from sslkit.core.checkpoint import save_checkpoint
 from sslkit.core.recipes import load_recipe
-from sslkit.domains.medical3d.finetune import load_decoder
+from sslkit.domains.medical3d.finetune import busiest_slices, load_decoder
 from sslkit.domains.medical3d.method import Alice, SwinSSL
 from sslkit.domains.medical3d.model import ENCODERS, embed_volume
 from sslkit.domains.medical3d.recipe import Medical3DRecipe
@@ -202,3 +202,15 @@ def test_foreground_mask_clears_predictions_in_air_only() -> None:
     assert out.dtype == pred.dtype
     assert (out[2:10, 2:10, 2:10] == 2).all()       # inside, hole included, unchanged
     assert out.sum() == 2 * 8**3                    # everything outside the filled box is background
+
+
+def test_overlay_slices_pass_through_the_labels() -> None:
+    """segmentation.png cuts where the held-out labels are: an off-centre sphere is in both views, not a blank middle."""
+    label = np.zeros((20, 30, 40), np.int64)
+    zz, yy, xx = np.meshgrid(np.arange(40), np.arange(30), np.arange(20), indexing="ij")
+    label[((xx - 12) ** 2 + (yy - 6) ** 2 + (zz - 31) ** 2 <= 9).transpose(2, 1, 0)] = 1
+    z, y = busiest_slices(label)
+    assert (z, y) == (31, 6)
+    assert label[:, :, z].any() and label[:, y, :].any()
+    assert not label[:, :, 40 // 2].any()                     # the old middle slice showed no label at all
+    assert busiest_slices(np.zeros((4, 6, 8), np.int64)) == (4, 3)   # nothing labelled: the middle
