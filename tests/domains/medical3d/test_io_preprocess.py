@@ -156,3 +156,20 @@ def test_foreground_box_and_moments_match_voxel_coordinates() -> None:
     np.testing.assert_allclose(std, idx.std(0), rtol=1e-9)
     assert preprocess.foreground_box(np.zeros((4, 5, 6), np.float32), 0.05, 4) == (slice(0, 4), slice(0, 5), slice(0, 6))
     assert preprocess.moments(np.zeros((4, 8, 8), np.float32), 0.05) == ([2.0, 4.0, 4.0], [1.0, 2.0, 2.0])
+
+
+def test_sample_data_warped_subjects_come_with_their_labels(tmp_path: Path) -> None:
+    """sample-data: each warped subject's tissue labels went through the subject's own warp (held-out-subject scoring)."""
+    from sslkit.domains.medical3d.samples import write_sample_data
+
+    counts = write_sample_data(tmp_path, resolution=2, subjects=2, synthetic=0)
+    assert counts["mri_unlabelled"] == 2
+    t1_label = np.asarray(nib.load(tmp_path / "mri" / "labels" / "mni152_t1.nii.gz").dataobj)
+    for i in range(2):
+        image = nib.load(tmp_path / "mri" / "unlabelled" / f"subject_{i:02d}.nii.gz")
+        label = nib.load(tmp_path / "mri" / "subject_labels" / f"subject_{i:02d}.nii.gz")
+        img, lab = image.get_fdata(), np.asarray(label.dataobj)
+        assert lab.shape == img.shape and np.allclose(label.affine, image.affine)
+        assert set(np.unique(lab)) == {0, 1, 2}                        # nearest neighbour: still tissue classes
+        assert (img[lab > 0] > 0).mean() > 0.99                        # tissue labels lie on the warped brain
+        assert (lab != t1_label).mean() > 0.01                         # ... which moved away from the template

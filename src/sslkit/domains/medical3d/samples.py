@@ -5,6 +5,8 @@ Layout written under DIR:
   mri/dataset.json                                            class names (nnU-Net style "labels" mapping)
   mri/unlabelled/subject_XX.nii.gz                            the T1 under random affine warps + bias fields
                                                               (stand-ins for a population, for cross-volume pairs)
+  mri/subject_labels/subject_XX.nii.gz                        the tissue labels under the same warps (nearest
+                                                              neighbour): for scoring on held-out subjects only
   synthetic/images/vol_XX.nii.gz, synthetic/labels/...        MONAI create_test_image_3d spheres (labels 0..K-1)
 """
 from __future__ import annotations
@@ -24,8 +26,10 @@ def tissue_labels(gm: np.ndarray, wm: np.ndarray) -> np.ndarray:
     return np.argmax(np.stack([other, gm, wm]), axis=0).astype(np.uint8)
 
 
-def warped_subject(t1: np.ndarray, rng: np.random.Generator, scale: float = 0.08, angle_deg: float = 8.0) -> np.ndarray:
-    """The template under a random affine (scale ±8 %, rotation ±8°, shift ±6 voxels) and a smooth bias field."""
+def warped_subject(t1: np.ndarray, rng: np.random.Generator, label: np.ndarray | None = None, scale: float = 0.08,
+                   angle_deg: float = 8.0) -> tuple[np.ndarray, np.ndarray | None]:
+    """The template under a random affine (scale ±8 %, rotation ±8°, shift ±6 voxels) and a smooth bias field;
+    `label` (if given) goes through the same affine by nearest neighbour. -> (image, warped label or None)."""
     from scipy.ndimage import affine_transform
 
     a = np.deg2rad(rng.uniform(-angle_deg, angle_deg, 3))
@@ -38,7 +42,8 @@ def warped_subject(t1: np.ndarray, rng: np.random.Generator, scale: float = 0.08
     out = affine_transform(t1, m, offset=offset, order=1)
     grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in t1.shape], indexing="ij"))
     bias = 1 + 0.15 * np.tensordot(rng.uniform(-1, 1, 3), grid, axes=1)
-    return (out * bias).astype(np.float32)
+    warped = None if label is None else affine_transform(label, m, offset=offset, order=0)
+    return (out * bias).astype(np.float32), warped
 
 
 def write_sample_data(out: Path, resolution: int = 2, subjects: int = 6, synthetic: int = 8, size: int = 64,
@@ -53,12 +58,15 @@ def write_sample_data(out: Path, resolution: int = 2, subjects: int = 6, synthet
     wm = np.asarray(datasets.load_mni152_wm_template(resolution=resolution).get_fdata(), np.float32)
     t1 = np.asarray(t1_img.get_fdata(), np.float32)
     affine = t1_img.affine
+    labels = tissue_labels(gm, wm)
     write_nifti(out / "mri" / "images" / "mni152_t1.nii.gz", t1, affine)
-    write_nifti(out / "mri" / "labels" / "mni152_t1.nii.gz", tissue_labels(gm, wm), affine)
+    write_nifti(out / "mri" / "labels" / "mni152_t1.nii.gz", labels, affine)
     atomic_write_text(out / "mri" / "dataset.json",
                       json.dumps({"labels": {"background": 0, "grey matter": 1, "white matter": 2}}, indent=2))
     for i in range(subjects):
-        write_nifti(out / "mri" / "unlabelled" / f"subject_{i:02d}.nii.gz", warped_subject(t1, rng), affine)
+        image, label = warped_subject(t1, rng, labels)
+        write_nifti(out / "mri" / "unlabelled" / f"subject_{i:02d}.nii.gz", image, affine)
+        write_nifti(out / "mri" / "subject_labels" / f"subject_{i:02d}.nii.gz", label, affine)
     for i in range(synthetic):
         img, seg = create_test_image_3d(size, size, size, num_objs=6, rad_max=size // 6, rad_min=size // 16,
                                         noise_max=0.3, num_seg_classes=3, channel_dim=None,
