@@ -207,8 +207,8 @@ def test_foreground_mask_clears_predictions_in_air_only() -> None:
 def test_overlay_slices_pass_through_the_labels() -> None:
     """segmentation.png cuts where the held-out labels are: an off-centre sphere is in both views, not a blank middle."""
     label = np.zeros((20, 30, 40), np.int64)
-    zz, yy, xx = np.meshgrid(np.arange(40), np.arange(30), np.arange(20), indexing="ij")
-    label[((xx - 12) ** 2 + (yy - 6) ** 2 + (zz - 31) ** 2 <= 9).transpose(2, 1, 0)] = 1
+    x, y, z = np.ogrid[:20, :30, :40]
+    label[(x - 12) ** 2 + (y - 6) ** 2 + (z - 31) ** 2 <= 9] = 1
     z, y = busiest_slices(label)
     assert (z, y) == (31, 6)
     assert label[:, :, z].any() and label[:, y, :].any()
