@@ -8,7 +8,7 @@ Setting (more unlabelled volumes for pretraining than labelled ones, a short fin
   is a transductive, single-anatomy setting (stated in the README).
 - mri-subjects: the same pretraining; the whole labelled T1 trains and the 4 warped subjects are scored with their
   warped labels (held-out volumes that differ in pose, size and bias field).
-For every seed: one pretraining run (train.seed = seed) and two fine-tuning runs from the same recipe
+For every seed: one pretraining run (train.seed = seed; the two MRI sets share it) and two fine-tuning runs from the same recipe
 (finetune.seed = seed), one from the pretrained encoder, one `--from-scratch` (same architecture, steps, lr,
 crops). The CLI runs exactly as a user would. Prints mean ± std over seeds and every run's Dice.
 
@@ -89,9 +89,10 @@ def main() -> None:
     def one_seed(name: str, seed: int) -> tuple[float, float]:
         """Pretrain with this seed, then fine-tune from it and from scratch: (alice Dice, scratch Dice)."""
         unlabelled, folder, extra = sets[name]
-        run = tmp / f"{name}-pre-{seed}"
-        sslkit("pretrain", *unlabelled, "-r", "mri-demo", "--out", run, "--set", f"train.seed={seed}",
-               "--set", f"train.steps={a.steps}", *pre_sets, env=env)
+        run = tmp / f"{'mri' if name.startswith('mri') else name}-pre-{seed}"   # both MRI sets: one pretraining
+        if not (run / "encoder").exists():
+            sslkit("pretrain", *unlabelled, "-r", "mri-demo", "--out", run, "--set", f"train.seed={seed}",
+                   "--set", f"train.steps={a.steps}", *pre_sets, env=env)
         dice = []
         for arm, flag in (("alice", []), ("scratch", ["--from-scratch"])):
             out = tmp / f"{name}-{arm}-{seed}"
