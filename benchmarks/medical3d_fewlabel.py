@@ -8,9 +8,10 @@ Setting (more unlabelled volumes for pretraining than labelled ones, a short fin
   is a transductive, single-anatomy setting (stated in the README).
 - mri-subjects: the same pretraining; the whole labelled T1 trains and the 4 warped subjects are scored with their
   warped labels (held-out volumes that differ in pose, size and bias field).
-For every seed: one pretraining run (train.seed = seed; the two MRI sets share it) and two fine-tuning runs from the same recipe
-(finetune.seed = seed), one from the pretrained encoder, one `--from-scratch` (same architecture, steps, lr,
-crops). The CLI runs exactly as a user would. Prints mean ± std over seeds and every run's Dice.
+For every seed: one pretraining run (train.seed = seed; the two MRI sets share it) and two fine-tuning runs from
+the same recipe (finetune.seed = seed), one from the pretrained encoder, one `--from-scratch` (same architecture,
+steps, lr, crops). The CLI runs exactly as a user would. Prints mean ± std over seeds, the paired gain ± its
+standard error, and every run's Dice.
 
     .venv/bin/python benchmarks/medical3d_fewlabel.py [--seeds 3] [--sets mri,synthetic] [--steps 300]
         [--ft-steps 150] [--jobs 2] [--set key=value ...]   # --set goes to pretraining (e.g. alice.mask_ratio=0.3)
@@ -77,8 +78,9 @@ def main() -> None:
     atexit.register(shutil.rmtree, tmp, ignore_errors=True)  # runs and caches are GBs: never left behind
     os.environ["SSLKIT_CACHE_DIR"] = str(tmp / "cache")
     data = make_data(tmp, a.subjects, a.unlabelled)
-    sets = {"mri": ([data / "mri" / "images", data / "mri" / "unlabelled"], data / "mri", []),
-            "mri-subjects": ([data / "mri" / "images", data / "mri" / "unlabelled"], data / "mri-subjects", ["--train", "1"]),
+    mri_unlabelled = [data / "mri" / "images", data / "mri" / "unlabelled"]
+    sets = {"mri": (mri_unlabelled, data / "mri", []),
+            "mri-subjects": (mri_unlabelled, data / "mri-subjects", ["--train", "1"]),
             "synthetic": ([data / "synthetic" / "unlabelled"], data / "synthetic", ["--train", "2"])}
     pre_sets = [x for s in a.sets_ for x in ("--set", s)]
     ft_sets = [x for s in a.ft_set for x in ("--set", s)]
@@ -122,8 +124,9 @@ def main() -> None:
             "1 hemisphere")
         diff = 100 * (al - sc)
         se = diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else float("nan")
+        won = int((diff.round(1) > 0).sum())
         print(f"{name:<13}{n_unl[name]:>11}{lab:>18}{am:>10.3f} ± {asd:.3f}{sm:>10.3f} ± {ssd:.3f}"
-              f"{gain:>+14.1f} ± {se:<5.1f}{int((diff.round(1) > 0).sum()):>4}/{len(diff)}{'PASS' if gain >= 5 else 'FAIL':>11}")
+              f"{gain:>+14.1f} ± {se:<5.1f}{won:>4}/{len(diff)}{'PASS' if gain >= 5 else 'FAIL':>11}")
         print(f"{'':<13}per seed: alice {np.round(al, 3).tolist()}  scratch {np.round(sc, 3).tolist()}")
 
 
