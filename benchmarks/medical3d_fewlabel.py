@@ -78,10 +78,11 @@ def main() -> None:
     atexit.register(shutil.rmtree, tmp, ignore_errors=True)  # runs and caches are GBs: never left behind
     os.environ["SSLKIT_CACHE_DIR"] = str(tmp / "cache")
     data = make_data(tmp, a.subjects, a.unlabelled)
+    # name -> (pretraining run prefix, unlabelled inputs, labelled folder, finetune options); the MRI sets share runs
     mri_unlabelled = [data / "mri" / "images", data / "mri" / "unlabelled"]
-    sets = {"mri": (mri_unlabelled, data / "mri", []),
-            "mri-subjects": (mri_unlabelled, data / "mri-subjects", ["--train", "1"]),
-            "synthetic": ([data / "synthetic" / "unlabelled"], data / "synthetic", ["--train", "2"])}
+    sets = {"mri": ("mri", mri_unlabelled, data / "mri", []),
+            "mri-subjects": ("mri", mri_unlabelled, data / "mri-subjects", ["--train", "1"]),
+            "synthetic": ("synthetic", [data / "synthetic" / "unlabelled"], data / "synthetic", ["--train", "2"])}
     pre_sets = [x for s in a.sets_ for x in ("--set", s)]
     ft_sets = [x for s in a.ft_set for x in ("--set", s)]
     env = dict(os.environ)
@@ -90,9 +91,9 @@ def main() -> None:
 
     def one_seed(name: str, seed: int) -> tuple[float, float]:
         """Pretrain with this seed, then fine-tune from it and from scratch: (alice Dice, scratch Dice)."""
-        unlabelled, folder, extra = sets[name]
-        run = tmp / f"{'mri' if name.startswith('mri') else name}-pre-{seed}"   # both MRI sets: one pretraining
-        if not (run / "encoder").exists():
+        prefix, unlabelled, folder, extra = sets[name]
+        run = tmp / f"{prefix}-pre-{seed}"
+        if not (run / "encoder").exists():   # sets run one after another: the second MRI set reuses the first's
             sslkit("pretrain", *unlabelled, "-r", "mri-demo", "--out", run, "--set", f"train.seed={seed}",
                    "--set", f"train.steps={a.steps}", *pre_sets, env=env)
         dice = []
@@ -108,8 +109,7 @@ def main() -> None:
     for name in a.sets.split(","):
         with ThreadPoolExecutor(max_workers=a.jobs) as pool:   # threads only wait on the sslkit processes
             results = list(pool.map(lambda seed: one_seed(name, seed), range(a.seeds)))
-        scores = {"alice": [r[0] for r in results], "scratch": [r[1] for r in results]}
-        al, sc = np.array(scores["alice"]), np.array(scores["scratch"])
+        al, sc = np.array(results).T
         rows.append((name, al.mean(), al.std(), sc.mean(), sc.std(), 100 * (al.mean() - sc.mean()), al, sc))
     n_unl = {"mri": 1 + a.subjects, "mri-subjects": 1 + a.subjects, "synthetic": a.unlabelled}
     print(f"{a.seeds} seeds; pretraining {a.steps} steps (mri-demo{' ' + ' '.join(a.sets_) if a.sets_ else ''}), "
