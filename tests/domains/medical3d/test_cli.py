@@ -66,6 +66,27 @@ def test_embed_parquet_with_ids_and_grids(tiny_run: Path, volumes: Path, tmp_pat
     assert again.exit_code == 2 and "already exists" in again.output
 
 
+def test_embed_reads_nrrd_and_mha_like_nifti(tiny_run: Path, volumes: Path, tmp_path: Path) -> None:
+    """One volume with an oblique geometry as NIfTI, NRRD and MHA in one folder: three identical embeddings."""
+    from sslkit.core.embeddings import read_embeddings
+    from tests.domains.medical3d.conftest import oblique_affine, write_itk
+
+    arr = np.asarray(nib.load(volumes / "img" / "v0.nii.gz").dataobj, dtype=np.float32)
+    (tmp_path / "mixed").mkdir()
+    nib.save(nib.Nifti1Image(arr, oblique_affine()), tmp_path / "mixed" / "a.nii.gz")
+    write_itk(tmp_path / "mixed" / "b.nrrd", arr, oblique_affine())
+    write_itk(tmp_path / "mixed" / "c.mha", arr, oblique_affine())
+    res = invoke("embed", tiny_run, tmp_path / "mixed", "--out", tmp_path / "emb.parquet")
+    assert res.exit_code == 0, res.output
+    ids, vecs = read_embeddings(tmp_path / "emb.parquet")
+    assert list(ids) == ["a.nii.gz", "b.nrrd", "c.mha"]
+    np.testing.assert_allclose(vecs[1], vecs[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(vecs[2], vecs[0], rtol=1e-5, atol=1e-6)
+    plain = tmp_path / "plain.parquet"                          # the same voxels with an identity affine
+    assert invoke("embed", tiny_run, volumes / "img" / "v0.nii.gz", "--out", plain).exit_code == 0
+    assert not np.allclose(read_embeddings(plain)[1][0], vecs[0], atol=1e-4)   # the geometry was applied
+
+
 def test_finetune_writes_dice_and_predictions_on_input_grid(tiny_run: Path, tmp_path: Path) -> None:
     from tests.domains.medical3d.conftest import write_volumes
 

@@ -13,6 +13,7 @@ from sslkit.core.errors import UserError
 from sslkit.domains.medical3d import io, preprocess
 from sslkit.domains.medical3d.preprocess import Settings, VolumeCache
 from sslkit.domains.medical3d.transforms import crop
+from tests.domains.medical3d.conftest import oblique_affine, write_itk
 
 
 def _nii(path: Path, arr: np.ndarray, affine: np.ndarray | None = None) -> Path:
@@ -173,3 +174,25 @@ def test_sample_data_warped_subjects_come_with_their_labels(tmp_path: Path) -> N
         assert set(np.unique(lab)) == {0, 1, 2}                        # nearest neighbour: still tissue classes
         assert (img[lab > 0] > 0).mean() > 0.99                        # tissue labels lie on the warped brain
         assert (lab != t1_label).mean() > 0.01                         # ... which moved away from the template
+
+
+
+@pytest.mark.parametrize("suffix", [".nrrd", ".mha", ".nhdr"])
+def test_nrrd_and_mha_read_like_the_same_nifti(tmp_path: Path, suffix: str) -> None:
+    """NRRD/MHA (ITK, LPS on disk) give the same voxels and voxel->RAS affine as a NIfTI of the same volume."""
+    arr = np.random.default_rng(0).random((7, 9, 5)).astype(np.float32)
+    aff = oblique_affine()
+    ref_arr, ref_aff = io.read_volume(_nii(tmp_path / "v.nii.gz", arr, aff))
+    (vol,) = io.find_volumes([write_itk(tmp_path / f"v{suffix}", arr, aff)])
+    got_arr, got_aff = io.read_volume(vol)
+    np.testing.assert_array_equal(got_arr, ref_arr)
+    np.testing.assert_allclose(got_aff, ref_aff, atol=1e-5)
+    ras, ras_aff, _ = preprocess.to_ras(got_arr, got_aff)             # and the same canonical frame downstream
+    np.testing.assert_array_equal(ras, preprocess.to_ras(ref_arr, ref_aff)[0])
+
+
+def test_corrupt_nrrd_names_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "scan.nrrd"
+    bad.write_bytes(b"NRRD0004\ntype: float\ndimension: 3\nsizes: 4 4\nencoding: raw\n\n" + b"\0" * 10)
+    with pytest.raises(UserError, match=r"scan\.nrrd is not readable by ITK"):
+        io.read_volume(bad)

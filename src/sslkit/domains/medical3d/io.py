@@ -189,7 +189,7 @@ def read_itk(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         import itk  # noqa: F401
     except ImportError:
-        raise UserError(f"{path}: reading {_suffix(path)} needs the itk package — pip install itk, "
+        raise UserError(f"{path}: reading {_suffix(path)} needs the itk package — pip install itk-io (part of sslkit[medical3d]), "
                         "or convert to NIfTI") from None
     from monai.data import ITKReader
 
