@@ -97,6 +97,90 @@ def test_dicom_series_roundtrip_and_several_series(tmp_path: Path) -> None:
         io.read_dicom(tmp_path / "ct", None)
 
 
+def _transcode(src: Path, dst: Path, syntax: str) -> None:
+    """Rewrite one DICOM file with GDCM in another transfer syntax (e.g. JPEGLosslessProcess14_1)."""
+    import gdcm
+
+    reader = gdcm.ImageReader()
+    reader.SetFileName(str(src))
+    assert reader.Read()
+    change = gdcm.ImageChangeTransferSyntax()
+    change.SetTransferSyntax(gdcm.TransferSyntax(getattr(gdcm.TransferSyntax, syntax)))
+    change.SetInput(reader.GetImage())
+    assert change.Change()
+    writer = gdcm.ImageWriter()
+    writer.SetFileName(str(dst))
+    writer.SetFile(reader.GetFile())
+    writer.SetImage(change.GetOutput())
+    assert writer.Write()
+
+
+def test_dicom_export_tree_without_extensions_compressed_and_non_images(tmp_path: Path) -> None:
+    """A PACS-style export: slices named by number or UID without .dcm, JPEG-lossless and JPEG-LS compressed, a
+    DICOMDIR, a report object and a text file beside them: one volume, the same voxels as the plain series."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    vol = (np.arange(6 * 5 * 4, dtype=np.int16).reshape(6, 5, 4) * 37) % 3000
+    _dicom_series(tmp_path / "plain", vol, "1.2.3.4")
+    expected, expected_aff = io.read_volume(io.find_volumes([tmp_path / "plain"])[0])
+    series = tmp_path / "export" / "patient" / "study" / "series1"
+    series.mkdir(parents=True)
+    for k, f in enumerate(sorted((tmp_path / "plain").glob("*.dcm"))):
+        name, syntax = ((f"IM{k:04d}", "JPEGLosslessProcess14_1") if k % 2 else
+                        (f"1.3.12.2.1107.5.1.{k}", "JPEGLSLossless"))
+        _transcode(f, series / name, syntax)
+    meta = FileMetaDataset()
+    meta.TransferSyntaxUID, meta.MediaStorageSOPClassUID = ExplicitVRLittleEndian, "1.2.840.10008.5.1.4.1.1.88.11"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    report = FileDataset(str(series / "SR0001"), {}, file_meta=meta, preamble=b"\0" * 128)
+    report.SeriesInstanceUID = "9.9.9"                                  # a basic text report: no pixel rows
+    report.save_as(str(series / "SR0001"), enforce_file_format=True)
+    (series.parent / "DICOMDIR").write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 64)
+    (series / "notes.txt").write_text("acquired on a Tuesday")
+    (vol_,) = io.find_volumes([tmp_path / "export"])
+    assert vol_.id == "patient/study/series1" and vol_.series == "1.2.3.4"
+    arr, aff = io.read_volume(vol_)
+    np.testing.assert_array_equal(arr, expected)
+    np.testing.assert_allclose(aff, expected_aff)
+    (one,) = io.find_volumes([series / "IM0001"])                      # one slice given: its series
+    np.testing.assert_array_equal(io.read_volume(one)[0], expected)
+
+
+def test_dicom_missing_duplicate_multiframe_and_undecodable(tmp_path: Path) -> None:
+    from pydicom import dcmread
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEG2000Lossless, generate_uid
+
+    vol = np.arange(6 * 5 * 5, dtype=np.int16).reshape(6, 5, 5)
+    _dicom_series(tmp_path / "gap", vol, "1.2.3")
+    (tmp_path / "gap" / "1.2.3_2.dcm").unlink()                        # slices at 0, 2, 6, 8 mm
+    with pytest.raises(UserError, match=r"2 mm but 4 mm between the slices at 2.0 and 6.0 mm \(a missing slice\?\)"):
+        io.read_volume(io.find_volumes([tmp_path / "gap"])[0])
+    _dicom_series(tmp_path / "echoes", vol, "1.2.4")
+    for f in sorted((tmp_path / "echoes").glob("*.dcm")):              # a second echo at the same positions
+        ds = dcmread(f)
+        ds.SOPInstanceUID = generate_uid()
+        ds.save_as(str(f.with_name("echo2_" + f.name)))
+    with pytest.raises(UserError, match="10 slices at only 5 positions"):
+        io.read_volume(io.find_volumes([tmp_path / "echoes"])[0])
+    _dicom_series(tmp_path / "mf", vol, "1.2.5")
+    files = sorted((tmp_path / "mf").glob("*.dcm"))
+    ds = dcmread(files[0])
+    ds.NumberOfFrames, ds.PixelData = 5, np.ascontiguousarray(vol.transpose(2, 1, 0)).tobytes()
+    ds.save_as(str(files[0]))
+    with pytest.raises(UserError, match="holds 5 frames"):
+        io.read_volume(io.find_volumes([tmp_path / "mf"])[0])
+    _dicom_series(tmp_path / "j2k", vol, "1.2.6")
+    first = sorted((tmp_path / "j2k").glob("*.dcm"))[0]
+    ds = dcmread(first)
+    ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
+    ds.PixelData = encapsulate([b"\xff\x4f\xff\x51 not a codestream"])
+    ds.save_as(str(first))
+    with pytest.raises(UserError, match=r"unreadable DICOM pixel data .*transfer syntax JPEG 2000"):
+        io.read_volume(io.find_volumes([tmp_path / "j2k"])[0])
+
+
 def test_ras_roundtrip_resampling_and_intensity() -> None:
     arr = np.random.default_rng(0).random((4, 5, 6)).astype(np.float32)
     lps = np.diag([-1.0, -2.0, 3.0, 1.0])                             # x and y flipped, 2 mm / 3 mm voxels

@@ -38,16 +38,51 @@ def is_volume_file(p: Path) -> bool:
     return p.is_file() and _suffix(p) in NIFTI + ITK
 
 
+DICOM_SUFFIXES = (".dcm", ".ima", ".dicom")
+# Files never probed for a DICOM header when they sit in a data tree (everything else is: scanners and PACS exports
+# often name slices without an extension, or by UID, e.g. "1.3.12.2.1107.5.1.4.1001").
+NOT_DICOM = NIFTI + ITK + (".gz", ".zip", ".json", ".txt", ".csv", ".tsv", ".md", ".yaml", ".yml", ".xml", ".html",
+                           ".pdf", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy", ".npz", ".parquet", ".py", ".log",
+                           ".raw", ".zraw", ".bval", ".bvec", ".pt", ".safetensors")
+
+
+def is_dicom_file(p: Path) -> bool:
+    """A .dcm/.ima/.dicom file, or any other file (bar known non-DICOM types) with the DICM magic at byte 128."""
+    if not p.is_file() or p.name == "DICOMDIR" or p.name.startswith("."):
+        return False
+    suffix = _suffix(p)
+    if suffix in DICOM_SUFFIXES:
+        return True
+    if suffix in NOT_DICOM:
+        return False
+    try:
+        with open(p, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    return head[128:132] == b"DICM"
+
+
+def dicom_files(folder: Path) -> list[Path]:
+    """The DICOM files directly inside `folder`, sorted by name."""
+    return sorted(f for f in folder.iterdir() if is_dicom_file(f))
+
+
 def _dicom_series(folder: Path) -> dict[str, list[Path]]:
-    """SeriesInstanceUID -> its .dcm files in `folder` (headers only, no pixel data)."""
+    """SeriesInstanceUID -> its image files in `folder` (headers only, no pixel data).
+
+    Objects without pixel rows (DICOMDIR records, structured reports, presentation states) are not images: skipped.
+    """
     import pydicom
 
     series: dict[str, list[Path]] = {}
-    for f in sorted(folder.glob("*.dcm")):
+    for f in dicom_files(folder):
         try:
             ds = pydicom.dcmread(f, stop_before_pixels=True)
         except Exception as exc:  # pydicom raises several types for broken headers
             raise UserError(f"{f} is not a readable DICOM file ({type(exc).__name__}) — remove or re-export it") from None
+        if "Rows" not in ds:
+            continue
         series.setdefault(str(getattr(ds, "SeriesInstanceUID", "unknown")), []).append(f)
     return series
 
@@ -55,7 +90,7 @@ def _dicom_series(folder: Path) -> dict[str, list[Path]]:
 def find_volumes(paths: list[Path]) -> list[Volume]:
     """Volumes under folders (recursive), given files, or a MONAI-style JSON datalist.
 
-    A folder of `.dcm` files is one volume per DICOM series in it; a folder holding
+    A folder of DICOM files (any name: see `is_dicom_file`) is one volume per series in it; a folder holding
     several series yields one volume per series (ids `folder#k`) and they are listed.
     """
     found: list[Volume] = []
@@ -66,13 +101,20 @@ def find_volumes(paths: list[Path]) -> list[Volume]:
         if p.is_file() and p.suffix.lower() == ".json":
             found += read_datalist(p)
         elif p.is_file():
-            if _suffix(p) not in NIFTI + ITK + (".dcm",):
-                raise UserError(f"{p} is not a volume file (.nii, .nii.gz, .nrrd, .mha, .mhd, .dcm or a DICOM folder)")
-            found.append(Volume(p.name, p) if _suffix(p) != ".dcm" else Volume(p.parent.name, p.parent))
+            if _suffix(p) in NIFTI + ITK:
+                found.append(Volume(p.name, p))
+            elif is_dicom_file(p):                      # one slice stands for its series, read from its folder
+                uid = next((uid for uid, files in _dicom_series(p.parent).items() if p in files), None)
+                if uid is None:
+                    raise UserError(f"{p} is a DICOM file without an image (a DICOMDIR record, report or state) — "
+                                    "give an image slice or its folder")
+                found.append(Volume(p.parent.name, p.parent, uid))
+            else:
+                raise UserError(f"{p} is not a volume file (.nii, .nii.gz, .nrrd, .mha, .mhd, a DICOM file or folder)")
         else:
             files = sorted(f for f in p.rglob("*") if is_volume_file(f))
             found += [Volume(str(f.relative_to(p)), f) for f in files]
-            for folder in sorted({f.parent for f in p.rglob("*.dcm")}):
+            for folder in sorted({f.parent for f in p.rglob("*") if is_dicom_file(f)}):
                 found += dicom_volumes(folder, str(folder.relative_to(p)) or folder.name)
     if not found:
         raise UserError(f"no volumes found in {', '.join(map(str, paths))} — expected .nii/.nii.gz/.nrrd/.mha "
@@ -149,6 +191,22 @@ def read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return _check_array(arr, str(path)), np.asarray(img.affine, dtype=np.float64)
 
 
+def _check_slice_spacing(folder: Path, series: str, positions: list[float]) -> None:
+    """Slices along the normal must be distinct and evenly spaced: the affine assumes one slice step."""
+    gaps = np.diff(np.asarray(positions))
+    step = float(np.median(gaps))
+    same = gaps < 1e-3 * max(step, 1e-6)
+    if same.any():
+        raise UserError(f"{folder} series {series}: {len(positions)} slices at only {len(positions) - int(same.sum())} "
+                        "positions (several echoes, phases or time points in one series) — split them into one series "
+                        "each, e.g. with dcm2niix")
+    worst = int(np.argmax(np.abs(gaps - step)))
+    if abs(gaps[worst] - step) > 0.1 * step:
+        raise UserError(f"{folder} series {series}: slice spacing is {step:.3g} mm but {gaps[worst]:.3g} mm between the "
+                        f"slices at {positions[worst]:.1f} and {positions[worst + 1]:.1f} mm (a missing slice?) — "
+                        "complete the series or convert it with dcm2niix, which resamples uneven slices")
+
+
 def read_dicom(folder: Path, series: str | None) -> tuple[np.ndarray, np.ndarray]:
     """A DICOM series sorted along its slice normal; affine from ImagePositionPatient/Orientation (LPS -> RAS)."""
     import pydicom
@@ -163,15 +221,24 @@ def read_dicom(folder: Path, series: str | None) -> tuple[np.ndarray, np.ndarray
     for f in all_series.get(series, []):
         try:
             ds = pydicom.dcmread(f)
+        except Exception as exc:  # pydicom raises several types for broken files
+            raise UserError(f"{f} is not a readable DICOM file ({type(exc).__name__}) — remove or re-export it") from None
+        try:
             pix = ds.pixel_array.astype(np.float32) * float(getattr(ds, "RescaleSlope", 1)) + float(getattr(ds, "RescaleIntercept", 0))
-        except Exception as exc:  # broken pixel data, missing transfer syntax support
-            raise UserError(f"{f} has unreadable DICOM pixel data ({type(exc).__name__}) — re-export the series") from None
+        except Exception as exc:  # broken pixel data, or a compression that no installed decoder handles
+            syntax = getattr(ds.file_meta.get("TransferSyntaxUID"), "name", "unknown")
+            raise UserError(f"{f} has unreadable DICOM pixel data ({type(exc).__name__}; transfer syntax {syntax}) — "
+                            "re-export the series uncompressed (e.g. gdcmconv --raw) or convert it with dcm2niix") from None
+        if pix.ndim != 2:
+            raise UserError(f"{f} holds {int(getattr(ds, 'NumberOfFrames', 1))} frames (an enhanced multi-frame "
+                            "object) — convert the series with dcm2niix and read the NIfTI")
         slices.append((ds, pix))
     if len(slices) < 2:
         raise UserError(f"{folder} series {series} has {len(slices)} slice(s) — a 3-D volume needs several slices")
     row, col = (np.asarray(slices[0][0].ImageOrientationPatient[:3], float), np.asarray(slices[0][0].ImageOrientationPatient[3:], float))
     normal = np.cross(row, col)
     slices.sort(key=lambda s: float(np.dot(normal, np.asarray(s[0].ImagePositionPatient, float))))
+    _check_slice_spacing(folder, series, [float(np.dot(normal, np.asarray(s[0].ImagePositionPatient, float))) for s in slices])
     p0 = np.asarray(slices[0][0].ImagePositionPatient, float)
     p1 = np.asarray(slices[-1][0].ImagePositionPatient, float)
     dz = (p1 - p0) / (len(slices) - 1)
@@ -205,7 +272,7 @@ def read_volume(vol: Volume | Path) -> tuple[np.ndarray, np.ndarray]:
     """(X, Y, Z) float32 voxels and the 4×4 voxel->RAS affine of one volume."""
     if isinstance(vol, Path):
         vol = Volume(vol.name, vol)
-    if vol.path.is_dir() or _suffix(vol.path) == ".dcm":
+    if vol.path.is_dir() or is_dicom_file(vol.path):
         return read_dicom(vol.path if vol.path.is_dir() else vol.path.parent, vol.series)
     if _suffix(vol.path) in NIFTI:
         return read_nifti(vol.path)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from sslkit.core.errors import UserError
-from sslkit.domains.medical3d.io import Volume, read_volume
+from sslkit.domains.medical3d.io import Volume, dicom_files, read_volume
 
 CACHE_VERSION = 1
 
@@ -181,7 +181,7 @@ class VolumeCache:
         parts: list[Any] = [CACHE_VERSION, str(vol.path.resolve()), vol.series, str(vol.label)]
         for p in [vol.path, vol.label]:
             if p is not None:
-                files = sorted(p.glob("*.dcm")) if p.is_dir() else [p]
+                files = dicom_files(p) if p.is_dir() else [p]
                 parts += [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
         parts.append(sorted(self.settings.__dict__.items()))
         return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:24]
