@@ -254,3 +254,21 @@ def test_piecewise_linear_tokenizer_trains_exports_and_embeds(adult_csv, tmp_pat
     assert res.returncode == 0, res.stderr
     ids, z = read_embeddings(tmp_path / "e.parquet")
     assert z.shape == (600, enc.out_dim) and np.isfinite(z).all()
+
+
+def test_pretrain_reads_a_german_excel_csv(tmp_path):
+    """Semicolons, Windows-1252 and decimal commas (Excel's CSV in a German locale): read right and said so."""
+    rng = np.random.default_rng(0)
+    lines = ["alter;stadt;einkommen;kredit"] + [f"{a};{['Köln', 'München', 'Düsseldorf'][c]};{v:.2f};{'ja' if c else 'nein'}"
+                                              .replace(".", ",") for a, c, v in
+                                              zip(rng.integers(18, 90, 80), rng.integers(0, 3, 80), rng.normal(3000, 900, 80))]
+    data = tmp_path / "kunden.csv"
+    data.write_bytes("\r\n".join(lines).encode("cp1252"))
+    res = run_cli("pretrain", data, "--target", "kredit", "-r", "tiny", "--out", tmp_path / "run")
+    assert res.returncode == 0, res.stderr
+    assert "reading kunden.csv as semicolon-separated, cp1252 text, decimal comma" in res.stderr
+    pre = json.loads((tmp_path / "run" / "preprocess.json").read_text())
+    assert [c["name"] for c in pre["numeric"]] == ["alter", "einkommen"]
+    (stadt,) = pre["categorical"]
+    assert stadt["name"] == "stadt" and "Düsseldorf" in json.dumps(stadt, ensure_ascii=False)
+

@@ -100,6 +100,50 @@ def test_ragged_csv_reports_the_line(tmp_path):
         list(iter_batches(path))
 
 
+def _city_rows() -> list[tuple[str, str, str, str]]:
+    rng = np.random.default_rng(0)
+    cities = ["Köln", "München", "Berlin, Mitte", "Saint-Étienne", "Zürich (€)"]   # a delimiter inside one value
+    return [(str(int(a)), cities[c], f"{v:.2f}", "yes" if c % 2 else "no")
+            for a, c, v in zip(rng.integers(18, 90, 60), rng.integers(0, 5, 60), rng.normal(1000, 300, 60))]
+
+
+DIALECTS = {   # name: (suffix, delimiter, encoding, decimal comma)
+    "semicolon": (".csv", ";", "utf-8", False), "pipe": (".csv", "|", "utf-8", False),
+    "tab-in-csv": (".csv", "\t", "utf-8", False), "tsv": (".tsv", "\t", "utf-8", False),
+    "windows-1252": (".csv", ",", "cp1252", False), "utf-8-bom": (".csv", ",", "utf-8-sig", False),
+    "excel-de": (".csv", ";", "cp1252", True),
+}
+
+
+@pytest.mark.parametrize("name", list(DIALECTS))
+def test_csv_dialects_read_like_plain_csv(tmp_path, name):
+    """Semicolon/pipe/tab separators, Windows-1252 text, a UTF-8 BOM and decimal commas give the same table."""
+    import csv
+
+    header, rows = ("age", "city", "income", "y"), _city_rows()
+    with open(tmp_path / "plain.csv", "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([header, *rows])
+    suffix, delimiter, encoding, comma = DIALECTS[name]
+    with open(tmp_path / f"t{suffix}", "w", newline="", encoding=encoding) as f:
+        csv.writer(f, delimiter=delimiter).writerows(
+            [header, *[(a, c, v.replace(".", ",") if comma else v, y) for a, c, v, y in rows]])
+    plain = pa.Table.from_batches(list(iter_batches(tmp_path / "plain.csv")))
+    got = pa.Table.from_batches(list(iter_batches(tmp_path / f"t{suffix}")))
+    assert got.schema == plain.schema and got.equals(plain)
+    assert "Zürich (€)" in got.column("city").to_pylist() and got.column("income").type == pa.float64()
+
+
+def test_non_utf8_text_past_the_first_block_is_one_clear_error(tmp_path, monkeypatch):
+    from sslkit.domains.tabular import io
+
+    monkeypatch.setattr(io, "BLOCK_BYTES", 1 << 12)
+    monkeypatch.setattr(io, "SNIFF_BYTES", 1 << 12)
+    path = tmp_path / "late.csv"
+    path.write_bytes(b"a,city\n" + b"0.5,Berlin\n" * 1000 + "0.7,K\xf6ln\n".encode("latin-1"))
+    with pytest.raises(UserError, match="late.csv: text further down is not UTF-8.*save the file as UTF-8"):
+        list(iter_batches(path))
+
+
 def test_csv_and_parquet_read_alike(tmp_path):
     table = read_adult(limit=300)
     pq.write_table(table, tmp_path / "a.parquet")

@@ -7,10 +7,15 @@ written to a memory-mapped cache (see `preprocess.py`).
 """
 from __future__ import annotations
 
+import csv
+import functools
 import importlib.util
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from sslkit.core.console import info
 from sslkit.core.errors import UserError
 
 SUFFIXES = (".csv", ".tsv", ".parquet", ".pq")
@@ -36,6 +41,66 @@ def check_table_path(path: Path) -> Path:
     return path
 
 
+@dataclass(frozen=True)
+class CsvDialect:
+    """How a CSV file is written: field delimiter, text encoding and decimal mark."""
+
+    delimiter: str = ","
+    encoding: str = "utf8"
+    decimal_point: str = "."
+
+    def describe(self) -> str:
+        names = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
+        return (f"{names[self.delimiter]}-separated, {self.encoding} text"
+                + (", decimal comma" if self.decimal_point == "," else ""))
+
+
+SNIFF_BYTES = BLOCK_BYTES   # the block pyarrow infers the column types from
+_DECIMAL_COMMA, _DECIMAL_POINT = re.compile(r"^\s*-?\d+,\d+\s*$"), re.compile(r"^\s*-?\d*\.\d+\s*$")
+
+
+@functools.lru_cache(maxsize=32)
+def _sniff(path: Path, size: int, mtime_ns: int, tsv: bool) -> CsvDialect:
+    with open(path, "rb") as f:
+        sample = f.read(SNIFF_BYTES)
+    if len(sample) == SNIFF_BYTES and b"\n" in sample:
+        sample = sample[: sample.rindex(b"\n")]     # whole lines only: no character or row cut in half
+    for encoding in ("utf8", "cp1252", "latin1"):
+        try:
+            text = sample.decode("utf-8-sig" if encoding == "utf8" else encoding)
+            break
+        except UnicodeDecodeError:
+            continue
+    lines = text.splitlines()[:50]
+    delimiter = "\t" if tsv else ","
+    if not tsv and lines:
+        counts = {}
+        for cand in (",", ";", "\t", "|"):
+            widths = {len(row) for row in csv.reader(lines, delimiter=cand) if row}
+            if len(widths) == 1 and (width := widths.pop()) > 1:
+                counts[cand] = width
+        if counts and "," not in counts:
+            delimiter = max(counts, key=counts.get)
+    decimal = "."
+    if delimiter != "," and lines:
+        fields = [v for row in csv.reader(lines[1:], delimiter=delimiter) for v in row]
+        if any(_DECIMAL_COMMA.match(v) for v in fields) and not any(_DECIMAL_POINT.match(v) for v in fields):
+            decimal = ","
+    dialect = CsvDialect(delimiter, encoding, decimal)
+    if dialect != CsvDialect(delimiter="\t" if tsv else ","):
+        info(f"reading {path.name} as {dialect.describe()}")
+    return dialect
+
+
+def sniff_csv(path: Path) -> CsvDialect:
+    """The delimiter (.csv: comma, semicolon, tab or pipe, whichever splits the first lines into the same number of
+    fields; .tsv: tab), the encoding (UTF-8, else Windows-1252, else Latin-1) and the decimal mark (a comma when
+    a non-comma-separated file writes its numbers only as 1,5) from the first block (8 MiB); said once when not plain
+    CSV."""
+    st = path.stat()
+    return _sniff(path.resolve(), st.st_size, st.st_mtime_ns, path.suffix.lower() == ".tsv")
+
+
 def _csv_reader(path: Path, string_columns: list[str]) -> Any:
     import pyarrow as pa
     import pyarrow.csv as pcsv
@@ -46,12 +111,13 @@ def _csv_reader(path: Path, string_columns: list[str]) -> Any:
         bad_rows.append(row)
         return "error"
 
-    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    convert = pcsv.ConvertOptions(null_values=NULL_VALUES, strings_can_be_null=True,
+    dialect = sniff_csv(path)
+    convert = pcsv.ConvertOptions(null_values=NULL_VALUES, strings_can_be_null=True, decimal_point=dialect.decimal_point,
                                   column_types={c: pa.string() for c in string_columns})
     try:
-        reader = pcsv.open_csv(path, read_options=pcsv.ReadOptions(block_size=BLOCK_BYTES, use_threads=False),
-                               parse_options=pcsv.ParseOptions(delimiter=delimiter, invalid_row_handler=on_bad_row),
+        reader = pcsv.open_csv(path, read_options=pcsv.ReadOptions(block_size=BLOCK_BYTES, use_threads=False,
+                                                                    encoding=dialect.encoding),
+                               parse_options=pcsv.ParseOptions(delimiter=dialect.delimiter, invalid_row_handler=on_bad_row),
                                convert_options=convert)
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError, UnicodeDecodeError) as exc:
         raise UserError(_csv_message(path, exc, bad_rows)) from None
@@ -65,6 +131,9 @@ def _csv_message(path: Path, exc: Exception, bad_rows: list[Any]) -> str:
         return (f"{path}, {where}: expected {row.expected_columns} fields, found {row.actual_columns} "
                 f"({row.text[:60]!r}) — fix that line (quote fields that contain the delimiter)")
     text = str(exc).splitlines()[0]
+    if "invalid UTF8" in text or isinstance(exc, UnicodeDecodeError):
+        return (f"{path}: text further down is not UTF-8, although the first {SNIFF_BYTES / 2**20:g} MiB are ({text[:80]}) — "
+                "save the file as UTF-8")
     if "conversion error" in text or "CSV conversion" in text:
         col = text.split("column #")[1].split(":")[0] if "column #" in text else "?"
         return (f"{path}: column #{col} changes type part-way through ({text}) — "
