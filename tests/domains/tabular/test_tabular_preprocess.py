@@ -144,6 +144,30 @@ def test_non_utf8_text_past_the_first_block_is_one_clear_error(tmp_path, monkeyp
         list(iter_batches(path))
 
 
+@pytest.mark.parametrize("codec", ["gzip", "bz2"])
+def test_compressed_csv_reads_like_plain_and_truncation_is_one_error(tmp_path, monkeypatch, codec):
+    import bz2
+    import gzip
+
+    from sslkit.domains.tabular import io
+
+    table = read_adult(limit=400)
+    io.write_csv_atomic(table, tmp_path / "a.csv")
+    raw = (tmp_path / "a.csv").read_bytes()
+    packed = tmp_path / ("a.csv.gz" if codec == "gzip" else "a.csv.bz2")
+    packed.write_bytes(gzip.compress(raw) if codec == "gzip" else bz2.compress(raw))
+    plain = pa.Table.from_batches(list(iter_batches(tmp_path / "a.csv")))
+    assert pa.Table.from_batches(list(iter_batches(packed))).equals(plain)
+    monkeypatch.setattr(io, "SNIFF_BYTES", 1 << 12)                  # the cut lies past the sniffed start
+    cut = tmp_path / f"cut{packed.suffix}"
+    cut.write_bytes(packed.read_bytes()[: len(packed.read_bytes()) // 2])
+    with pytest.raises(UserError, match=f"cut{packed.suffix}"):
+        list(iter_batches(cut))
+    with pytest.raises(UserError, match=r"unsupported table type '\.gz'"):
+        (tmp_path / "a.parquet.gz").write_bytes(b"x")
+        list(iter_batches(tmp_path / "a.parquet.gz"))
+
+
 def test_csv_and_parquet_read_alike(tmp_path):
     table = read_adult(limit=300)
     pq.write_table(table, tmp_path / "a.parquet")

@@ -19,6 +19,7 @@ from sslkit.core.console import info
 from sslkit.core.errors import UserError
 
 SUFFIXES = (".csv", ".tsv", ".parquet", ".pq")
+COMPRESSED = (".gz", ".bz2", ".zst", ".lz4")   # CSV/TSV only; pyarrow decompresses them on the fly
 NULL_VALUES = ["", "?", "NA", "N/A", "NaN", "nan", "null", "NULL", "None", "#N/A", "-nan", "-NaN"]
 BLOCK_BYTES = 8 << 20  # 8 MiB CSV blocks: type inference sees tens of thousands of rows
 
@@ -34,8 +35,9 @@ def check_table_path(path: Path) -> Path:
         raise UserError(f"table {path} does not exist — check the path")
     if path.is_dir():
         raise UserError(f"{path} is a folder — pass one .csv, .tsv or .parquet file")
-    if path.suffix.lower() not in SUFFIXES:
-        raise UserError(f"{path}: unsupported table type '{path.suffix}' — use .csv, .tsv or .parquet")
+    if table_kind(path) is None:
+        raise UserError(f"{path}: unsupported table type '{path.suffix}' — use .csv, .tsv "
+                        f"(either may be compressed: {', '.join(COMPRESSED)}) or .parquet")
     if path.stat().st_size == 0:
         raise UserError(f"{path} is empty — pass a table with a header and rows")
     return path
@@ -61,8 +63,13 @@ _DECIMAL_COMMA, _DECIMAL_POINT = re.compile(r"^\s*-?\d+,\d+\s*$"), re.compile(r"
 
 @functools.lru_cache(maxsize=32)
 def _sniff(path: Path, size: int, mtime_ns: int, tsv: bool) -> CsvDialect:
-    with open(path, "rb") as f:
-        sample = f.read(SNIFF_BYTES)
+    import pyarrow as pa
+
+    try:
+        with pa.input_stream(str(path), compression="detect") as f:
+            sample = f.read(SNIFF_BYTES)
+    except (OSError, pa.ArrowException) as exc:
+        raise UserError(f"{path} cannot be read ({str(exc).splitlines()[0]}) — check the file") from None
     if len(sample) == SNIFF_BYTES and b"\n" in sample:
         sample = sample[: sample.rindex(b"\n")]     # whole lines only: no character or row cut in half
     for encoding in ("utf8", "cp1252", "latin1"):
@@ -98,7 +105,17 @@ def sniff_csv(path: Path) -> CsvDialect:
     a non-comma-separated file writes its numbers only as 1,5) from the first block (8 MiB); said once when not plain
     CSV."""
     st = path.stat()
-    return _sniff(path.resolve(), st.st_size, st.st_mtime_ns, path.suffix.lower() == ".tsv")
+    return _sniff(path.resolve(), st.st_size, st.st_mtime_ns, table_kind(path) == "tsv")
+
+
+def table_kind(path: Path) -> str | None:
+    """"csv", "tsv" or "parquet" from the file name (data.csv.gz is a csv), None when it is none of them."""
+    suffixes = [x.lower() for x in Path(path).suffixes[-2:]]
+    if suffixes and suffixes[-1] in COMPRESSED:
+        suffixes = suffixes[:-1] if suffixes[:-1] and suffixes[-2] in (".csv", ".tsv") else []
+    if not suffixes or suffixes[-1] not in SUFFIXES:
+        return None
+    return {".pq": "parquet"}.get(suffixes[-1], suffixes[-1][1:])
 
 
 def _csv_reader(path: Path, string_columns: list[str]) -> Any:
@@ -146,7 +163,7 @@ def iter_batches(path: Path, string_columns: list[str] = (), batch_rows: int = 6
     import pyarrow as pa
 
     path = check_table_path(path)
-    if path.suffix.lower() in (".parquet", ".pq"):
+    if table_kind(path) == "parquet":
         import pyarrow.parquet as pq
 
         try:
@@ -162,7 +179,7 @@ def iter_batches(path: Path, string_columns: list[str] = (), batch_rows: int = 6
             batch = reader.read_next_batch()
         except StopIteration:
             return
-        except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeDecodeError) as exc:
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OSError, UnicodeDecodeError) as exc:
             raise UserError(_csv_message(path, exc, bad_rows)) from None
         yield batch
 
@@ -172,7 +189,7 @@ def table_columns(path: Path) -> list[str]:
     import pyarrow as pa
 
     path = check_table_path(path)
-    if path.suffix.lower() in (".parquet", ".pq"):
+    if table_kind(path) == "parquet":
         import pyarrow.parquet as pq
 
         try:
