@@ -275,6 +275,19 @@ def test_nrrd_and_mha_read_like_the_same_nifti(tmp_path: Path, suffix: str) -> N
     np.testing.assert_array_equal(ras, preprocess.to_ras(ref_arr, ref_aff)[0])
 
 
+def test_freesurfer_mgz_reads_like_the_same_nifti(tmp_path: Path) -> None:
+    arr = np.random.default_rng(1).random((7, 9, 5)).astype(np.float32)
+    ref = io.read_volume(_nii(tmp_path / "v.nii.gz", arr, oblique_affine()))
+    nib.save(nib.MGHImage(arr, oblique_affine()), tmp_path / "brain.mgz")
+    (vol,) = io.find_volumes([tmp_path / "brain.mgz"])
+    got = io.read_volume(vol)
+    np.testing.assert_array_equal(got[0], ref[0])
+    np.testing.assert_allclose(got[1], ref[1], atol=1e-5)
+    (tmp_path / "bad.mgz").write_bytes(b"not an mgh volume")
+    with pytest.raises(UserError, match="bad.mgz is not a readable MGH file"):
+        io.read_volume(tmp_path / "bad.mgz")
+
+
 def test_corrupt_nrrd_names_the_file(tmp_path: Path) -> None:
     bad = tmp_path / "scan.nrrd"
     bad.write_bytes(b"NRRD0004\ntype: float\ndimension: 3\nsizes: 4 4\nencoding: raw\n\n" + b"\0" * 10)

@@ -1,4 +1,4 @@
-"""Finding and reading CT/MRI volumes: NIfTI (nibabel), DICOM series (pydicom), NRRD/MHA (MONAI's ITK reader).
+"""Finding and reading CT/MRI volumes: NIfTI and MGH/MGZ (nibabel), DICOM series (pydicom), NRRD/MHA (MONAI's ITK reader).
 
 Every reader returns a float32 array in the file's voxel order plus its 4×4 affine
 (voxel index -> RAS+ millimetres). Orientation, resampling and intensity presets
@@ -15,7 +15,7 @@ import numpy as np
 
 from sslkit.core.errors import UserError
 
-NIFTI = (".nii", ".nii.gz")
+NIFTI = (".nii", ".nii.gz", ".mgz", ".mgh")   # nibabel reads FreeSurfer's MGH/MGZ with the same call
 ITK = (".nrrd", ".nhdr", ".mha", ".mhd")
 
 
@@ -110,14 +110,14 @@ def find_volumes(paths: list[Path]) -> list[Volume]:
                                     "give an image slice or its folder")
                 found.append(Volume(p.parent.name, p.parent, uid))
             else:
-                raise UserError(f"{p} is not a volume file (.nii, .nii.gz, .nrrd, .mha, .mhd, a DICOM file or folder)")
+                raise UserError(f"{p} is not a volume file (.nii, .nii.gz, .mgz, .nrrd, .mha, .mhd, a DICOM file or folder)")
         else:
             files = sorted(f for f in p.rglob("*") if is_volume_file(f))
             found += [Volume(str(f.relative_to(p)), f) for f in files]
             for folder in sorted({f.parent for f in p.rglob("*") if is_dicom_file(f)}):
                 found += dicom_volumes(folder, str(folder.relative_to(p)) or folder.name)
     if not found:
-        raise UserError(f"no volumes found in {', '.join(map(str, paths))} — expected .nii/.nii.gz/.nrrd/.mha "
+        raise UserError(f"no volumes found in {', '.join(map(str, paths))} — expected .nii/.nii.gz/.mgz/.nrrd/.mha "
                         "files, DICOM series folders, or a JSON datalist")
     ids = [v.id for v in found]
     if len(set(ids)) != len(ids):
@@ -186,7 +186,8 @@ def read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
         img = nib.load(str(path))
         arr = np.asanyarray(img.dataobj)
     except Exception as exc:  # nibabel/gzip/zlib raise many types for truncated or corrupt files
-        raise UserError(f"{path} is not a readable NIfTI file ({type(exc).__name__}: {str(exc)[:80]}) — "
+        kind = "MGH" if _suffix(path) in (".mgz", ".mgh") else "NIfTI"
+        raise UserError(f"{path} is not a readable {kind} file ({type(exc).__name__}: {str(exc)[:80]}) — "
                         "re-export it or remove it") from None
     return _check_array(arr, str(path)), np.asarray(img.affine, dtype=np.float64)
 
