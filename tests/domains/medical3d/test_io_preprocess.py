@@ -34,6 +34,21 @@ def test_find_volumes_folder_datalist_and_empty(volumes: Path, tmp_path: Path) -
         io.find_volumes([tmp_path / "empty"])
 
 
+def test_folder_scan_leaves_out_label_folders_and_hidden_files(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A Decathlon/nnU-Net-style tree: `pretrain Task/` must not read label maps or macOS `._` copies as images."""
+    vol = np.zeros((8, 8, 8), np.float32)
+    for rel in ["imagesTr/a.nii.gz", "labelsTr/a.nii.gz", "imagesTs/b.nii.gz", "unlabelled/c.nii.gz",
+                "sub/brain_masks/m.nii.gz", "subject_labels/s.nii.gz", ".cache/x.nii.gz"]:
+        (tmp_path / "Task" / rel).parent.mkdir(parents=True, exist_ok=True)
+        _nii(tmp_path / "Task" / rel, vol)
+    (tmp_path / "Task" / "imagesTr" / "._a.nii.gz").write_bytes(b"\0\5\26\7 AppleDouble")
+    found = io.find_volumes([tmp_path / "Task"])
+    assert [v.id for v in found] == ["imagesTr/a.nii.gz", "imagesTs/b.nii.gz", "unlabelled/c.nii.gz"]
+    note = " ".join(capsys.readouterr().err.split())
+    assert "left out label folders under" in note and "labelsTr, sub/brain_masks, subject_labels" in note
+    assert [v.id for v in io.find_volumes([tmp_path / "Task" / "labelsTr"])] == ["a.nii.gz"]   # given: read
+
+
 @pytest.mark.parametrize("shape,match", [((8, 8, 8, 3), "4-D"), ((16, 16), "not a 3-D volume")])
 def test_4d_and_2d_inputs_are_errors(tmp_path: Path, shape: tuple, match: str) -> None:
     p = _nii(tmp_path / "x.nii.gz", np.zeros(shape, np.float32))

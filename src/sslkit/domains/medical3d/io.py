@@ -8,6 +8,8 @@ what is wrong with a bad one.
 from __future__ import annotations
 
 import json
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +34,29 @@ class Volume:
 def _suffix(p: Path) -> str:
     name = p.name.lower()
     return ".nii.gz" if name.endswith(".nii.gz") else p.suffix.lower()
+
+
+# Folders of label maps in the usual layouts (labels/, labelsTr/ of nnU-Net and the Decathlon, subject_labels/,
+# masks/, seg/, gt/): skipped when a parent folder is scanned, so that `pretrain data/` never trains on label maps.
+LABEL_FOLDER = re.compile(r"^(?:.*[_-])?(?:labels?|labels?t[rs]|masks?|segmentations?|segs?|ground_?truth|gt)$", re.I)
+
+
+def scan_folder(root: Path) -> tuple[list[Path], list[Path]]:
+    """(files under `root`, label folders skipped): hidden files and folders (e.g. macOS `._x.nii.gz` copies) are
+    left out, and so are label folders below `root` (a label folder given as `root` itself is read)."""
+    files: list[Path] = []
+    skipped: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        here = Path(dirpath)
+        keep = []
+        for name in sorted(dirnames):
+            if LABEL_FOLDER.match(name):
+                skipped.append(here / name)
+            elif not name.startswith("."):
+                keep.append(name)
+        dirnames[:] = keep
+        files += [here / f for f in filenames if not f.startswith(".")]
+    return sorted(files), sorted(skipped)
 
 
 def is_volume_file(p: Path) -> bool:
@@ -88,7 +113,8 @@ def _dicom_series(folder: Path) -> dict[str, list[Path]]:
 
 
 def find_volumes(paths: list[Path]) -> list[Volume]:
-    """Volumes under folders (recursive), given files, or a MONAI-style JSON datalist.
+    """Volumes under folders (recursive; hidden files and label folders below them left out), given files, or a
+    MONAI-style JSON datalist.
 
     A folder of DICOM files (any name: see `is_dicom_file`) is one volume per series in it; a folder holding
     several series yields one volume per series (ids `folder#k`) and they are listed.
@@ -112,10 +138,15 @@ def find_volumes(paths: list[Path]) -> list[Volume]:
             else:
                 raise UserError(f"{p} is not a volume file (.nii, .nii.gz, .mgz, .nrrd, .mha, .mhd, a DICOM file or folder)")
         else:
-            files = sorted(f for f in p.rglob("*") if is_volume_file(f))
-            found += [Volume(str(f.relative_to(p)), f) for f in files]
-            for folder in sorted({f.parent for f in p.rglob("*") if is_dicom_file(f)}):
+            files, label_folders = scan_folder(p)
+            found += [Volume(str(f.relative_to(p)), f) for f in files if is_volume_file(f)]
+            for folder in sorted({f.parent for f in files if is_dicom_file(f)}):
                 found += dicom_volumes(folder, str(folder.relative_to(p)) or folder.name)
+            if label_folders:
+                from sslkit.core.console import info
+
+                names = ", ".join(str(f.relative_to(p)) for f in label_folders)
+                info(f"left out label folders under {p}: {names} — give a folder as DATA itself to read its volumes")
     if not found:
         raise UserError(f"no volumes found in {', '.join(map(str, paths))} — expected .nii/.nii.gz/.mgz/.nrrd/.mha "
                         "files, DICOM series folders, or a JSON datalist")
