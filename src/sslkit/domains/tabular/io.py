@@ -78,7 +78,8 @@ def _sniff(path: Path, size: int, mtime_ns: int, tsv: bool) -> CsvDialect:
             break
         except UnicodeDecodeError:
             continue
-    lines = text.splitlines()[:50]
+    head = text[: 1 << 20]
+    lines = head.splitlines()[: -1 if len(head) < len(text) else None][:50]   # a line cut at the head's end: dropped
     delimiter = "\t" if tsv else ","
     if not tsv and lines:
         counts = {}
@@ -149,8 +150,8 @@ def _csv_message(path: Path, exc: Exception, bad_rows: list[Any]) -> str:
                 f"({row.text[:60]!r}) — fix that line (quote fields that contain the delimiter)")
     text = str(exc).splitlines()[0]
     if "invalid UTF8" in text or isinstance(exc, UnicodeDecodeError):
-        return (f"{path}: text further down is not UTF-8, although the first {SNIFF_BYTES / 2**20:g} MiB are ({text[:80]}) — "
-                "save the file as UTF-8")
+        return (f"{path}: text further down is not UTF-8, although the first {SNIFF_BYTES / 2**20:g} MiB are "
+                f"({text[:80]}) — save the file as UTF-8")
     if "conversion error" in text or "CSV conversion" in text:
         col = text.split("column #")[1].split(":")[0] if "column #" in text else "?"
         return (f"{path}: column #{col} changes type part-way through ({text}) — "
