@@ -107,6 +107,34 @@ def test_finetune_writes_dice_and_predictions_on_input_grid(tiny_run: Path, tmp_
     assert scratch.exit_code == 2 and "already exists" in scratch.output  # never overwrites without --overwrite
 
 
+def test_finetune_maps_sparse_label_values_and_writes_them_back(tiny_run: Path, tmp_path: Path) -> None:
+    """Labels 0, 1, 4 (BraTS-like, no 2 or 3) train as classes 0, 1, 2: the same run as with labels 0, 1, 2 (same Dice,
+    same predictions), but the predictions carry the file's values and the names follow them."""
+    from tests.domains.medical3d.conftest import write_volumes
+
+    data = write_volumes(tmp_path / "d", n=3)
+    sparse = tmp_path / "sparse_labels"
+    sparse.mkdir()
+    for f in sorted((data / "lab").glob("*.nii.gz")):
+        lab = nib.load(f)
+        seg = np.asarray(lab.dataobj).astype(np.int16)
+        nib.save(nib.Nifti1Image(np.where(seg == 2, 4, seg).astype(np.int16), lab.affine), sparse / f.name)
+    (tmp_path / "dataset.json").write_text(json.dumps({"labels": {"0": "background", "1": "edema", "4": "enhancing"}}))
+    runs = {}
+    for name, labels in (("dense", data / "lab"), ("sparse", sparse)):
+        res = invoke("finetune", tiny_run, data / "img", labels, "--train", "2", "--out", tmp_path / f"ft-{name}",
+                     "--set", "finetune.steps=4")
+        assert res.exit_code == 0, res.output
+        runs[name] = json.loads((tmp_path / f"ft-{name}" / "evaluation.json").read_text())
+    assert runs["sparse"]["classes"] == 3 and runs["sparse"]["label_values"] == [0, 1, 4]
+    assert runs["sparse"]["class_names"] == ["edema", "enhancing"]
+    np.testing.assert_allclose(runs["sparse"]["dice_per_class"], runs["dense"]["dice_per_class"])
+    dense = np.asarray(nib.load(tmp_path / "ft-dense" / "predictions" / "v2.nii.gz").dataobj)
+    mapped = np.asarray(nib.load(tmp_path / "ft-sparse" / "predictions" / "v2.nii.gz").dataobj)
+    assert (dense == 2).any() and set(np.unique(mapped)) <= {0, 1, 4}
+    np.testing.assert_array_equal(mapped, np.array([0, 1, 4])[dense])
+
+
 def test_finetune_foreground_mask_and_augment(tiny_run: Path, tmp_path: Path) -> None:
     """--set finetune.foreground_mask=true: no class predicted where the held-out image is air (zero, open to the
     border); without it the same run predicts objects there. Augmented fine-tuning runs through the CLI."""
@@ -234,11 +262,11 @@ def test_class_names_read_msd_and_nnunet_mappings_and_reject_bad_json(tmp_path: 
 
     labels = tmp_path / "labelsTr"
     labels.mkdir()
-    assert class_names(labels, 3) == ["class 1", "class 2"]
+    assert class_names(labels, [0, 1, 2]) == ["class 1", "class 2"]
     (tmp_path / "dataset.json").write_text(json.dumps({"labels": {"0": "background", "1": "liver", "2": "tumour"}}))
-    assert class_names(labels, 3) == ["liver", "tumour"]
+    assert class_names(labels, [0, 1, 2]) == ["liver", "tumour"]
     (labels / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "GM": 1, "WM": 2}}))
-    assert class_names(labels / "a.nii.gz", 3) == ["GM", "WM"]
+    assert class_names(labels / "a.nii.gz", [0, 1, 2]) == ["GM", "WM"]
     (labels / "dataset.json").write_text(json.dumps({"labels": ["GM", "WM"]}))
     with pytest.raises(UserError, match="labels"):
-        class_names(labels, 3)
+        class_names(labels, [0, 1, 2])

@@ -67,15 +67,17 @@ class LabelledCrops(_Cached):
     """Item -> {"image": (1, R, R, R), "label": (R, R, R) int64} for fine-tuning.
 
     Half of the crops are centred on a labelled (non-zero) voxel, half anywhere; `region` limits
-    crops to a slab of X (used to hold out the other half of a single labelled volume). `augment`:
+    crops to a slab of X (used to hold out the other half of a single labelled volume); `lut` maps label
+    values to class indices when they are not 0..K-1 already. `augment`:
     the augmentation of MONAI's 3-D segmentation tutorials (BraTS): a flip along each axis with
     probability 0.5, then intensities × U(0.9, 1.1) + U(-0.1, 0.1).
     """
 
     def __init__(self, entries: list[tuple[Path, dict]], roi: int, samples_per_volume: int,
-                 regions: list[tuple[int, int]] | None = None, augment: bool = False) -> None:
+                 regions: list[tuple[int, int]] | None = None, augment: bool = False,
+                 lut: np.ndarray | None = None) -> None:
         super().__init__(entries, roi, samples_per_volume)
-        self.regions, self.augment = regions, augment
+        self.regions, self.augment, self.lut = regions, augment, lut
         self._labels: dict[int, np.ndarray] = {}
 
     def label(self, v: int) -> np.ndarray:
@@ -103,6 +105,8 @@ class LabelledCrops(_Cached):
         center[0] = np.clip(center[0], lo, hi) if hi > lo else (x0 + x1) / 2
         image = crop(vol, center, self.roi)
         label = crop(lab, center, self.roi)
+        if self.lut is not None:      # label values (e.g. BraTS 0, 1, 2, 4) -> classes 0..K-1
+            label = self.lut[label.astype(np.int64)].astype(np.float32)
         if self.regions:  # voxels outside the training region carry no label (ignored by the loss)
             c0 = int(np.round(center[0] - half))
             xs = np.arange(c0, c0 + self.roi)

@@ -43,34 +43,49 @@ def split(entries: list[tuple[Path, dict]], n_train: int | None,
     return entries[:n], held, None, [(0, e[1]["shape"][0]) for e in held]
 
 
-def count_classes(entries: list[tuple[Path, dict]]) -> int:
-    k = 0
+def label_values(entries: list[tuple[Path, dict]]) -> list[int]:
+    """The label values present in the label volumes, background 0 first: class i of the network is value [i].
+
+    Values need not be contiguous: BraTS writes 0, 1, 2, 4 and FreeSurfer's aseg up to 255; they are mapped to
+    classes 0..K-1 for training and back to the file's values in the predictions.
+    """
+    found: set[int] = set()
     for _, meta in entries:
         lab = np.load(meta["label"], mmap_mode="r")
         if lab.min() < 0:
-            raise UserError(f"label volume for {meta['source']} has negative values — labels must be 0..K-1")
-        k = max(k, int(lab.max()) + 1)
-    if k < 2:
+            raise UserError(f"label volume for {meta['source']} has negative values — labels must be 0 or positive")
+        found.update(int(v) for v in np.unique(lab))
+    values = [0] + sorted(found - {0})
+    if len(values) < 2:
         raise UserError("the label volumes hold only background (0) — give labels with at least one class > 0")
-    return k
+    return values
 
 
-def class_names(labels: Path, classes: int) -> list[str]:
-    """Names of classes 1..K-1 from a `dataset.json` in the label folder or the folder above it (nnU-Net v2
-    `{"labels": {"name": index}}` or MSD `{"labels": {"index": "name"}}`); "class i" where none is given."""
-    names = {c: f"class {c}" for c in range(1, classes)}
+def value_lut(values: list[int]) -> np.ndarray | None:
+    """Label value -> class index lookup table; None when the values already are 0..K-1."""
+    if values == list(range(len(values))):
+        return None
+    lut = np.zeros(values[-1] + 1, dtype=np.int64)
+    lut[values] = np.arange(len(values))
+    return lut
+
+
+def class_names(labels: Path, values: list[int]) -> list[str]:
+    """Names of the foreground label values from a `dataset.json` in the label folder or the folder above it
+    (nnU-Net v2 `{"labels": {"name": value}}` or MSD `{"labels": {"value": "name"}}`); "class v" where none is given."""
+    names = {v: f"class {v}" for v in values[1:]}
     folder = labels if labels.is_dir() else labels.parent
     found = next((p for p in (folder / "dataset.json", folder.parent / "dataset.json") if p.is_file()), None)
     if found is None:
-        return [names[c] for c in range(1, classes)]
+        return [names[v] for v in values[1:]]
     try:
         table = json.loads(found.read_text()).get("labels", {})
         pairs = [(int(v), str(k)) if not str(k).isdigit() else (int(k), str(v)) for k, v in table.items()]
     except (ValueError, TypeError, AttributeError) as e:
         raise UserError(f"{found}: cannot read its \"labels\" mapping ({e}) — write it as "
                         '{"labels": {"background": 0, "name": 1, ...}} or delete the file') from None
-    names.update({i: n for i, n in pairs if 1 <= i < classes})
-    return [names[c] for c in range(1, classes)]
+    names.update({i: n for i, n in pairs if i in names})
+    return [names[v] for v in values[1:]]
 
 
 def load_decoder(decoder: torch.nn.Module, checkpoint: Path) -> int:
@@ -110,11 +125,13 @@ def run_finetune(cfg: Medical3DRecipe, pretrained: Path | None, pairs: list[Volu
     ft = cfg.finetune
     cache = VolumeCache(Path(cfg.data.cache_dir) if cfg.data.cache_dir else None, settings_from(cfg.data))
     entries, skipped = prepare(pairs, cache, strict)
-    classes = count_classes(entries)
-    names = class_names(data_paths[1], classes) if len(data_paths) > 1 else [f"class {c}" for c in range(1, classes)]
+    values = label_values(entries)
+    classes, lut = len(values), value_lut(values)
+    names = class_names(data_paths[1], values) if len(data_paths) > 1 else [f"class {v}" for v in values[1:]]
     train_e, eval_e, train_regions, eval_regions = split(entries, n_train, ft.label_fraction)
     rec = FinetuneRecipe(pretrained=str(pretrained) if pretrained else None, data=cfg.data, model=cfg.model,
-                         finetune=ft, classes=classes, train=finetune_train_config(cfg.train, ft))
+                         finetune=ft, classes=classes, label_values=values if lut is not None else None,
+                         train=finetune_train_config(cfg.train, ft))
     run = Run.open(out, domain="medical3d", recipe=rec, data_paths=data_paths, overwrite=overwrite)
     run.update_manifest(medical3d={"volumes": len(entries), "skipped": skipped, "cache": str(cache.root),
                                    "train": [m["id"] for _, m in train_e], "held_out": [m["id"] for _, m in eval_e]})
@@ -132,28 +149,31 @@ def run_finetune(cfg: Medical3DRecipe, pretrained: Path | None, pairs: list[Volu
         run.update_manifest(decoder_from_pretraining=moved)
     task = SegmentationTask(segmenter, spec,
                             encoder_lr_mult=ft.encoder_lr_mult, weight_decay=rec.train.weight_decay)
-    data = LabelledCrops(train_e, ft.roi, ft.samples_per_volume, train_regions, ft.augment)
+    data = LabelledCrops(train_e, ft.roi, ft.samples_per_volume, train_regions, ft.augment, lut)
     result = fit(task, data, rec.train, run)
     if not distributed.is_main():
         return {}
-    return evaluate(task, run, eval_e, eval_regions, names, ft, use_bf16(rec.train.precision, result.device), result.device)
+    return evaluate(task, run, eval_e, eval_regions, names, values, ft, use_bf16(rec.train.precision, result.device),
+                    result.device)
 
 
-def evaluate(task: Any, run: Any, eval_e: list, eval_regions: list, names: list[str], ft: Any, bf16: bool,
-             device: torch.device) -> dict[str, Any]:
-    """Held-out Dice per foreground class `names` (classes 1..K-1), NIfTI predictions, evaluation.json, overlay."""
+def evaluate(task: Any, run: Any, eval_e: list, eval_regions: list, names: list[str], values: list[int], ft: Any,
+             bf16: bool, device: torch.device) -> dict[str, Any]:
+    """Held-out Dice per foreground class `names` (classes 1..K-1, label `values[1:]`), NIfTI predictions in the
+    label files' values, evaluation.json, overlay."""
     from sslkit.core.files import atomic_write_text
     from sslkit.core.console import print_table
     from sslkit.domains.medical3d.io import write_nifti
     from sslkit.domains.medical3d.preprocess import undo_preprocess
     from sslkit.domains.medical3d.segmentation import dice_per_class, inside_foreground, predict
 
-    classes = len(names) + 1
+    classes, lut = len(values), value_lut(values)
     model = task.model.eval()
     per_volume, shown = {}, None
     for (npy, meta), (x0, x1) in zip(eval_e, eval_regions):
         image = np.load(npy).astype(np.float32)
-        label = np.load(meta["label"]).astype(np.int16)
+        label = np.load(meta["label"]).astype(np.int64)
+        label = lut[label] if lut is not None else label
         pred = predict(model, image, ft.roi, ft.sw_overlap, device, bf16)
         if ft.foreground_mask:
             pred = inside_foreground(pred, image)
@@ -161,7 +181,8 @@ def evaluate(task: Any, run: Any, eval_e: list, eval_regions: list, names: list[
         region[x0:x1] = True
         per_volume[meta["id"]] = dice_per_class(pred, label, classes, region)
         name = Path(meta["id"]).name.split(".")[0] or "volume"
-        write_nifti(run.path("predictions", f"{name}.nii.gz"), undo_preprocess(pred, meta), np.asarray(meta["affine"]))
+        written = np.asarray(values, dtype=np.int16)[pred] if lut is not None else pred
+        write_nifti(run.path("predictions", f"{name}.nii.gz"), undo_preprocess(written, meta), np.asarray(meta["affine"]))
         shown = shown or (image, label, pred, x0, x1)
     scores = np.array(list(per_volume.values()), dtype=float)
     mean = np.nanmean(scores, axis=0)
@@ -169,7 +190,7 @@ def evaluate(task: Any, run: Any, eval_e: list, eval_regions: list, names: list[
     rows.append(["mean", *[f"{np.nanmean(v):.3f}" for v in per_volume.values()], f"{np.nanmean(mean):.3f}"])
     print_table("held-out Dice", ["class", *per_volume.keys(), "mean"], rows)
     payload = {"dice_per_volume": per_volume, "dice_per_class": mean.tolist(), "mean_dice": float(np.nanmean(mean)),
-               "classes": classes, "class_names": names}
+               "classes": classes, "class_names": names, "label_values": values}
     atomic_write_text(run.path("evaluation.json"), json.dumps(payload, indent=2))
     if shown is not None:
         overlay(*shown, run.path("plots", "segmentation.png"))

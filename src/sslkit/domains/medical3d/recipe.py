@@ -113,6 +113,7 @@ class FinetuneRecipe(Recipe):
     model: ModelConfig = Field(default_factory=ModelConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     classes: int = 2
+    label_values: Optional[list[int]] = None   # the label files' values of classes 0..K-1, when not 0..K-1 themselves
 
 
 def finetune_train_config(base: TrainConfig, ft: FinetuneConfig) -> TrainConfig:
