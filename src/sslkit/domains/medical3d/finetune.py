@@ -182,7 +182,8 @@ def evaluate(task: Any, run: Any, eval_e: list, eval_regions: list, names: list[
         per_volume[meta["id"]] = dice_per_class(pred, label, classes, region)
         name = Path(meta["id"]).name.split(".")[0] or "volume"
         written = np.asarray(values, dtype=np.int16)[pred] if lut is not None else pred
-        write_nifti(run.path("predictions", f"{name}.nii.gz"), undo_preprocess(written, meta), np.asarray(meta["affine"]))
+        write_nifti(run.path("predictions", f"{name}.nii.gz"), undo_preprocess(written, meta),
+                    np.asarray(meta["affine"]))
         shown = shown or (image, label, pred, x0, x1)
     scores = np.array(list(per_volume.values()), dtype=float)
     mean = np.nanmean(scores, axis=0)

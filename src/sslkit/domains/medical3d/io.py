@@ -1,4 +1,5 @@
-"""Finding and reading CT/MRI volumes: NIfTI and MGH/MGZ (nibabel), DICOM series (pydicom), NRRD/MHA (MONAI's ITK reader).
+"""Finding and reading CT/MRI volumes: NIfTI and MGH/MGZ (nibabel), DICOM series (pydicom, GDCM for compressed
+pixel data), NRRD/MHA (MONAI's ITK reader).
 
 Every reader returns a float32 array in the file's voxel order plus its 4×4 affine
 (voxel index -> RAS+ millimetres). Orientation, resampling and intensity presets
@@ -136,7 +137,8 @@ def find_volumes(paths: list[Path]) -> list[Volume]:
                                     "give an image slice or its folder")
                 found.append(Volume(p.parent.name, p.parent, uid))
             else:
-                raise UserError(f"{p} is not a volume file (.nii, .nii.gz, .mgz, .nrrd, .mha, .mhd, a DICOM file or folder)")
+                raise UserError(f"{p} is not a volume file (.nii, .nii.gz, .mgz, .nrrd, .mha, .mhd, "
+                                "a DICOM file or folder)")
         else:
             files, label_folders = scan_folder(p)
             found += [Volume(str(f.relative_to(p)), f) for f in files if is_volume_file(f)]
@@ -260,7 +262,8 @@ def read_dicom(folder: Path, series: str | None) -> tuple[np.ndarray, np.ndarray
         except Exception as exc:  # broken pixel data, or a compression that no installed decoder handles
             syntax = getattr(ds.file_meta.get("TransferSyntaxUID"), "name", "unknown")
             raise UserError(f"{f} has unreadable DICOM pixel data ({type(exc).__name__}; transfer syntax {syntax}) — "
-                            "re-export the series uncompressed (e.g. gdcmconv --raw) or convert it with dcm2niix") from None
+                            "re-export the series uncompressed (e.g. gdcmconv --raw) or convert it with dcm2niix"
+                            ) from None
         if pix.ndim != 2:
             raise UserError(f"{f} holds {int(getattr(ds, 'NumberOfFrames', 1))} frames (an enhanced multi-frame "
                             "object) — convert the series with dcm2niix and read the NIfTI")
@@ -269,8 +272,10 @@ def read_dicom(folder: Path, series: str | None) -> tuple[np.ndarray, np.ndarray
         raise UserError(f"{folder} series {series} has {len(slices)} slice(s) — a 3-D volume needs several slices")
     row, col = (np.asarray(slices[0][0].ImageOrientationPatient[:3], float), np.asarray(slices[0][0].ImageOrientationPatient[3:], float))
     normal = np.cross(row, col)
-    slices.sort(key=lambda s: float(np.dot(normal, np.asarray(s[0].ImagePositionPatient, float))))
-    _check_slice_spacing(folder, series, [float(np.dot(normal, np.asarray(s[0].ImagePositionPatient, float))) for s in slices])
+    depth = [float(np.dot(normal, np.asarray(ds.ImagePositionPatient, float))) for ds, _ in slices]
+    order = np.argsort(depth, kind="stable")
+    slices = [slices[i] for i in order]
+    _check_slice_spacing(folder, series, [depth[i] for i in order])
     p0 = np.asarray(slices[0][0].ImagePositionPatient, float)
     p1 = np.asarray(slices[-1][0].ImagePositionPatient, float)
     dz = (p1 - p0) / (len(slices) - 1)
@@ -288,8 +293,8 @@ def read_itk(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         import itk  # noqa: F401
     except ImportError:
-        raise UserError(f"{path}: reading {_suffix(path)} needs the itk package — pip install itk-io (part of sslkit[medical3d]), "
-                        "or convert to NIfTI") from None
+        raise UserError(f"{path}: reading {_suffix(path)} needs the itk package — pip install itk-io (part of "
+                        "sslkit[medical3d]), or convert to NIfTI") from None
     from monai.data import ITKReader
 
     try:

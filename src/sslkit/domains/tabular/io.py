@@ -130,12 +130,13 @@ def _csv_reader(path: Path, string_columns: list[str]) -> Any:
         return "error"
 
     dialect = sniff_csv(path)
-    convert = pcsv.ConvertOptions(null_values=NULL_VALUES, strings_can_be_null=True, decimal_point=dialect.decimal_point,
-                                  column_types={c: pa.string() for c in string_columns})
+    convert = pcsv.ConvertOptions(null_values=NULL_VALUES, strings_can_be_null=True,
+                                  decimal_point=dialect.decimal_point, column_types={c: pa.string() for c in string_columns})
     try:
         reader = pcsv.open_csv(path, read_options=pcsv.ReadOptions(block_size=BLOCK_BYTES, use_threads=False,
                                                                     encoding=dialect.encoding),
-                               parse_options=pcsv.ParseOptions(delimiter=dialect.delimiter, invalid_row_handler=on_bad_row),
+                               parse_options=pcsv.ParseOptions(delimiter=dialect.delimiter,
+                                                               invalid_row_handler=on_bad_row),
                                convert_options=convert)
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError, UnicodeDecodeError) as exc:
         raise UserError(_csv_message(path, exc, bad_rows)) from None
