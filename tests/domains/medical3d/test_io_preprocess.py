@@ -49,6 +49,18 @@ def test_folder_scan_leaves_out_label_folders_and_hidden_files(tmp_path: Path, c
     assert [v.id for v in io.find_volumes([tmp_path / "Task" / "labelsTr"])] == ["a.nii.gz"]   # given: read
 
 
+def test_decathlon_datalist_all_images_for_pretraining_training_pairs_for_finetuning(volumes: Path, tmp_path: Path) -> None:
+    img = volumes / "img"
+    dl = tmp_path / "dataset.json"                                      # the Decathlon's layout: test images as strings
+    dl.write_text(json.dumps({"training": [{"image": str(img / "v0.nii.gz"), "label": str(volumes / "lab" / "v0.nii.gz")}],
+                              "test": [str(img / "v1.nii.gz"), str(img / "v2.nii.gz")]}))
+    train = io.find_volumes([dl])
+    assert [v.path.name for v in train] == ["v0.nii.gz"] and train[0].label.name == "v0.nii.gz"
+    every = io.find_volumes([dl], io.UNLABELLED_SECTIONS)
+    assert [v.path.name for v in every] == ["v0.nii.gz", "v1.nii.gz", "v2.nii.gz"]
+    assert all(v.label is None for v in every)
+
+
 @pytest.mark.parametrize("shape,match", [((8, 8, 8, 3), "4-D"), ((16, 16), "not a 3-D volume")])
 def test_4d_and_2d_inputs_are_errors(tmp_path: Path, shape: tuple, match: str) -> None:
     p = _nii(tmp_path / "x.nii.gz", np.zeros(shape, np.float32))

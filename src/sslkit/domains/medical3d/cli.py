@@ -65,13 +65,13 @@ def pretrain(data: DataArgs, recipe: RecipeOpt = "alice", modality: ModalityOpt 
     from sslkit.core.runs import Run
     from sslkit.domains.medical3d.datasets import CrossVolumePairs, RandomCrops
     from sslkit.domains.medical3d.finetune import settings_from
-    from sslkit.domains.medical3d.io import find_volumes
+    from sslkit.domains.medical3d.io import UNLABELLED_SECTIONS, find_volumes
     from sslkit.domains.medical3d.method import build_method
     from sslkit.domains.medical3d.preprocess import VolumeCache
 
     cfg = _recipe(recipe, set_, modality, out, resume)
     cfg.data.strict = cfg.data.strict or strict
-    volumes = find_volumes(data)
+    volumes = find_volumes(data, UNLABELLED_SECTIONS)
     distributed.init_distributed(distributed.select_device(cfg.train.device))
     cache = VolumeCache(Path(cfg.data.cache_dir) if cfg.data.cache_dir else None, settings_from(cfg.data))
     entries, skipped = _prepare_all_ranks(volumes, cache, cfg.data.strict)
@@ -109,7 +109,7 @@ def embed(run: RunArg, data: DataArgs, out: Annotated[Path, typer.Option("--out"
     from sslkit.core.export import load_encoder
     from sslkit.core.runs import Run
     from sslkit.domains.medical3d.finetune import settings_from
-    from sslkit.domains.medical3d.io import find_volumes
+    from sslkit.domains.medical3d.io import UNLABELLED_SECTIONS, find_volumes
     from sslkit.domains.medical3d.preprocess import VolumeCache, prepare
     from sslkit.domains.medical3d.recipe import Medical3DRecipe
 
@@ -117,7 +117,7 @@ def embed(run: RunArg, data: DataArgs, out: Annotated[Path, typer.Option("--out"
         raise UserError(f"{out} already exists — pass --overwrite or choose another --out")
     cfg = Medical3DRecipe.model_validate(Run.load(run, "medical3d").recipe_dict)
     encoder = load_encoder(run)
-    entries, skipped = prepare(find_volumes(data), VolumeCache(Path(cfg.data.cache_dir) if cfg.data.cache_dir else None,
+    entries, skipped = prepare(find_volumes(data, UNLABELLED_SECTIONS), VolumeCache(Path(cfg.data.cache_dir) if cfg.data.cache_dir else None,
                                                                settings_from(cfg.data)), strict)
     ids, vectors = [], []
     for npy, meta in entries:

@@ -113,9 +113,9 @@ def _dicom_series(folder: Path) -> dict[str, list[Path]]:
     return series
 
 
-def find_volumes(paths: list[Path]) -> list[Volume]:
+def find_volumes(paths: list[Path], sections: tuple[str, ...] = ("training",)) -> list[Volume]:
     """Volumes under folders (recursive; hidden files and label folders below them left out), given files, or a
-    MONAI-style JSON datalist.
+    MONAI-style JSON datalist (its `sections`; `UNLABELLED_SECTIONS` reads every image and attaches no labels).
 
     A folder of DICOM files (any name: see `is_dicom_file`) is one volume per series in it; a folder holding
     several series yields one volume per series (ids `folder#k`) and they are listed.
@@ -126,7 +126,7 @@ def find_volumes(paths: list[Path]) -> list[Volume]:
         if not p.exists():
             raise UserError(f"{p} does not exist — check the path")
         if p.is_file() and p.suffix.lower() == ".json":
-            found += read_datalist(p)
+            found += read_datalist(p, sections, unlabelled=sections == UNLABELLED_SECTIONS)
         elif p.is_file():
             if _suffix(p) in NIFTI + ITK:
                 found.append(Volume(p.name, p))
@@ -170,25 +170,36 @@ def dicom_volumes(folder: Path, name: str) -> list[Volume]:
     return [Volume(name, folder, next(iter(series)))] if series else []
 
 
-def read_datalist(path: Path, key: str = "training") -> list[Volume]:
-    """MONAI datalist JSON: {"training": [{"image": ..., "label": ...}, ...]} or a plain list; paths relative to it."""
+UNLABELLED_SECTIONS = ("training", "validation", "test")   # every image of a datalist, for pretraining and embedding
+
+
+def read_datalist(path: Path, sections: tuple[str, ...] = ("training",), unlabelled: bool = False) -> list[Volume]:
+    """MONAI/Decathlon datalist JSON: {"training": [{"image": ..., "label": ...}], "test": ["img.nii.gz", ...]}
+    or a plain list; paths relative to the JSON. The images of every section in `sections` that the file has
+    ("validation" when it has none of them); `unlabelled`: no labels attached (pretraining and embedding)."""
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise UserError(f"{path} is not a readable JSON datalist ({exc}) — fix the JSON") from None
-    entries = data.get(key, data.get("validation", [])) if isinstance(data, dict) else data
+    if isinstance(data, dict):
+        present = [k for k in sections if isinstance(data.get(k), list)]
+        entries = [(k, e) for k in present or ["validation"] for e in data.get(k) or []]
+    else:
+        entries = [("list", e) for e in (data if isinstance(data, list) else [])]
     out = []
-    for i, e in enumerate(entries if isinstance(entries, list) else []):
+    for i, (section, e) in enumerate(entries):
         image = e.get("image") if isinstance(e, dict) else e
         if not isinstance(image, str):
-            raise UserError(f"{path}: entry {i} has no 'image' path — each entry needs \"image\": \"file.nii.gz\"")
+            raise UserError(f"{path}: entry {i} of '{section}' has no 'image' path — each entry needs "
+                            "\"image\": \"file.nii.gz\"")
         img = (path.parent / image).resolve()
         if not img.exists():
-            raise UserError(f"{path}: entry {i} names {img}, which does not exist — fix the datalist")
-        label = e.get("label") if isinstance(e, dict) else None
+            raise UserError(f"{path}: entry {i} of '{section}' names {img}, which does not exist — fix the datalist")
+        label = e.get("label") if isinstance(e, dict) and not unlabelled else None
         out.append(Volume(image, img, None, (path.parent / label).resolve() if label else None))
     if not out:
-        raise UserError(f"{path} lists no images under '{key}' — a MONAI datalist needs {{\"{key}\": [{{\"image\": ...}}]}}")
+        raise UserError(f"{path} lists no images under {' / '.join(repr(k) for k in sections)} — a MONAI datalist "
+                        f"needs {{\"{sections[0]}\": [{{\"image\": ...}}]}}")
     return out
 
 
