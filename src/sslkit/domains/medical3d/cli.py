@@ -11,8 +11,9 @@ from sslkit.core.cli_options import (DevicesOpt, OutOpt, OverwriteOpt, RecipeOpt
 
 app = typer.Typer(help="3D CT/MRI volumes: Alice-style and SwinUNETR-SSL pretraining, few-label fine-tuning.",
                   no_args_is_help=True)
-DataArgs = Annotated[list[Path], typer.Argument(help="Folders (searched recursively), volume files, DICOM series "
-                                                     "folders, or a MONAI JSON datalist.")]
+DataArgs = Annotated[list[Path], typer.Argument(help="Folders (searched recursively; label folders and hidden files "
+                                                     "below them left out), volume files (.nii[.gz], .mgz, .nrrd, .mha, "
+                                                     "DICOM), DICOM series folders, or a MONAI/Decathlon JSON datalist.")]
 ModalityOpt = Annotated[Optional[str], typer.Option("--modality", help="ct (HU window) or mri (percentiles); "
                                                     "default: the recipe's data.modality.")]
 StrictOpt = Annotated[bool, typer.Option("--strict", help="Stop at the first unreadable volume instead of skipping it.")]
