@@ -133,6 +133,13 @@ def test_csv_dialects_read_like_plain_csv(tmp_path, name):
     assert "Zürich (€)" in got.column("city").to_pylist() and got.column("income").type == pa.float64()
 
 
+def test_ragged_semicolon_csv_reports_the_line(tmp_path):
+    path = tmp_path / "bad.csv"
+    path.write_text("a;b;c\n" + "1;2;3\n" * 10 + "4;5\n" + "6;7;8\n" * 5)
+    with pytest.raises(UserError, match="line 12: expected 3 fields, found 2"):
+        list(iter_batches(path))
+
+
 def test_non_utf8_text_past_the_first_block_is_one_clear_error(tmp_path, monkeypatch):
     from sslkit.domains.tabular import io
 

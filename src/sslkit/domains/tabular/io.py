@@ -7,6 +7,7 @@ written to a memory-mapped cache (see `preprocess.py`).
 """
 from __future__ import annotations
 
+import collections
 import csv
 import functools
 import importlib.util
@@ -82,13 +83,17 @@ def _sniff(path: Path, size: int, mtime_ns: int, tsv: bool) -> CsvDialect:
     lines = head.splitlines()[: -1 if len(head) < len(text) else None][:50]   # a line cut at the head's end: dropped
     delimiter = "\t" if tsv else ","
     if not tsv and lines:
-        counts = {}
+        # each candidate: the share of lines with its most common field count (> 1); a ragged line or two must not
+        # hide the delimiter, so that pyarrow can name the bad line instead of reading one wide column
+        share = {}
         for cand in (",", ";", "\t", "|"):
-            widths = {len(row) for row in csv.reader(lines, delimiter=cand) if row}
-            if len(widths) == 1 and (width := widths.pop()) > 1:
-                counts[cand] = width
-        if counts and "," not in counts:
-            delimiter = max(counts, key=counts.get)
+            widths = collections.Counter(len(row) for row in csv.reader(lines, delimiter=cand) if row)
+            width, n = widths.most_common(1)[0] if widths else (1, 0)
+            if width > 1:
+                share[cand] = (n / sum(widths.values()), width)
+        best = max(share, key=share.get, default=",")
+        if share.get(",", (0.0, 0))[0] < 1.0 and share.get(best, (0.0, 0))[0] >= 0.8:
+            delimiter = best
     decimal = "."
     if delimiter != "," and lines:
         fields = [v for row in csv.reader(lines[1:], delimiter=delimiter) for v in row]
