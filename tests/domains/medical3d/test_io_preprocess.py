@@ -220,6 +220,26 @@ def test_ras_roundtrip_resampling_and_intensity() -> None:
     np.testing.assert_allclose(preprocess.scale_intensity(np.array([-2000, 0, 500, 3000], np.float32), ct), [0, .5, .75, 1])
 
 
+def test_modality_auto_per_volume_and_mismatch_warnings(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """auto scales a volume holding air (< -500) as CT and one without as MRI, exactly as the explicit settings do;
+    an explicit modality that the intensities contradict gets a warning (the HU window would clip MRI silently)."""
+    rng = np.random.default_rng(0)
+    ct = rng.uniform(-1000, 1500, (12, 12, 12)).astype(np.float32)     # air to bone, in HU
+    mri = rng.uniform(0, 900, (12, 12, 12)).astype(np.float32)         # magnitude MRI: nothing negative
+    for arr, truth in ((ct, "ct"), (mri, "mri")):
+        auto = preprocess.preprocess(arr, np.eye(4), Settings(modality="auto", spacing=None, crop_foreground=False))
+        explicit = preprocess.preprocess(arr, np.eye(4), Settings(modality=truth, spacing=None, crop_foreground=False))
+        assert auto["meta"]["modality"] == truth
+        np.testing.assert_array_equal(auto["image"], explicit["image"])
+    vols = [io.Volume(n, _nii(tmp_path / f"{n}.nii.gz", a)) for n, a in (("ct", ct), ("mri", mri))]
+    preprocess.prepare(vols, VolumeCache(tmp_path / "c", Settings(modality="auto")), strict=True)
+    assert "modality auto: 1 CT" in " ".join(capsys.readouterr().err.split())
+    preprocess.prepare(vols, VolumeCache(tmp_path / "c", Settings(modality="ct")), strict=True)
+    assert "1 of 2 volumes have no voxel below -200" in " ".join(capsys.readouterr().err.split())
+    preprocess.prepare(vols, VolumeCache(tmp_path / "c", Settings(modality="mri")), strict=True)
+    assert "1 of 2 volumes hold values below -500" in " ".join(capsys.readouterr().err.split())
+
+
 def test_cache_hit_invalidation_and_undo(volumes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     vol = io.Volume("v0", volumes / "img" / "v0.nii.gz", label=volumes / "lab" / "v0.nii.gz")
     s = Settings(modality="mri", spacing=(2.0, 2.0, 2.0), crop_foreground=True)

@@ -14,8 +14,9 @@ app = typer.Typer(help="3D CT/MRI volumes: Alice-style and SwinUNETR-SSL pretrai
 DataArgs = Annotated[list[Path], typer.Argument(help="Folders (searched recursively; label folders and hidden files "
                                                      "below them left out), volume files (.nii[.gz], .mgz, .nrrd, .mha, "
                                                      "DICOM), DICOM series folders, or a MONAI/Decathlon JSON datalist.")]
-ModalityOpt = Annotated[Optional[str], typer.Option("--modality", help="ct (HU window) or mri (percentiles); "
-                                                    "default: the recipe's data.modality.")]
+ModalityOpt = Annotated[Optional[str], typer.Option("--modality", help="ct (HU window), mri (percentiles) or auto "
+                                                    "(per volume: ct when it holds air below -500); default: the "
+                                                    "recipe's data.modality.")]
 StrictOpt = Annotated[bool, typer.Option("--strict", help="Stop at the first unreadable volume instead of skipping it.")]
 
 
@@ -27,8 +28,8 @@ def _recipe(recipe: str, sets: list[str] | None, modality: str | None, out: Path
 
     cfg = resolve_recipe(Medical3DRecipe, "medical3d", recipe, sets or [], out, resume)
     if modality is not None:
-        if modality not in ("ct", "mri"):
-            raise UserError(f"--modality {modality!r} is not known — use ct or mri")
+        if modality not in ("ct", "mri", "auto"):
+            raise UserError(f"--modality {modality!r} is not known — use ct, mri or auto")
         cfg.data.modality = modality  # type: ignore[assignment]
     return cfg
 

@@ -29,7 +29,7 @@ CACHE_VERSION = 1
 class Settings:
     """What preprocessing does; every field enters the cache key."""
 
-    modality: str = "ct"                    # ct | mri
+    modality: str = "ct"                    # ct | mri | auto (per volume: ct when it holds air, see AIR_HU)
     spacing: tuple[float, float, float] | None = (1.5, 1.5, 2.0)
     hu_window: tuple[float, float] = (-1000.0, 1000.0)
     percentiles: tuple[float, float] = (0.5, 99.5)
@@ -79,12 +79,24 @@ def target_shape(shape: tuple[int, ...], spacing: np.ndarray, target: tuple[floa
     return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, target))
 
 
-def scale_intensity(arr: np.ndarray, s: Settings) -> np.ndarray:
+AIR_HU = -500.0      # CT holds air near -1000 HU (lungs, outside the body); magnitude MRI has no such values
+NOT_HU = -200.0      # a "CT" with no voxel below this holds neither air nor lung: not Hounsfield units
+
+
+def resolve_modality(lowest: float, modality: str) -> str:
+    """`auto`: "ct" for a volume whose lowest value is below AIR_HU, else "mri"; other settings stay as given."""
+    if modality != "auto":
+        return modality
+    return "ct" if lowest < AIR_HU else "mri"
+
+
+def scale_intensity(arr: np.ndarray, s: Settings, modality: str | None = None) -> np.ndarray:
     """CT: clip to the HU window and map to [0, 1]. MRI: map the (p_lo, p_hi) percentiles of non-zero voxels to [0, 1].
 
-    One float32 output array, scaled and clipped in place (no full-size temporaries beyond it).
+    `modality` overrides `s.modality` (the per-volume answer of `auto`). One float32 output array, scaled and
+    clipped in place (no full-size temporaries beyond it).
     """
-    if s.modality == "ct":
+    if (modality or s.modality) == "ct":
         lo, hi = s.hu_window
     else:
         nz = arr[arr != 0]
@@ -142,11 +154,13 @@ def preprocess(arr: np.ndarray, affine: np.ndarray, s: Settings, label: np.ndarr
 
     Returns {"image": (X, Y, Z) float32, "label": same shape or None, "meta": geometry for undoing it}.
     """
+    lowest = float(arr.min())
+    modality = resolve_modality(lowest, s.modality)
     img, ras_affine, orientation = to_ras(arr, affine)
     ras_shape = img.shape
     spacing = spacing_of(ras_affine)
     shape = target_shape(img.shape, spacing, s.spacing)
-    img = scale_intensity(resample(img, shape), s)
+    img = scale_intensity(resample(img, shape), s, modality)
     lab = None
     if label is not None:
         lab = resample(to_ras(label, affine)[0], shape, nearest=True)
@@ -157,7 +171,7 @@ def preprocess(arr: np.ndarray, affine: np.ndarray, s: Settings, label: np.ndarr
     meta = {"orig_shape": list(arr.shape), "ras_shape": list(ras_shape),
             "resampled_shape": list(shape), "box": [[b.start, b.stop] for b in box], "orientation": orientation.tolist(),
             "affine": np.asarray(affine).tolist(), "shape": list(img.shape), "com": com, "std": std,
-            "spacing": list(s.spacing) if s.spacing else spacing.tolist()}
+            "spacing": list(s.spacing) if s.spacing else spacing.tolist(), "modality": modality, "lowest": lowest}
     return {"image": img, "label": lab, "meta": meta}
 
 
@@ -240,4 +254,22 @@ def prepare(volumes: list[Volume], cache: VolumeCache, strict: bool) -> tuple[li
     if not ok:
         raise UserError(f"none of the {len(volumes)} volumes could be read (first problem: "
                         f"{skipped[0]['reason'] if skipped else 'none'}) — check the files")
+    check_modality([meta for _, meta in ok], cache.settings.modality)
     return ok, skipped
+
+
+def check_modality(metas: list[dict], setting: str) -> None:
+    """Say when the intensities contradict `data.modality` (the HU window on MRI saturates it silently), and what
+    `auto` decided."""
+    from sslkit.core.console import info, warn
+
+    lowest = [m["lowest"] for m in metas if "lowest" in m]       # entries cached before the field: no opinion
+    if setting == "ct" and (odd := sum(v > NOT_HU for v in lowest)):
+        warn(f"{odd} of {len(lowest)} volumes have no voxel below {NOT_HU:g}, so they are not CT in Hounsfield units "
+             "(MRI?), yet modality is ct: the HU window clips them — pass --modality mri or --modality auto")
+    elif setting == "mri" and (odd := sum(v < AIR_HU for v in lowest)):
+        warn(f"{odd} of {len(lowest)} volumes hold values below {AIR_HU:g}, as CT in Hounsfield units does, yet modality "
+             "is mri — pass --modality ct or --modality auto")
+    elif setting == "auto" and lowest:
+        n_ct = sum(m.get("modality") == "ct" for m in metas)
+        info(f"modality auto: {n_ct} CT (air below {AIR_HU:g} HU, HU window), {len(metas) - n_ct} MRI (percentiles)")

@@ -11,7 +11,7 @@ from sslkit.core.recipes import Recipe, Section, TrainConfig
 class DataConfig(Section):
     """Preprocessing (enters the cache key) and cropping."""
 
-    modality: Literal["ct", "mri"] = "ct"
+    modality: Literal["ct", "mri", "auto"] = "auto"                   # auto: per volume, ct when it holds air (< -500)
     spacing: Optional[tuple[float, float, float]] = (1.5, 1.5, 2.0)   # mm; null keeps the file's spacing (Alice: no resampling)
     hu_window: tuple[float, float] = (-1000.0, 1000.0)               # CT only: HU clipped then scaled to [0, 1]
     percentiles: tuple[float, float] = (0.5, 99.5)                    # MRI only: mapped to [0, 1]
