@@ -93,6 +93,23 @@ def test_columns_differ_lists_missing_and_extra():
     pre.check_columns(["x", "k", "color", "flag", "when", "const", "text"], "t.csv")  # ignored columns are fine
 
 
+def test_saved_index_and_row_id_columns_are_pointed_out():
+    """pandas' `to_csv` without index=False leaves "Unnamed: 0"; a rising integer id leaks row order into the features."""
+    n = 300
+    rng = np.random.default_rng(0)
+    table = pa.table({"Unnamed: 0": pa.array(np.arange(n)), "customer_id": pa.array(np.arange(1000, 1000 + 3 * n, 3)),
+                      "age": pa.array(rng.integers(18, 90, n)), "x": pa.array(rng.normal(size=n))})
+
+    def fit(skip: dict) -> list[str]:      # first batch of 128 rows: enough to call a column rising
+        return fit_preprocessor(table.to_batches(max_chunksize=128), skip=skip, categorical=[], numeric=[]).notes
+
+    notes = " | ".join(fit({}))
+    assert "'Unnamed: 0' looks like a row index (pandas names a saved index" in notes and "--id 'Unnamed: 0'" in notes
+    assert "'customer_id' looks like a row index (its integers rise on every row)" in notes
+    assert "'age'" not in notes and "'x'" not in notes
+    assert not any("row index" in note for note in fit({"customer_id": "id", "Unnamed: 0": "dropped"}))
+
+
 def test_ragged_csv_reports_the_line(tmp_path):
     path = tmp_path / "bad.csv"
     path.write_text("a,b,c\n1,2,3\n4,5,6\n7,8\n")

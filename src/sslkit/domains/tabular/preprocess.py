@@ -9,6 +9,7 @@ It is saved as `preprocess.json` in the run folder and applied unchanged by `emb
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -222,15 +223,19 @@ def fit_preprocessor(batches: Iterable[Any], *, skip: dict[str, str], categorica
                 stats[name] = _Stats(kind=kind[0], source=kind[1])
                 if kind[1] == "datetime":
                     notes.append(f"column '{name}' holds dates: used as a number (days since 1970)")
-        n_rows += batch.num_rows
         for name, st in stats.items():
             arr = _column(batch, name)
             st.rows += len(arr)
             st.nulls += arr.null_count
             if st.kind == "numeric":
-                _sample_numeric(st, numeric_values(arr, name), sample_rows, rng)
+                values = numeric_values(arr, name)
+                if n_rows == 0 and (why := _row_index(name, values, st.source)):
+                    notes.append(f"column '{name}' looks like a row index ({why}) and is used as a feature — pass "
+                                 f"--id {shlex.quote(name)} to keep it as the row id, or --drop {shlex.quote(name)}")
+                _sample_numeric(st, values, sample_rows, rng)
             else:
                 _count_text(st, arr, max_categories)
+        n_rows += batch.num_rows
     if n_rows == 0:
         raise UserError(f"{source} has a header but no rows — give a table with data")
     num_cols, cat_cols = [], []
@@ -259,6 +264,19 @@ def fit_preprocessor(batches: Iterable[Any], *, skip: dict[str, str], categorica
                         "check --target/--id/--drop and the column types")
     return Preprocessor(numeric=num_cols, categorical=cat_cols, scaling=scaling, ignored=ignored, n_rows=n_rows,
                         notes=notes)
+
+
+INDEX_NAMES = ("", "index", "Unnamed: 0", "__index_level_0__")   # what pandas writes for a saved DataFrame index
+
+
+def _row_index(name: str, values: np.ndarray, source: str) -> str:
+    """Why a numeric column looks like a saved row index or row id ("" when it does not): the name pandas gives an
+    index, or integers that rise by at least one on every row of the first batch (100 rows or more)."""
+    if name in INDEX_NAMES:
+        return f"pandas names a saved index '{name}'"
+    if source == "int" and values.size >= 100 and np.all(np.isfinite(values)) and np.all(np.diff(values) >= 1):
+        return "its integers rise on every row"
+    return ""
 
 
 def _sample_numeric(st: _Stats, values: np.ndarray, sample_rows: int, rng: np.random.Generator) -> None:
