@@ -156,3 +156,16 @@ def test_resume_uses_the_runs_own_recipe(tmp_path):
     out = sslkit_cmd("toy", "pretrain", "--out", str(run), "--resume", "--set", "train.steps=8")
     assert out.returncode == 0, out.stderr
     assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 8
+
+
+def test_notes_and_warnings_come_from_rank_0_only(monkeypatch, capsys):
+    """Under torchrun every rank finds and reads the same data: its notes must be said once, not once per rank."""
+    from sslkit.core.console import info, warn
+
+    for rank, said in (("1", False), ("0", True)):
+        monkeypatch.setenv("RANK", rank)
+        info("reading t.csv as semicolon-separated")
+        warn("3 of 3 volumes look like MRI")
+        err = capsys.readouterr().err
+        assert ("semicolon-separated" in err and "look like MRI" in err) is said
+        assert bool(err.strip()) is said

@@ -1,6 +1,11 @@
-"""Output for people goes to stderr (rich); machine output goes to stdout."""
+"""Output for people goes to stderr (rich); machine output goes to stdout.
+
+Under torchrun every rank runs the same code, so notes and warnings are said by rank 0 only
+(`RANK` is set before any process group exists, e.g. while data are found and read).
+"""
 from __future__ import annotations
 
+import os
 from typing import Any, Sequence
 
 from rich.console import Console
@@ -8,12 +13,18 @@ from rich.console import Console
 console = Console(stderr=True, highlight=False)
 
 
+def _rank0() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
 def info(msg: str) -> None:
-    console.print(msg)
+    if _rank0():
+        console.print(msg)
 
 
 def warn(msg: str) -> None:
-    console.print(f"[yellow]warning:[/yellow] {msg}")
+    if _rank0():
+        console.print(f"[yellow]warning:[/yellow] {msg}")
 
 
 def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
