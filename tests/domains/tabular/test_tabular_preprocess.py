@@ -192,6 +192,24 @@ def test_compressed_csv_reads_like_plain_and_truncation_is_one_error(tmp_path, m
         list(iter_batches(tmp_path / "a.parquet.gz"))
 
 
+def test_feather_and_arrow_stream_read_like_parquet(tmp_path):
+    import pyarrow.feather as feather
+
+    table = read_adult(limit=1000)
+    pq.write_table(table, tmp_path / "a.parquet")
+    feather.write_feather(table, tmp_path / "a.feather", chunksize=300)
+    with pa.OSFile(str(tmp_path / "a.arrow"), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table, max_chunksize=300)
+    ref = pa.Table.from_batches(list(iter_batches(tmp_path / "a.parquet")))
+    for name in ("a.feather", "a.arrow"):
+        batches = list(iter_batches(tmp_path / name, batch_rows=256))
+        assert max(b.num_rows for b in batches) <= 256
+        assert pa.Table.from_batches(batches).equals(ref) and table_columns(tmp_path / name) == ref.column_names
+    (tmp_path / "bad.feather").write_bytes(b"ARROW1 but nothing after")
+    with pytest.raises(UserError, match="bad.feather is not a readable Feather/Arrow file"):
+        list(iter_batches(tmp_path / "bad.feather"))
+
+
 def test_csv_and_parquet_read_alike(tmp_path):
     table = read_adult(limit=300)
     pq.write_table(table, tmp_path / "a.parquet")

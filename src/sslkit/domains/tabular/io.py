@@ -19,7 +19,7 @@ from typing import Any, Iterator
 from sslkit.core.console import info
 from sslkit.core.errors import UserError
 
-SUFFIXES = (".csv", ".tsv", ".parquet", ".pq")
+SUFFIXES = (".csv", ".tsv", ".parquet", ".pq", ".feather", ".arrow", ".ipc")
 COMPRESSED = (".gz", ".bz2", ".zst", ".lz4")   # CSV/TSV only; pyarrow decompresses them on the fly
 NULL_VALUES = ["", "?", "NA", "N/A", "NaN", "nan", "null", "NULL", "None", "#N/A", "-nan", "-NaN"]
 BLOCK_BYTES = 8 << 20  # 8 MiB CSV blocks: type inference sees tens of thousands of rows
@@ -30,15 +30,15 @@ ADULT_COLUMNS = ["age", "workclass", "fnlwgt", "education", "education_num", "ma
 
 
 def check_table_path(path: Path) -> Path:
-    """The path must be an existing .csv/.tsv/.parquet file."""
+    """The path must be an existing .csv/.tsv (maybe compressed), .parquet or .feather/.arrow file."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"table {path} does not exist — check the path")
     if path.is_dir():
-        raise UserError(f"{path} is a folder — pass one .csv, .tsv or .parquet file")
+        raise UserError(f"{path} is a folder — pass one .csv, .tsv, .parquet or .feather file")
     if table_kind(path) is None:
         raise UserError(f"{path}: unsupported table type '{path.suffix}' — use .csv, .tsv "
-                        f"(either may be compressed: {', '.join(COMPRESSED)}) or .parquet")
+                        f"(either may be compressed: {', '.join(COMPRESSED)}), .parquet or .feather/.arrow")
     if path.stat().st_size == 0:
         raise UserError(f"{path} is empty — pass a table with a header and rows")
     return path
@@ -115,13 +115,14 @@ def sniff_csv(path: Path) -> CsvDialect:
 
 
 def table_kind(path: Path) -> str | None:
-    """"csv", "tsv" or "parquet" from the file name (data.csv.gz is a csv), None when it is none of them."""
+    """"csv", "tsv", "parquet" or "arrow" (Feather v2 / Arrow IPC) from the file name (data.csv.gz is a csv), None
+    when it is none of them."""
     suffixes = [x.lower() for x in Path(path).suffixes[-2:]]
     if suffixes and suffixes[-1] in COMPRESSED:
         suffixes = suffixes[:-1] if suffixes[:-1] and suffixes[-2] in (".csv", ".tsv") else []
     if not suffixes or suffixes[-1] not in SUFFIXES:
         return None
-    return {".pq": "parquet"}.get(suffixes[-1], suffixes[-1][1:])
+    return {".pq": "parquet", ".feather": "arrow", ".ipc": "arrow"}.get(suffixes[-1], suffixes[-1][1:])
 
 
 def _csv_reader(path: Path, string_columns: list[str]) -> Any:
@@ -180,6 +181,11 @@ def iter_batches(path: Path, string_columns: list[str] = (), batch_rows: int = 6
             raise UserError(f"{path} is not a readable Parquet file ({str(exc).splitlines()[0]}) — "
                             "check the file or write it again") from None
         return
+    if table_kind(path) == "arrow":
+        for batch in _arrow_batches(path):
+            for start in range(0, batch.num_rows, batch_rows):
+                yield batch.slice(start, batch_rows)
+        return
     reader, bad_rows = _csv_reader(path, list(string_columns))
     while True:
         try:
@@ -191,11 +197,42 @@ def iter_batches(path: Path, string_columns: list[str] = (), batch_rows: int = 6
         yield batch
 
 
+def _arrow_reader(path: Path) -> Any:
+    """A Feather v2 / Arrow IPC file (memory-mapped, random access) or stream reader."""
+    import pyarrow as pa
+
+    try:
+        try:
+            return pa.ipc.open_file(pa.memory_map(str(path)))
+        except pa.ArrowInvalid:                 # the IPC stream format: read front to back
+            return pa.ipc.open_stream(pa.OSFile(str(path)))
+    except (pa.ArrowException, OSError) as exc:
+        raise UserError(f"{path} is not a readable Feather/Arrow file ({str(exc).splitlines()[0]}) — "
+                        "write it again (Feather v1 files: re-save with pyarrow.feather.write_feather)") from None
+
+
+def _arrow_batches(path: Path) -> Iterator[Any]:
+    import pyarrow as pa
+
+    reader = _arrow_reader(path)
+    try:
+        if isinstance(reader, pa.ipc.RecordBatchFileReader):
+            for i in range(reader.num_record_batches):
+                yield reader.get_batch(i)
+        else:
+            yield from reader
+    except (pa.ArrowException, OSError) as exc:
+        raise UserError(f"{path} is not a readable Feather/Arrow file ({str(exc).splitlines()[0]}) — "
+                        "write it again") from None
+
+
 def table_columns(path: Path) -> list[str]:
-    """Column names from the header (CSV) or schema (Parquet), without reading the rows."""
+    """Column names from the header (CSV) or schema (Parquet, Arrow), without reading the rows."""
     import pyarrow as pa
 
     path = check_table_path(path)
+    if table_kind(path) == "arrow":
+        return list(_arrow_reader(path).schema.names)
     if table_kind(path) == "parquet":
         import pyarrow.parquet as pq
 
