@@ -110,6 +110,14 @@ def test_saved_index_and_row_id_columns_are_pointed_out():
     assert not any("row index" in note for note in fit({"customer_id": "id", "Unnamed: 0": "dropped"}))
 
 
+def test_repeated_column_names_are_one_clear_error(tmp_path):
+    path = tmp_path / "dup.csv"
+    path.write_text("a,b,a,y\n1,2,3,x\n4,5,6,y\n")
+    for read in (lambda: list(iter_batches(path)), lambda: table_columns(path)):
+        with pytest.raises(UserError, match=r"repeats column names \('a' at positions 1, 3\)"):
+            read()
+
+
 def test_ragged_csv_reports_the_line(tmp_path):
     path = tmp_path / "bad.csv"
     path.write_text("a,b,c\n1,2,3\n4,5,6\n7,8\n")

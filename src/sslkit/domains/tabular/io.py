@@ -168,9 +168,26 @@ def _csv_message(path: Path, exc: Exception, bad_rows: list[Any]) -> str:
 
 def iter_batches(path: Path, string_columns: list[str] = (), batch_rows: int = 65536) -> Iterator[Any]:
     """pyarrow RecordBatches of the table, streamed; `string_columns` are read as text (CSV only)."""
+    path = check_table_path(path)
+    for i, batch in enumerate(_batches(path, string_columns, batch_rows)):
+        if i == 0:
+            _check_names(path, batch.schema.names)
+        yield batch
+
+
+def _check_names(path: Path, names: list[str]) -> list[str]:
+    """Column names must be distinct: with two columns of one name, neither can be chosen or checked."""
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        where = "; ".join(f"'{n}' at positions {', '.join(str(i + 1) for i, m in enumerate(names) if m == n)}"
+                          for n in twice)
+        raise UserError(f"{path}: the header repeats column names ({where}) — give every column its own name")
+    return list(names)
+
+
+def _batches(path: Path, string_columns: list[str], batch_rows: int) -> Iterator[Any]:
     import pyarrow as pa
 
-    path = check_table_path(path)
     if table_kind(path) == "parquet":
         import pyarrow.parquet as pq
 
@@ -232,17 +249,17 @@ def table_columns(path: Path) -> list[str]:
 
     path = check_table_path(path)
     if table_kind(path) == "arrow":
-        return list(_arrow_reader(path).schema.names)
+        return _check_names(path, _arrow_reader(path).schema.names)
     if table_kind(path) == "parquet":
         import pyarrow.parquet as pq
 
         try:
-            return list(pq.read_schema(path).names)
+            return _check_names(path, pq.read_schema(path).names)
         except (pa.ArrowException, OSError) as exc:
             raise UserError(f"{path} is not a readable Parquet file ({str(exc).splitlines()[0]}) — "
                             "check the file or write it again") from None
     reader, bad_rows = _csv_reader(path, [])
-    return list(reader.schema.names)
+    return _check_names(path, reader.schema.names)
 
 
 # ---- bundled sample data -----------------------------------------------------------------
