@@ -174,6 +174,17 @@ def test_dicom_export_tree_without_extensions_compressed_and_non_images(tmp_path
     np.testing.assert_array_equal(io.read_volume(one)[0], expected)
 
 
+def test_jpeg2000_series_decodes(tmp_path: Path) -> None:
+    """A JPEG 2000 series shipped with the tests (see data/j2k_series/README.md) reads like the same series raw."""
+    vol = (np.arange(40 * 36 * 6, dtype=np.int16).reshape(40, 36, 6) * 7) % 3000
+    _dicom_series(tmp_path / "raw", vol, "1.2.9")
+    expected = io.read_volume(io.find_volumes([tmp_path / "raw"])[0])
+    (j2k,) = io.find_volumes([Path(__file__).parent / "data" / "j2k_series"])
+    got = io.read_volume(j2k)
+    np.testing.assert_array_equal(got[0], expected[0])
+    np.testing.assert_allclose(got[1], expected[1])
+
+
 def test_dicom_missing_duplicate_multiframe_and_undecodable(tmp_path: Path) -> None:
     from pydicom import dcmread
     from pydicom.encaps import encapsulate
