@@ -66,16 +66,15 @@ def pretrain(data: DataArgs, recipe: RecipeOpt = "alice", modality: ModalityOpt 
     from sslkit.core.loop import fit, seed_everything
     from sslkit.core.runs import Run
     from sslkit.domains.medical3d.datasets import CrossVolumePairs, RandomCrops
-    from sslkit.domains.medical3d.finetune import settings_from
+    from sslkit.domains.medical3d.finetune import cache_for
     from sslkit.domains.medical3d.io import UNLABELLED_SECTIONS, find_volumes
     from sslkit.domains.medical3d.method import build_method
-    from sslkit.domains.medical3d.preprocess import VolumeCache
 
     cfg = _recipe(recipe, set_, modality, out, resume)
     cfg.data.strict = cfg.data.strict or strict
     volumes = find_volumes(data, UNLABELLED_SECTIONS)
     distributed.init_distributed(distributed.select_device(cfg.train.device))
-    cache = VolumeCache(Path(cfg.data.cache_dir) if cfg.data.cache_dir else None, settings_from(cfg.data))
+    cache = cache_for(cfg.data)
     entries, skipped = _prepare_all_ranks(volumes, cache, cfg.data.strict)
     seed_everything(cfg.train.seed)
     method = build_method(cfg)
@@ -110,17 +109,17 @@ def embed(run: RunArg, data: DataArgs, out: Annotated[Path, typer.Option("--out"
     from sslkit.core.errors import UserError
     from sslkit.core.export import load_encoder
     from sslkit.core.runs import Run
-    from sslkit.domains.medical3d.finetune import settings_from
+    from sslkit.domains.medical3d.finetune import cache_for
     from sslkit.domains.medical3d.io import UNLABELLED_SECTIONS, find_volumes
-    from sslkit.domains.medical3d.preprocess import VolumeCache, prepare
+    from sslkit.domains.medical3d.preprocess import prepare
     from sslkit.domains.medical3d.recipe import Medical3DRecipe
 
     if out.exists() and not overwrite:
         raise UserError(f"{out} already exists — pass --overwrite or choose another --out")
     cfg = Medical3DRecipe.model_validate(Run.load(run, "medical3d").recipe_dict)
     encoder = load_encoder(run)
-    entries, skipped = prepare(find_volumes(data, UNLABELLED_SECTIONS), VolumeCache(Path(cfg.data.cache_dir) if cfg.data.cache_dir else None,
-                                                               settings_from(cfg.data)), strict)
+    cache = cache_for(cfg.data)
+    entries, skipped = prepare(find_volumes(data, UNLABELLED_SECTIONS), cache, strict)
     ids, vectors = [], []
     for npy, meta in entries:
         image = torch.from_numpy(np.load(npy).astype(np.float32))[None, None]

@@ -22,6 +22,13 @@ def settings_from(data: Any) -> Any:
                     crop_foreground=data.crop_foreground, foreground_threshold=data.foreground_threshold)
 
 
+def cache_for(data: Any) -> Any:
+    """The preprocessing cache that a recipe's data section reads and fills (`data.cache_dir`, else the default)."""
+    from sslkit.domains.medical3d.preprocess import VolumeCache
+
+    return VolumeCache(Path(data.cache_dir) if data.cache_dir else None, settings_from(data))
+
+
 def split(entries: list[tuple[Path, dict]], n_train: int | None,
           label_fraction: float = 0.5) -> tuple[list, list, list | None, list]:
     """(train entries, eval entries, train X-regions or None, eval X-regions) — a single volume is split in halves.
@@ -118,12 +125,12 @@ def run_finetune(cfg: Medical3DRecipe, pretrained: Path | None, pairs: list[Volu
     from sslkit.core.runs import Run
     from sslkit.domains.medical3d.datasets import LabelledCrops
     from sslkit.domains.medical3d.method import build_encoder
-    from sslkit.domains.medical3d.preprocess import VolumeCache, prepare
+    from sslkit.domains.medical3d.preprocess import prepare
     from sslkit.domains.medical3d.recipe import finetune_train_config
     from sslkit.domains.medical3d.segmentation import Segmenter, SegmentationTask
 
     ft = cfg.finetune
-    cache = VolumeCache(Path(cfg.data.cache_dir) if cfg.data.cache_dir else None, settings_from(cfg.data))
+    cache = cache_for(cfg.data)
     entries, skipped = prepare(pairs, cache, strict)
     values = label_values(entries)
     classes, lut = len(values), value_lut(values)

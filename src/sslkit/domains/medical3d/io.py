@@ -13,6 +13,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -94,19 +95,24 @@ def dicom_files(folder: Path) -> list[Path]:
     return sorted(f for f in folder.iterdir() if is_dicom_file(f))
 
 
-def _dicom_series(folder: Path) -> dict[str, list[Path]]:
-    """SeriesInstanceUID -> its image files in `folder` (headers only, no pixel data).
+def _dcmread(f: Path, headers_only: bool = False) -> Any:
+    import pydicom
+
+    try:
+        return pydicom.dcmread(f, stop_before_pixels=headers_only)
+    except Exception as exc:  # pydicom raises several types for broken files
+        raise UserError(f"{f} is not a readable DICOM file ({type(exc).__name__}) — remove or re-export it") from None
+
+
+def _dicom_series(folder: Path, files: list[Path] | None = None) -> dict[str, list[Path]]:
+    """SeriesInstanceUID -> its image files in `folder` (headers only, no pixel data); `files`: the folder's DICOM
+    files when the caller has already found them.
 
     Objects without pixel rows (DICOMDIR records, structured reports, presentation states) are not images: skipped.
     """
-    import pydicom
-
     series: dict[str, list[Path]] = {}
-    for f in dicom_files(folder):
-        try:
-            ds = pydicom.dcmread(f, stop_before_pixels=True)
-        except Exception as exc:  # pydicom raises several types for broken headers
-            raise UserError(f"{f} is not a readable DICOM file ({type(exc).__name__}) — remove or re-export it") from None
+    for f in dicom_files(folder) if files is None else files:
+        ds = _dcmread(f, headers_only=True)
         if "Rows" not in ds:
             continue
         series.setdefault(str(getattr(ds, "SeriesInstanceUID", "unknown")), []).append(f)
@@ -142,8 +148,12 @@ def find_volumes(paths: list[Path], sections: tuple[str, ...] = ("training",)) -
         else:
             files, label_folders = scan_folder(p)
             found += [Volume(str(f.relative_to(p)), f) for f in files if is_volume_file(f)]
-            for folder in sorted({f.parent for f in files if is_dicom_file(f)}):
-                found += dicom_volumes(folder, str(folder.relative_to(p)) or folder.name)
+            by_folder: dict[Path, list[Path]] = {}
+            for f in files:
+                if is_dicom_file(f):
+                    by_folder.setdefault(f.parent, []).append(f)
+            for folder, slices in sorted(by_folder.items()):
+                found += dicom_volumes(folder, str(folder.relative_to(p)) or folder.name, slices)
             if label_folders:
                 from sslkit.core.console import info
 
@@ -158,9 +168,9 @@ def find_volumes(paths: list[Path], sections: tuple[str, ...] = ("training",)) -
     return found
 
 
-def dicom_volumes(folder: Path, name: str) -> list[Volume]:
+def dicom_volumes(folder: Path, name: str, files: list[Path] | None = None) -> list[Volume]:
     """One Volume per series in a DICOM folder; several series are listed on stderr."""
-    series = _dicom_series(folder)
+    series = _dicom_series(folder, files)
     if len(series) > 1:
         from sslkit.core.console import warn
 
@@ -254,8 +264,6 @@ def _check_slice_spacing(folder: Path, series: str, positions: list[float]) -> N
 
 def read_dicom(folder: Path, series: str | None) -> tuple[np.ndarray, np.ndarray]:
     """A DICOM series sorted along its slice normal; affine from ImagePositionPatient/Orientation (LPS -> RAS)."""
-    import pydicom
-
     all_series = _dicom_series(folder)
     if series is None:
         if len(all_series) != 1:
@@ -264,10 +272,7 @@ def read_dicom(folder: Path, series: str | None) -> tuple[np.ndarray, np.ndarray
         series = next(iter(all_series))
     slices = []
     for f in all_series.get(series, []):
-        try:
-            ds = pydicom.dcmread(f)
-        except Exception as exc:  # pydicom raises several types for broken files
-            raise UserError(f"{f} is not a readable DICOM file ({type(exc).__name__}) — remove or re-export it") from None
+        ds = _dcmread(f)
         try:
             pix = ds.pixel_array.astype(np.float32) * float(getattr(ds, "RescaleSlope", 1)) + float(getattr(ds, "RescaleIntercept", 0))
         except Exception as exc:  # broken pixel data, or a compression that no installed decoder handles

@@ -195,8 +195,7 @@ def _batches(path: Path, string_columns: list[str], batch_rows: int) -> Iterator
             pf = pq.ParquetFile(path)
             yield from pf.iter_batches(batch_size=batch_rows)
         except (pa.ArrowException, OSError) as exc:
-            raise UserError(f"{path} is not a readable Parquet file ({str(exc).splitlines()[0]}) — "
-                            "check the file or write it again") from None
+            raise _unreadable(path, "Parquet", exc) from None
         return
     if table_kind(path) == "arrow":
         for batch in _arrow_batches(path):
@@ -214,6 +213,11 @@ def _batches(path: Path, string_columns: list[str], batch_rows: int) -> Iterator
         yield batch
 
 
+def _unreadable(path: Path, kind: str, exc: Exception, hint: str = "") -> UserError:
+    return UserError(f"{path} is not a readable {kind} file ({str(exc).splitlines()[0]}) — "
+                     f"check the file or write it again{hint}")
+
+
 def _arrow_reader(path: Path) -> Any:
     """A Feather v2 / Arrow IPC file (memory-mapped, random access) or stream reader."""
     import pyarrow as pa
@@ -224,8 +228,8 @@ def _arrow_reader(path: Path) -> Any:
         except pa.ArrowInvalid:                 # the IPC stream format: read front to back
             return pa.ipc.open_stream(pa.OSFile(str(path)))
     except (pa.ArrowException, OSError) as exc:
-        raise UserError(f"{path} is not a readable Feather/Arrow file ({str(exc).splitlines()[0]}) — "
-                        "write it again (Feather v1 files: re-save with pyarrow.feather.write_feather)") from None
+        raise _unreadable(path, "Feather/Arrow", exc, " (Feather v1 files: re-save with pyarrow.feather.write_feather)"
+                          ) from None
 
 
 def _arrow_batches(path: Path) -> Iterator[Any]:
@@ -239,8 +243,7 @@ def _arrow_batches(path: Path) -> Iterator[Any]:
         else:
             yield from reader
     except (pa.ArrowException, OSError) as exc:
-        raise UserError(f"{path} is not a readable Feather/Arrow file ({str(exc).splitlines()[0]}) — "
-                        "write it again") from None
+        raise _unreadable(path, "Feather/Arrow", exc) from None
 
 
 def table_columns(path: Path) -> list[str]:
@@ -256,8 +259,7 @@ def table_columns(path: Path) -> list[str]:
         try:
             return _check_names(path, pq.read_schema(path).names)
         except (pa.ArrowException, OSError) as exc:
-            raise UserError(f"{path} is not a readable Parquet file ({str(exc).splitlines()[0]}) — "
-                            "check the file or write it again") from None
+            raise _unreadable(path, "Parquet", exc) from None
     reader, bad_rows = _csv_reader(path, [])
     return _check_names(path, reader.schema.names)
 
