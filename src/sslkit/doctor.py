@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 EXTRAS: dict[str, list[str]] = {
-    "medical3d": ["monai", "nibabel", "nilearn", "einops", "pydicom"],
+    "medical3d": ["monai", "nibabel", "nilearn", "einops", "pydicom", "gdcm", "itk"],
     "pathology": ["openslide", "tifffile", "imagecodecs"],
     "audio": ["torchaudio", "soundfile"],
     "graph": ["torch_geometric", "networkx"],

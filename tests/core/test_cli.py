@@ -57,6 +57,7 @@ def test_doctor_reports_versions_and_extras():
     assert info["cuda_available"] == torch.cuda.is_available()
     assert set(info["domains"]) == {"medical3d", "pathology", "audio", "graph", "lidar", "tabular"}
     assert info["domains"]["tabular"]["ok"] is True
+    assert {"pydicom", "gdcm", "itk"} <= set(info["domains"]["medical3d"]["modules"])   # DICOM codecs, NRRD/MHA
 
 
 def test_recipes_list_show_copy(tmp_path):
