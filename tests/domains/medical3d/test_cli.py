@@ -177,6 +177,39 @@ def test_unet_reconstruction_decoder_starts_the_finetuning_decoder(volumes: Path
         assert (manifest.get("decoder_from_pretraining", 0) > 0) == moved
 
 
+def test_4d_multichannel_volumes_split_for_pretraining_one_channel_for_finetuning(tmp_path: Path) -> None:
+    """The Decathlon's BrainTumour layout: 4-D images (several MRI contrasts), 3-D labels."""
+    from tests.domains.medical3d.conftest import write_volumes
+
+    data = write_volumes(tmp_path / "d", n=3)
+    for f in sorted((data / "img").glob("*.nii.gz")):                 # three contrasts of one anatomy per file
+        img = nib.load(f)
+        x = np.asarray(img.dataobj, np.float32)
+        nib.save(nib.Nifti1Image(np.stack([x, 1.0 - x, x ** 2], -1), img.affine), f)
+    refused = invoke("pretrain", data / "img", "-r", "tiny", "--strict", "--out", tmp_path / "no")
+    assert refused.exit_code == 2 and "data.channel=split" in refused.output and not (tmp_path / "no").exists()
+    res = invoke("pretrain", data / "img", "-r", "tiny", "--set", "data.channel=split", "--out", tmp_path / "run")
+    assert res.exit_code == 0, res.output
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["medical3d"]["volumes"] == 9 and manifest["medical3d"]["skipped_count"] == 0
+    res = invoke("embed", tmp_path / "run", data / "img", "--out", tmp_path / "e.parquet", "--grid-dir", tmp_path / "g")
+    assert res.exit_code == 0, res.output
+    from sslkit.core.embeddings import read_embeddings
+
+    ids, vecs = read_embeddings(tmp_path / "e.parquet")
+    assert ids[:3] == ["v0.nii.gz#c0", "v0.nii.gz#c1", "v0.nii.gz#c2"] and len(ids) == 9
+    assert sorted(p.name for p in (tmp_path / "g").iterdir())[:3] == ["v0_c0.npy", "v0_c1.npy", "v0_c2.npy"]
+    assert not np.allclose(vecs[0], vecs[1])                         # the contrasts are different inputs
+    split_ft = invoke("finetune", tmp_path / "run", data / "img", data / "lab", "--out", tmp_path / "ft0")
+    assert split_ft.exit_code == 2 and "--set data.channel=N" in split_ft.output
+    res = invoke("finetune", tmp_path / "run", data / "img", data / "lab", "--train", "2", "--set", "data.channel=1",
+                 "--set", "finetune.steps=2", "--out", tmp_path / "ft")
+    assert res.exit_code == 0, res.output
+    assert [p.name for p in (tmp_path / "ft" / "predictions").iterdir()] == ["v2.nii.gz"]
+    pred = nib.load(tmp_path / "ft" / "predictions" / "v2.nii.gz")
+    assert pred.shape == (32, 32, 32)                                # the label's grid: 3-D, not 4-D
+
+
 def test_bad_inputs_are_one_line_exit_2(tiny_run: Path, volumes: Path, tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     cases = [

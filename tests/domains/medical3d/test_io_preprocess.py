@@ -68,6 +68,37 @@ def test_4d_and_2d_inputs_are_errors(tmp_path: Path, shape: tuple, match: str) -
         io.read_volume(p)
 
 
+def test_channel_setting_reads_one_channel_or_splits_4d_files(tmp_path: Path) -> None:
+    """data.channel: N decodes channel N of a 4-D file (3-D files as they are); split lists each channel as a volume."""
+    rng = np.random.default_rng(0)
+    four = rng.normal(size=(8, 9, 10, 3)).astype(np.float32)
+    vector = four[:, :, :, None, :]                                  # NIfTI vector layout (X, Y, Z, 1, C)
+    affine = np.diag([2.0, 1.5, 1.0, 1.0])
+    _nii(tmp_path / "multi.nii.gz", four, affine)
+    _nii(tmp_path / "vector.nii.gz", vector, affine)
+    _nii(tmp_path / "plain.nii.gz", four[..., 0].copy(), affine)
+    found = io.find_volumes([tmp_path])
+    with pytest.raises(UserError, match=r"multi\.nii\.gz is 4-D .* data\.channel=N .* data\.channel=split"):
+        io.read_volume(found[0])
+    split = io.select_channels(found, "split")
+    assert [v.id for v in split] == ["multi.nii.gz#c0", "multi.nii.gz#c1", "multi.nii.gz#c2", "plain.nii.gz",
+                                     "vector.nii.gz#c0", "vector.nii.gz#c1", "vector.nii.gz#c2"]
+    for v in split:
+        arr, aff = io.read_volume(v)
+        assert arr.shape == (8, 9, 10) and np.allclose(aff, affine)
+        assert np.array_equal(arr, four[..., v.channel if v.channel is not None else 0])
+    one = io.select_channels(found, 2)
+    assert [v.id for v in one] == ["multi.nii.gz", "plain.nii.gz", "vector.nii.gz"]
+    assert np.array_equal(io.read_volume(one[0])[0], four[..., 2]) and np.array_equal(io.read_volume(one[2])[0], four[..., 2])
+    assert np.array_equal(io.read_volume(one[1])[0], four[..., 0])   # a 3-D volume is read as it is
+    with pytest.raises(UserError, match="has 3 channels, so data.channel=5 does not exist — use 0..2"):
+        io.read_volume(io.select_channels(found, 5)[0])
+    assert io.volume_stem("sub/multi.nii.gz#c2") == "multi_c2" and io.volume_stem("series#1") == "series#1"
+    cache = VolumeCache(tmp_path / "cache", Settings(modality="mri", spacing=None))
+    keys = {cache.key(v) for v in split[:3]} | {cache.key(found[0])}
+    assert len(keys) == 4                                             # every channel has its own cache entry
+
+
 def test_nan_and_corrupt_files_name_the_file(tmp_path: Path) -> None:
     arr = np.ones((8, 8, 8), np.float32)
     arr[1, 2, 3] = np.nan

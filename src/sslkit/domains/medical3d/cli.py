@@ -67,12 +67,12 @@ def pretrain(data: DataArgs, recipe: RecipeOpt = "alice", modality: ModalityOpt 
     from sslkit.core.runs import Run
     from sslkit.domains.medical3d.datasets import CrossVolumePairs, RandomCrops
     from sslkit.domains.medical3d.finetune import cache_for
-    from sslkit.domains.medical3d.io import UNLABELLED_SECTIONS, find_volumes
+    from sslkit.domains.medical3d.io import UNLABELLED_SECTIONS, find_volumes, select_channels
     from sslkit.domains.medical3d.method import build_method
 
     cfg = _recipe(recipe, set_, modality, out, resume)
     cfg.data.strict = cfg.data.strict or strict
-    volumes = find_volumes(data, UNLABELLED_SECTIONS)
+    volumes = select_channels(find_volumes(data, UNLABELLED_SECTIONS), cfg.data.channel)
     distributed.init_distributed(distributed.select_device(cfg.train.device))
     cache = cache_for(cfg.data)
     entries, skipped = _prepare_all_ranks(volumes, cache, cfg.data.strict)
@@ -110,7 +110,7 @@ def embed(run: RunArg, data: DataArgs, out: Annotated[Path, typer.Option("--out"
     from sslkit.core.export import load_encoder
     from sslkit.core.runs import Run
     from sslkit.domains.medical3d.finetune import cache_for
-    from sslkit.domains.medical3d.io import UNLABELLED_SECTIONS, find_volumes
+    from sslkit.domains.medical3d.io import UNLABELLED_SECTIONS, find_volumes, select_channels, volume_stem
     from sslkit.domains.medical3d.preprocess import prepare
     from sslkit.domains.medical3d.recipe import Medical3DRecipe
 
@@ -119,7 +119,7 @@ def embed(run: RunArg, data: DataArgs, out: Annotated[Path, typer.Option("--out"
     cfg = Medical3DRecipe.model_validate(Run.load(run, "medical3d").recipe_dict)
     encoder = load_encoder(run)
     cache = cache_for(cfg.data)
-    entries, skipped = prepare(find_volumes(data, UNLABELLED_SECTIONS), cache, strict)
+    entries, skipped = prepare(select_channels(find_volumes(data, UNLABELLED_SECTIONS), cfg.data.channel), cache, strict)
     ids, vectors = [], []
     for npy, meta in entries:
         image = torch.from_numpy(np.load(npy).astype(np.float32))[None, None]
@@ -133,7 +133,7 @@ def embed(run: RunArg, data: DataArgs, out: Annotated[Path, typer.Option("--out"
 
             buf = io.BytesIO()
             np.save(buf, grid)
-            atomic_write_bytes(grid_dir / f"{Path(meta['id']).name.split('.')[0]}.npy", buf.getvalue())
+            atomic_write_bytes(grid_dir / f"{volume_stem(meta['id'])}.npy", buf.getvalue())
     write_embeddings(out, ids, np.stack(vectors), extra={"path": [m["source"] for _, m in entries]}, overwrite=overwrite)
     typer.echo(str(out))
 
@@ -160,7 +160,8 @@ def finetune(run: RunArg, images: Annotated[Path, typer.Argument(help="Image fol
     from sslkit.core.recipes import apply_override, validate_recipe
     from sslkit.core.runs import Run
     from sslkit.domains.medical3d.finetune import run_finetune
-    from sslkit.domains.medical3d.io import find_volumes, pair_labels
+    from sslkit.core.errors import UserError
+    from sslkit.domains.medical3d.io import find_volumes, pair_labels, select_channels
     from sslkit.domains.medical3d.recipe import Medical3DRecipe
 
     base = Run.load(run, "medical3d")
@@ -168,7 +169,10 @@ def finetune(run: RunArg, images: Annotated[Path, typer.Argument(help="Image fol
     for override in set_ or []:
         apply_override(raw, override, Medical3DRecipe)
     cfg = validate_recipe(Medical3DRecipe, raw, str(base.path("recipe.yaml")))
-    pairs = pair_labels(find_volumes([images]), find_volumes([labels]))
+    if cfg.data.channel == "split":
+        raise UserError("finetune reads one channel of 4-D images (data.channel=split is for pretrain and embed) — "
+                        "pass --set data.channel=N, e.g. 0 for FLAIR in the Decathlon's BrainTumour")
+    pairs = pair_labels(select_channels(find_volumes([images]), cfg.data.channel), find_volumes([labels]))
     result = run_finetune(cfg, None if from_scratch else base.dir, pairs, train, out, overwrite, strict, [images, labels])
     if result:
         typer.echo(f"{result['mean_dice']:.4f}")

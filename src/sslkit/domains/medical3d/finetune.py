@@ -170,7 +170,7 @@ def evaluate(task: Any, run: Any, eval_e: list, eval_regions: list, names: list[
     label files' values, evaluation.json, overlay."""
     from sslkit.core.files import atomic_write_text
     from sslkit.core.console import print_table
-    from sslkit.domains.medical3d.io import write_nifti
+    from sslkit.domains.medical3d.io import volume_stem, write_nifti
     from sslkit.domains.medical3d.preprocess import undo_preprocess
     from sslkit.domains.medical3d.segmentation import dice_per_class, inside_foreground, predict
 
@@ -187,7 +187,7 @@ def evaluate(task: Any, run: Any, eval_e: list, eval_regions: list, names: list[
         region = np.zeros(image.shape, dtype=bool)
         region[x0:x1] = True
         per_volume[meta["id"]] = dice_per_class(pred, label, classes, region)
-        name = Path(meta["id"]).name.split(".")[0] or "volume"
+        name = volume_stem(meta["id"])
         written = np.asarray(values, dtype=np.int16)[pred] if lut is not None else pred
         write_nifti(run.path("predictions", f"{name}.nii.gz"), undo_preprocess(written, meta),
                     np.asarray(meta["affine"]))

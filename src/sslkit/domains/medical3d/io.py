@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +25,14 @@ ITK = (".nrrd", ".nhdr", ".mha", ".mhd")
 
 @dataclass(frozen=True)
 class Volume:
-    """One volume to read: a file, or a DICOM series (folder + SeriesInstanceUID)."""
+    """One volume to read: a file, or a DICOM series (folder + SeriesInstanceUID); `channel`: which channel of a
+    4-D file (see `select_channels`)."""
 
     id: str
     path: Path
     series: str | None = None
     label: Path | None = None
+    channel: int | None = None
 
 
 def _suffix(p: Path) -> str:
@@ -164,7 +166,7 @@ def find_volumes(paths: list[Path], sections: tuple[str, ...] = ("training",)) -
                         "files, DICOM series folders, or a JSON datalist")
     ids = [v.id for v in found]
     if len(set(ids)) != len(ids):
-        found = [Volume(str(v.path), v.path, v.series, v.label) for v in found]
+        found = [replace(v, id=str(v.path)) for v in found]
     return found
 
 
@@ -213,13 +215,22 @@ def read_datalist(path: Path, sections: tuple[str, ...] = ("training",), unlabel
     return out
 
 
-def _check_array(arr: np.ndarray, where: str) -> np.ndarray:
-    """3-D float32; a trailing singleton 4th axis is dropped; 2-D, 4-D and non-finite data are errors."""
+def _check_array(arr: np.ndarray, where: str, channel: int | None = None) -> np.ndarray:
+    """3-D float32; a singleton 4th axis is dropped and `channel` picks one channel of a 4-D array; 2-D, other 4-D
+    and non-finite data are errors."""
+    if arr.ndim == 5 and arr.shape[3] == 1:       # NIfTI vector data: (X, Y, Z, 1, C)
+        arr = arr[:, :, :, 0]
     if arr.ndim == 4 and arr.shape[3] == 1:
         arr = arr[..., 0]
+    if arr.ndim == 4 and channel is not None:
+        if channel >= arr.shape[3]:
+            raise UserError(f"{where} has {arr.shape[3]} channels, so data.channel={channel} does not exist — use "
+                            f"0..{arr.shape[3] - 1}")
+        arr = arr[..., channel]
     if arr.ndim == 4:
-        raise UserError(f"{where} is 4-D {arr.shape} (a time series or multi-channel volume) — split it into 3-D "
-                        "volumes first (e.g. fslsplit, or nibabel.four_to_three)")
+        raise UserError(f"{where} is 4-D {arr.shape} ({arr.shape[3]} channels or time points) — pass --set "
+                        "data.channel=N to read channel N, or --set data.channel=split (pretrain, embed) to read each "
+                        "channel as its own volume")
     if arr.ndim != 3 or min(arr.shape) < 2:
         raise UserError(f"{where} has shape {arr.shape}, not a 3-D volume — medical3d needs 3-D volumes "
                         "(2-D images and single slices are not supported)")
@@ -233,17 +244,19 @@ def _check_array(arr: np.ndarray, where: str) -> np.ndarray:
     return arr
 
 
-def read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def read_nifti(path: Path, channel: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """NIfTI or MGH; of a 4-D file with `channel` set, only that channel is decoded."""
     import nibabel as nib
 
     try:
         img = nib.load(str(path))
-        arr = np.asanyarray(img.dataobj)
+        one = channel is not None and len(img.shape) == 4 and 1 < img.shape[3] and channel < img.shape[3]
+        arr = np.asanyarray(img.dataobj[..., channel] if one else img.dataobj)
     except Exception as exc:  # nibabel/gzip/zlib raise many types for truncated or corrupt files
         kind = "MGH" if _suffix(path) in (".mgz", ".mgh") else "NIfTI"
         raise UserError(f"{path} is not a readable {kind} file ({type(exc).__name__}: {str(exc)[:80]}) — "
                         "re-export it or remove it") from None
-    return _check_array(arr, str(path)), np.asarray(img.affine, dtype=np.float64)
+    return _check_array(arr, str(path), channel), np.asarray(img.affine, dtype=np.float64)
 
 
 def _check_slice_spacing(folder: Path, series: str, positions: list[float]) -> None:
@@ -304,7 +317,7 @@ def read_dicom(folder: Path, series: str | None) -> tuple[np.ndarray, np.ndarray
     return _check_array(arr, str(folder)), affine
 
 
-def read_itk(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def read_itk(path: Path, channel: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """NRRD/MHA through MONAI's ITKReader (needs the `itk` package)."""
     try:
         import itk  # noqa: F401
@@ -318,7 +331,7 @@ def read_itk(path: Path) -> tuple[np.ndarray, np.ndarray]:
         arr, meta = reader.get_data(reader.read(str(path)))
     except Exception as exc:  # ITK raises RuntimeError subclasses for bad files
         raise UserError(f"{path} is not readable by ITK ({type(exc).__name__}) — re-export it") from None
-    return _check_array(np.asarray(arr), str(path)), np.asarray(meta["affine"], dtype=np.float64)
+    return _check_array(np.asarray(arr), str(path), channel), np.asarray(meta["affine"], dtype=np.float64)
 
 
 def read_volume(vol: Volume | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -328,8 +341,40 @@ def read_volume(vol: Volume | Path) -> tuple[np.ndarray, np.ndarray]:
     if vol.path.is_dir() or is_dicom_file(vol.path):
         return read_dicom(vol.path if vol.path.is_dir() else vol.path.parent, vol.series)
     if _suffix(vol.path) in NIFTI:
-        return read_nifti(vol.path)
-    return read_itk(vol.path)
+        return read_nifti(vol.path, vol.channel)
+    return read_itk(vol.path, vol.channel)
+
+
+def select_channels(volumes: list[Volume], channel: int | str | None) -> list[Volume]:
+    """`data.channel` applied to the listed volumes: N reads channel N of every 4-D volume (3-D ones are read as
+    they are); "split" lists every channel of a 4-D NIfTI/MGH file as its own volume, id `name#cK` (the
+    Decathlon's BrainTumour: FLAIR, T1w, T1gd, T2w); None leaves 4-D files to be refused when read."""
+    if channel is None:
+        return volumes
+    if channel != "split":
+        return [replace(v, channel=int(channel)) for v in volumes]
+    import nibabel as nib
+
+    out = []
+    for v in volumes:
+        shape: tuple[int, ...] = ()
+        if v.series is None and v.path.is_file() and _suffix(v.path) in NIFTI:
+            try:
+                shape = tuple(nib.load(str(v.path)).shape)   # header only
+            except Exception:  # a broken file is reported (or skipped) when it is read
+                pass
+        n = shape[-1] if len(shape) in (4, 5) else 1
+        out += [replace(v, id=f"{v.id}#c{c}", channel=c) for c in range(n)] if n > 1 else [v]
+    return out
+
+
+def volume_stem(volume_id: str) -> str:
+    """File-name stem for what is written per volume (predictions, embedding grids): `name`, or `name_cK` for
+    channel K of a split 4-D file."""
+    base, sep, channel = volume_id.rpartition("#c")
+    if sep and channel.isdigit():
+        return f"{volume_stem(base)}_c{channel}"
+    return Path(volume_id).name.split(".")[0] or "volume"
 
 
 def write_nifti(path: Path, arr: np.ndarray, affine: np.ndarray) -> Path:
@@ -360,8 +405,8 @@ def pair_labels(images: list[Volume], labels: list[Volume]) -> list[Volume]:
     by_stem = {stem(lab): lab for lab in labels}
     matched = [by_stem.get(stem(im)) for im in images]
     if all(m is not None for m in matched):
-        return [Volume(im.id, im.path, im.series, m.path) for im, m in zip(images, matched)]  # type: ignore[union-attr]
+        return [replace(im, label=m.path) for im, m in zip(images, matched)]  # type: ignore[union-attr]
     if len(images) != len(labels):
         raise UserError(f"{len(images)} images but {len(labels)} label volumes, and their file names do not match — "
                         "give one label file per image with the same name (in another folder) or in the same order")
-    return [Volume(im.id, im.path, im.series, lab.path) for im, lab in zip(images, labels)]
+    return [replace(im, label=lab.path) for im, lab in zip(images, labels)]

@@ -24,7 +24,7 @@ from sslkit.core.losses.nt_xent import nt_xent
 from sslkit.domains.medical3d.model import SIZES, ConvEncoder3d, SwinEncoder3d, _norm
 from sslkit.domains.medical3d.recipe import Medical3DRecipe, ModelConfig
 from sslkit.domains.medical3d.segmentation import UNetDecoder
-from sslkit.domains.medical3d.transforms import column_mask, inpainting_cutout, rotate
+from sslkit.domains.medical3d.transforms import cell_normalise, column_mask, inpainting_cutout, rotate
 
 RECIPE_SCHEMA = Medical3DRecipe
 
@@ -141,7 +141,8 @@ class Alice(nn.Module):
             rec = self.recon(pyramid, masked).float()
         else:
             rec = self.recon(fs).float()
-        err = (rec - views.float()) ** 2 * mask
+        target = views.float() if a.recon_target == "raw" else cell_normalise(views.float(), a.mask_patch)
+        err = (rec - target) ** 2 * mask
         l_rec = err.sum() / mask.sum().clamp_min(1.0)
         loss = a.global_weight * l_global + a.patch_weight * l_patch + a.recon_weight * l_rec
         tp = torch.cat(self.global_loss.last_targets)      # the centred, sharpened targets the student saw

@@ -193,6 +193,8 @@ class VolumeCache:
 
     def key(self, vol: Volume) -> str:
         parts: list[Any] = [CACHE_VERSION, str(vol.path.resolve()), vol.series, str(vol.label)]
+        if vol.channel is not None:
+            parts.append(("channel", vol.channel))
         for p in [vol.path, vol.label]:
             if p is not None:
                 files = dicom_files(p) if p.is_dir() else [p]
@@ -204,8 +206,8 @@ class VolumeCache:
         """(path of the cached image .npy, meta); preprocesses and stores it on a miss."""
         k = self.key(vol)
         npy, meta_path = self.root / f"{k}.npy", self.root / f"{k}.json"
-        if npy.is_file() and meta_path.is_file():
-            return npy, json.loads(meta_path.read_text())
+        if npy.is_file() and meta_path.is_file():   # the id is how this run listed the volume, not the first run
+            return npy, {**json.loads(meta_path.read_text()), "id": vol.id, "source": str(vol.path)}
         arr, affine = read_volume(vol)
         label = None
         if vol.label is not None:

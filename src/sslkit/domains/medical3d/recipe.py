@@ -1,9 +1,9 @@
 """The medical3d recipe: data preprocessing, encoder, the two SSL methods and fine-tuning settings."""
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
-from pydantic import Field
+from pydantic import Field, NonNegativeInt
 
 from sslkit.core.recipes import Recipe, Section, TrainConfig
 
@@ -22,6 +22,8 @@ class DataConfig(Section):
     pair_jitter: float = 0.05                                         # Alice: match jitter, fraction of roi
     cache_dir: Optional[str] = None                                   # default $SSLKIT_CACHE_DIR or ~/.cache/sslkit
     strict: bool = False                                              # true: a bad file stops the run
+    channel: Union[NonNegativeInt, Literal["split"], None] = None      # 4-D files: channel N, or "split": each its own
+                                                                      # volume (pretrain, embed); null: refused
 
 
 class ModelConfig(Section):
@@ -58,6 +60,8 @@ class AliceConfig(Section):
     recon_weight: float = 10.0        # λ3 (reconstruction on masked voxels only, unlike the code's whole volume)
     recon_decoder: Literal["linear", "unet"] = "linear"  # unet: skip decoder at full resolution (the card's U-shaped
                                                         # student); linear: SimMIM voxel-shuffle of the deepest map
+    recon_target: Literal["raw", "patch_norm"] = "raw"  # patch_norm: each mask_patch³ cell of the target standardised
+                                                        # on its own (MAE's norm_pix_loss)
 
 
 class SwinSSLConfig(Section):

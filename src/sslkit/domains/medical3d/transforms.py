@@ -81,6 +81,21 @@ def column_mask(batch: int, roi: int, patch: int, ratio: float, columns: bool, d
     return torch.nn.functional.pad(m, pad)
 
 
+def cell_normalise(x: Tensor, patch: int, eps: float = 1e-6) -> Tensor:
+    """Standardise every `patch`³ cell of x (B, C, X, Y, Z) on its own mean and std (MAE's norm_pix_loss target).
+
+    Voxels in a margin that does not fill a whole cell keep their values (the mask leaves them visible anyway)."""
+    b, c, *size = x.shape
+    g = [s // patch for s in size]
+    core = x[:, :, : g[0] * patch, : g[1] * patch, : g[2] * patch]
+    v = core.reshape(b, c, g[0], patch, g[1], patch, g[2], patch)
+    mean = v.mean(dim=(3, 5, 7), keepdim=True)
+    std = v.var(dim=(3, 5, 7), keepdim=True, unbiased=False).add(eps).sqrt()
+    out = x.clone()
+    out[:, :, : g[0] * patch, : g[1] * patch, : g[2] * patch] = ((v - mean) / std).reshape_as(core)
+    return out
+
+
 def rotate(x: Tensor) -> tuple[Tensor, Tensor]:
     """Rotate each crop (B, 1, X, Y, Z) by k·90° in the X-Y plane, k uniform in 0..3; returns (rotated, k)."""
     k = torch.randint(0, 4, (x.shape[0],), device=x.device)
