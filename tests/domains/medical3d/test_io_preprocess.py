@@ -97,6 +97,9 @@ def test_channel_setting_reads_one_channel_or_splits_4d_files(tmp_path: Path) ->
     cache = VolumeCache(tmp_path / "cache", Settings(modality="mri", spacing=None))
     keys = {cache.key(v) for v in split[:3]} | {cache.key(found[0])}
     assert len(keys) == 4                                             # every channel has its own cache entry
+    _, first = cache.get(io.Volume("sub/plain.nii.gz", tmp_path / "plain.nii.gz"))
+    _, again = cache.get(io.Volume("plain.nii.gz", tmp_path / "plain.nii.gz"))   # a hit, listed another way
+    assert first["id"] == "sub/plain.nii.gz" and again["id"] == "plain.nii.gz"
 
 
 def test_nan_and_corrupt_files_name_the_file(tmp_path: Path) -> None:
