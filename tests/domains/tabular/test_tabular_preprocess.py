@@ -218,6 +218,37 @@ def test_feather_and_arrow_stream_read_like_parquet(tmp_path):
         list(iter_batches(tmp_path / "bad.feather"))
 
 
+def test_json_lines_read_like_parquet_and_bad_json_is_one_error(tmp_path, monkeypatch):
+    import gzip
+    import json
+
+    from sslkit.domains.tabular import io
+
+    table = read_adult(limit=1000)
+    lines = "".join(json.dumps(row) + "\n" for row in table.to_pylist())
+    (tmp_path / "a.jsonl").write_text(lines)
+    (tmp_path / "a.ndjson.gz").write_bytes(gzip.compress(lines.encode()))
+    for name in ("a.jsonl", "a.ndjson.gz"):
+        batches = list(iter_batches(tmp_path / name, batch_rows=256))
+        assert max(b.num_rows for b in batches) <= 256
+        assert pa.Table.from_batches(batches).equals(table) and table_columns(tmp_path / name) == table.column_names
+    cases = {"array.json": (json.dumps(table.to_pylist()[:3]), "is one JSON array, not JSON lines"),
+             "mixed.jsonl": ('{"a": 1, "b": "x"}\n{"a": "one", "b": "y"}\n', "field 'a' changes type part-way"),
+             "broken.jsonl": ('{"a": 1}\n{"a": \n', "is not a readable JSON lines table")}
+    for name, (text, needle) in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(UserError, match=needle):
+            list(iter_batches(tmp_path / name))
+    monkeypatch.setattr(io, "BLOCK_BYTES", 1 << 12)                  # types and fields come from the first block
+    late = "".join(json.dumps({"a": i}) + "\n" for i in range(2000))
+    (tmp_path / "late_float.jsonl").write_text(late + '{"a": 1.5}\n')
+    (tmp_path / "late_field.jsonl").write_text(late + '{"a": 1, "b": 2}\n')
+    with pytest.raises(UserError, match="late_float.jsonl: a field changes type part-way"):
+        list(iter_batches(tmp_path / "late_float.jsonl"))
+    with pytest.raises(UserError, match="late_field.jsonl: a field appears after the first"):
+        list(iter_batches(tmp_path / "late_field.jsonl"))
+
+
 def test_csv_and_parquet_read_alike(tmp_path):
     table = read_adult(limit=300)
     pq.write_table(table, tmp_path / "a.parquet")

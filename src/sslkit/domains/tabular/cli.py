@@ -12,7 +12,7 @@ from sslkit.core.cli_options import (DevicesOpt, JsonOpt, OutOpt, OverwriteOpt, 
 
 app = typer.Typer(help="Tables: T-JEPA pretraining with SCARF as baseline.", no_args_is_help=True)
 
-TableArg = Annotated[Path, typer.Argument(help="A .csv, .tsv (either may be .gz/.bz2/.zst/.lz4), .parquet or "
+TableArg = Annotated[Path, typer.Argument(help="A .csv, .tsv, .jsonl (each may be .gz/.bz2/.zst/.lz4), .parquet or "
                                                ".feather/.arrow table with a header; a CSV's delimiter, encoding and "
                                                "decimal mark are sniffed.")]
 IdOpt = Annotated[Optional[str], typer.Option("--id", help="Row id column (kept in embeddings, never a feature).")]

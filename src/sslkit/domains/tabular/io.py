@@ -1,7 +1,7 @@
 """Table readers (pyarrow, streamed in record batches) and the bundled sample tables.
 
-CSV/TSV are read with `pyarrow.csv.open_csv` block by block and Parquet with
-`ParquetFile.iter_batches`, so a table larger than memory is never loaded whole:
+CSV/TSV are read with `pyarrow.csv.open_csv` block by block, JSON lines with `pyarrow.json.open_json`, and
+Parquet with `ParquetFile.iter_batches`, so a table larger than memory is never loaded whole:
 the preprocessing is fitted in one streaming pass and the encoded rows are
 written to a memory-mapped cache (see `preprocess.py`).
 """
@@ -19,8 +19,10 @@ from typing import Any, Iterator
 from sslkit.core.console import info
 from sslkit.core.errors import UserError
 
-SUFFIXES = (".csv", ".tsv", ".parquet", ".pq", ".feather", ".arrow", ".ipc")
-COMPRESSED = (".gz", ".bz2", ".zst", ".lz4")   # CSV/TSV only; pyarrow decompresses them on the fly
+JSON = (".jsonl", ".ndjson", ".json")            # JSON lines: one object per line
+TEXT = (".csv", ".tsv") + JSON
+SUFFIXES = TEXT + (".parquet", ".pq", ".feather", ".arrow", ".ipc")
+COMPRESSED = (".gz", ".bz2", ".zst", ".lz4")   # CSV/TSV/JSON lines only; pyarrow decompresses them on the fly
 NULL_VALUES = ["", "?", "NA", "N/A", "NaN", "nan", "null", "NULL", "None", "#N/A", "-nan", "-NaN"]
 BLOCK_BYTES = 8 << 20  # 8 MiB CSV blocks: type inference sees tens of thousands of rows
 
@@ -30,15 +32,15 @@ ADULT_COLUMNS = ["age", "workclass", "fnlwgt", "education", "education_num", "ma
 
 
 def check_table_path(path: Path) -> Path:
-    """The path must be an existing .csv/.tsv (maybe compressed), .parquet or .feather/.arrow file."""
+    """The path must be an existing .csv/.tsv/.jsonl (maybe compressed), .parquet or .feather/.arrow file."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"table {path} does not exist — check the path")
     if path.is_dir():
-        raise UserError(f"{path} is a folder — pass one .csv, .tsv, .parquet or .feather file")
+        raise UserError(f"{path} is a folder — pass one .csv, .tsv, .jsonl, .parquet or .feather file")
     if table_kind(path) is None:
-        raise UserError(f"{path}: unsupported table type '{path.suffix}' — use .csv, .tsv "
-                        f"(either may be compressed: {', '.join(COMPRESSED)}), .parquet or .feather/.arrow")
+        raise UserError(f"{path}: unsupported table type '{path.suffix}' — use .csv, .tsv, .jsonl "
+                        f"(each may be compressed: {', '.join(COMPRESSED)}), .parquet or .feather/.arrow")
     if path.stat().st_size == 0:
         raise UserError(f"{path} is empty — pass a table with a header and rows")
     return path
@@ -115,13 +117,15 @@ def sniff_csv(path: Path) -> CsvDialect:
 
 
 def table_kind(path: Path) -> str | None:
-    """"csv", "tsv", "parquet" or "arrow" (Feather v2 / Arrow IPC) from the file name (data.csv.gz is a csv), None
-    when it is none of them."""
+    """"csv", "tsv", "json" (JSON lines), "parquet" or "arrow" (Feather v2 / Arrow IPC) from the file name
+    (data.csv.gz is a csv), None when it is none of them."""
     suffixes = [x.lower() for x in Path(path).suffixes[-2:]]
     if suffixes and suffixes[-1] in COMPRESSED:
-        suffixes = suffixes[:-1] if suffixes[:-1] and suffixes[-2] in (".csv", ".tsv") else []
+        suffixes = suffixes[:-1] if suffixes[:-1] and suffixes[-2] in TEXT else []
     if not suffixes or suffixes[-1] not in SUFFIXES:
         return None
+    if suffixes[-1] in JSON:
+        return "json"
     return {".pq": "parquet", ".feather": "arrow", ".ipc": "arrow"}.get(suffixes[-1], suffixes[-1][1:])
 
 
@@ -202,6 +206,17 @@ def _batches(path: Path, string_columns: list[str], batch_rows: int) -> Iterator
             for start in range(0, batch.num_rows, batch_rows):
                 yield batch.slice(start, batch_rows)
         return
+    if table_kind(path) == "json":   # no parse-time text columns: values are formatted as text when encoded
+        reader = _json_reader(path)
+        while True:
+            try:
+                batch = reader.read_next_batch()
+            except StopIteration:
+                return
+            except (pa.ArrowInvalid, OSError) as exc:
+                raise UserError(_json_message(path, exc)) from None
+            for start in range(0, batch.num_rows, batch_rows):
+                yield batch.slice(start, batch_rows)
     reader, bad_rows = _csv_reader(path, list(string_columns))
     while True:
         try:
@@ -216,6 +231,35 @@ def _batches(path: Path, string_columns: list[str], batch_rows: int) -> Iterator
 def _unreadable(path: Path, kind: str, exc: Exception, hint: str = "") -> UserError:
     return UserError(f"{path} is not a readable {kind} file ({str(exc).splitlines()[0]}) — "
                      f"check the file or write it again{hint}")
+
+
+def _json_reader(path: Path) -> Any:
+    """JSON lines, streamed block by block; the fields and their types come from the first block (8 MiB)."""
+    import pyarrow as pa
+    import pyarrow.json as pj
+
+    try:
+        return pj.open_json(pa.input_stream(str(path), compression="detect"),
+                            read_options=pj.ReadOptions(block_size=BLOCK_BYTES, use_threads=False))
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise UserError(_json_message(path, exc)) from None
+
+
+def _json_message(path: Path, exc: Exception) -> str:
+    text = str(exc).splitlines()[0]
+    if "changed from object to array" in text and "Column()" in text:
+        return (f"{path} is one JSON array, not JSON lines — write one object per line (pandas: "
+                "df.to_json(path, orient='records', lines=True))")
+    field = re.search(r"Column\((/[^)]*)\)", text)
+    if field or "Failed to convert JSON" in text:
+        name = f"field '{field.group(1)[1:]}'" if field else "a field"
+        return (f"{path}: {name} changes type part-way through ({text}) — write its values with one type "
+                "throughout (e.g. 1.0 rather than 1 for decimals, quoted strings for codes), or convert the table to "
+                "Parquet")
+    if "unexpected field" in text:
+        return (f"{path}: a field appears after the first {BLOCK_BYTES >> 20} MiB that earlier rows lack ({text}) — "
+                "write every field in every row (null where missing), or convert the table to Parquet")
+    return f"{path} is not a readable JSON lines table ({text}) — write one JSON object per line"
 
 
 def _arrow_reader(path: Path) -> Any:
@@ -253,6 +297,8 @@ def table_columns(path: Path) -> list[str]:
     path = check_table_path(path)
     if table_kind(path) == "arrow":
         return _check_names(path, _arrow_reader(path).schema.names)
+    if table_kind(path) == "json":
+        return _check_names(path, _json_reader(path).schema.names)
     if table_kind(path) == "parquet":
         import pyarrow.parquet as pq
 
