@@ -13,7 +13,7 @@ EXTRAS: dict[str, list[str]] = {
     "audio": ["torchaudio", "soundfile"],
     "graph": ["torch_geometric", "networkx"],
     "lidar": ["open3d"],
-    "tabular": ["pyarrow", "pandas"],
+    "tabular": ["pyarrow", "pandas", "openpyxl"],
 }
 # Known system-library gaps and their Debian fixes.
 APT_HINTS = {"libusb-1.0": "apt-get install libusb-1.0-0", "libgomp": "apt-get install libgomp1",

@@ -58,6 +58,7 @@ def test_doctor_reports_versions_and_extras():
     assert set(info["domains"]) == {"medical3d", "pathology", "audio", "graph", "lidar", "tabular"}
     assert info["domains"]["tabular"]["ok"] is True
     assert {"pydicom", "gdcm", "itk"} <= set(info["domains"]["medical3d"]["modules"])   # DICOM codecs, NRRD/MHA
+    assert "openpyxl" in info["domains"]["tabular"]["modules"]                          # Excel tables
 
 
 def test_recipes_list_show_copy(tmp_path):

@@ -181,19 +181,29 @@ def test_parquet_input_and_sample_data(tmp_path):
     assert len(json.loads((tmp_path / "run" / "preprocess.json").read_text())["numeric"]) == 30
 
 
-def test_json_lines_embed_like_csv(tiny_run, adult_csv, tmp_path):
-    """The pretraining run (fitted on CSV) embeds the same rows written as JSON lines to the same vectors."""
+def test_json_lines_and_excel_embed_like_csv(tiny_run, adult_csv, tmp_path):
+    """The pretraining run (fitted on CSV) embeds the same rows written as JSON lines or Excel to the same vectors."""
+    import openpyxl
+
     from sslkit.domains.tabular.io import iter_batches
 
-    table = pa.Table.from_batches(list(iter_batches(adult_csv)))     # missing values as JSON null
+    table = pa.Table.from_batches(list(iter_batches(adult_csv)))     # missing values as JSON null / empty cells
     with open(tmp_path / "adult.jsonl", "w") as fh:
         for row in table.to_pylist():
             fh.write(json.dumps(row) + "\n")
-    for src, out in ((adult_csv, tmp_path / "csv.parquet"), (tmp_path / "adult.jsonl", tmp_path / "json.parquet")):
-        res = run_cli("embed", tiny_run, src, "--out", out)
+    book = openpyxl.Workbook()
+    book.active.append(table.column_names)
+    for row in table.to_pylist():
+        book.active.append(list(row.values()))
+    book.save(tmp_path / "adult.xlsx")
+    res = run_cli("embed", tiny_run, adult_csv, "--out", tmp_path / "csv.parquet")
+    assert res.returncode == 0, res.stderr
+    ids_c, z_c = read_embeddings(tmp_path / "csv.parquet")
+    for name in ("adult.jsonl", "adult.xlsx"):
+        res = run_cli("embed", tiny_run, tmp_path / name, "--out", tmp_path / f"{name}.parquet")
         assert res.returncode == 0, res.stderr
-    (ids_c, z_c), (ids_j, z_j) = read_embeddings(tmp_path / "csv.parquet"), read_embeddings(tmp_path / "json.parquet")
-    assert ids_j == ids_c and np.array_equal(z_j, z_c)
+        ids, z = read_embeddings(tmp_path / f"{name}.parquet")
+        assert ids == ids_c and np.array_equal(z, z_c), name
 
 
 def test_bad_inputs_one_line_exit_2(adult_csv, tiny_run, tmp_path):

@@ -249,6 +249,44 @@ def test_json_lines_read_like_parquet_and_bad_json_is_one_error(tmp_path, monkey
         list(iter_batches(tmp_path / "late_field.jsonl"))
 
 
+def _xlsx(path, header, rows, extra_sheet=False):
+    import openpyxl
+
+    book = openpyxl.Workbook()
+    sheet = book.active
+    sheet.title = "data"
+    sheet.append(header)
+    for row in rows:
+        sheet.append(row)
+    if extra_sheet:
+        book.create_sheet("notes").append(["written by hand"])
+    book.save(path)
+    return path
+
+
+def test_excel_first_sheet_reads_like_csv_and_bad_workbooks_are_one_error(tmp_path, capsys):
+    table = read_adult(limit=300)
+    rows = [list(r.values()) for r in table.to_pylist()]
+    path = _xlsx(tmp_path / "adult.xlsx", table.column_names, rows + [[None] * len(rows[0])], extra_sheet=True)
+    batches = list(iter_batches(path, batch_rows=128))
+    assert [b.num_rows for b in batches] == [128, 128, 44]                 # the empty last row is skipped
+    assert pa.Table.from_batches(batches).equals(table) and table_columns(path) == table.column_names
+    assert "reading sheet 'data' of adult.xlsx; its other sheets (notes) are not read" in " ".join(
+        capsys.readouterr().err.split())
+    mixed = _xlsx(tmp_path / "mixed.xlsx", ["dose", "site"], [[1.5, "a"], ["NA", "b"], [2, "c"], ["high", None]])
+    (got,) = iter_batches(mixed)
+    assert got.column("dose").to_pylist() == ["1.5", None, "2", "high"]   # numbers and text: text; "NA": missing
+    assert got.column("site").to_pylist() == ["a", "b", "c", None]
+    (tmp_path / "broken.xlsx").write_bytes(b"PK\x03\x04 not really a zip")
+    (tmp_path / "old.xls").write_bytes(b"\xd0\xcf\x11\xe0")
+    gap = _xlsx(tmp_path / "gap.xlsx", ["a", None, "c"], [[1, 2, 3]])
+    for bad, needle in [(tmp_path / "broken.xlsx", "broken.xlsx is not a readable Excel file"),
+                        (tmp_path / "old.xls", "old-style Excel file: save it as .xlsx"),
+                        (gap, "the header has an empty cell in column 2")]:
+        with pytest.raises(UserError, match=needle):
+            list(iter_batches(bad))
+
+
 def test_csv_and_parquet_read_alike(tmp_path):
     table = read_adult(limit=300)
     pq.write_table(table, tmp_path / "a.parquet")

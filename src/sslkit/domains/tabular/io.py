@@ -21,7 +21,8 @@ from sslkit.core.errors import UserError
 
 JSON = (".jsonl", ".ndjson", ".json")            # JSON lines: one object per line
 TEXT = (".csv", ".tsv") + JSON
-SUFFIXES = TEXT + (".parquet", ".pq", ".feather", ".arrow", ".ipc")
+EXCEL = (".xlsx", ".xlsm")                       # the first sheet, through openpyxl
+SUFFIXES = TEXT + EXCEL + (".parquet", ".pq", ".feather", ".arrow", ".ipc")
 COMPRESSED = (".gz", ".bz2", ".zst", ".lz4")   # CSV/TSV/JSON lines only; pyarrow decompresses them on the fly
 NULL_VALUES = ["", "?", "NA", "N/A", "NaN", "nan", "null", "NULL", "None", "#N/A", "-nan", "-NaN"]
 BLOCK_BYTES = 8 << 20  # 8 MiB CSV blocks: type inference sees tens of thousands of rows
@@ -39,8 +40,9 @@ def check_table_path(path: Path) -> Path:
     if path.is_dir():
         raise UserError(f"{path} is a folder — pass one .csv, .tsv, .jsonl, .parquet or .feather file")
     if table_kind(path) is None:
-        raise UserError(f"{path}: unsupported table type '{path.suffix}' — use .csv, .tsv, .jsonl "
-                        f"(each may be compressed: {', '.join(COMPRESSED)}), .parquet or .feather/.arrow")
+        old_excel = " (an old-style Excel file: save it as .xlsx)" if path.suffix.lower() == ".xls" else ""
+        raise UserError(f"{path}: unsupported table type '{path.suffix}'{old_excel} — use .csv, .tsv, .jsonl "
+                        f"(each may be compressed: {', '.join(COMPRESSED)}), .xlsx, .parquet or .feather/.arrow")
     if path.stat().st_size == 0:
         raise UserError(f"{path} is empty — pass a table with a header and rows")
     return path
@@ -117,7 +119,7 @@ def sniff_csv(path: Path) -> CsvDialect:
 
 
 def table_kind(path: Path) -> str | None:
-    """"csv", "tsv", "json" (JSON lines), "parquet" or "arrow" (Feather v2 / Arrow IPC) from the file name
+    """"csv", "tsv", "json" (JSON lines), "excel", "parquet" or "arrow" (Feather v2 / Arrow IPC) from the file name
     (data.csv.gz is a csv), None when it is none of them."""
     suffixes = [x.lower() for x in Path(path).suffixes[-2:]]
     if suffixes and suffixes[-1] in COMPRESSED:
@@ -126,6 +128,8 @@ def table_kind(path: Path) -> str | None:
         return None
     if suffixes[-1] in JSON:
         return "json"
+    if suffixes[-1] in EXCEL:
+        return "excel"
     return {".pq": "parquet", ".feather": "arrow", ".ipc": "arrow"}.get(suffixes[-1], suffixes[-1][1:])
 
 
@@ -206,6 +210,9 @@ def _batches(path: Path, string_columns: list[str], batch_rows: int) -> Iterator
             for start in range(0, batch.num_rows, batch_rows):
                 yield batch.slice(start, batch_rows)
         return
+    if table_kind(path) == "excel":
+        yield from _excel_batches(path, batch_rows)
+        return
     if table_kind(path) == "json":   # no parse-time text columns: values are formatted as text when encoded
         reader = _json_reader(path)
         while True:
@@ -262,6 +269,66 @@ def _json_message(path: Path, exc: Exception) -> str:
     return f"{path} is not a readable JSON lines table ({text}) — write one JSON object per line"
 
 
+def _excel_rows(path: Path) -> Iterator[tuple]:
+    """The first sheet's rows as tuples of cell values (cached results for formulas), header first; rows with no
+    value are skipped. Streamed: openpyxl's read-only mode never holds the whole sheet."""
+    try:
+        import openpyxl
+    except ImportError:
+        raise UserError(f"{path}: reading Excel files needs openpyxl — pip install 'sslkit[tabular]', or save the "
+                        "sheet as CSV") from None
+    try:
+        book = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    except Exception as exc:  # zipfile, XML and openpyxl errors of a broken or mislabelled file
+        raise _unreadable(path, "Excel", exc, " (as .xlsx, or as CSV)") from None
+    try:
+        sheet = book.worksheets[0]
+        if len(book.sheetnames) > 1:
+            info(f"reading sheet '{sheet.title}' of {path.name}; its other sheets ({', '.join(book.sheetnames[1:])}) "
+                 "are not read — save one as its own file to use it")
+        for row in sheet.iter_rows(values_only=True):
+            if any(v is not None and v != "" for v in row):
+                yield row
+    finally:
+        book.close()
+
+
+def _excel_batches(path: Path, batch_rows: int) -> Iterator[Any]:
+    """Record batches of the first sheet. A column whose cells mix numbers and text is read as text; text that
+    spells a missing value ("NA", "?", …) is missing, as in CSV."""
+    import pyarrow as pa
+
+    rows = _excel_rows(path)
+    header = next(rows, None)
+    if header is None:
+        raise UserError(f"{path}: the first sheet is empty — put a header row and data on it")
+    width = max(i + 1 for i, v in enumerate(header) if v is not None and v != "")
+    names = [str(v).strip() if v is not None else "" for v in header[:width]]
+    if "" in names:
+        raise UserError(f"{path}: the header has an empty cell in column {names.index('') + 1} — name every column")
+    nulls = set(NULL_VALUES)
+
+    def column(values: list) -> Any:
+        values = [None if isinstance(v, str) and v.strip() in nulls else v for v in values]
+        try:
+            return pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):      # numbers and text in one column: text
+            return pa.array([None if v is None else str(v) for v in values], pa.string())
+
+    def batch(chunk: list[tuple]) -> Any:
+        cols = [[(r[i] if i < len(r) else None) for r in chunk] for i in range(width)]
+        return pa.RecordBatch.from_arrays([column(c) for c in cols], names=names)
+
+    chunk: list[tuple] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) == batch_rows:
+            yield batch(chunk)
+            chunk = []
+    if chunk:
+        yield batch(chunk)
+
+
 def _arrow_reader(path: Path) -> Any:
     """A Feather v2 / Arrow IPC file (memory-mapped, random access) or stream reader."""
     import pyarrow as pa
@@ -299,6 +366,9 @@ def table_columns(path: Path) -> list[str]:
         return _check_names(path, _arrow_reader(path).schema.names)
     if table_kind(path) == "json":
         return _check_names(path, _json_reader(path).schema.names)
+    if table_kind(path) == "excel":
+        header = next(_excel_rows(path), ())
+        return _check_names(path, [str(v).strip() for v in header if v is not None and v != ""])
     if table_kind(path) == "parquet":
         import pyarrow.parquet as pq
 
