@@ -177,7 +177,7 @@ def test_unet_reconstruction_decoder_starts_the_finetuning_decoder(volumes: Path
         assert (manifest.get("decoder_from_pretraining", 0) > 0) == moved
 
 
-def test_4d_multichannel_volumes_split_for_pretraining_one_channel_for_finetuning(tmp_path: Path) -> None:
+def test_4d_multichannel_volumes_split_for_pretraining_one_or_all_channels_for_finetuning(tmp_path: Path) -> None:
     """The Decathlon's BrainTumour layout: 4-D images (several MRI contrasts), 3-D labels."""
     from tests.domains.medical3d.conftest import write_volumes
 
@@ -208,6 +208,21 @@ def test_4d_multichannel_volumes_split_for_pretraining_one_channel_for_finetunin
     assert [p.name for p in (tmp_path / "ft" / "predictions").iterdir()] == ["v2.nii.gz"]
     pred = nib.load(tmp_path / "ft" / "predictions" / "v2.nii.gz")
     assert pred.shape == (32, 32, 32)                                # the label's grid: 3-D, not 4-D
+    res = invoke("finetune", tmp_path / "run", data / "img", data / "lab", "--train", "2", "--set", "data.channel=all",
+                 "--set", "finetune.steps=2", "--out", tmp_path / "ft_all")
+    assert res.exit_code == 0, res.output
+    ckpt = torch.load(tmp_path / "ft_all" / "checkpoints" / "last.pt", weights_only=True)
+    stem = ckpt["model"]["model.encoder.stages.0.0.0.weight"]
+    assert stem.shape[1] == 3 and json.loads(ckpt["encoder_spec"])["kwargs"]["in_channels"] == 3
+    assert nib.load(tmp_path / "ft_all" / "predictions" / "v2.nii.gz").shape == (32, 32, 32)
+    assert json.loads((tmp_path / "ft_all" / "evaluation.json").read_text())["dice_per_volume"].keys() == {"v2.nii.gz"}
+    three = nib.load(data / "img" / "v0.nii.gz")
+    nib.save(nib.Nifti1Image(np.asarray(three.dataobj)[..., 0], three.affine), data / "img" / "v0.nii.gz")  # now 3-D
+    res = invoke("finetune", tmp_path / "run", data / "img", data / "lab", "--set", "data.channel=all",
+                 "--out", tmp_path / "ft_mixed")
+    assert res.exit_code == 2 and "differ in their number of channels" in res.output
+    res = invoke("pretrain", data / "img", "-r", "tiny", "--set", "data.channel=all", "--out", tmp_path / "no2")
+    assert res.exit_code == 2 and "data.channel=split" in res.output
 
 
 def test_bad_inputs_are_one_line_exit_2(tiny_run: Path, volumes: Path, tmp_path: Path) -> None:

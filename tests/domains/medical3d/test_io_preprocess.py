@@ -102,6 +102,43 @@ def test_channel_setting_reads_one_channel_or_splits_4d_files(tmp_path: Path) ->
     assert first["id"] == "sub/plain.nii.gz" and again["id"] == "plain.nii.gz"
 
 
+def test_all_channels_preprocess_crop_and_inflate_the_encoder(tmp_path: Path) -> None:
+    """data.channel=all: (C, X, Y, Z) in the cache, each channel scaled on its own; crops keep the channels; the
+    encoder's first convolution widened so that C equal channels give the 1-channel response."""
+    import torch
+
+    from sslkit.domains.medical3d.datasets import LabelledCrops
+    from sslkit.domains.medical3d.model import ConvEncoder3d
+    from sslkit.domains.medical3d.segmentation import inflate_input
+
+    rng = np.random.default_rng(0)
+    base = rng.uniform(1, 2, size=(20, 18, 16)).astype(np.float32)
+    four = np.stack([base * 100, base * 3 + 50, base ** 2], -1)          # three contrasts, very different ranges
+    _nii(tmp_path / "m.nii.gz", four, np.diag([-2.0, 2.0, 2.0, 1.0]))    # LAS: reoriented with its channels
+    _nii(tmp_path / "m_lab.nii.gz", (base > 1.5).astype(np.uint8), np.diag([-2.0, 2.0, 2.0, 1.0]))
+    (vol,) = io.select_channels([io.Volume("m", tmp_path / "m.nii.gz", label=tmp_path / "m_lab.nii.gz")], "all")
+    cache = VolumeCache(tmp_path / "cache", Settings(modality="mri", spacing=None, crop_foreground=False))
+    npy, meta = cache.get(vol)
+    image = np.load(npy).astype(np.float32)
+    assert image.shape == (3, 20, 18, 16) and meta["shape"] == [20, 18, 16] and meta["channels"] == 3
+    for c in range(3):                                  # each channel on its own [0, 1] scale, flipped to RAS
+        ref = preprocess.scale_intensity(np.flip(four[..., c], 0).copy(), Settings(modality="mri"))
+        np.testing.assert_allclose(image[c], ref, atol=1e-3)
+    label = np.load(meta["label"])
+    assert label.shape == (20, 18, 16) and np.array_equal(label, np.flip(base > 1.5, 0))
+    item = LabelledCrops([(npy, meta)], 8, 2)[0]
+    assert item["image"].shape == (3, 8, 8, 8) and item["label"].shape == (8, 8, 8)
+    assert crop(image, np.array([10, 9, 8]), 8).shape == (3, 8, 8, 8)
+    torch.manual_seed(0)
+    enc = ConvEncoder3d([8, 16]).eval()
+    x = torch.rand(1, 1, 8, 8, 8)
+    before = enc(x)
+    assert inflate_input(enc, 3) == 3
+    torch.testing.assert_close(enc(x.repeat(1, 3, 1, 1, 1)), before, rtol=1e-4, atol=1e-5)
+    with pytest.raises(UserError, match="takes 3 input channels and the images have 2"):
+        inflate_input(enc, 2)
+
+
 def test_nan_and_corrupt_files_name_the_file(tmp_path: Path) -> None:
     arr = np.ones((8, 8, 8), np.float32)
     arr[1, 2, 3] = np.nan

@@ -72,6 +72,11 @@ def pretrain(data: DataArgs, recipe: RecipeOpt = "alice", modality: ModalityOpt 
 
     cfg = _recipe(recipe, set_, modality, out, resume)
     cfg.data.strict = cfg.data.strict or strict
+    if cfg.data.channel == "all":
+        from sslkit.core.errors import UserError
+
+        raise UserError("pretrain reads one channel per volume (data.channel=all is for finetune) — pass --set "
+                        "data.channel=split to pretrain on every channel as its own volume")
     volumes = select_channels(find_volumes(data, UNLABELLED_SECTIONS), cfg.data.channel)
     distributed.init_distributed(distributed.select_device(cfg.train.device))
     cache = cache_for(cfg.data)

@@ -92,13 +92,13 @@ class LabelledCrops(_Cached):
         v = i // self.spv
         rng = np.random.default_rng(np.random.randint(0, 2**31))
         vol, lab = self.volume(v), self.label(v)
-        x0, x1 = self.regions[v] if self.regions else (0, vol.shape[0])
+        x0, x1 = self.regions[v] if self.regions else (0, lab.shape[0])
         half = self.roi / 2
         if rng.random() < 0.5:
             fg = np.argwhere(lab[x0:x1] > 0)
-            center = fg[rng.integers(len(fg))] + [x0, 0, 0] if len(fg) else random_center(vol.shape, self.roi, rng)
+            center = fg[rng.integers(len(fg))] + [x0, 0, 0] if len(fg) else random_center(lab.shape, self.roi, rng)
         else:
-            center = random_center(vol.shape, self.roi, rng)
+            center = random_center(lab.shape, self.roi, rng)
         # keep the whole crop inside the training region
         lo, hi = x0 + half, x1 - half
         center = np.asarray(center, float)
@@ -113,4 +113,5 @@ class LabelledCrops(_Cached):
             label[(xs < x0) | (xs >= x1)] = -1
         if self.augment:
             image, label = flip_and_shift(image, label, rng)
-        return {"image": torch.from_numpy(image)[None], "label": torch.from_numpy(label.astype(np.int64))}
+        image = image if image.ndim == 4 else image[None]       # (C, R, R, R): several channels already have theirs
+        return {"image": torch.from_numpy(image), "label": torch.from_numpy(label.astype(np.int64))}

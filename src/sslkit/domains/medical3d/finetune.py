@@ -50,6 +50,19 @@ def split(entries: list[tuple[Path, dict]], n_train: int | None,
     return entries[:n], held, None, [(0, e[1]["shape"][0]) for e in held]
 
 
+def input_channels(entries: list[tuple[Path, dict]]) -> int:
+    """The images' channel count (1 for 3-D volumes); every image must have the same."""
+    counts: dict[int, list[str]] = {}
+    for _, meta in entries:
+        counts.setdefault(int(meta.get("channels", 1)), []).append(meta["id"])
+    if len(counts) > 1:
+        listing = "; ".join(f"{n} channel(s): {', '.join(ids[:3])}{' …' if len(ids) > 3 else ''}"
+                            for n, ids in sorted(counts.items()))
+        raise UserError(f"the images differ in their number of channels ({listing}) — give images with the same "
+                        "channels, or pick one with --set data.channel=N")
+    return next(iter(counts))
+
+
 def label_values(entries: list[tuple[Path, dict]]) -> list[int]:
     """The label values present in the label volumes, background 0 first: class i of the network is value [i].
 
@@ -127,11 +140,12 @@ def run_finetune(cfg: Medical3DRecipe, pretrained: Path | None, pairs: list[Volu
     from sslkit.domains.medical3d.method import build_encoder
     from sslkit.domains.medical3d.preprocess import prepare
     from sslkit.domains.medical3d.recipe import finetune_train_config
-    from sslkit.domains.medical3d.segmentation import Segmenter, SegmentationTask
+    from sslkit.domains.medical3d.segmentation import Segmenter, SegmentationTask, inflate_input
 
     ft = cfg.finetune
     cache = cache_for(cfg.data)
     entries, skipped = prepare(pairs, cache, strict)
+    channels = input_channels(entries)
     values = label_values(entries)
     classes, lut = len(values), value_lut(values)
     names = class_names(data_paths[1], values) if len(data_paths) > 1 else [f"class {v}" for v in values[1:]]
@@ -150,7 +164,10 @@ def run_finetune(cfg: Medical3DRecipe, pretrained: Path | None, pairs: list[Volu
         encoder, spec = build_encoder(cfg.model)
     if ft.roi % encoder.stride:
         raise UserError(f"finetune.roi={ft.roi} must be a multiple of the encoder stride {encoder.stride}")
-    segmenter = Segmenter(encoder, classes, ft.decoder_channels)
+    if channels > 1:   # a 1-channel encoder (pretrained on split channels) widened to the images' channels
+        inflate_input(encoder, channels)
+        spec = {**spec, "kwargs": {**spec["kwargs"], "in_channels": channels}}
+    segmenter = Segmenter(encoder, classes, ft.decoder_channels, channels)
     if pretrained is not None and ft.transfer_decoder and cfg.alice.recon_decoder == "unet":
         moved = load_decoder(segmenter.decoder, Run.load(pretrained).checkpoint_path)
         run.update_manifest(decoder_from_pretraining=moved)
@@ -178,20 +195,20 @@ def evaluate(task: Any, run: Any, eval_e: list, eval_regions: list, names: list[
     model = task.model.eval()
     per_volume, shown = {}, None
     for (npy, meta), (x0, x1) in zip(eval_e, eval_regions):
-        image = np.load(npy).astype(np.float32)
+        image = np.load(npy).astype(np.float32)                 # (X, Y, Z), or (C, X, Y, Z) with several channels
         label = np.load(meta["label"]).astype(np.int64)
         label = lut[label] if lut is not None else label
         pred = predict(model, image, ft.roi, ft.sw_overlap, device, bf16)
         if ft.foreground_mask:
             pred = inside_foreground(pred, image)
-        region = np.zeros(image.shape, dtype=bool)
+        region = np.zeros(label.shape, dtype=bool)
         region[x0:x1] = True
         per_volume[meta["id"]] = dice_per_class(pred, label, classes, region)
         name = volume_stem(meta["id"])
         written = np.asarray(values, dtype=np.int16)[pred] if lut is not None else pred
         write_nifti(run.path("predictions", f"{name}.nii.gz"), undo_preprocess(written, meta),
                     np.asarray(meta["affine"]))
-        shown = shown or (image, label, pred, x0, x1)
+        shown = shown or (image[0] if image.ndim == 4 else image, label, pred, x0, x1)
     scores = np.array(list(per_volume.values()), dtype=float)
     mean = np.nanmean(scores, axis=0)
     rows = [[names[c], *[f"{v[c]:.3f}" for v in per_volume.values()], f"{mean[c]:.3f}"] for c in range(classes - 1)]

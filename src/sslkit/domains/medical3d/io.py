@@ -32,7 +32,10 @@ class Volume:
     path: Path
     series: str | None = None
     label: Path | None = None
-    channel: int | None = None
+    channel: int | None = None          # N: that channel of a 4-D file; ALL_CHANNELS: all of them, stacked
+
+
+ALL_CHANNELS = -1
 
 
 def _suffix(p: Path) -> str:
@@ -222,16 +225,18 @@ def _check_array(arr: np.ndarray, where: str, channel: int | None = None) -> np.
         arr = arr[:, :, :, 0]
     if arr.ndim == 4 and arr.shape[3] == 1:
         arr = arr[..., 0]
-    if arr.ndim == 4 and channel is not None:
+    if arr.ndim == 4 and channel == ALL_CHANNELS:     # (X, Y, Z, C): checked for NaN/Inf below, channels kept
+        pass
+    elif arr.ndim == 4 and channel is not None:
         if channel >= arr.shape[3]:
             raise UserError(f"{where} has {arr.shape[3]} channels, so data.channel={channel} does not exist — use "
                             f"0..{arr.shape[3] - 1}")
         arr = arr[..., channel]
-    if arr.ndim == 4:
+    if arr.ndim == 4 and channel != ALL_CHANNELS:
         raise UserError(f"{where} is 4-D {arr.shape} ({arr.shape[3]} channels or time points) — pass --set "
-                        "data.channel=N to read channel N, or --set data.channel=split (pretrain, embed) to read each "
-                        "channel as its own volume")
-    if arr.ndim != 3 or min(arr.shape) < 2:
+                        "data.channel=N to read channel N, --set data.channel=split (pretrain, embed) to read each "
+                        "channel as its own volume, or --set data.channel=all (finetune) to segment from all of them")
+    if arr.ndim not in (3, 4) or min(arr.shape[:3]) < 2:
         raise UserError(f"{where} has shape {arr.shape}, not a 3-D volume — medical3d needs 3-D volumes "
                         "(2-D images and single slices are not supported)")
     arr = np.asarray(arr, dtype=np.float32)
@@ -250,7 +255,7 @@ def read_nifti(path: Path, channel: int | None = None) -> tuple[np.ndarray, np.n
 
     try:
         img = nib.load(str(path))
-        one = channel is not None and len(img.shape) == 4 and 1 < img.shape[3] and channel < img.shape[3]
+        one = channel is not None and len(img.shape) == 4 and 1 < img.shape[3] and 0 <= channel < img.shape[3]
         arr = np.asanyarray(img.dataobj[..., channel] if one else img.dataobj)
     except Exception as exc:  # nibabel/gzip/zlib raise many types for truncated or corrupt files
         kind = "MGH" if _suffix(path) in (".mgz", ".mgh") else "NIfTI"
@@ -348,11 +353,12 @@ def read_volume(vol: Volume | Path) -> tuple[np.ndarray, np.ndarray]:
 def select_channels(volumes: list[Volume], channel: int | str | None) -> list[Volume]:
     """`data.channel` applied to the listed volumes: N reads channel N of every 4-D volume (3-D ones are read as
     they are); "split" lists every channel of a 4-D NIfTI/MGH file as its own volume, id `name#cK` (the
-    Decathlon's BrainTumour: FLAIR, T1w, T1gd, T2w); None leaves 4-D files to be refused when read."""
+    Decathlon's BrainTumour: FLAIR, T1w, T1gd, T2w); "all" reads every channel, stacked (X, Y, Z, C); None leaves
+    4-D files to be refused when read."""
     if channel is None:
         return volumes
     if channel != "split":
-        return [replace(v, channel=int(channel)) for v in volumes]
+        return [replace(v, channel=ALL_CHANNELS if channel == "all" else int(channel)) for v in volumes]
     import nibabel as nib
 
     out = []

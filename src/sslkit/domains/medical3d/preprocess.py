@@ -61,16 +61,18 @@ def spacing_of(affine: np.ndarray) -> np.ndarray:
 
 
 def resample(arr: np.ndarray, shape: tuple[int, ...], nearest: bool = False) -> np.ndarray:
-    """Trilinear (or nearest, for labels) resampling of (X, Y, Z) to `shape` with torch."""
+    """Trilinear (or nearest, for labels) resampling of (X, Y, Z) — or (C, X, Y, Z), channel by channel — to the
+    spatial `shape` with torch."""
     import torch
     import torch.nn.functional as F
 
-    if tuple(arr.shape) == tuple(shape):
+    if tuple(arr.shape[-3:]) == tuple(shape):
         return arr
-    t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))[None, None]
+    t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+    t = t[None] if t.dim() == 4 else t[None, None]
     mode = "nearest-exact" if nearest else "trilinear"
     out = F.interpolate(t, size=tuple(int(s) for s in shape), mode=mode, **({} if nearest else {"align_corners": False}))
-    return out[0, 0].numpy()
+    return out[0].numpy() if arr.ndim == 4 else out[0, 0].numpy()
 
 
 def target_shape(shape: tuple[int, ...], spacing: np.ndarray, target: tuple[float, float, float] | None) -> tuple[int, ...]:
@@ -152,25 +154,33 @@ def moments(arr: np.ndarray, threshold: float) -> tuple[list[float], list[float]
 def preprocess(arr: np.ndarray, affine: np.ndarray, s: Settings, label: np.ndarray | None = None) -> dict[str, Any]:
     """Volume in RAS at the target spacing, scaled to [0, 1], cropped to its foreground.
 
-    Returns {"image": (X, Y, Z) float32, "label": same shape or None, "meta": geometry for undoing it}.
+    Returns {"image": (X, Y, Z) float32, "label": same shape or None, "meta": geometry for undoing it}. A multi-
+    channel (X, Y, Z, C) input gives a (C, X, Y, Z) image, each channel scaled on its own, cropped to the
+    foreground of any channel.
     """
     lowest = float(arr.min())
     modality = resolve_modality(lowest, s.modality)
     img, ras_affine, orientation = to_ras(arr, affine)
-    ras_shape = img.shape
+    ras_shape = img.shape[:3]
     spacing = spacing_of(ras_affine)
-    shape = target_shape(img.shape, spacing, s.spacing)
-    img = scale_intensity(resample(img, shape), s, modality)
+    shape = target_shape(ras_shape, spacing, s.spacing)
+    if img.ndim == 4:       # channels first, each scaled on its own (MRI contrasts differ in range)
+        img = resample(np.moveaxis(img, 3, 0), shape)
+        img = np.stack([scale_intensity(c, s, modality) for c in img])
+    else:
+        img = scale_intensity(resample(img, shape), s, modality)
     lab = None
     if label is not None:
         lab = resample(to_ras(label, affine)[0], shape, nearest=True)
-    box = foreground_box(img, s.foreground_threshold, s.margin) if s.crop_foreground else tuple(slice(0, n) for n in img.shape)
-    img = np.ascontiguousarray(img[box])
+    spatial = img.max(axis=0) if img.ndim == 4 else img
+    box = foreground_box(spatial, s.foreground_threshold, s.margin) if s.crop_foreground else tuple(slice(0, n) for n in shape)
+    img = np.ascontiguousarray(img[(...,) + box])
     lab = np.ascontiguousarray(lab[box]).astype(np.int16) if lab is not None else None
-    com, std = moments(img, s.foreground_threshold)
-    meta = {"orig_shape": list(arr.shape), "ras_shape": list(ras_shape),
+    com, std = moments(img.max(axis=0) if img.ndim == 4 else img, s.foreground_threshold)
+    meta = {"orig_shape": list(arr.shape[:3]), "ras_shape": list(ras_shape),
+            "channels": int(arr.shape[3]) if arr.ndim == 4 else 1,
             "resampled_shape": list(shape), "box": [[b.start, b.stop] for b in box], "orientation": orientation.tolist(),
-            "affine": np.asarray(affine).tolist(), "shape": list(img.shape), "com": com, "std": std,
+            "affine": np.asarray(affine).tolist(), "shape": list(img.shape[-3:]), "com": com, "std": std,
             "spacing": list(s.spacing) if s.spacing else spacing.tolist(), "modality": modality, "lowest": lowest}
     return {"image": img, "label": lab, "meta": meta}
 
@@ -212,9 +222,9 @@ class VolumeCache:
         label = None
         if vol.label is not None:
             label, lab_affine = read_volume(vol.label)
-            if label.shape != arr.shape or not np.allclose(lab_affine, affine, atol=1e-3):
+            if label.shape != arr.shape[:3] or not np.allclose(lab_affine, affine, atol=1e-3):
                 raise UserError(f"label {vol.label} (shape {label.shape}) does not match image {vol.path} "
-                                f"(shape {arr.shape}) in shape or affine — resample the label onto the image grid")
+                                f"(shape {arr.shape[:3]}) in shape or affine — resample the label onto the image grid")
         out = preprocess(arr, affine, self.settings, label)
         self.root.mkdir(parents=True, exist_ok=True)
         _atomic_npy(npy, out["image"].astype(np.float16))

@@ -10,12 +10,12 @@ from torch import Tensor, nn
 class UNetDecoder(nn.Module):
     """MONAI UNETR up-blocks with skips: (encoder pyramid, input) -> (B, out_channels, X, Y, Z) at input resolution."""
 
-    def __init__(self, channels: list[int], out_channels: int, base: int = 16) -> None:
+    def __init__(self, channels: list[int], out_channels: int, base: int = 16, in_channels: int = 1) -> None:
         super().__init__()
         from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrUpBlock
 
         ch = list(channels)
-        self.stem = UnetrBasicBlock(3, 1, base, kernel_size=3, stride=1, norm_name="instance", res_block=True)
+        self.stem = UnetrBasicBlock(3, in_channels, base, kernel_size=3, stride=1, norm_name="instance", res_block=True)
         self.bottleneck = UnetrBasicBlock(3, ch[-1], ch[-1], kernel_size=3, stride=1, norm_name="instance", res_block=True)
         self.skips = nn.ModuleList(UnetrBasicBlock(3, c, c, kernel_size=3, stride=1, norm_name="instance", res_block=True)
                                    for c in ch[:-1])
@@ -34,13 +34,30 @@ class UNetDecoder(nn.Module):
 class Segmenter(nn.Module):
     """encoder pyramid (strides 2..2^L) + `UNetDecoder` -> (B, classes, X, Y, Z) logits."""
 
-    def __init__(self, encoder: nn.Module, classes: int, base: int = 16) -> None:
+    def __init__(self, encoder: nn.Module, classes: int, base: int = 16, in_channels: int = 1) -> None:
         super().__init__()
         self.encoder = encoder
-        self.decoder = UNetDecoder(encoder.channels, classes, base)
+        self.decoder = UNetDecoder(encoder.channels, classes, base, in_channels)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.decoder(self.encoder.pyramid(x), x)
+
+
+def inflate_input(encoder: nn.Module, channels: int) -> int:
+    """Widen the encoder's first convolution from 1 to `channels` input channels, each starting from the 1-channel
+    weights divided by `channels` (so equal channels give the pretrained response). Returns its new in_channels."""
+    first = next(m for m in encoder.modules() if isinstance(m, nn.Conv3d))
+    if channels == first.in_channels:
+        return channels
+    if first.in_channels != 1:
+        from sslkit.core.errors import UserError
+
+        raise UserError(f"the encoder takes {first.in_channels} input channels and the images have {channels} — give "
+                        f"images with {first.in_channels} channels")
+    with torch.no_grad():
+        first.weight = nn.Parameter(first.weight.repeat(1, channels, 1, 1, 1) / channels)
+    first.in_channels = channels
+    return channels
 
 
 def dice_ce_loss(logits: Tensor, label: Tensor) -> tuple[Tensor, Tensor]:
@@ -89,10 +106,11 @@ class SegmentationTask(nn.Module):
 
 @torch.no_grad()
 def predict(model: nn.Module, image: np.ndarray, roi: int, overlap: float, device: torch.device, bf16: bool) -> np.ndarray:
-    """Sliding-window argmax label map (X, Y, Z) int16 for a preprocessed (X, Y, Z) volume."""
+    """Sliding-window argmax label map (X, Y, Z) int16 for a preprocessed (X, Y, Z) or (C, X, Y, Z) volume."""
     from monai.inferers import sliding_window_inference
 
-    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(device)
+    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
+    x = (x[None] if x.dim() == 4 else x[None, None]).to(device)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         logits = sliding_window_inference(x, (roi,) * 3, 2, model, overlap=overlap, mode="gaussian",
                                           padding_mode="constant")
@@ -107,7 +125,8 @@ def inside_foreground(pred: np.ndarray, image: np.ndarray) -> np.ndarray:
     wrong for targets that are air-filled and open to the outside (lungs, airways in CT)."""
     from scipy.ndimage import binary_fill_holes
 
-    return np.where(binary_fill_holes(image > 0), pred, 0).astype(pred.dtype)
+    filled = (image > 0).any(axis=0) if image.ndim == 4 else image > 0     # channels: non-zero in any of them
+    return np.where(binary_fill_holes(filled), pred, 0).astype(pred.dtype)
 
 
 def dice_per_class(pred: np.ndarray, label: np.ndarray, classes: int, region: np.ndarray | None = None) -> list[float]:

@@ -10,15 +10,17 @@ from torch import Tensor
 
 
 def crop(vol: np.ndarray, center: np.ndarray, roi: int) -> np.ndarray:
-    """(roi, roi, roi) float32 crop centred at `center`; parts outside the volume are zero-padded.
+    """(roi, roi, roi) float32 crop centred at `center` — (C, roi, roi, roi) of a (C, X, Y, Z) volume; parts outside
+    the volume are zero-padded.
 
     Works on a memory-mapped array: only the crop's voxels are read and copied.
     A volume smaller than the ROI after resampling is padded (documented behaviour).
     """
-    out = np.zeros((roi, roi, roi), dtype=np.float32)
+    out = np.zeros(vol.shape[:-3] + (roi, roi, roi), dtype=np.float32)
     lo = np.round(np.asarray(center, float) - roi / 2).astype(int)
-    src, dst = [], []
-    for a, n in zip(lo, vol.shape):
+    src: list[slice] = [slice(None)] * (vol.ndim - 3)
+    dst: list[slice] = list(src)
+    for a, n in zip(lo, vol.shape[-3:]):
         s0, s1 = max(a, 0), min(a + roi, n)
         if s1 <= s0:
             return out
@@ -55,8 +57,8 @@ def flip_and_shift(image: np.ndarray, label: np.ndarray, rng: np.random.Generato
     """Segmentation augmentation of a (R, R, R) crop and its label: a flip along each axis with
     probability 0.5 (the same for both), then intensity × U(1 - scale, 1 + scale) + U(-shift, shift)."""
     axes = tuple(a for a in range(3) if rng.random() < 0.5)
-    if axes:
-        image, label = np.flip(image, axes), np.flip(label, axes)
+    if axes:   # image (R, R, R) or (C, R, R, R): its spatial axes are the last three
+        image, label = np.flip(image, tuple(a + image.ndim - 3 for a in axes)), np.flip(label, axes)
     factor, offset = rng.uniform(1 - scale, 1 + scale), rng.uniform(-shift, shift)
     return np.ascontiguousarray(image * np.float32(factor) + np.float32(offset)), np.ascontiguousarray(label)
 
