@@ -84,6 +84,23 @@ def test_alice_reconstruction_counts_masked_voxels_only() -> None:
     assert float(metrics["recon"]) == 0.0                              # nothing masked: nothing to reconstruct
 
 
+def test_patch_norm_reconstruction_target_standardises_each_masked_cell() -> None:
+    from sslkit.domains.medical3d.transforms import cell_normalise
+
+    x = torch.rand(2, 1, 36, 32, 32) * 5 + 3
+    y = cell_normalise(x, 8)
+    cells = y[:, :, :32].reshape(2, 1, 4, 8, 4, 8, 4, 8)
+    assert torch.allclose(cells.mean(dim=(3, 5, 7)), torch.zeros(()), atol=1e-4)
+    assert torch.allclose(cells.std(dim=(3, 5, 7), unbiased=False), torch.ones(()), atol=1e-3)
+    assert torch.equal(y[:, :, 32:], x[:, :, 32:])                     # a margin that fills no whole cell: unchanged
+    bright = {"query": torch.rand(1, 1, 32, 32, 32) + 50, "anchor": torch.rand(1, 1, 32, 32, 32) + 50}
+    recon = {}
+    for target in ("raw", "patch_norm"):
+        torch.manual_seed(0)
+        recon[target] = float(Alice(_tiny("tiny", **{"alice.recon_target": target}))(bright)[1]["recon"])
+    assert recon["raw"] > 1000 and recon["patch_norm"] < 10   # the cells' brightness is not part of the target
+
+
 def test_alice_unet_reconstruction_decoder_moves_to_finetuning(tmp_path) -> None:  # noqa: ANN001
     torch.manual_seed(0)
     m = Alice(_tiny("tiny", **{"alice.recon_decoder": "unet", "alice.centering": "sinkhorn"}))
