@@ -89,7 +89,8 @@ def test_channel_setting_reads_one_channel_or_splits_4d_files(tmp_path: Path) ->
         assert np.array_equal(arr, four[..., v.channel if v.channel is not None else 0])
     one = io.select_channels(found, 2)
     assert [v.id for v in one] == ["multi.nii.gz", "plain.nii.gz", "vector.nii.gz"]
-    assert np.array_equal(io.read_volume(one[0])[0], four[..., 2]) and np.array_equal(io.read_volume(one[2])[0], four[..., 2])
+    assert np.array_equal(io.read_volume(one[0])[0], four[..., 2])
+    assert np.array_equal(io.read_volume(one[2])[0], four[..., 2])
     assert np.array_equal(io.read_volume(one[1])[0], four[..., 0])   # a 3-D volume is read as it is
     with pytest.raises(UserError, match="has 3 channels, so data.channel=5 does not exist — use 0..2"):
         io.read_volume(io.select_channels(found, 5)[0])

@@ -124,7 +124,8 @@ def embed(run: RunArg, data: DataArgs, out: Annotated[Path, typer.Option("--out"
     cfg = Medical3DRecipe.model_validate(Run.load(run, "medical3d").recipe_dict)
     encoder = load_encoder(run)
     cache = cache_for(cfg.data)
-    entries, skipped = prepare(select_channels(find_volumes(data, UNLABELLED_SECTIONS), cfg.data.channel), cache, strict)
+    volumes = select_channels(find_volumes(data, UNLABELLED_SECTIONS), cfg.data.channel)
+    entries, skipped = prepare(volumes, cache, strict)
     ids, vectors = [], []
     for npy, meta in entries:
         image = torch.from_numpy(np.load(npy).astype(np.float32))[None, None]
@@ -162,10 +163,10 @@ def finetune(run: RunArg, images: Annotated[Path, typer.Argument(help="Image fol
                                                           "are held out (one volume: halves).", min=1)] = None,
              set_: SetOpt = None, out: OutOpt = None, overwrite: OverwriteOpt = False, strict: StrictOpt = False) -> None:
     """Segmentation with the pretrained encoder + UNETR-style decoder; Dice per class on held-out data; NIfTI predictions."""
+    from sslkit.core.errors import UserError
     from sslkit.core.recipes import apply_override, validate_recipe
     from sslkit.core.runs import Run
     from sslkit.domains.medical3d.finetune import run_finetune
-    from sslkit.core.errors import UserError
     from sslkit.domains.medical3d.io import find_volumes, pair_labels, select_channels
     from sslkit.domains.medical3d.recipe import Medical3DRecipe
 

@@ -173,7 +173,8 @@ def preprocess(arr: np.ndarray, affine: np.ndarray, s: Settings, label: np.ndarr
     if label is not None:
         lab = resample(to_ras(label, affine)[0], shape, nearest=True)
     spatial = img.max(axis=0) if img.ndim == 4 else img
-    box = foreground_box(spatial, s.foreground_threshold, s.margin) if s.crop_foreground else tuple(slice(0, n) for n in shape)
+    box = (foreground_box(spatial, s.foreground_threshold, s.margin) if s.crop_foreground
+           else tuple(slice(0, n) for n in shape))
     img = np.ascontiguousarray(img[(...,) + box])
     lab = np.ascontiguousarray(lab[box]).astype(np.int16) if lab is not None else None
     com, std = moments(img.max(axis=0) if img.ndim == 4 else img, s.foreground_threshold)
@@ -224,7 +225,8 @@ class VolumeCache:
             label, lab_affine = read_volume(vol.label)
             if label.shape != arr.shape[:3] or not np.allclose(lab_affine, affine, atol=1e-3):
                 raise UserError(f"label {vol.label} (shape {label.shape}) does not match image {vol.path} "
-                                f"(shape {arr.shape[:3]}) in shape or affine — resample the label onto the image grid")
+                                f"(shape {arr.shape[:3]}) in shape or affine — resample the label onto the image "
+                                "grid")
         out = preprocess(arr, affine, self.settings, label)
         self.root.mkdir(parents=True, exist_ok=True)
         _atomic_npy(npy, out["image"].astype(np.float16))

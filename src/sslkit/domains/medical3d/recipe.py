@@ -22,8 +22,9 @@ class DataConfig(Section):
     pair_jitter: float = 0.05                                         # Alice: match jitter, fraction of roi
     cache_dir: Optional[str] = None                                   # default $SSLKIT_CACHE_DIR or ~/.cache/sslkit
     strict: bool = False                                              # true: a bad file stops the run
-    channel: Union[NonNegativeInt, Literal["split", "all"], None] = None   # 4-D files: channel N; "split": each its
-                                  # own volume (pretrain, embed); "all": every channel as input (finetune); null: refused
+    # 4-D files: channel N; "split": each channel its own volume (pretrain, embed); "all": every channel as the
+    # input (finetune); null: refused
+    channel: Union[NonNegativeInt, Literal["split", "all"], None] = None
 
 
 class ModelConfig(Section):
