@@ -97,6 +97,8 @@ def test_finetune_writes_dice_and_predictions_on_input_grid(tiny_run: Path, tmp_
     assert res.exit_code == 0, res.output
     ev = json.loads((tmp_path / "ft" / "evaluation.json").read_text())
     assert list(ev["dice_per_volume"]) == ["v2.nii.gz"] and len(ev["dice_per_class"]) == 2
+    assert list(ev["hd95_mm_per_volume"]) == ["v2.nii.gz"] and len(ev["hd95_mm_per_class"]) == 2
+    assert "held-out HD95 (mm)" in res.output
     assert ev["class_names"] == ["sphere", "class 2"] and "sphere" in res.output
     pred = nib.load(tmp_path / "ft" / "predictions" / "v2.nii.gz")
     src = nib.load(data / "img" / "v2.nii.gz")

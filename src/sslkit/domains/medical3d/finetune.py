@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -189,11 +190,11 @@ def evaluate(task: Any, run: Any, eval_e: list, eval_regions: list, names: list[
     from sslkit.core.console import print_table
     from sslkit.domains.medical3d.io import volume_stem, write_nifti
     from sslkit.domains.medical3d.preprocess import undo_preprocess
-    from sslkit.domains.medical3d.segmentation import dice_per_class, inside_foreground, predict
+    from sslkit.domains.medical3d.segmentation import dice_per_class, hd95_per_class, inside_foreground, predict
 
     classes, lut = len(values), value_lut(values)
     model = task.model.eval()
-    per_volume, shown = {}, None
+    per_volume, hd95, shown = {}, {}, None
     for (npy, meta), (x0, x1) in zip(eval_e, eval_regions):
         image = np.load(npy).astype(np.float32)                 # (X, Y, Z), or (C, X, Y, Z) with several channels
         label = np.load(meta["label"]).astype(np.int64)
@@ -204,17 +205,25 @@ def evaluate(task: Any, run: Any, eval_e: list, eval_regions: list, names: list[
         region = np.zeros(label.shape, dtype=bool)
         region[x0:x1] = True
         per_volume[meta["id"]] = dice_per_class(pred, label, classes, region)
+        hd95[meta["id"]] = hd95_per_class(pred, label, classes, meta["spacing"], region)
         name = volume_stem(meta["id"])
         written = np.asarray(values, dtype=np.int16)[pred] if lut is not None else pred
         write_nifti(run.path("predictions", f"{name}.nii.gz"), undo_preprocess(written, meta),
                     np.asarray(meta["affine"]))
         shown = shown or (image[0] if image.ndim == 4 else image, label, pred, x0, x1)
-    scores = np.array(list(per_volume.values()), dtype=float)
-    mean = np.nanmean(scores, axis=0)
-    rows = [[names[c], *[f"{v[c]:.3f}" for v in per_volume.values()], f"{mean[c]:.3f}"] for c in range(classes - 1)]
-    rows.append(["mean", *[f"{np.nanmean(v):.3f}" for v in per_volume.values()], f"{np.nanmean(mean):.3f}"])
-    print_table("held-out Dice", ["class", *per_volume.keys(), "mean"], rows)
+    with warnings.catch_warnings():      # a class missing from every volume: NaN, not a warning
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nanmean(np.array(list(per_volume.values()), dtype=float), axis=0)
+        hd_mean = np.nanmean(np.array(list(hd95.values()), dtype=float), axis=0)
+    for title, table, avg, fmt in (("held-out Dice", per_volume, mean, "{:.3f}"),
+                                   ("held-out HD95 (mm)", hd95, hd_mean, "{:.1f}")):
+        rows = [[names[c], *[fmt.format(v[c]) for v in table.values()], fmt.format(avg[c])] for c in range(classes - 1)]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            rows.append(["mean", *[fmt.format(np.nanmean(v)) for v in table.values()], fmt.format(np.nanmean(avg))])
+        print_table(title, ["class", *table.keys(), "mean"], rows)
     payload = {"dice_per_volume": per_volume, "dice_per_class": mean.tolist(), "mean_dice": float(np.nanmean(mean)),
+               "hd95_mm_per_volume": hd95, "hd95_mm_per_class": hd_mean.tolist(),
                "classes": classes, "class_names": names, "label_values": values}
     atomic_write_text(run.path("evaluation.json"), json.dumps(payload, indent=2))
     if shown is not None:

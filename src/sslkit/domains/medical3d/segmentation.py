@@ -1,6 +1,8 @@
 """Few-label segmentation on a (pretrained) encoder: UNETR/SwinUNETR-style decoder, Dice+CE, sliding-window inference."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -127,6 +129,25 @@ def inside_foreground(pred: np.ndarray, image: np.ndarray) -> np.ndarray:
 
     filled = (image > 0).any(axis=0) if image.ndim == 4 else image > 0     # channels: non-zero in any of them
     return np.where(binary_fill_holes(filled), pred, 0).astype(pred.dtype)
+
+
+def hd95_per_class(pred: np.ndarray, label: np.ndarray, classes: int, spacing: list[float],
+                   region: np.ndarray | None = None) -> list[float]:
+    """95th-percentile symmetric Hausdorff distance in mm for classes 1..K-1 (MONAI's surface distances on the
+    `spacing` grid), optionally inside a boolean region (both maps are cleared outside it, so the cut surfaces
+    coincide). NaN where the class is missing from the prediction or the reference (its Dice says which)."""
+    from monai.metrics import compute_hausdorff_distance
+
+    if region is not None:
+        pred, label = np.where(region, pred, 0), np.where(region, label, 0)
+    ks = np.arange(classes)[:, None, None, None]
+    onehot = [torch.from_numpy(a[None] == ks)[None] for a in (pred, label)]          # (1, K, X, Y, Z) bool
+    with warnings.catch_warnings():   # MONAI warns for every class absent from one map: NaN says it here
+        warnings.simplefilter("ignore")
+        hd = compute_hausdorff_distance(*onehot, include_background=False, percentile=95,
+                                        spacing=[float(s) for s in spacing])[0]
+    present = [(pred == c).any() and (label == c).any() for c in range(1, classes)]
+    return [float(h) if ok and np.isfinite(float(h)) else float("nan") for h, ok in zip(hd.tolist(), present)]
 
 
 def dice_per_class(pred: np.ndarray, label: np.ndarray, classes: int, region: np.ndarray | None = None) -> list[float]:
