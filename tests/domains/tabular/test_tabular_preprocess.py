@@ -280,9 +280,11 @@ def test_excel_first_sheet_reads_like_csv_and_bad_workbooks_are_one_error(tmp_pa
     (tmp_path / "broken.xlsx").write_bytes(b"PK\x03\x04 not really a zip")
     (tmp_path / "old.xls").write_bytes(b"\xd0\xcf\x11\xe0")
     gap = _xlsx(tmp_path / "gap.xlsx", ["a", None, "c"], [[1, 2, 3]])
+    titled = _xlsx(tmp_path / "titled.xlsx", ["Sales report 2026"], [[None], ["region", "units"], ["north", 3]])
     for bad, needle in [(tmp_path / "broken.xlsx", "broken.xlsx is not a readable Excel file"),
                         (tmp_path / "old.xls", "old-style Excel file: save it as .xlsx"),
-                        (gap, "the header has an empty cell in column 2")]:
+                        (gap, "the header has an empty cell in column 2"),
+                        (titled, "row 3 has values right of the header's 1 column")]:
         with pytest.raises(UserError, match=needle):
             list(iter_batches(bad))
 

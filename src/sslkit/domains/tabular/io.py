@@ -269,9 +269,9 @@ def _json_message(path: Path, exc: Exception) -> str:
     return f"{path} is not a readable JSON lines table ({text}) — write one JSON object per line"
 
 
-def _excel_rows(path: Path) -> Iterator[tuple]:
-    """The first sheet's rows as tuples of cell values (cached results for formulas), header first; rows with no
-    value are skipped. Streamed: openpyxl's read-only mode never holds the whole sheet."""
+def _excel_rows(path: Path) -> Iterator[tuple[int, tuple]]:
+    """(sheet row number, cell values) of the first sheet's rows (cached results for formulas), header first; rows
+    with no value are skipped. Streamed: openpyxl's read-only mode never holds the whole sheet."""
     try:
         import openpyxl
     except ImportError:
@@ -286,9 +286,9 @@ def _excel_rows(path: Path) -> Iterator[tuple]:
         if len(book.sheetnames) > 1:
             info(f"reading sheet '{sheet.title}' of {path.name}; its other sheets ({', '.join(book.sheetnames[1:])}) "
                  "are not read — save one as its own file to use it")
-        for row in sheet.iter_rows(values_only=True):
+        for number, row in enumerate(sheet.iter_rows(values_only=True), start=1):
             if any(v is not None and v != "" for v in row):
-                yield row
+                yield number, row
     finally:
         book.close()
 
@@ -299,7 +299,7 @@ def _excel_batches(path: Path, batch_rows: int) -> Iterator[Any]:
     import pyarrow as pa
 
     rows = _excel_rows(path)
-    header = next(rows, None)
+    _, header = next(rows, (0, None))
     if header is None:
         raise UserError(f"{path}: the first sheet is empty — put a header row and data on it")
     width = max(i + 1 for i, v in enumerate(header) if v is not None and v != "")
@@ -320,7 +320,11 @@ def _excel_batches(path: Path, batch_rows: int) -> Iterator[Any]:
         return pa.RecordBatch.from_arrays([column(c) for c in cols], names=names)
 
     chunk: list[tuple] = []
-    for row in rows:
+    for number, row in rows:
+        if any(v is not None and v != "" for v in row[width:]):
+            raise UserError(f"{path}: row {number} has values right of the header's {width} column(s) "
+                            f"({', '.join(names[:3])}{', …' if width > 3 else ''}) — the first non-empty row must be "
+                            "the header (delete any title rows above it) and name every column")
         chunk.append(row)
         if len(chunk) == batch_rows:
             yield batch(chunk)
@@ -367,7 +371,7 @@ def table_columns(path: Path) -> list[str]:
     if table_kind(path) == "json":
         return _check_names(path, _json_reader(path).schema.names)
     if table_kind(path) == "excel":
-        header = next(_excel_rows(path), ())
+        _, header = next(_excel_rows(path), (0, ()))
         return _check_names(path, [str(v).strip() for v in header if v is not None and v != ""])
     if table_kind(path) == "parquet":
         import pyarrow.parquet as pq
