@@ -273,10 +273,13 @@ def test_excel_first_sheet_reads_like_csv_and_bad_workbooks_are_one_error(tmp_pa
     assert pa.Table.from_batches(batches).equals(table) and table_columns(path) == table.column_names
     assert "reading sheet 'data' of adult.xlsx; its other sheets (notes) are not read" in " ".join(
         capsys.readouterr().err.split())
-    mixed = _xlsx(tmp_path / "mixed.xlsx", ["dose", "site"], [[1.5, "a"], ["NA", "b"], [2, "c"], ["high", None]])
+    mixed = _xlsx(tmp_path / "mixed.xlsx", ["dose", "site", "count", "ratio"],
+                  [[1.5, "a", "12", " 0.5"], ["NA", "b", "7", "2"], [2, "c", None, "?"], ["high", None, "3", "1e-3"]])
     (got,) = iter_batches(mixed)
     assert got.column("dose").to_pylist() == ["1.5", None, "2", "high"]   # numbers and text: text; "NA": missing
     assert got.column("site").to_pylist() == ["a", "b", "c", None]
+    assert got.column("count").to_pylist() == [12, 7, None, 3]            # numbers stored as text: numbers
+    assert got.column("ratio").to_pylist() == [0.5, 2.0, None, 0.001]
     (tmp_path / "broken.xlsx").write_bytes(b"PK\x03\x04 not really a zip")
     (tmp_path / "old.xls").write_bytes(b"\xd0\xcf\x11\xe0")
     gap = _xlsx(tmp_path / "gap.xlsx", ["a", None, "c"], [[1, 2, 3]])

@@ -294,9 +294,10 @@ def _excel_rows(path: Path) -> Iterator[tuple[int, tuple]]:
 
 
 def _excel_batches(path: Path, batch_rows: int) -> Iterator[Any]:
-    """Record batches of the first sheet. A column whose cells mix numbers and text is read as text; text that
-    spells a missing value ("NA", "?", …) is missing, as in CSV."""
+    """Record batches of the first sheet. A column whose cells mix numbers and text is read as text, and one of
+    numbers stored as text as numbers; text that spells a missing value ("NA", "?", …) is missing: as in CSV."""
     import pyarrow as pa
+    import pyarrow.compute as pc
 
     rows = _excel_rows(path)
     _, header = next(rows, (0, None))
@@ -311,9 +312,16 @@ def _excel_batches(path: Path, batch_rows: int) -> Iterator[Any]:
     def column(values: list) -> Any:
         values = [None if isinstance(v, str) and v.strip() in nulls else v for v in values]
         try:
-            return pa.array(values)
+            arr = pa.array(values)
         except (pa.ArrowInvalid, pa.ArrowTypeError):      # numbers and text in one column: text
-            return pa.array([None if v is None else str(v) for v in values], pa.string())
+            arr = pa.array([None if v is None else str(v) for v in values], pa.string())
+        if pa.types.is_string(arr.type):                  # numbers stored as text ('123, a green corner in Excel)
+            for numeric in (pa.int64(), pa.float64()):
+                try:
+                    return pc.cast(pc.utf8_trim_whitespace(arr), numeric)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                    continue
+        return arr
 
     def batch(chunk: list[tuple]) -> Any:
         cols = [[(r[i] if i < len(r) else None) for r in chunk] for i in range(width)]
