@@ -3,7 +3,10 @@
 Prints rows/s, achieved GFLOP/s (FLOPs counted by torch's FlopCounterMode on the real
 steps) against a dense matmul measured in the same run, fp32 and bf16 autocast.
 
-    .venv/bin/python benchmarks/tabular_speed.py [--steps 12] [--threads N] [--recipe t-jepa]
+    .venv/bin/python benchmarks/tabular_speed.py [--steps 12] [--threads N] [--recipe t-jepa] [--parts]
+
+`--parts` also times the three parts of a T-JEPA step on their own in fp32 (target encoder forward, context
+encoder forward + backward, predictor forward + backward), each with its GFLOP/s: where the time goes.
 
 Numbers on a shared machine move with the load; every ratio is taken within one run.
 """
@@ -107,12 +110,60 @@ def sslkit_fit(recipe, pre, data, steps: int, precision: str) -> float:  # noqa:
     return statistics.median(per_step[2:])
 
 
+def step_parts(recipe, pre, data, reps: int = 12) -> list[list[str]]:  # noqa: ANN001
+    """Median ms, GFLOP and GFLOP/s of each part of a T-JEPA step (fp32); the parts share one list of mask draws."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from sslkit.domains.tabular.method import jepa_masks
+
+    m = make_method(recipe, pre)
+    bs = recipe.train.batch_size
+    num, miss, cat = (data[k][:bs] for k in ("num", "miss", "cat"))
+    masks = [jepa_masks(m.context_encoder.n_features, m.masks.context, m.masks.target, m.masks.n_targets)
+             for _ in range(reps)]
+    ctx_width = m.context_encoder.dim
+
+    def target(i: int) -> None:
+        with torch.no_grad():
+            m.encoder.tokens(num, miss, cat)
+
+    def context(i: int) -> None:
+        m.context_encoder.tokens(num, miss, cat, keep=masks[i][0]).sum().backward()
+
+    def predictor(i: int) -> None:
+        ctx_idx, tgt_idx = masks[i]
+        x = torch.randn(bs, m.context_encoder.n_reg + len(ctx_idx), ctx_width, requires_grad=True)
+        m.predictor(x, ctx_idx, tgt_idx).sum().backward()
+
+    def whole(i: int) -> None:
+        m({"num": num, "miss": miss, "cat": cat})[0].backward()
+
+    rows, total = [], None
+    for name, fn in (("whole step", whole), ("target encoder, forward", target),
+                     ("context encoder, fwd+bwd", context), ("predictor, fwd+bwd", predictor)):
+        times = []
+        for i in range(reps):
+            t0 = time.perf_counter()
+            fn(i)
+            times.append(time.perf_counter() - t0)
+        sec = statistics.median(times[2:])
+        flops = 0
+        for i in range(4):
+            with FlopCounterMode(display=False) as counter:
+                fn(i)
+            flops += counter.get_total_flops() / 4
+        total = total or sec
+        rows.append([name, f"{sec * 1e3:.0f}", f"{100 * sec / total:.0f}%", f"{flops / 1e9:.2f}", f"{flops / sec / 1e9:.1f}"])
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     ap.add_argument("--recipe", default="t-jepa")
     ap.add_argument("--skip-bf16", action="store_true")
+    ap.add_argument("--parts", action="store_true", help="also time each part of a T-JEPA step (fp32)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -147,6 +198,9 @@ def main() -> None:
     if bf16_ok:
         print(f"bf16 autocast speed-up in fit(): {results[('sslkit fit()', 'fp32')] / results[('sslkit fit()', 'bf16')]:.2f}×",
               file=sys.stderr)
+    if args.parts and recipe.method == "t-jepa":
+        print_table(f"Where a T-JEPA step's time goes (fp32, batch {bs}; matmul 1024³: {mm32:.1f} GFLOP/s)",
+                    ["part", "ms", "of step", "GFLOP", "GFLOP/s"], step_parts(recipe, pre, data))
 
 
 if __name__ == "__main__":
