@@ -138,8 +138,8 @@ def step_parts(recipe, pre, data, reps: int = 12) -> list[list[str]]:  # noqa: A
     def whole(i: int) -> None:
         m({"num": num, "miss": miss, "cat": cat})[0].backward()
 
-    rows, total = [], None
-    for name, fn in (("whole step", whole), ("target encoder, forward", target),
+    rows = []
+    for name, fn in (("whole step (its own mask draws)", whole), ("target encoder, forward", target),
                      ("context encoder, fwd+bwd", context), ("predictor, fwd+bwd", predictor)):
         times = []
         for i in range(reps):
@@ -152,9 +152,10 @@ def step_parts(recipe, pre, data, reps: int = 12) -> list[list[str]]:  # noqa: A
             with FlopCounterMode(display=False) as counter:
                 fn(i)
             flops += counter.get_total_flops() / 4
-        total = total or sec
-        rows.append([name, f"{sec * 1e3:.0f}", f"{100 * sec / total:.0f}%", f"{flops / 1e9:.2f}", f"{flops / sec / 1e9:.1f}"])
-    return rows
+        rows.append([name, sec, flops])
+    parts = sum(r[1] for r in rows[1:])
+    return [[name, f"{sec * 1e3:.0f}", f"{100 * sec / parts:.0f}%" if i else "-", f"{flops / 1e9:.2f}",
+             f"{flops / sec / 1e9:.1f}"] for i, (name, sec, flops) in enumerate(rows)]
 
 
 def main() -> None:
@@ -200,7 +201,7 @@ def main() -> None:
               file=sys.stderr)
     if args.parts and recipe.method == "t-jepa":
         print_table(f"Where a T-JEPA step's time goes (fp32, batch {bs}; matmul 1024³: {mm32:.1f} GFLOP/s)",
-                    ["part", "ms", "of step", "GFLOP", "GFLOP/s"], step_parts(recipe, pre, data))
+                    ["part", "ms", "of the parts", "GFLOP", "GFLOP/s"], step_parts(recipe, pre, data))
 
 
 if __name__ == "__main__":
