@@ -33,12 +33,12 @@ ADULT_COLUMNS = ["age", "workclass", "fnlwgt", "education", "education_num", "ma
 
 
 def check_table_path(path: Path) -> Path:
-    """The path must be an existing .csv/.tsv/.jsonl (maybe compressed), .parquet or .feather/.arrow file."""
+    """The path must be an existing .csv/.tsv/.jsonl (maybe compressed), .xlsx, .parquet or .feather/.arrow file."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"table {path} does not exist — check the path")
     if path.is_dir():
-        raise UserError(f"{path} is a folder — pass one .csv, .tsv, .jsonl, .parquet or .feather file")
+        raise UserError(f"{path} is a folder — pass one .csv, .tsv, .jsonl, .xlsx, .parquet or .feather file")
     if table_kind(path) is None:
         old_excel = " (an old-style Excel file: save it as .xlsx)" if path.suffix.lower() == ".xls" else ""
         raise UserError(f"{path}: unsupported table type '{path.suffix}'{old_excel} — use .csv, .tsv, .jsonl "
