@@ -114,6 +114,10 @@ def test_alice_unet_reconstruction_decoder_moves_to_finetuning(tmp_path) -> None
     assert moved == len(seg.decoder.state_dict()) - 2                 # all but the output conv (1 vs 3 channels)
     assert torch.equal(seg.decoder.ups[0].transp_conv.conv.weight, m.recon.ups[0].transp_conv.conv.weight)
     assert load_decoder(Segmenter(m.encoder, 3, base=4).decoder, ckpt) == 0   # other widths: nothing moves
+    four = Segmenter(m.encoder, classes=3, base=m.recon.out.conv.conv.in_channels, in_channels=4)
+    assert load_decoder(four.decoder, ckpt) == moved                  # a 4-channel input: the stem widened
+    torch.testing.assert_close(four.decoder.stem.layer.conv1.conv.weight.sum(1, keepdim=True),
+                               m.recon.stem.layer.conv1.conv.weight)
     linear = tmp_path / "linear.pt"
     save_checkpoint(linear, {"model": Alice(_tiny("tiny")).state_dict()})
     assert load_decoder(seg.decoder, linear) == 0                            # a linear head: no decoder

@@ -113,7 +113,8 @@ def load_decoder(decoder: torch.nn.Module, checkpoint: Path) -> int:
     """Start `decoder` from a pretraining checkpoint's U-Net reconstruction decoder (`alice.recon_decoder: unet`).
 
     All tensors but the output layer (1 channel there) must match by name and shape, else nothing
-    moves, with a warning (e.g. another `decoder_channels`). Returns the number of tensors copied.
+    moves, with a warning (e.g. another `decoder_channels`). A convolution reading the 1-channel input is widened to
+    a several-channel input as `segmentation.inflate_input` widens the encoder. Returns the number of tensors copied.
     """
     from sslkit.core.checkpoint import load_checkpoint
     from sslkit.core.console import warn
@@ -122,6 +123,11 @@ def load_decoder(decoder: torch.nn.Module, checkpoint: Path) -> int:
         return 0
     weights = {k[len("recon."):]: v for k, v in load_checkpoint(checkpoint)["model"].items() if k.startswith("recon.")}
     wanted = {k: v for k, v in decoder.state_dict().items() if not k.startswith("out.")}
+    for k, v in wanted.items():   # the input stem's convolutions: 1 channel in pretraining, C in fine-tuning
+        w = weights.get(k)
+        widened = w is not None and w.dim() == 5 and w.shape[1] == 1 < v.shape[1]
+        if widened and (w.shape[0], *w.shape[2:]) == (v.shape[0], *v.shape[2:]):
+            weights[k] = w.repeat(1, v.shape[1], 1, 1, 1) / v.shape[1]
     if any(k not in weights or weights[k].shape != v.shape for k, v in wanted.items()):
         warn(f"{checkpoint} holds no reconstruction decoder of this shape (another finetune.decoder_channels, or "
              "pretrained without alice.recon_decoder=unet) — the decoder starts fresh")
