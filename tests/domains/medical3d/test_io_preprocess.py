@@ -80,20 +80,20 @@ def test_channel_setting_reads_one_channel_or_splits_4d_files(tmp_path: Path) ->
     found = io.find_volumes([tmp_path])
     with pytest.raises(UserError, match=r"multi\.nii\.gz is 4-D .* data\.channel=N .* data\.channel=split"):
         io.read_volume(found[0])
-    split = io.select_channels(found, "split")
+    split = io.select_channels(found, "split", "pretrain")
     assert [v.id for v in split] == ["multi.nii.gz#c0", "multi.nii.gz#c1", "multi.nii.gz#c2", "plain.nii.gz",
                                      "vector.nii.gz#c0", "vector.nii.gz#c1", "vector.nii.gz#c2"]
     for v in split:
         arr, aff = io.read_volume(v)
         assert arr.shape == (8, 9, 10) and np.allclose(aff, affine)
         assert np.array_equal(arr, four[..., v.channel if v.channel is not None else 0])
-    one = io.select_channels(found, 2)
+    one = io.select_channels(found, 2, "embed")
     assert [v.id for v in one] == ["multi.nii.gz", "plain.nii.gz", "vector.nii.gz"]
     assert np.array_equal(io.read_volume(one[0])[0], four[..., 2])
     assert np.array_equal(io.read_volume(one[2])[0], four[..., 2])
     assert np.array_equal(io.read_volume(one[1])[0], four[..., 0])   # a 3-D volume is read as it is
     with pytest.raises(UserError, match="has 3 channels, so data.channel=5 does not exist — use 0..2"):
-        io.read_volume(io.select_channels(found, 5)[0])
+        io.read_volume(io.select_channels(found, 5, "finetune")[0])
     assert io.volume_stem("sub/multi.nii.gz#c2") == "multi_c2" and io.volume_stem("series#1") == "series#1"
     cache = VolumeCache(tmp_path / "cache", Settings(modality="mri", spacing=None))
     keys = {cache.key(v) for v in split[:3]} | {cache.key(found[0])}
@@ -117,7 +117,7 @@ def test_all_channels_preprocess_crop_and_inflate_the_encoder(tmp_path: Path) ->
     four = np.stack([base * 100, base * 3 + 50, base ** 2], -1)          # three contrasts, very different ranges
     _nii(tmp_path / "m.nii.gz", four, np.diag([-2.0, 2.0, 2.0, 1.0]))    # LAS: reoriented with its channels
     _nii(tmp_path / "m_lab.nii.gz", (base > 1.5).astype(np.uint8), np.diag([-2.0, 2.0, 2.0, 1.0]))
-    (vol,) = io.select_channels([io.Volume("m", tmp_path / "m.nii.gz", label=tmp_path / "m_lab.nii.gz")], "all")
+    (vol,) = io.select_channels([io.Volume("m", tmp_path / "m.nii.gz", label=tmp_path / "m_lab.nii.gz")], "all", "finetune")
     cache = VolumeCache(tmp_path / "cache", Settings(modality="mri", spacing=None, crop_foreground=False))
     npy, meta = cache.get(vol)
     image = np.load(npy).astype(np.float32)

@@ -72,12 +72,7 @@ def pretrain(data: DataArgs, recipe: RecipeOpt = "alice", modality: ModalityOpt 
 
     cfg = _recipe(recipe, set_, modality, out, resume)
     cfg.data.strict = cfg.data.strict or strict
-    if cfg.data.channel == "all":
-        from sslkit.core.errors import UserError
-
-        raise UserError("pretrain reads one channel per volume (data.channel=all is for finetune) — pass --set "
-                        "data.channel=split to pretrain on every channel as its own volume")
-    volumes = select_channels(find_volumes(data, UNLABELLED_SECTIONS), cfg.data.channel)
+    volumes = select_channels(find_volumes(data, UNLABELLED_SECTIONS), cfg.data.channel, "pretrain")
     distributed.init_distributed(distributed.select_device(cfg.train.device))
     cache = cache_for(cfg.data)
     entries, skipped = _prepare_all_ranks(volumes, cache, cfg.data.strict)
@@ -124,7 +119,7 @@ def embed(run: RunArg, data: DataArgs, out: Annotated[Path, typer.Option("--out"
     cfg = Medical3DRecipe.model_validate(Run.load(run, "medical3d").recipe_dict)
     encoder = load_encoder(run)
     cache = cache_for(cfg.data)
-    volumes = select_channels(find_volumes(data, UNLABELLED_SECTIONS), cfg.data.channel)
+    volumes = select_channels(find_volumes(data, UNLABELLED_SECTIONS), cfg.data.channel, "embed")
     entries, skipped = prepare(volumes, cache, strict)
     ids, vectors = [], []
     for npy, meta in entries:
@@ -163,7 +158,6 @@ def finetune(run: RunArg, images: Annotated[Path, typer.Argument(help="Image fol
                                                           "are held out (one volume: halves).", min=1)] = None,
              set_: SetOpt = None, out: OutOpt = None, overwrite: OverwriteOpt = False, strict: StrictOpt = False) -> None:
     """Segmentation with the pretrained encoder + UNETR-style decoder; Dice per class on held-out data; NIfTI predictions."""
-    from sslkit.core.errors import UserError
     from sslkit.core.recipes import apply_override, validate_recipe
     from sslkit.core.runs import Run
     from sslkit.domains.medical3d.finetune import run_finetune
@@ -175,10 +169,7 @@ def finetune(run: RunArg, images: Annotated[Path, typer.Argument(help="Image fol
     for override in set_ or []:
         apply_override(raw, override, Medical3DRecipe)
     cfg = validate_recipe(Medical3DRecipe, raw, str(base.path("recipe.yaml")))
-    if cfg.data.channel == "split":
-        raise UserError("finetune reads one channel of 4-D images (data.channel=split is for pretrain and embed) — "
-                        "pass --set data.channel=N, e.g. 0 for FLAIR in the Decathlon's BrainTumour")
-    pairs = pair_labels(select_channels(find_volumes([images]), cfg.data.channel), find_volumes([labels]))
+    pairs = pair_labels(select_channels(find_volumes([images]), cfg.data.channel, "finetune"), find_volumes([labels]))
     result = run_finetune(cfg, None if from_scratch else base.dir, pairs, train, out, overwrite, strict, [images, labels])
     if result:
         typer.echo(f"{result['mean_dice']:.4f}")

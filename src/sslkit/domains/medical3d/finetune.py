@@ -221,13 +221,12 @@ def evaluate(task: Any, run: Any, eval_e: list, eval_regions: list, names: list[
         warnings.simplefilter("ignore", RuntimeWarning)
         mean = np.nanmean(np.array(list(per_volume.values()), dtype=float), axis=0)
         hd_mean = np.nanmean(np.array(list(hd95.values()), dtype=float), axis=0)
-    for title, table, avg, fmt in (("held-out Dice", per_volume, mean, "{:.3f}"),
-                                   ("held-out HD95 (mm)", hd95, hd_mean, "{:.1f}")):
-        rows = [[names[c], *[fmt.format(v[c]) for v in table.values()], fmt.format(avg[c])] for c in range(classes - 1)]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
+        for title, table, avg, fmt in (("held-out Dice", per_volume, mean, "{:.3f}"),
+                                       ("held-out HD95 (mm)", hd95, hd_mean, "{:.1f}")):
+            rows = [[names[c], *[fmt.format(v[c]) for v in table.values()], fmt.format(avg[c])]
+                    for c in range(classes - 1)]
             rows.append(["mean", *[fmt.format(np.nanmean(v)) for v in table.values()], fmt.format(np.nanmean(avg))])
-        print_table(title, ["class", *table.keys(), "mean"], rows)
+            print_table(title, ["class", *table.keys(), "mean"], rows)
     payload = {"dice_per_volume": per_volume, "dice_per_class": mean.tolist(), "mean_dice": float(np.nanmean(mean)),
                "hd95_mm_per_volume": hd95, "hd95_mm_per_class": hd_mean.tolist(),
                "classes": classes, "class_names": names, "label_values": values}

@@ -350,11 +350,18 @@ def read_volume(vol: Volume | Path) -> tuple[np.ndarray, np.ndarray]:
     return read_itk(vol.path, vol.channel)
 
 
-def select_channels(volumes: list[Volume], channel: int | str | None) -> list[Volume]:
-    """`data.channel` applied to the listed volumes: N reads channel N of every 4-D volume (3-D ones are read as
-    they are); "split" lists every channel of a 4-D NIfTI/MGH file as its own volume, id `name#cK` (the
-    Decathlon's BrainTumour: FLAIR, T1w, T1gd, T2w); "all" reads every channel, stacked (X, Y, Z, C); None leaves
-    4-D files to be refused when read."""
+def select_channels(volumes: list[Volume], channel: int | str | None, command: str) -> list[Volume]:
+    """`data.channel` applied to the volumes `command` listed: N reads channel N of every 4-D volume (3-D ones are
+    read as they are); "split" lists every channel of a 4-D NIfTI/MGH file as its own volume, id `name#cK` (the
+    Decathlon's BrainTumour: FLAIR, T1w, T1gd, T2w), for pretrain and embed; "all" reads every channel, stacked
+    (X, Y, Z, C), for finetune; None leaves 4-D files to be refused when read."""
+    if channel == "all" and command != "finetune":
+        raise UserError(f"{command} reads one channel per volume (data.channel=all is for finetune) — pass --set "
+                        "data.channel=split to use every channel as its own volume")
+    if channel == "split" and command == "finetune":
+        raise UserError("finetune reads one channel of 4-D images, or all of them (data.channel=split is for pretrain "
+                        "and embed) — pass --set data.channel=all for all, or --set data.channel=N for one (e.g. 0 for "
+                        "FLAIR in the Decathlon's BrainTumour)")
     if channel is None:
         return volumes
     if channel != "split":

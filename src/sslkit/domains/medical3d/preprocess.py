@@ -177,7 +177,7 @@ def preprocess(arr: np.ndarray, affine: np.ndarray, s: Settings, label: np.ndarr
            else tuple(slice(0, n) for n in shape))
     img = np.ascontiguousarray(img[(...,) + box])
     lab = np.ascontiguousarray(lab[box]).astype(np.int16) if lab is not None else None
-    com, std = moments(img.max(axis=0) if img.ndim == 4 else img, s.foreground_threshold)
+    com, std = moments(spatial[box], s.foreground_threshold)
     meta = {"orig_shape": list(arr.shape[:3]), "ras_shape": list(ras_shape),
             "channels": int(arr.shape[3]) if arr.ndim == 4 else 1,
             "resampled_shape": list(shape), "box": [[b.start, b.stop] for b in box], "orientation": orientation.tolist(),

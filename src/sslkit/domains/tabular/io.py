@@ -205,33 +205,33 @@ def _batches(path: Path, string_columns: list[str], batch_rows: int) -> Iterator
         except (pa.ArrowException, OSError) as exc:
             raise _unreadable(path, "Parquet", exc) from None
         return
-    if table_kind(path) == "arrow":
-        for batch in _arrow_batches(path):
-            for start in range(0, batch.num_rows, batch_rows):
-                yield batch.slice(start, batch_rows)
-        return
     if table_kind(path) == "excel":
         yield from _excel_batches(path, batch_rows)
         return
-    if table_kind(path) == "json":   # no parse-time text columns: values are formatted as text when encoded
-        reader = _json_reader(path)
-        while True:
-            try:
-                batch = reader.read_next_batch()
-            except StopIteration:
-                return
-            except (pa.ArrowInvalid, OSError) as exc:
-                raise UserError(_json_message(path, exc)) from None
-            for start in range(0, batch.num_rows, batch_rows):
-                yield batch.slice(start, batch_rows)
-    reader, bad_rows = _csv_reader(path, list(string_columns))
+    if table_kind(path) == "arrow":
+        batches: Iterator[Any] = _arrow_batches(path)
+    elif table_kind(path) == "json":   # no parse-time text columns: values are formatted as text when encoded
+        batches = _stream(_json_reader(path), lambda exc: _json_message(path, exc))
+    else:                              # CSV blocks come in at the reader's block size
+        reader, bad_rows = _csv_reader(path, list(string_columns))
+        yield from _stream(reader, lambda exc: _csv_message(path, exc, bad_rows))
+        return
+    for batch in batches:
+        for start in range(0, batch.num_rows, batch_rows):
+            yield batch.slice(start, batch_rows)
+
+
+def _stream(reader: Any, message: Any) -> Iterator[Any]:
+    """The record batches of a pyarrow streaming reader; a read error becomes one UserError, `message(exc)`."""
+    import pyarrow as pa
+
     while True:
         try:
             batch = reader.read_next_batch()
         except StopIteration:
             return
         except (pa.ArrowInvalid, pa.ArrowTypeError, OSError, UnicodeDecodeError) as exc:
-            raise UserError(_csv_message(path, exc, bad_rows)) from None
+            raise UserError(message(exc)) from None
         yield batch
 
 
@@ -269,6 +269,10 @@ def _json_message(path: Path, exc: Exception) -> str:
     return f"{path} is not a readable JSON lines table ({text}) — write one JSON object per line"
 
 
+def _filled(cell: Any) -> bool:
+    return cell is not None and cell != ""
+
+
 def _excel_rows(path: Path) -> Iterator[tuple[int, tuple]]:
     """(sheet row number, cell values) of the first sheet's rows (cached results for formulas), header first; rows
     with no value are skipped. Streamed: openpyxl's read-only mode never holds the whole sheet."""
@@ -287,7 +291,7 @@ def _excel_rows(path: Path) -> Iterator[tuple[int, tuple]]:
             info(f"reading sheet '{sheet.title}' of {path.name}; its other sheets ({', '.join(book.sheetnames[1:])}) "
                  "are not read — save one as its own file to use it")
         for number, row in enumerate(sheet.iter_rows(values_only=True), start=1):
-            if any(v is not None and v != "" for v in row):
+            if any(map(_filled, row)):
                 yield number, row
     finally:
         book.close()
@@ -303,7 +307,7 @@ def _excel_batches(path: Path, batch_rows: int) -> Iterator[Any]:
     _, header = next(rows, (0, None))
     if header is None:
         raise UserError(f"{path}: the first sheet is empty — put a header row and data on it")
-    width = max(i + 1 for i, v in enumerate(header) if v is not None and v != "")
+    width = max(i + 1 for i, v in enumerate(header) if _filled(v))
     names = [str(v).strip() if v is not None else "" for v in header[:width]]
     if "" in names:
         raise UserError(f"{path}: the header has an empty cell in column {names.index('') + 1} — name every column")
@@ -329,7 +333,7 @@ def _excel_batches(path: Path, batch_rows: int) -> Iterator[Any]:
 
     chunk: list[tuple] = []
     for number, row in rows:
-        if any(v is not None and v != "" for v in row[width:]):
+        if any(map(_filled, row[width:])):
             raise UserError(f"{path}: row {number} has values right of the header's {width} column(s) "
                             f"({', '.join(names[:3])}{', …' if width > 3 else ''}) — the first non-empty row must be "
                             "the header (delete any title rows above it) and name every column")
@@ -380,7 +384,7 @@ def table_columns(path: Path) -> list[str]:
         return _check_names(path, _json_reader(path).schema.names)
     if table_kind(path) == "excel":
         _, header = next(_excel_rows(path), (0, ()))
-        return _check_names(path, [str(v).strip() for v in header if v is not None and v != ""])
+        return _check_names(path, [str(v).strip() for v in header if _filled(v)])
     if table_kind(path) == "parquet":
         import pyarrow.parquet as pq
 
