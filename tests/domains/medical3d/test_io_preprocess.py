@@ -117,7 +117,8 @@ def test_all_channels_preprocess_crop_and_inflate_the_encoder(tmp_path: Path) ->
     four = np.stack([base * 100, base * 3 + 50, base ** 2], -1)          # three contrasts, very different ranges
     _nii(tmp_path / "m.nii.gz", four, np.diag([-2.0, 2.0, 2.0, 1.0]))    # LAS: reoriented with its channels
     _nii(tmp_path / "m_lab.nii.gz", (base > 1.5).astype(np.uint8), np.diag([-2.0, 2.0, 2.0, 1.0]))
-    (vol,) = io.select_channels([io.Volume("m", tmp_path / "m.nii.gz", label=tmp_path / "m_lab.nii.gz")], "all", "finetune")
+    listed = [io.Volume("m", tmp_path / "m.nii.gz", label=tmp_path / "m_lab.nii.gz")]
+    (vol,) = io.select_channels(listed, "all", "finetune")
     cache = VolumeCache(tmp_path / "cache", Settings(modality="mri", spacing=None, crop_foreground=False))
     npy, meta = cache.get(vol)
     image = np.load(npy).astype(np.float32)

@@ -359,9 +359,9 @@ def select_channels(volumes: list[Volume], channel: int | str | None, command: s
         raise UserError(f"{command} reads one channel per volume (data.channel=all is for finetune) — pass --set "
                         "data.channel=split to use every channel as its own volume")
     if channel == "split" and command == "finetune":
-        raise UserError("finetune reads one channel of 4-D images, or all of them (data.channel=split is for pretrain "
-                        "and embed) — pass --set data.channel=all for all, or --set data.channel=N for one (e.g. 0 for "
-                        "FLAIR in the Decathlon's BrainTumour)")
+        raise UserError("finetune reads one channel of 4-D images, or all of them (data.channel=split is for "
+                        "pretrain and embed) — pass --set data.channel=all for all, or --set data.channel=N for one "
+                        "(e.g. 0 for FLAIR in the Decathlon's BrainTumour)")
     if channel is None:
         return volumes
     if channel != "split":
