@@ -224,7 +224,59 @@ def test_4d_multichannel_volumes_split_for_pretraining_one_or_all_channels_for_f
                  "--out", tmp_path / "ft_mixed")
     assert res.exit_code == 2 and "differ in their number of channels" in res.output
     res = invoke("pretrain", data / "img", "-r", "tiny", "--set", "data.channel=all", "--out", tmp_path / "no2")
-    assert res.exit_code == 2 and "data.channel=split" in res.output
+    assert res.exit_code == 2 and "differ in their number of channels" in res.output and not (tmp_path / "no2").exists()
+
+
+def three_contrast_volumes(out: Path, n: int = 3) -> Path:
+    """n labelled 4-D images (X, Y, Z, 3): three contrasts of one anatomy per file, 3-D labels."""
+    from tests.domains.medical3d.conftest import write_volumes
+
+    data = write_volumes(out, n=n)
+    for f in sorted((data / "img").glob("*.nii.gz")):
+        img = nib.load(f)
+        x = np.asarray(img.dataobj, np.float32)
+        nib.save(nib.Nifti1Image(np.stack([x, 1.0 - x, x ** 2], -1), img.affine), f)
+    return data
+
+
+@pytest.mark.parametrize("recipe", ["tiny", "tiny-swin"])
+def test_pretraining_on_all_channels_gives_a_multichannel_encoder_that_finetune_takes_as_is(tmp_path: Path,
+                                                                                            recipe: str) -> None:
+    data = three_contrast_volumes(tmp_path / "d")
+    run = tmp_path / "run"
+    res = invoke("pretrain", data / "img", "-r", recipe, "--set", "data.channel=all", "--set", "train.steps=2",
+                 "--out", run)
+    assert res.exit_code == 0, res.output
+    assert json.loads((run / "manifest.json").read_text())["medical3d"]["volumes"] == 3      # one per file
+    encoder = sslkit.load_encoder(run)
+    assert encoder.sslkit_config["kwargs"]["in_channels"] == 3
+    with torch.no_grad():
+        assert encoder(torch.rand(1, 3, 32, 32, 32)).shape[0] == 1
+    res = invoke("embed", run, data / "img", "--out", tmp_path / "e.parquet", "--grid-dir", tmp_path / "g")
+    assert res.exit_code == 0, res.output
+    from sslkit.core.embeddings import read_embeddings
+
+    ids, vecs = read_embeddings(tmp_path / "e.parquet")
+    assert ids == ["v0.nii.gz", "v1.nii.gz", "v2.nii.gz"] and np.isfinite(vecs).all()
+    if recipe != "tiny":
+        return
+    # finetune follows the run's data.channel=all; with the encoder frozen its 3-channel stem stays the pretrained one
+    res = invoke("finetune", run, data / "img", data / "lab", "--train", "2", "--set", "finetune.steps=2",
+                 "--set", "finetune.encoder_lr_mult=0", "--out", tmp_path / "ft")
+    assert res.exit_code == 0, res.output
+    stem = torch.load(tmp_path / "ft" / "checkpoints" / "last.pt", weights_only=True)["model"][
+        "model.encoder.stages.0.0.0.weight"]
+    assert stem.shape[1] == 3 and torch.equal(stem, encoder.stages[0][0][0].weight)
+    one = invoke("finetune", run, data / "img", data / "lab", "--set", "data.channel=0", "--out", tmp_path / "ft1")
+    assert one.exit_code == 2 and "pretrained on 3 input channels" in one.output and not (tmp_path / "ft1").exists()
+    single = tmp_path / "single"
+    write_single = three_contrast_volumes(single, n=1)
+    img = nib.load(write_single / "img" / "v0.nii.gz")
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[..., 0], img.affine), write_single / "img" / "v0.nii.gz")
+    res = invoke("embed", run, write_single / "img", "--out", tmp_path / "e1.parquet")
+    assert res.exit_code == 2 and "pretrained on 3-channel images" in res.output and not (tmp_path / "e1.parquet").exists()
+    res = invoke("pretrain", write_single / "img", "-r", recipe, "--set", "data.channel=all", "--resume", "--out", run)
+    assert res.exit_code == 2 and "3-channel images and these have 1" in res.output
 
 
 def test_bad_inputs_are_one_line_exit_2(tiny_run: Path, volumes: Path, tmp_path: Path) -> None:

@@ -137,7 +137,7 @@ def test_all_channels_preprocess_crop_and_inflate_the_encoder(tmp_path: Path) ->
     before = enc(x)
     assert inflate_input(enc, 3) == 3
     torch.testing.assert_close(enc(x.repeat(1, 3, 1, 1, 1)), before, rtol=1e-4, atol=1e-5)
-    with pytest.raises(UserError, match="takes 3 input channels and the images have 2"):
+    with pytest.raises(UserError, match="pretrained on 3 input channels and the images have 2"):
         inflate_input(enc, 2)
 
 

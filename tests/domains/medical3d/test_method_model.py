@@ -84,6 +84,54 @@ def test_alice_reconstruction_counts_masked_voxels_only() -> None:
     assert float(metrics["recon"]) == 0.0                              # nothing masked: nothing to reconstruct
 
 
+def test_voxel_shuffle_head_lays_each_channel_out_in_its_own_cells() -> None:
+    from sslkit.domains.medical3d.method import VoxelShuffleHead
+
+    for c in (1, 3):
+        head = VoxelShuffleHead(4, 2, channels=c)
+        torch.nn.init.zeros_(head.proj.weight)
+        with torch.no_grad():
+            head.proj.bias.copy_(torch.arange(c * 8.0))
+        out = head(torch.zeros(1, 4, 1, 1, 1))
+        k, i, j, l_ = np.meshgrid(*(np.arange(n) for n in (c, 2, 2, 2)), indexing="ij")
+        assert out.shape == (1, c, 2, 2, 2)           # proj channel k·s³ + i·s² + j·s + l -> voxel (i, j, l) of channel k
+        assert np.array_equal(out[0].detach().numpy(), (k * 8 + i * 4 + j * 2 + l_).astype(np.float32))
+
+
+def test_alice_and_swin_ssl_on_three_channels_reconstruct_every_channel() -> None:
+    from sslkit.domains.medical3d.transforms import inpainting_cutout
+
+    torch.manual_seed(0)
+    m = Alice(_tiny("tiny", **{"model.in_channels": 3}))
+    x = torch.rand(2, 3, 32, 32, 32)
+    assert m.recon(m.encoder.pyramid(x)[-1]).shape == (2, 3, 32, 32, 32)
+    loss, metrics = m({"query": x, "anchor": torch.rand(2, 3, 32, 32, 32)})
+    loss.backward()
+    assert torch.isfinite(loss) and m.encoder.stages[0][0][0].weight.grad.shape[1] == 3
+    # the reconstruction error is a mean over channels: three copies of one channel score as that channel alone
+    one = Alice(_tiny("tiny"))
+    three = Alice(_tiny("tiny", **{"model.in_channels": 3}))
+    one.load_state_dict({k: v[:, :1] if v.dim() == 5 and v.shape[1] == 3 else v
+                         for k, v in three.state_dict().items() if not k.startswith("recon.")}, strict=False)
+    with torch.no_grad():
+        three.recon.proj.weight.copy_(one.recon.proj.weight.repeat(3, 1, 1, 1, 1))
+        three.recon.proj.bias.copy_(one.recon.proj.bias.repeat(3))
+        w = three.encoder.stages[0][0][0].weight
+        w.copy_(one.encoder.stages[0][0][0].weight.repeat(1, 3, 1, 1, 1) / 3)
+    y = torch.rand(1, 1, 32, 32, 32)
+    torch.manual_seed(1)
+    r1 = one({"query": y, "anchor": y})[1]["recon"]
+    torch.manual_seed(1)
+    r3 = three({"query": y.repeat(1, 3, 1, 1, 1), "anchor": y.repeat(1, 3, 1, 1, 1)})[1]["recon"]
+    assert torch.allclose(r1, r3, rtol=1e-4)
+    s = SwinSSL(_tiny("tiny-swin", **{"model.in_channels": 3}))
+    loss, _ = s({"image": torch.rand(2, 3, 32, 32, 32)})
+    assert torch.isfinite(loss)
+    x = -torch.arange(1.0, 5.0).view(4, 1, 1, 1, 1).expand(4, 3, 32, 32, 32)   # noise lies in [0, 1]
+    changed = inpainting_cutout(x) != x                                           # noise and pasted boxes
+    assert changed.any() and torch.equal(changed[:, 0], changed[:, 1]) and torch.equal(changed[:, 0], changed[:, 2])
+
+
 def test_patch_norm_reconstruction_target_standardises_each_masked_cell() -> None:
     from sslkit.domains.medical3d.transforms import cell_normalise
 

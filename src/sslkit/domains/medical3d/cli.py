@@ -62,11 +62,12 @@ def pretrain(data: DataArgs, recipe: RecipeOpt = "alice", modality: ModalityOpt 
     maybe_relaunch(devices)
     from sslkit.core import distributed
     from sslkit.core.console import info
+    from sslkit.core.errors import UserError
     from sslkit.core.export import export_encoder
     from sslkit.core.loop import fit, seed_everything
     from sslkit.core.runs import Run
     from sslkit.domains.medical3d.datasets import CrossVolumePairs, RandomCrops
-    from sslkit.domains.medical3d.finetune import cache_for
+    from sslkit.domains.medical3d.finetune import cache_for, input_channels
     from sslkit.domains.medical3d.io import UNLABELLED_SECTIONS, find_volumes, select_channels
     from sslkit.domains.medical3d.method import build_method
 
@@ -76,6 +77,11 @@ def pretrain(data: DataArgs, recipe: RecipeOpt = "alice", modality: ModalityOpt 
     distributed.init_distributed(distributed.select_device(cfg.train.device))
     cache = cache_for(cfg.data)
     entries, skipped = _prepare_all_ranks(volumes, cache, cfg.data.strict)
+    channels = input_channels(entries)
+    if resume and channels != cfg.model.in_channels:
+        raise UserError(f"the run was pretrained on {cfg.model.in_channels}-channel images and these have {channels} "
+                        "— resume with the same data and data.channel")
+    cfg.model.in_channels = channels          # several with data.channel=all: the encoder reads them all
     seed_everything(cfg.train.seed)
     method = build_method(cfg)
     run = Run.open(out, domain="medical3d", recipe=cfg, data_paths=list(data), overwrite=overwrite, resume=resume)
@@ -109,8 +115,9 @@ def embed(run: RunArg, data: DataArgs, out: Annotated[Path, typer.Option("--out"
     from sslkit.core.errors import UserError
     from sslkit.core.export import load_encoder
     from sslkit.core.runs import Run
-    from sslkit.domains.medical3d.finetune import cache_for
+    from sslkit.domains.medical3d.finetune import cache_for, input_channels
     from sslkit.domains.medical3d.io import UNLABELLED_SECTIONS, find_volumes, select_channels, volume_stem
+    from sslkit.domains.medical3d.model import input_conv
     from sslkit.domains.medical3d.preprocess import prepare
     from sslkit.domains.medical3d.recipe import Medical3DRecipe
 
@@ -121,9 +128,13 @@ def embed(run: RunArg, data: DataArgs, out: Annotated[Path, typer.Option("--out"
     cache = cache_for(cfg.data)
     volumes = select_channels(find_volumes(data, UNLABELLED_SECTIONS), cfg.data.channel, "embed")
     entries, skipped = prepare(volumes, cache, strict)
+    if (channels := input_channels(entries)) != (wanted := input_conv(encoder).in_channels):
+        raise UserError(f"{run} was pretrained on {wanted}-channel images and these have {channels} — give images "
+                        f"with {wanted} channels")
     ids, vectors = [], []
     for npy, meta in entries:
-        image = torch.from_numpy(np.load(npy).astype(np.float32))[None, None]
+        image = torch.from_numpy(np.load(npy).astype(np.float32))
+        image = image[None] if image.dim() == 4 else image[None, None]
         vec, grid = _embed(encoder, image, cfg.data.roi)
         ids.append(meta["id"])
         vectors.append(vec)

@@ -32,18 +32,23 @@ class _Cached(Dataset):
         return {**self.__dict__, "_arrays": {}}
 
 
+def channels_first(crop: np.ndarray) -> torch.Tensor:
+    """A (R, R, R) crop as (1, R, R, R); a (C, R, R, R) crop of a several-channel volume as it is."""
+    return torch.from_numpy(crop if crop.ndim == 4 else crop[None])
+
+
 class RandomCrops(_Cached):
-    """Item -> {"image": (1, R, R, R)} random crop of volume `i // samples_per_volume` (SwinUNETR-SSL)."""
+    """Item -> {"image": (C, R, R, R)} random crop of volume `i // samples_per_volume` (SwinUNETR-SSL)."""
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         v = i // self.spv
         rng = np.random.default_rng(np.random.randint(0, 2**31))
         vol = self.volume(v)
-        return {"image": torch.from_numpy(crop(vol, random_center(vol.shape, self.roi, rng), self.roi))[None]}
+        return {"image": channels_first(crop(vol, random_center(vol.shape[-3:], self.roi, rng), self.roi))}
 
 
 class CrossVolumePairs(_Cached):
-    """Item -> {"query", "anchor"}: (1, R, R, R) crops at matching anatomical positions of two *different* volumes.
+    """Item -> {"query", "anchor"}: (C, R, R, R) crops at matching anatomical positions of two *different* volumes.
 
     The partner volume is drawn at random among the others (the same volume only when there is one).
     """
@@ -60,11 +65,11 @@ class CrossVolumePairs(_Cached):
         ca, cb = matched_centers(self.metas[a], self.metas[b], rng, self.jitter, self.roi)
         q = crop(self.volume(a), ca, self.roi)
         k = crop(self.volume(b), cb, self.roi)
-        return {"query": torch.from_numpy(q)[None], "anchor": torch.from_numpy(k)[None]}
+        return {"query": channels_first(q), "anchor": channels_first(k)}
 
 
 class LabelledCrops(_Cached):
-    """Item -> {"image": (1, R, R, R), "label": (R, R, R) int64} for fine-tuning.
+    """Item -> {"image": (C, R, R, R), "label": (R, R, R) int64} for fine-tuning.
 
     Half of the crops are centred on a labelled (non-zero) voxel, half anywhere; `region` limits
     crops to a slab of X (used to hold out the other half of a single labelled volume); `lut` maps label
@@ -113,5 +118,4 @@ class LabelledCrops(_Cached):
             label[(xs < x0) | (xs >= x1)] = -1
         if self.augment:
             image, label = flip_and_shift(image, label, rng)
-        image = image if image.ndim == 4 else image[None]       # (C, R, R, R): several channels already have theirs
-        return {"image": torch.from_numpy(image), "label": torch.from_numpy(label.astype(np.int64))}
+        return {"image": channels_first(image), "label": torch.from_numpy(label.astype(np.int64))}

@@ -157,23 +157,23 @@ def run_finetune(cfg: Medical3DRecipe, pretrained: Path | None, pairs: list[Volu
     classes, lut = len(values), value_lut(values)
     names = class_names(data_paths[1], values) if len(data_paths) > 1 else [f"class {v}" for v in values[1:]]
     train_e, eval_e, train_regions, eval_regions = split(entries, n_train, ft.label_fraction)
-    rec = FinetuneRecipe(pretrained=str(pretrained) if pretrained else None, data=cfg.data, model=cfg.model,
+    model = cfg.model.model_copy(update={"in_channels": channels})
+    rec = FinetuneRecipe(pretrained=str(pretrained) if pretrained else None, data=cfg.data, model=model,
                          finetune=ft, classes=classes, label_values=values if lut is not None else None,
                          train=finetune_train_config(cfg.train, ft))
-    run = Run.open(out, domain="medical3d", recipe=rec, data_paths=data_paths, overwrite=overwrite)
-    run.update_manifest(medical3d={"volumes": len(entries), "skipped": skipped, "cache": str(cache.root),
-                                   "train": [m["id"] for _, m in train_e], "held_out": [m["id"] for _, m in eval_e]})
     seed_everything(ft.seed)
     if pretrained is not None:
         encoder = load_encoder(pretrained).train()
         spec = {k: encoder.sslkit_config[k] for k in ("domain", "kind", "kwargs")}
     else:
-        encoder, spec = build_encoder(cfg.model)
+        encoder, spec = build_encoder(model)
     if ft.roi % encoder.stride:
         raise UserError(f"finetune.roi={ft.roi} must be a multiple of the encoder stride {encoder.stride}")
-    if channels > 1:   # a 1-channel encoder (pretrained on split channels) widened to the images' channels
-        inflate_input(encoder, channels)
+    if inflate_input(encoder, channels) > 1:   # a 1-channel encoder (pretrained on split channels) is widened
         spec = {**spec, "kwargs": {**spec["kwargs"], "in_channels": channels}}
+    run = Run.open(out, domain="medical3d", recipe=rec, data_paths=data_paths, overwrite=overwrite)
+    run.update_manifest(medical3d={"volumes": len(entries), "skipped": skipped, "cache": str(cache.root),
+                                   "train": [m["id"] for _, m in train_e], "held_out": [m["id"] for _, m in eval_e]})
     segmenter = Segmenter(encoder, classes, ft.decoder_channels, channels)
     if pretrained is not None and ft.transfer_decoder and cfg.alice.recon_decoder == "unet":
         moved = load_decoder(segmenter.decoder, Run.load(pretrained).checkpoint_path)

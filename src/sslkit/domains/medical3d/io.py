@@ -235,7 +235,7 @@ def _check_array(arr: np.ndarray, where: str, channel: int | None = None) -> np.
     if arr.ndim == 4 and channel != ALL_CHANNELS:
         raise UserError(f"{where} is 4-D {arr.shape} ({arr.shape[3]} channels or time points) — pass --set "
                         "data.channel=N to read channel N, --set data.channel=split (pretrain, embed) to read each "
-                        "channel as its own volume, or --set data.channel=all (finetune) to segment from all of them")
+                        "channel as its own volume, or --set data.channel=all to read all of them as the input's channels")
     if arr.ndim not in (3, 4) or min(arr.shape[:3]) < 2:
         raise UserError(f"{where} has shape {arr.shape}, not a 3-D volume — medical3d needs 3-D volumes "
                         "(2-D images and single slices are not supported)")
@@ -354,10 +354,7 @@ def select_channels(volumes: list[Volume], channel: int | str | None, command: s
     """`data.channel` applied to the volumes `command` listed: N reads channel N of every 4-D volume (3-D ones are
     read as they are); "split" lists every channel of a 4-D NIfTI/MGH file as its own volume, id `name#cK` (the
     Decathlon's BrainTumour: FLAIR, T1w, T1gd, T2w), for pretrain and embed; "all" reads every channel, stacked
-    (X, Y, Z, C), for finetune; None leaves 4-D files to be refused when read."""
-    if channel == "all" and command != "finetune":
-        raise UserError(f"{command} reads one channel per volume (data.channel=all is for finetune) — pass --set "
-                        "data.channel=split to use every channel as its own volume")
+    (X, Y, Z, C), as the encoder's input channels; None leaves 4-D files to be refused when read."""
     if channel == "split" and command == "finetune":
         raise UserError("finetune reads one channel of 4-D images, or all of them (data.channel=split is for "
                         "pretrain and embed) — pass --set data.channel=all for all, or --set data.channel=N for one "

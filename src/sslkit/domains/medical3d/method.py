@@ -31,11 +31,12 @@ RECIPE_SCHEMA = Medical3DRecipe
 
 def build_encoder(model: ModelConfig) -> tuple[nn.Module, dict]:
     """(encoder, export spec) from the recipe's model section."""
+    channels = {"in_channels": model.in_channels} if model.in_channels > 1 else {}
     if model.encoder == "swin":
         kw = {"feature_size": model.feature_size, "depths": model.depths, "num_heads": model.num_heads,
-              "window_size": model.window_size}
+              "window_size": model.window_size, **channels}
         return SwinEncoder3d(**kw), encoder_spec("medical3d", "swin", **kw)
-    kw = {"widths": SIZES[model.size], "blocks": model.blocks}
+    kw = {"widths": SIZES[model.size], "blocks": model.blocks, **channels}
     return ConvEncoder3d(**kw), encoder_spec("medical3d", "conv3d", **kw)
 
 
@@ -45,18 +46,18 @@ def tokens(fmap: Tensor) -> Tensor:
 
 
 class VoxelShuffleHead(nn.Module):
-    """SimMIM-style linear decoder: (B, C, x, y, z) at stride s -> (B, 1, x·s, y·s, z·s)."""
+    """SimMIM-style linear decoder: (B, D, x, y, z) at stride s -> (B, channels, x·s, y·s, z·s)."""
 
-    def __init__(self, in_dim: int, stride: int) -> None:
+    def __init__(self, in_dim: int, stride: int, channels: int = 1) -> None:
         super().__init__()
-        self.s = stride
-        self.proj = nn.Conv3d(in_dim, stride ** 3, 1)
+        self.s, self.c = stride, channels
+        self.proj = nn.Conv3d(in_dim, channels * stride ** 3, 1)
 
     def forward(self, f: Tensor) -> Tensor:
         b, _, x, y, z = f.shape
-        s = self.s
-        v = self.proj(f).view(b, s, s, s, x, y, z).permute(0, 4, 1, 5, 2, 6, 3)
-        return v.reshape(b, 1, x * s, y * s, z * s)
+        s, c = self.s, self.c
+        v = self.proj(f).view(b, c, s, s, s, x, y, z).permute(0, 1, 5, 2, 6, 3, 7, 4)
+        return v.reshape(b, c, x * s, y * s, z * s)
 
 
 class CASA(nn.Module):
@@ -76,7 +77,7 @@ class CASA(nn.Module):
 
 
 class Alice(nn.Module):
-    """forward({"query", "anchor"}: (B, 1, R, R, R)) -> (loss, metrics)."""
+    """forward({"query", "anchor"}: (B, C, R, R, R)) -> (loss, metrics); C = model.in_channels, masked alike."""
 
     loss_terms = ("global", "patch", "recon")
 
@@ -95,10 +96,11 @@ class Alice(nn.Module):
         self.global_head = DINOHead(c, a.out_dim, a.head_hidden, a.head_bottleneck)
         self.patch_head = DINOHead(c, a.patch_out_dim, a.head_hidden, a.head_bottleneck)
         self.casa = CASA(c, a.casa_heads)
+        ch = recipe.model.in_channels
         if a.recon_decoder == "unet":
-            self.recon: nn.Module = UNetDecoder(self.encoder.channels, 1, recipe.finetune.decoder_channels)
+            self.recon: nn.Module = UNetDecoder(self.encoder.channels, ch, recipe.finetune.decoder_channels, ch)
         else:
-            self.recon = VoxelShuffleHead(c, self.encoder.stride)
+            self.recon = VoxelShuffleHead(c, self.encoder.stride, ch)
         self.mask_token = nn.Parameter(torch.zeros(1))
         self.teacher = nn.ModuleDict({k: make_target(getattr(self, k)) for k in ("encoder", "global_head", "patch_head", "casa")})
         kw = {"student_temp": a.student_temp, "teacher_temp": a.teacher_temp, "warmup_teacher_temp": a.warmup_teacher_temp,
@@ -113,7 +115,7 @@ class Alice(nn.Module):
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         q, k = batch["query"], batch["anchor"]
         b, a = q.shape[0], self.cfg
-        views = torch.cat([q, k])                                                  # (2B, 1, R, R, R)
+        views = torch.cat([q, k])                                                  # (2B, C, R, R, R)
         mask = column_mask(2 * b, self.roi, a.mask_patch, a.mask_ratio, a.mask_columns, q.device)
         masked = views * (1 - mask) + self.mask_token * mask
         pyramid = self.encoder.pyramid(masked)
@@ -142,8 +144,8 @@ class Alice(nn.Module):
         else:
             rec = self.recon(fs).float()
         target = views.float() if a.recon_target == "raw" else cell_normalise(views.float(), a.mask_patch)
-        err = (rec - target) ** 2 * mask
-        l_rec = err.sum() / mask.sum().clamp_min(1.0)
+        err = (rec - target) ** 2 * mask                                          # the same voxels in every channel
+        l_rec = err.sum() / (mask.sum() * views.shape[1]).clamp_min(1.0)
         loss = a.global_weight * l_global + a.patch_weight * l_patch + a.recon_weight * l_rec
         tp = torch.cat(self.global_loss.last_targets)      # the centred, sharpened targets the student saw
         ent = -(tp * tp.clamp_min(1e-12).log()).sum(-1).mean()
@@ -162,7 +164,7 @@ class Alice(nn.Module):
 
 
 class SwinSSL(nn.Module):
-    """forward({"image": (B, 1, R, R, R)}) -> (loss, metrics); rotation + contrastive + inpainting heads."""
+    """forward({"image": (B, C, R, R, R)}) -> (loss, metrics); rotation + contrastive + inpainting heads."""
 
     loss_terms = ("rot", "contrast", "recon")
 
@@ -178,7 +180,7 @@ class SwinSSL(nn.Module):
         c = self.encoder.out_dim
         self.rotation_head = nn.Linear(c, 4)
         self.contrastive_head = nn.Linear(c, self.cfg.contrast_dim)
-        self.recon = _ConvDecoder(c, self.encoder.stride)
+        self.recon = _ConvDecoder(c, self.encoder.stride, recipe.model.in_channels)
 
     def encoder_spec(self) -> dict:
         return self.spec
@@ -206,9 +208,9 @@ class SwinSSL(nn.Module):
 
 
 class _ConvDecoder(nn.Module):
-    """SwinUNETR-SSL reconstruction decoder: conv + trilinear ×2 stages back to the input size -> (B, 1, ...)."""
+    """SwinUNETR-SSL reconstruction decoder: conv + trilinear ×2 stages back to the input size -> (B, channels, ...)."""
 
-    def __init__(self, c: int, stride: int) -> None:
+    def __init__(self, c: int, stride: int, channels: int = 1) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         while stride > 1:
@@ -216,7 +218,7 @@ class _ConvDecoder(nn.Module):
             layers += [nn.Conv3d(c, out, 3, padding=1), _norm(out), nn.LeakyReLU(),
                        nn.Upsample(scale_factor=2, mode="trilinear", align_corners=False)]
             c, stride = out, stride // 2
-        layers.append(nn.Conv3d(c, 1, 1))
+        layers.append(nn.Conv3d(c, channels, 1))
         self.net = nn.Sequential(*layers)
 
     def forward(self, f: Tensor) -> Tensor:

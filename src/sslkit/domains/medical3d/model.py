@@ -120,11 +120,16 @@ def swin_encoder(feature_size: int = 48, depths: list[int] | None = None, num_he
 ENCODERS: dict[str, Callable[..., nn.Module]] = {"conv3d": conv_encoder, "swin": swin_encoder}
 
 
+def input_conv(encoder: nn.Module) -> nn.Conv3d:
+    """The convolution that reads the image (conv3d: the first downsampling; swin: the patch embedding)."""
+    return next(m for m in encoder.modules() if isinstance(m, nn.Conv3d))
+
+
 @torch.no_grad()
 def embed_volume(encoder: nn.Module, image: Tensor, roi: int) -> tuple[Tensor, Tensor]:
     """One vector per volume: the encoder's deepest map over ROI tiles, stitched into a grid, then averaged.
 
-    image (1, 1, X, Y, Z) -> (vector (D,), per-patch grid (D, ceil(X/roi)·roi/s, ...) at encoder stride s).
+    image (1, C, X, Y, Z) -> (vector (D,), per-patch grid (D, ceil(X/roi)·roi/s, ...) at encoder stride s).
     The volume is zero-padded to whole tiles; each tile is encoded on its own.
     """
     pads = [(-n) % roi for n in image.shape[2:]]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Literal, Optional, Union
 
-from pydantic import Field, NonNegativeInt
+from pydantic import Field, NonNegativeInt, PositiveInt
 
 from sslkit.core.recipes import Recipe, Section, TrainConfig
 
@@ -22,8 +22,8 @@ class DataConfig(Section):
     pair_jitter: float = 0.05                                         # Alice: match jitter, fraction of roi
     cache_dir: Optional[str] = None                                   # default $SSLKIT_CACHE_DIR or ~/.cache/sslkit
     strict: bool = False                                              # true: a bad file stops the run
-    # 4-D files: channel N; "split": each channel its own volume (pretrain, embed); "all": every channel as the
-    # input (finetune); null: refused
+    # 4-D files: channel N; "split": each channel its own volume (pretrain, embed); "all": every channel at once,
+    # the encoder's input channels; null: refused
     channel: Union[NonNegativeInt, Literal["split", "all"], None] = None
 
 
@@ -35,6 +35,7 @@ class ModelConfig(Section):
     depths: list[int] = Field(default_factory=lambda: [2, 2, 2, 2])
     num_heads: list[int] = Field(default_factory=lambda: [3, 6, 12, 24])
     window_size: int = 7
+    in_channels: PositiveInt = 1      # the images' channels: pretrain sets it from the data (data.channel=all)
 
 
 class AliceConfig(Section):

@@ -48,14 +48,16 @@ class Segmenter(nn.Module):
 def inflate_input(encoder: nn.Module, channels: int) -> int:
     """Widen the encoder's first convolution from 1 to `channels` input channels, each starting from the 1-channel
     weights divided by `channels` (so equal channels give the pretrained response). Returns its new in_channels."""
-    first = next(m for m in encoder.modules() if isinstance(m, nn.Conv3d))
+    from sslkit.domains.medical3d.model import input_conv
+
+    first = input_conv(encoder)
     if channels == first.in_channels:
         return channels
     if first.in_channels != 1:
         from sslkit.core.errors import UserError
 
-        raise UserError(f"the encoder takes {first.in_channels} input channels and the images have {channels} — give "
-                        f"images with {first.in_channels} channels")
+        raise UserError(f"the encoder was pretrained on {first.in_channels} input channels and the images have "
+                        f"{channels} — give images with {first.in_channels} channels (with data.channel=all)")
     with torch.no_grad():
         first.weight = nn.Parameter(first.weight.repeat(1, channels, 1, 1, 1) / channels)
     first.in_channels = channels

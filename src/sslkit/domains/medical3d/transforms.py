@@ -1,6 +1,7 @@
 """Crops, anatomically matched cross-volume pairs, masks, rotations and inpainting cutout.
 
-Arrays are (X, Y, Z) in RAS after preprocessing; batched tensors are (B, 1, X, Y, Z).
+Arrays are (X, Y, Z) — (C, X, Y, Z) with several channels — in RAS after preprocessing; batched tensors are
+(B, C, X, Y, Z).
 """
 from __future__ import annotations
 
@@ -99,15 +100,16 @@ def cell_normalise(x: Tensor, patch: int, eps: float = 1e-6) -> Tensor:
 
 
 def rotate(x: Tensor) -> tuple[Tensor, Tensor]:
-    """Rotate each crop (B, 1, X, Y, Z) by k·90° in the X-Y plane, k uniform in 0..3; returns (rotated, k)."""
+    """Rotate each crop (B, C, X, Y, Z) by k·90° in the X-Y plane, k uniform in 0..3; returns (rotated, k)."""
     k = torch.randint(0, 4, (x.shape[0],), device=x.device)
     out = torch.stack([torch.rot90(x[i], int(k[i]), dims=(1, 2)) for i in range(x.shape[0])])
     return out, k
 
 
 def inpainting_cutout(x: Tensor, max_frac: float = 0.3, max_side: float = 0.25) -> Tensor:
-    """SwinUNETR-SSL cutout on (B, 1, X, Y, Z): boxes of min-max-normalised noise cover U(0, max_frac) of the
-    voxels (each side ≤ max_side of the crop), then boxes copied from another sample of the batch are pasted."""
+    """SwinUNETR-SSL cutout on (B, C, X, Y, Z): boxes of min-max-normalised noise cover U(0, max_frac) of the
+    voxels (each side ≤ max_side of the crop), then boxes copied from another sample of the batch are pasted;
+    a box covers every channel."""
     out = x.clone()
     b, _, *size = x.shape
     for i in range(b):
@@ -115,16 +117,16 @@ def inpainting_cutout(x: Tensor, max_frac: float = 0.3, max_side: float = 0.25) 
         covered = torch.zeros(size, dtype=torch.bool, device=x.device)
         tries = 0
         while covered.float().mean() < target and tries < 50:
-            sl = _random_box(size, max_side)
-            noise = torch.randn(out[i, 0][sl].shape, device=x.device)
+            sl = (slice(None), *_random_box(size, max_side))
+            noise = torch.randn(out[i][sl].shape, device=x.device)
             noise = (noise - noise.min()) / (noise.max() - noise.min() + 1e-6)
-            out[i, 0][sl] = noise
-            covered[sl] = True
+            out[i][sl] = noise
+            covered[sl[1:]] = True
             tries += 1
         if b > 1:
             other = (i + 1 + int(torch.randint(0, b - 1, ()))) % b
-            sl = _random_box(size, max_side)
-            out[i, 0][sl] = x[other, 0][sl]
+            sl = (slice(None), *_random_box(size, max_side))
+            out[i][sl] = x[other][sl]
     return out
 
 
