@@ -107,6 +107,22 @@ def test_finetune_writes_dice_and_predictions_on_input_grid(tiny_run: Path, tmp_
     scratch = invoke("finetune", tiny_run, data / "img", data / "lab", "--from-scratch", "--out", tmp_path / "ft",
                      "--set", "finetune.steps=1")
     assert scratch.exit_code == 2 and "already exists" in scratch.output  # never overwrites without --overwrite
+    # predict: the fine-tuned network on new scans gives the held-out prediction finetune wrote, voxel for voxel
+    res = invoke("predict", tmp_path / "ft", data / "img" / "v2.nii.gz", data / "img" / "v0.nii.gz",
+                 "--out", tmp_path / "pred")
+    assert res.exit_code == 0, res.output
+    again = nib.load(tmp_path / "pred" / "v2.nii.gz")
+    assert np.array_equal(np.asarray(again.dataobj), np.asarray(pred.dataobj)) and np.allclose(again.affine, src.affine)
+    summary = json.loads((tmp_path / "pred" / "volumes.json").read_text())
+    assert list(summary["volumes"]) == ["v2.nii.gz", "v0.nii.gz"]
+    row = summary["volumes"]["v2.nii.gz"]
+    spheres = int((np.asarray(pred.dataobj) == 1).sum())
+    assert row["voxels"]["sphere"] == spheres and row["ml"]["sphere"] == pytest.approx(spheres * 1.5 * 1.5 * 2 / 1000)
+    assert "predicted volume (mL)" in res.output
+    refused = invoke("predict", tmp_path / "ft", data / "img", "--out", tmp_path / "pred")
+    assert refused.exit_code == 2 and "not empty" in refused.output
+    refused = invoke("predict", tiny_run, data / "img", "--out", tmp_path / "pred2")
+    assert refused.exit_code == 2 and "pretraining run" in refused.output and not (tmp_path / "pred2").exists()
 
 
 def test_finetune_maps_sparse_label_values_and_writes_them_back(tiny_run: Path, tmp_path: Path) -> None:
@@ -267,6 +283,9 @@ def test_pretraining_on_all_channels_gives_a_multichannel_encoder_that_finetune_
     stem = torch.load(tmp_path / "ft" / "checkpoints" / "last.pt", weights_only=True)["model"][
         "model.encoder.stages.0.0.0.weight"]
     assert stem.shape[1] == 3 and torch.equal(stem, encoder.stages[0][0][0].weight)
+    res = invoke("predict", tmp_path / "ft", data / "img", "--out", tmp_path / "p")     # follows data.channel=all
+    assert res.exit_code == 0, res.output
+    assert nib.load(tmp_path / "p" / "v1.nii.gz").shape == (32, 32, 32)
     one = invoke("finetune", run, data / "img", data / "lab", "--set", "data.channel=0", "--out", tmp_path / "ft1")
     assert one.exit_code == 2 and "pretrained on 3 input channels" in one.output and not (tmp_path / "ft1").exists()
     single = tmp_path / "single"
@@ -275,6 +294,9 @@ def test_pretraining_on_all_channels_gives_a_multichannel_encoder_that_finetune_
     nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[..., 0], img.affine), write_single / "img" / "v0.nii.gz")
     res = invoke("embed", run, write_single / "img", "--out", tmp_path / "e1.parquet")
     assert res.exit_code == 2 and "pretrained on 3-channel images" in res.output and not (tmp_path / "e1.parquet").exists()
+    res = invoke("predict", tmp_path / "ft", write_single / "img", "--out", tmp_path / "p1")
+    assert res.exit_code == 2 and "segments 3-channel images and these have 1" in res.output
+    assert not (tmp_path / "p1").exists()
     res = invoke("pretrain", write_single / "img", "-r", recipe, "--set", "data.channel=all", "--resume", "--out", run)
     assert res.exit_code == 2 and "3-channel images and these have 1" in res.output
 

@@ -1,4 +1,4 @@
-"""`sslkit medical3d ...`: pretrain (Alice / SwinUNETR-SSL), embed, finetune, export, sample-data."""
+"""`sslkit medical3d ...`: pretrain (Alice / SwinUNETR-SSL), embed, finetune, predict, export, sample-data."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -184,6 +184,24 @@ def finetune(run: RunArg, images: Annotated[Path, typer.Argument(help="Image fol
     result = run_finetune(cfg, None if from_scratch else base.dir, pairs, train, out, overwrite, strict, [images, labels])
     if result:
         typer.echo(f"{result['mean_dice']:.4f}")
+
+
+@app.command()
+def predict(run: Annotated[Path, typer.Argument(help="A run folder written by `medical3d finetune`.")],
+            images: DataArgs,
+            out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the label maps (NIfTI) and volumes.json.")],
+            device: Annotated[str, typer.Option("--device", help="auto (CUDA, else MPS, else CPU), cpu, cuda, "
+                                                "cuda:N.")] = "auto",
+            overwrite: OverwriteOpt = False, strict: StrictOpt = False) -> None:
+    """Segment new volumes with a fine-tuned network: label maps on each input's grid, class volumes in mL."""
+    from sslkit.core.runs import Run
+    from sslkit.domains.medical3d.finetune import run_predict
+    from sslkit.domains.medical3d.io import UNLABELLED_SECTIONS, find_volumes, select_channels
+
+    channel = Run.load(run, "medical3d").recipe_dict.get("data", {}).get("channel")
+    volumes = select_channels(find_volumes(images, UNLABELLED_SECTIONS), channel, "finetune")
+    run_predict(run, volumes, out, overwrite, strict, device)
+    typer.echo(str(out))
 
 
 add_export_command(app, "medical3d")

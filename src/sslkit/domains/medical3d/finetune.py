@@ -194,8 +194,7 @@ def evaluate(task: Any, run: Any, eval_e: list, eval_regions: list, names: list[
     label files' values, evaluation.json, overlay."""
     from sslkit.core.files import atomic_write_text
     from sslkit.core.console import print_table
-    from sslkit.domains.medical3d.io import volume_stem, write_nifti
-    from sslkit.domains.medical3d.preprocess import undo_preprocess
+    from sslkit.domains.medical3d.io import volume_stem
     from sslkit.domains.medical3d.segmentation import dice_per_class, hd95_per_class, inside_foreground, predict
 
     classes, lut = len(values), value_lut(values)
@@ -212,10 +211,7 @@ def evaluate(task: Any, run: Any, eval_e: list, eval_regions: list, names: list[
         region[x0:x1] = True
         per_volume[meta["id"]] = dice_per_class(pred, label, classes, region)
         hd95[meta["id"]] = hd95_per_class(pred, label, classes, meta["spacing"], region)
-        name = volume_stem(meta["id"])
-        written = np.asarray(values, dtype=np.int16)[pred] if lut is not None else pred
-        write_nifti(run.path("predictions", f"{name}.nii.gz"), undo_preprocess(written, meta),
-                    np.asarray(meta["affine"]))
+        write_prediction(pred, meta, values, run.path("predictions", f"{volume_stem(meta['id'])}.nii.gz"))
         shown = shown or (image[0] if image.ndim == 4 else image, label, pred, x0, x1)
     with warnings.catch_warnings():      # a class missing from every volume: NaN, not a warning
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -234,6 +230,87 @@ def evaluate(task: Any, run: Any, eval_e: list, eval_regions: list, names: list[
     if shown is not None:
         overlay(*shown, run.path("plots", "segmentation.png"))
     return payload
+
+
+def write_prediction(pred: np.ndarray, meta: dict[str, Any], values: list[int], path: Path) -> np.ndarray:
+    """Write a class map on the preprocessed grid as NIfTI on the input file's grid and affine, in the label files'
+    `values`; returns the written array."""
+    from sslkit.domains.medical3d.io import write_nifti
+    from sslkit.domains.medical3d.preprocess import undo_preprocess
+
+    lut = value_lut(values)
+    written = undo_preprocess(np.asarray(values, dtype=np.int16)[pred] if lut is not None else pred, meta)
+    write_nifti(path, written, np.asarray(meta["affine"]))
+    return written
+
+
+def load_segmenter(run_dir: Path) -> tuple[torch.nn.Module, FinetuneRecipe]:
+    """The segmentation network of a `finetune` run (encoder + decoder, eval mode) and the run's recipe."""
+    from sslkit.core.checkpoint import load_checkpoint
+    from sslkit.core.export import build_encoder
+    from sslkit.core.recipes import validate_recipe
+    from sslkit.core.runs import Run
+    from sslkit.domains.medical3d.segmentation import Segmenter
+
+    run = Run.load(run_dir, "medical3d")
+    if run.recipe_dict.get("method") != "finetune":
+        raise UserError(f"{run.dir} is a pretraining run — predict needs the folder `medical3d finetune` wrote "
+                        "(it holds the segmentation decoder)")
+    rec = validate_recipe(FinetuneRecipe, run.recipe_dict, str(run.path("recipe.yaml")))
+    state = load_checkpoint(run.checkpoint_path)
+    segmenter = Segmenter(build_encoder(json.loads(state["encoder_spec"])), rec.classes, rec.finetune.decoder_channels,
+                          rec.model.in_channels)
+    weights = {k[len("model."):]: v for k, v in state["model"].items() if k.startswith("model.")}
+    missing, unexpected = segmenter.load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        raise UserError(f"{run.checkpoint_path} does not hold the segmenter its recipe describes (missing "
+                        f"{missing[:3]}, unexpected {unexpected[:3]}) — fine-tune again with this sslkit")
+    return segmenter.eval(), rec
+
+
+def run_predict(run_dir: Path, volumes: list[Volume], out: Path, overwrite: bool, strict: bool,
+                device_spec: str = "auto") -> dict[str, Any]:
+    """Segment `volumes` with a finetune run: NIfTI label maps on each input's grid under `out`, and per volume the
+    voxels and millilitres of every class in `out/volumes.json`; returns that summary."""
+    from sslkit.core import distributed
+    from sslkit.core.console import print_table
+    from sslkit.core.files import atomic_write_text
+    from sslkit.core.loop import use_bf16
+    from sslkit.domains.medical3d.io import volume_stem
+    from sslkit.domains.medical3d.model import input_conv
+    from sslkit.domains.medical3d.preprocess import prepare
+    from sslkit.domains.medical3d.segmentation import inside_foreground, predict
+
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise UserError(f"{out} is not empty — pass --overwrite or choose another --out")
+    segmenter, rec = load_segmenter(run_dir)
+    entries, skipped = prepare(volumes, cache_for(rec.data), strict)
+    if (channels := input_channels(entries)) != (wanted := input_conv(segmenter.encoder).in_channels):
+        raise UserError(f"{run_dir} segments {wanted}-channel images and these have {channels} — give images with "
+                        f"{wanted} channels (data.channel as in fine-tuning)")
+    device = distributed.select_device(device_spec)
+    segmenter.to(device)
+    values = rec.label_values or list(range(rec.classes))
+    evaluation = Path(run_dir) / "evaluation.json"       # the names fine-tuning read from dataset.json
+    names = (json.loads(evaluation.read_text()).get("class_names") if evaluation.is_file() else None) or \
+        [f"class {v}" for v in values[1:]]
+    summary: dict[str, Any] = {"run": str(run_dir), "label_values": values, "skipped": skipped, "volumes": {}}
+    for npy, meta in entries:
+        image = np.load(npy).astype(np.float32)
+        pred = predict(segmenter, image, rec.finetune.roi, rec.finetune.sw_overlap, device,
+                       use_bf16(rec.finetune.precision, device))
+        if rec.finetune.foreground_mask:
+            pred = inside_foreground(pred, image)
+        path = out / f"{volume_stem(meta['id'])}.nii.gz"
+        written = write_prediction(pred, meta, values, path)
+        voxel_ml = abs(float(np.linalg.det(np.asarray(meta["affine"])[:3, :3]))) / 1000.0
+        counts = [int((written == v).sum()) for v in values[1:]]
+        summary["volumes"][meta["id"]] = {"prediction": str(path), "voxels": dict(zip(names, counts)),
+                                          "ml": {n: c * voxel_ml for n, c in zip(names, counts)}}
+    atomic_write_text(out / "volumes.json", json.dumps(summary, indent=2))
+    print_table("predicted volume (mL)", ["volume", *names],
+                [[vid, *[f"{v:.1f}" for v in row["ml"].values()]] for vid, row in summary["volumes"].items()])
+    return summary
 
 
 def busiest_slices(label: np.ndarray) -> tuple[int, int]:
