@@ -299,3 +299,23 @@ def test_overlay_slices_pass_through_the_labels() -> None:
     assert label[:, :, z].any() and label[:, y, :].any()
     assert not label[:, :, 40 // 2].any()                     # the old middle slice showed no label at all
     assert busiest_slices(np.zeros((4, 6, 8), np.int64)) == (4, 3)   # nothing labelled: the middle
+
+
+def test_exported_swin_encoder_loads_into_monai_swinunetr(tmp_path) -> None:  # noqa: ANN001
+    """The README's recipe for fine-tuning in one's own MONAI code: the exported safetensors go straight into
+    SwinUNETR with strict=False, and its swinViT then computes what sslkit's encoder computes."""
+    from monai.networks.nets import SwinUNETR
+    from safetensors.torch import load_file
+
+    from sslkit.core.export import export_encoder
+
+    torch.manual_seed(0)
+    m = SwinSSL(_tiny("tiny-swin"))
+    export_encoder(m.encoder, m.encoder_spec(), tmp_path / "enc")
+    net = SwinUNETR(in_channels=1, out_channels=3, feature_size=12)
+    missing, unexpected = net.load_state_dict(load_file(str(tmp_path / "enc" / "encoder.safetensors")), strict=False)
+    assert not unexpected and missing and not [k for k in missing if k.startswith("swinViT.")]
+    x = torch.rand(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        for a, b in zip(net.swinViT(x, normalize=True), m.encoder.eval().pyramid(x)):
+            torch.testing.assert_close(a, b)
