@@ -1,6 +1,7 @@
 """What `tabular evaluate` needs around `downstream.py`: labelled feature sets, the table rows, the plots."""
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -46,7 +47,7 @@ def load_labelled(run: Any, encoder: nn.Module, data: Path, target: str, task: s
         raise UserError(f"--target {target}: no such column in {data} — columns are: {', '.join(columns)}")
     if target in pre.features:
         raise UserError(f"--target {target} was a feature during pretraining, so the embeddings contain it — "
-                        f"pretrain again with --target {target}")
+                        f"pretrain again with --target {shlex.quote(target)}")
     table = encode_table(pre, data, keep=[target], drop=drop)
     y_raw = table.columns[target]
     ok = _present(y_raw)

@@ -127,12 +127,12 @@ def numeric_values(arr: Any, name: str) -> np.ndarray:
         try:
             arr = pc.cast(pc.utf8_trim_whitespace(arr), pa.float64())
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            raise UserError(f"column '{name}' holds text that is not a number — drop --numeric {name} "
+            raise UserError(f"column '{name}' holds text that is not a number — drop --numeric {shlex.quote(name)} "
                             "or clean the column") from None
     try:
         return np.asarray(pc.fill_null(pc.cast(arr, pa.float64()), float("nan")), dtype=np.float64)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        raise UserError(f"column '{name}' of type {t} cannot be read as numbers — pass --drop {name}") from None
+        raise UserError(f"column '{name}' of type {t} cannot be read as numbers — pass --drop {shlex.quote(name)}") from None
 
 
 def as_text(arr: Any) -> Any:
@@ -241,7 +241,7 @@ def fit_preprocessor(batches: Iterable[Any], *, skip: dict[str, str], categorica
     num_cols, cat_cols = [], []
     for name, st in stats.items():
         if st.nulls == st.rows:
-            raise UserError(f"{source}: column '{name}' is empty (all values missing) — pass --drop {name}")
+            raise UserError(f"{source}: column '{name}' is empty (all values missing) — pass --drop {shlex.quote(name)}")
         if st.kind == "numeric":
             col = _numeric_column(name, st, scaling, n_quantiles)
             if col is None:
@@ -328,7 +328,7 @@ def _categorical_column(name: str, st: _Stats, max_categories: int, forced: bool
         return None, "is constant"
     if (len(ranked) > max_categories or st.overflow) and not forced:
         return None, (f"is high-cardinality text ({len(ranked)}{'+' if st.overflow else ''} distinct values; "
-                      f"pass --categorical {name} to keep its {max_categories} most frequent)")
+                      f"pass --categorical {shlex.quote(name)} to keep its {max_categories} most frequent)")
     kept = [v for v, _ in ranked[:max_categories]]
     return CategoricalColumn(name=name, categories=kept, has_missing=st.nulls > 0,
                              dropped_rare=max(0, len(ranked) - len(kept))), ""
