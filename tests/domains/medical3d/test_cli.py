@@ -179,6 +179,18 @@ def test_finetune_foreground_mask_and_augment(tiny_run: Path, tmp_path: Path) ->
     assert air["true"] == 0 and air["false"] > 0
 
 
+def test_finetune_from_a_swin_run_and_the_roi_its_deepest_map_needs(volumes: Path, tmp_path: Path) -> None:
+    run = tmp_path / "swin"
+    res = invoke("pretrain", volumes / "img", "-r", "tiny-swin", "--set", "train.steps=2", "--out", run)
+    assert res.exit_code == 0, res.output
+    res = invoke("finetune", run, volumes / "img", volumes / "lab", "--train", "3", "--set", "finetune.steps=2",
+                 "--out", tmp_path / "ft")
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "ft" / "evaluation.json").read_text())["dice_per_volume"].keys() == {"v3.nii.gz"}
+    res = invoke("finetune", run, volumes / "img", volumes / "lab", "--set", "finetune.roi=32", "--out", tmp_path / "f2")
+    assert res.exit_code == 2 and "--set finetune.roi=64" in res.output and not (tmp_path / "f2").exists()
+
+
 def test_unet_reconstruction_decoder_starts_the_finetuning_decoder(volumes: Path, tmp_path: Path) -> None:
     from tests.domains.medical3d.conftest import write_volumes
 

@@ -167,8 +167,9 @@ def run_finetune(cfg: Medical3DRecipe, pretrained: Path | None, pairs: list[Volu
         spec = {k: encoder.sslkit_config[k] for k in ("domain", "kind", "kwargs")}
     else:
         encoder, spec = build_encoder(model)
-    if ft.roi % encoder.stride:
-        raise UserError(f"finetune.roi={ft.roi} must be a multiple of the encoder stride {encoder.stride}")
+    if ft.roi % encoder.stride or ft.roi < 2 * encoder.stride:   # instance norm cannot train on a 1-voxel map
+        raise UserError(f"finetune.roi={ft.roi} must be a multiple of the encoder stride {encoder.stride} and at least "
+                        f"twice it — e.g. --set finetune.roi={max(2, round(ft.roi / encoder.stride)) * encoder.stride}")
     if inflate_input(encoder, channels) > 1:   # a 1-channel encoder (pretrained on split channels) is widened
         spec = {**spec, "kwargs": {**spec["kwargs"], "in_channels": channels}}
     run = Run.open(out, domain="medical3d", recipe=rec, data_paths=data_paths, overwrite=overwrite)
