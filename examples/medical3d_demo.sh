@@ -10,6 +10,8 @@ export SSLKIT_CACHE_DIR=${SSLKIT_CACHE_DIR:-$OUT/cache}
 $SSLKIT medical3d sample-data "$OUT/data" --overwrite --subjects 4 --synthetic 0
 $SSLKIT medical3d pretrain "$OUT/data/mri/images" "$OUT/data/mri/unlabelled" -r mri-demo --out "$OUT/pretrain" --overwrite
 $SSLKIT medical3d finetune "$OUT/pretrain" "$OUT/data/mri/images" "$OUT/data/mri/labels" --out "$OUT/finetune" --overwrite
-# the fine-tuned network on the warped subjects it never saw labelled: label maps and tissue volumes in mL
-$SSLKIT medical3d predict "$OUT/finetune" "$OUT/data/mri/unlabelled" --out "$OUT/predict" --overwrite
+# the fine-tuned network on the warped subjects it never saw labelled: label maps, tissue volumes in mL, and
+# Dice/HD95 against their warped labels
+$SSLKIT medical3d predict "$OUT/finetune" "$OUT/data/mri/unlabelled" --labels "$OUT/data/mri/subject_labels" \
+  --out "$OUT/predict" --overwrite
 echo "pictures: $OUT/pretrain/plots/loss.png $OUT/finetune/plots/loss.png $OUT/finetune/plots/segmentation.png" >&2

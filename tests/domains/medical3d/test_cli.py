@@ -118,7 +118,21 @@ def test_finetune_writes_dice_and_predictions_on_input_grid(tiny_run: Path, tmp_
     row = summary["volumes"]["v2.nii.gz"]
     spheres = int((np.asarray(pred.dataobj) == 1).sum())
     assert row["voxels"]["sphere"] == spheres and row["ml"]["sphere"] == pytest.approx(spheres * 1.5 * 1.5 * 2 / 1000)
-    assert "predicted volume (mL)" in res.output
+    assert "predicted volume (mL)" in res.output and not (tmp_path / "pred" / "evaluation.json").exists()
+    # with --labels the same held-out volume scores what finetune scored
+    res = invoke("predict", tmp_path / "ft", data / "img" / "v2.nii.gz", "--labels", data / "lab" / "v2.nii.gz",
+                 "--out", tmp_path / "scored")
+    assert res.exit_code == 0, res.output
+    test = json.loads((tmp_path / "scored" / "evaluation.json").read_text())
+    assert test["dice_per_volume"] == ev["dice_per_volume"] and test["hd95_mm_per_volume"] == ev["hd95_mm_per_volume"]
+    assert "test Dice" in res.output and test["class_names"] == ["sphere", "class 2"]
+    odd = nib.load(data / "lab" / "v2.nii.gz")
+    bad = np.asarray(odd.dataobj).copy()
+    bad[0, 0, 0] = 7
+    (data / "bad").mkdir()
+    nib.save(nib.Nifti1Image(bad, odd.affine), data / "bad" / "v2.nii.gz")
+    res = invoke("predict", tmp_path / "ft", data / "img" / "v2.nii.gz", "--labels", data / "bad", "--out", tmp_path / "b")
+    assert res.exit_code == 2 and "values [7]" in res.output and not (tmp_path / "b").exists()
     refused = invoke("predict", tmp_path / "ft", data / "img", "--out", tmp_path / "pred")
     assert refused.exit_code == 2 and "not empty" in refused.output
     refused = invoke("predict", tiny_run, data / "img", "--out", tmp_path / "pred2")

@@ -190,16 +190,21 @@ def finetune(run: RunArg, images: Annotated[Path, typer.Argument(help="Image fol
 def predict(run: Annotated[Path, typer.Argument(help="A run folder written by `medical3d finetune`.")],
             images: DataArgs,
             out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the label maps (NIfTI) and volumes.json.")],
+            labels: Annotated[Optional[Path], typer.Option("--labels", help="Label folder/file: also score the "
+                                                           "predictions (Dice, HD95), one label map per image.")] = None,
             device: Annotated[str, typer.Option("--device", help="auto (CUDA, else MPS, else CPU), cpu, cuda, "
                                                 "cuda:N.")] = "auto",
             overwrite: OverwriteOpt = False, strict: StrictOpt = False) -> None:
-    """Segment new volumes with a fine-tuned network: label maps on each input's grid, class volumes in mL."""
+    """Segment new volumes with a fine-tuned network: label maps on each input's grid, class volumes in mL; with
+    --labels, Dice and HD95 on them (a test set from another site, say)."""
     from sslkit.core.runs import Run
     from sslkit.domains.medical3d.finetune import run_predict
-    from sslkit.domains.medical3d.io import UNLABELLED_SECTIONS, find_volumes, select_channels
+    from sslkit.domains.medical3d.io import UNLABELLED_SECTIONS, find_volumes, pair_labels, select_channels
 
     channel = Run.load(run, "medical3d").recipe_dict.get("data", {}).get("channel")
     volumes = select_channels(find_volumes(images, UNLABELLED_SECTIONS), channel, "finetune")
+    if labels is not None:
+        volumes = pair_labels(volumes, find_volumes([labels]))
     run_predict(run, volumes, out, overwrite, strict, device)
     typer.echo(str(out))
 

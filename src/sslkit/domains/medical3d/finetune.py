@@ -194,7 +194,6 @@ def evaluate(task: Any, run: Any, eval_e: list, eval_regions: list, names: list[
     """Held-out Dice per foreground class `names` (classes 1..K-1, label `values[1:]`), NIfTI predictions in the
     label files' values, evaluation.json, overlay."""
     from sslkit.core.files import atomic_write_text
-    from sslkit.core.console import print_table
     from sslkit.domains.medical3d.io import volume_stem
     from sslkit.domains.medical3d.segmentation import dice_per_class, hd95_per_class, inside_foreground, predict
 
@@ -214,23 +213,31 @@ def evaluate(task: Any, run: Any, eval_e: list, eval_regions: list, names: list[
         hd95[meta["id"]] = hd95_per_class(pred, label, classes, meta["spacing"], region)
         write_prediction(pred, meta, values, run.path("predictions", f"{volume_stem(meta['id'])}.nii.gz"))
         shown = shown or (image[0] if image.ndim == 4 else image, label, pred, x0, x1)
-    with warnings.catch_warnings():      # a class missing from every volume: NaN, not a warning
-        warnings.simplefilter("ignore", RuntimeWarning)
-        mean = np.nanmean(np.array(list(per_volume.values()), dtype=float), axis=0)
-        hd_mean = np.nanmean(np.array(list(hd95.values()), dtype=float), axis=0)
-        for title, table, avg, fmt in (("held-out Dice", per_volume, mean, "{:.3f}"),
-                                       ("held-out HD95 (mm)", hd95, hd_mean, "{:.1f}")):
-            rows = [[names[c], *[fmt.format(v[c]) for v in table.values()], fmt.format(avg[c])]
-                    for c in range(classes - 1)]
-            rows.append(["mean", *[fmt.format(np.nanmean(v)) for v in table.values()], fmt.format(np.nanmean(avg))])
-            print_table(title, ["class", *table.keys(), "mean"], rows)
-    payload = {"dice_per_volume": per_volume, "dice_per_class": mean.tolist(), "mean_dice": float(np.nanmean(mean)),
-               "hd95_mm_per_volume": hd95, "hd95_mm_per_class": hd_mean.tolist(),
-               "classes": classes, "class_names": names, "label_values": values}
+    payload = score_report(per_volume, hd95, names, values, "held-out")
     atomic_write_text(run.path("evaluation.json"), json.dumps(payload, indent=2))
     if shown is not None:
         overlay(*shown, run.path("plots", "segmentation.png"))
     return payload
+
+
+def score_report(per_volume: dict[str, list[float]], hd95: dict[str, list[float]], names: list[str],
+                 values: list[int], title: str) -> dict[str, Any]:
+    """Print the Dice and HD95 tables (a row per volume, a column per class, with means) and return the
+    evaluation.json payload."""
+    from sslkit.core.console import print_table
+
+    classes = len(values)
+    with warnings.catch_warnings():      # a class missing from every volume: NaN, not a warning
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nanmean(np.array(list(per_volume.values()), dtype=float), axis=0)
+        hd_mean = np.nanmean(np.array(list(hd95.values()), dtype=float), axis=0)
+        for name, table, avg, fmt in (("Dice", per_volume, mean, "{:.3f}"), ("HD95 (mm)", hd95, hd_mean, "{:.1f}")):
+            rows = [[vid, *[fmt.format(x) for x in v], fmt.format(np.nanmean(v))] for vid, v in table.items()]
+            rows.append(["mean", *[fmt.format(x) for x in avg], fmt.format(np.nanmean(avg))])
+            print_table(f"{title} {name}", ["volume", *names, "mean"], rows)
+        return {"dice_per_volume": per_volume, "dice_per_class": mean.tolist(), "mean_dice": float(np.nanmean(mean)),
+                "hd95_mm_per_volume": hd95, "hd95_mm_per_class": hd_mean.tolist(),
+                "classes": classes, "class_names": names, "label_values": values}
 
 
 def write_prediction(pred: np.ndarray, meta: dict[str, Any], values: list[int], path: Path) -> np.ndarray:
@@ -272,7 +279,8 @@ def load_segmenter(run_dir: Path) -> tuple[torch.nn.Module, FinetuneRecipe]:
 def run_predict(run_dir: Path, volumes: list[Volume], out: Path, overwrite: bool, strict: bool,
                 device_spec: str = "auto") -> dict[str, Any]:
     """Segment `volumes` with a finetune run: NIfTI label maps on each input's grid under `out`, and per volume the
-    voxels and millilitres of every class in `out/volumes.json`; returns that summary."""
+    voxels and millilitres of every class in `out/volumes.json`; returns that summary. Volumes that carry a label
+    (paired by the caller) are also scored: Dice and HD95 per class over the whole volume, `out/evaluation.json`."""
     from sslkit.core import distributed
     from sslkit.core.console import print_table
     from sslkit.core.files import atomic_write_text
@@ -280,7 +288,7 @@ def run_predict(run_dir: Path, volumes: list[Volume], out: Path, overwrite: bool
     from sslkit.domains.medical3d.io import volume_stem
     from sslkit.domains.medical3d.model import input_conv
     from sslkit.domains.medical3d.preprocess import prepare
-    from sslkit.domains.medical3d.segmentation import inside_foreground, predict
+    from sslkit.domains.medical3d.segmentation import dice_per_class, hd95_per_class, inside_foreground, predict
 
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UserError(f"{out} is not empty — pass --overwrite or choose another --out")
@@ -289,19 +297,29 @@ def run_predict(run_dir: Path, volumes: list[Volume], out: Path, overwrite: bool
     if (channels := input_channels(entries)) != (wanted := input_conv(segmenter.encoder).in_channels):
         raise UserError(f"{run_dir} segments {wanted}-channel images and these have {channels} — give images with "
                         f"{wanted} channels (data.channel as in fine-tuning)")
+    values = rec.label_values or list(range(rec.classes))
+    scored = any(meta.get("label") for _, meta in entries)
+    if scored and (unknown := sorted(set(label_values(entries)) - set(values))):
+        raise UserError(f"the label volumes hold values {unknown} that {run_dir} was not fine-tuned on (it segments "
+                        f"{values}) — give labels with the fine-tuning run's values")
     device = distributed.select_device(device_spec)
     segmenter.to(device)
-    values = rec.label_values or list(range(rec.classes))
     evaluation = Path(run_dir) / "evaluation.json"       # the names fine-tuning read from dataset.json
     names = (json.loads(evaluation.read_text()).get("class_names") if evaluation.is_file() else None) or \
         [f"class {v}" for v in values[1:]]
     summary: dict[str, Any] = {"run": str(run_dir), "label_values": values, "skipped": skipped, "volumes": {}}
+    lut, dice, hd95 = value_lut(values), {}, {}
     for npy, meta in entries:
         image = np.load(npy).astype(np.float32)
         pred = predict(segmenter, image, rec.finetune.roi, rec.finetune.sw_overlap, device,
                        use_bf16(rec.finetune.precision, device))
         if rec.finetune.foreground_mask:
             pred = inside_foreground(pred, image)
+        if meta.get("label"):
+            label = np.load(meta["label"]).astype(np.int64)
+            label = lut[label] if lut is not None else label
+            dice[meta["id"]] = dice_per_class(pred, label, len(values))
+            hd95[meta["id"]] = hd95_per_class(pred, label, len(values), meta["spacing"])
         path = out / f"{volume_stem(meta['id'])}.nii.gz"
         written = write_prediction(pred, meta, values, path)
         voxel_ml = abs(float(np.linalg.det(np.asarray(meta["affine"])[:3, :3]))) / 1000.0
@@ -311,6 +329,8 @@ def run_predict(run_dir: Path, volumes: list[Volume], out: Path, overwrite: bool
     atomic_write_text(out / "volumes.json", json.dumps(summary, indent=2))
     print_table("predicted volume (mL)", ["volume", *names],
                 [[vid, *[f"{v:.1f}" for v in row["ml"].values()]] for vid, row in summary["volumes"].items()])
+    if dice:
+        atomic_write_text(out / "evaluation.json", json.dumps(score_report(dice, hd95, names, values, "test"), indent=2))
     return summary
 
 
