@@ -14,6 +14,7 @@ SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a r
 OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="Run folder to write (default runs/<domain>-<method>-<time>).")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing run folder / output file.")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA, else MPS, else CPU), cpu, cuda or cuda:N.")]
 DevicesOpt = Annotated[int, typer.Option("--devices", help="Processes to start on this machine (relaunches under torchrun).", min=1)]
 SeedsOpt = Annotated[int, typer.Option("--seeds", help="Repeat the evaluation over this many seeds (mean ± std).", min=1)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]

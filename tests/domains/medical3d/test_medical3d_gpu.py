@@ -1,5 +1,5 @@
 """On a CUDA device (skipped without one; must pass on one): Alice and SwinUNETR-SSL pretraining with bf16 autocast,
-fine-tuning, and `predict` giving the same label maps on the GPU as on the CPU."""
+`embed` and `predict` giving the same vectors and label maps on the GPU as on the CPU, fine-tuning."""
 from __future__ import annotations
 
 import json
@@ -24,6 +24,14 @@ def test_pretrain_finetune_and_predict_on_cuda(volumes: Path, tmp_path: Path, re
     assert json.loads((run / "manifest.json").read_text())["device"] == torch.cuda.get_device_name(0)
     losses = [json.loads(x)["loss"] for x in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
     assert losses and all(np.isfinite(losses))
+    from sslkit.core.embeddings import read_embeddings
+
+    vectors = {}
+    for device in ("cuda", "cpu"):
+        res = invoke("embed", run, volumes / "img", "--device", device, "--out", tmp_path / f"{device}.parquet")
+        assert res.exit_code == 0, res.output
+        vectors[device] = read_embeddings(tmp_path / f"{device}.parquet")[1]
+    np.testing.assert_allclose(vectors["cuda"], vectors["cpu"], rtol=1e-3, atol=1e-3)      # fp32 on both
     res = invoke("finetune", run, volumes / "img", volumes / "lab", "--train", "3", "--set", "finetune.steps=6",
                  "--out", tmp_path / "ft")
     assert res.exit_code == 0, res.output

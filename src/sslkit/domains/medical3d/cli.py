@@ -6,8 +6,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from sslkit.core.cli_options import (DevicesOpt, OutOpt, OverwriteOpt, RecipeOpt, ResumeOpt, RunArg, SetOpt,
-                                     add_export_command, maybe_relaunch)
+from sslkit.core.cli_options import (DeviceOpt, DevicesOpt, OutOpt, OverwriteOpt, RecipeOpt, ResumeOpt, RunArg,
+                                     SetOpt, add_export_command, maybe_relaunch)
 
 app = typer.Typer(help="3D CT/MRI volumes: Alice-style and SwinUNETR-SSL pretraining, few-label fine-tuning.",
                   no_args_is_help=True)
@@ -106,11 +106,12 @@ def pretrain(data: DataArgs, recipe: RecipeOpt = "alice", modality: ModalityOpt 
 def embed(run: RunArg, data: DataArgs, out: Annotated[Path, typer.Option("--out", "-o", help="Parquet file to write.")],
           grid_dir: Annotated[Optional[Path], typer.Option("--grid-dir", help="Also save each volume's per-patch "
                                                            "embedding grid (D, x, y, z) as .npy here.")] = None,
-          overwrite: OverwriteOpt = False, strict: StrictOpt = False) -> None:
+          device: DeviceOpt = "auto", overwrite: OverwriteOpt = False, strict: StrictOpt = False) -> None:
     """One vector per volume (mean of the encoder's deepest map over ROI tiles) as Parquet with the volume ids."""
     import numpy as np
     import torch
 
+    from sslkit.core.distributed import select_device
     from sslkit.core.embeddings import write_embeddings
     from sslkit.core.errors import UserError
     from sslkit.core.export import load_encoder
@@ -124,7 +125,7 @@ def embed(run: RunArg, data: DataArgs, out: Annotated[Path, typer.Option("--out"
     if out.exists() and not overwrite:
         raise UserError(f"{out} already exists — pass --overwrite or choose another --out")
     cfg = Medical3DRecipe.model_validate(Run.load(run, "medical3d").recipe_dict)
-    encoder = load_encoder(run)
+    encoder = load_encoder(run).to(target := select_device(device))
     cache = cache_for(cfg.data)
     volumes = select_channels(find_volumes(data, UNLABELLED_SECTIONS), cfg.data.channel, "embed")
     entries, skipped = prepare(volumes, cache, strict)
@@ -134,7 +135,7 @@ def embed(run: RunArg, data: DataArgs, out: Annotated[Path, typer.Option("--out"
     ids, vectors = [], []
     for npy, meta in entries:
         image = torch.from_numpy(np.load(npy).astype(np.float32))
-        image = image[None] if image.dim() == 4 else image[None, None]
+        image = (image[None] if image.dim() == 4 else image[None, None]).to(target)
         vec, grid = _embed(encoder, image, cfg.data.roi)
         ids.append(meta["id"])
         vectors.append(vec)
@@ -157,7 +158,7 @@ def _embed(encoder, image, roi: int):  # noqa: ANN001, ANN202
 
     with torch.no_grad():
         vec, grid = embed_volume(encoder, image, roi)
-    return vec.numpy().astype("float32"), grid.numpy().astype("float32")
+    return vec.cpu().numpy().astype("float32"), grid.cpu().numpy().astype("float32")
 
 
 @app.command()
@@ -192,9 +193,7 @@ def predict(run: Annotated[Path, typer.Argument(help="A run folder written by `m
             out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the label maps (NIfTI) and volumes.json.")],
             labels: Annotated[Optional[Path], typer.Option("--labels", help="Label folder/file: also score the "
                                                            "predictions (Dice, HD95), one label map per image.")] = None,
-            device: Annotated[str, typer.Option("--device", help="auto (CUDA, else MPS, else CPU), cpu, cuda, "
-                                                "cuda:N.")] = "auto",
-            overwrite: OverwriteOpt = False, strict: StrictOpt = False) -> None:
+            device: DeviceOpt = "auto", overwrite: OverwriteOpt = False, strict: StrictOpt = False) -> None:
     """Segment new volumes with a fine-tuned network: label maps on each input's grid, class volumes in mL; with
     --labels, Dice and HD95 on them (a test set from another site, say)."""
     from sslkit.core.runs import Run
