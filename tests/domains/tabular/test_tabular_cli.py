@@ -142,6 +142,40 @@ def test_evaluate_regression_on_a_numeric_target(tiny_run, adult_csv):
     _one_line_exit_2(res, "not numeric")
 
 
+def test_evaluate_regression_reports_rmse_and_r2(tmp_path):
+    from sslkit.domains.tabular.io import sklearn_table
+
+    data = write_csv_atomic(sklearn_table("wine"), tmp_path / "wine.csv")      # alcohol from the other measurements
+    run = tmp_path / "run"
+    res = run_cli("pretrain", data, "--target", "alcohol", "--drop", "target", "--id", "id", "-r", "tiny", "--out", run,
+                  "--set", "train.batch_size=32")
+    assert res.returncode == 0, res.stderr
+    res = run_cli("evaluate", run, data, "--target", "alcohol", "--drop", "target", "--seeds", "2", "--models",
+                  "linear,hgb")
+    assert res.returncode == 0, res.stderr
+    report = json.loads((run / "evaluation.json").read_text())
+    assert report["task"] == "regression" and "r2" in res.stdout + res.stderr
+    raw = report["results"]["raw / linear"]
+    assert raw["r2"][0] > 0.3 and raw["rmse"][0] < 0.81                   # better than the mean (alcohol's std 0.81)
+    assert {"rmse", "r2"} <= set(report["results"]["embeddings / hgb"])
+
+
+def test_regression_scores_match_scikit_learn():
+    from sklearn.linear_model import Ridge
+    from sklearn.metrics import mean_squared_error, r2_score
+
+    from sslkit.domains.tabular.downstream import _scores
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 3))
+    y = x @ [1.0, -2.0, 0.5] + rng.normal(size=200)
+    model = Ridge().fit(x[:150], (y[:150] - 1.0) / 2.0)                    # fit on a standardised target, as evaluate does
+    got = _scores("regression", model, x[150:], y[150:], y_mean=1.0, y_std=2.0)
+    pred = model.predict(x[150:]) * 2.0 + 1.0
+    assert got["rmse"] == pytest.approx(mean_squared_error(y[150:], pred) ** 0.5)
+    assert got["r2"] == pytest.approx(r2_score(y[150:], pred))
+
+
 def test_export_and_load_encoder(tiny_run, tmp_path):
     out = tmp_path / "exported"
     res = run_cli("export", tiny_run, "--out", out)

@@ -4,7 +4,7 @@ Three models per feature set, each over several seeds (one stratified 80/20 spli
 or a fixed test table): logistic/linear (ridge) regression, an MLP with the same small tuning
 budget for every feature set (`MLP_GRID`, picked on a validation split of the training rows),
 and scikit-learn's HistGradientBoosting as the strong baseline. Metrics: accuracy and AUC
-(classification) or RMSE (regression), mean ± std over seeds.
+(classification) or RMSE and R² (regression), mean ± std over seeds.
 
 When the encoder's numeric tokens are piecewise-linear codes (`model.num_bins` > 0), a fourth set,
 raw-ple, gives the dense models the raw features with every numeric column replaced by its
@@ -250,9 +250,10 @@ def _models(task: str, seed: int, categorical: np.ndarray) -> dict[str, Any]:
 def _scores(task: str, model: Any, x: np.ndarray, y: np.ndarray, y_mean: float = 0.0, y_std: float = 1.0) -> dict[str, float]:
     from sklearn.metrics import accuracy_score, roc_auc_score
 
-    if task == "regression":
+    if task == "regression":    # R²: 1 − squared error / the held-out target's variance (0 = predicting its mean)
         pred = model.predict(x) * y_std + y_mean
-        return {"rmse": float(np.sqrt(np.mean((pred - y) ** 2)))}
+        mse = float(np.mean((pred - y) ** 2))
+        return {"rmse": float(np.sqrt(mse)), "r2": 1.0 - mse / max(float(np.var(y)), 1e-12)}
     proba = model.predict_proba(x)
     out = {"accuracy": float(accuracy_score(y, proba.argmax(1)))}
     if proba.shape[1] == 2:

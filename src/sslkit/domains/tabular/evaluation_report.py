@@ -86,7 +86,7 @@ def load_labelled(run: Any, encoder: nn.Module, data: Path, target: str, task: s
 
 
 def result_rows(results: dict[str, dict[str, Any]], task: str) -> tuple[list[str], list[list[str]]]:
-    metrics = ["accuracy", "auc"] if task == "classification" else ["rmse"]
+    metrics = ["accuracy", "auc"] if task == "classification" else ["rmse", "r2"]
     metrics = [m for m in metrics if any(m in e for e in results.values())]
     rows = []
     for name, entry in results.items():
