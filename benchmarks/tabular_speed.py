@@ -3,10 +3,12 @@
 Prints rows/s, achieved GFLOP/s (FLOPs counted by torch's FlopCounterMode on the real
 steps) against a dense matmul measured in the same run, fp32 and bf16 autocast.
 
-    .venv/bin/python benchmarks/tabular_speed.py [--steps 12] [--threads N] [--recipe t-jepa] [--parts]
+    .venv/bin/python benchmarks/tabular_speed.py [--steps 12] [--threads N] [--recipe t-jepa] [--parts] [--matmuls]
 
 `--parts` also times the three parts of a T-JEPA step on their own in fp32 (target encoder forward, context
 encoder forward + backward, predictor forward + backward), each with its GFLOP/s: where the time goes.
+`--matmuls` records every matrix product of one fp32 step (forward and backward) and replays each shape on its own:
+the GFLOP/s the step would reach if norms, softmax, activations and copies took no time (an upper bound).
 
 Numbers on a shared machine move with the load; every ratio is taken within one run.
 """
@@ -158,6 +160,53 @@ def step_parts(recipe, pre, data, reps: int = 12) -> list[list[str]]:  # noqa: A
              f"{flops / sec / 1e9:.1f}"] for i, (name, sec, flops) in enumerate(rows)]
 
 
+def matmul_bound(recipe, pre, data, mm32: float, top: int = 8) -> tuple[list[list[str]], str]:  # noqa: ANN001
+    """Every matrix product of one fp32 forward+backward step, each shape replayed on its own (same strides) and timed:
+    the share of a 1024³ matmul that the step would reach if everything but its products took no time."""
+    import collections
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    aten = torch.ops.aten
+    products = {aten.mm.default: "mm", aten.addmm.default: "addmm", aten.bmm.default: "bmm",
+                aten.baddbmm.default: "baddbmm"}
+
+    class Record(TorchDispatchMode):
+        calls: collections.Counter = collections.Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+            if func in products:
+                self.calls[(func, tuple((tuple(a.shape), a.stride()) for a in args if isinstance(a, torch.Tensor)))] += 1
+            return func(*args, **(kwargs or {}))
+
+    method = make_method(recipe, pre)
+    batch = {k: v[:recipe.train.batch_size] for k, v in data.items()}
+    with Record() as rec:
+        method(batch)[0].backward()
+    rows, total_flops, total_sec = [], 0.0, 0.0
+    for (func, specs), n in rec.calls.items():
+        args = [torch.empty_strided(shape, stride).normal_() for shape, stride in specs]
+        a, b = args[-2], args[-1]
+        flops = 2 * a.shape[-2] * a.shape[-1] * b.shape[-1] * (a.shape[0] if a.dim() == 3 else 1)
+        for _ in range(3):
+            func(*args)
+        times = []
+        for _ in range(15):
+            t0 = time.perf_counter()
+            func(*args)
+            times.append(time.perf_counter() - t0)
+        sec = statistics.median(times)
+        total_flops, total_sec = total_flops + flops * n, total_sec + sec * n
+        rows.append((sec * n, products[func], " @ ".join("×".join(map(str, a.shape)) for a in (a, b)), n, flops / sec / 1e9))
+    rows.sort(reverse=True)
+    table = [[name, shapes, str(n), f"{sec * 1e3:.1f}", f"{g:.1f}", f"{100 * g / mm32:.0f}%"]
+             for sec, name, shapes, n, g in rows[:top]]
+    summary = (f"all {len(rows)} product shapes of the step: {total_flops / 1e9:.2f} GFLOP in {total_sec * 1e3:.0f} ms = "
+               f"{total_flops / total_sec / 1e9:.1f} GFLOP/s, {100 * total_flops / total_sec / 1e9 / mm32:.0f}% of the "
+               "1024³ matmul: the most the step could reach if nothing else took time")
+    return table, summary
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=12)
@@ -165,6 +214,7 @@ def main() -> None:
     ap.add_argument("--recipe", default="t-jepa")
     ap.add_argument("--skip-bf16", action="store_true")
     ap.add_argument("--parts", action="store_true", help="also time each part of a T-JEPA step (fp32)")
+    ap.add_argument("--matmuls", action="store_true", help="also replay each matrix product of a step on its own (fp32)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -202,6 +252,11 @@ def main() -> None:
     if args.parts and recipe.method == "t-jepa":
         print_table(f"Where a T-JEPA step's time goes (fp32, batch {bs}; matmul 1024³: {mm32:.1f} GFLOP/s)",
                     ["part", "ms", "of the parts", "GFLOP", "GFLOP/s"], step_parts(recipe, pre, data))
+    if args.matmuls:
+        table, summary = matmul_bound(recipe, pre, data, mm32)
+        print_table(f"The step's slowest matrix products, each replayed alone (fp32, batch {bs})",
+                    ["op", "shapes", "calls", "ms (all calls)", "GFLOP/s", "of matmul"], table)
+        print(summary)
 
 
 if __name__ == "__main__":
