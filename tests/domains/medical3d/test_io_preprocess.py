@@ -187,12 +187,14 @@ def test_dicom_series_roundtrip_and_several_series(tmp_path: Path) -> None:
     vol[::-1] = vol  # not symmetric along any axis
     _dicom_series(tmp_path / "ct", vol[:, :, ::-1].copy(), "1.2.3.4")
     (v,) = io.find_volumes([tmp_path / "ct"])
+    assert v.id == "ct"                                      # the series folder given itself is named after it
     arr, affine = io.read_volume(v)
     np.testing.assert_array_equal(arr, vol[:, :, ::-1] - 1024)     # HU = raw + intercept, slices in z order
     np.testing.assert_allclose(np.diag(affine)[:3], [-1.0, -1.0, 2.0])  # LPS -> RAS flips x and y; 2 mm slices
     _dicom_series(tmp_path / "ct", vol, "1.2.3.5")                   # a second series in the same folder
     found = io.find_volumes([tmp_path / "ct"])
     assert len(found) == 2 and {f.series for f in found} == {"1.2.3.4", "1.2.3.5"}
+    assert [f.id for f in io.find_volumes([tmp_path])] == ["ct#0", "ct#1"]       # found below a given folder
     with pytest.raises(UserError, match="holds 2 DICOM series"):
         io.read_dicom(tmp_path / "ct", None)
 

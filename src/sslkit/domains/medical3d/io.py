@@ -157,8 +157,9 @@ def find_volumes(paths: list[Path], sections: tuple[str, ...] = ("training",)) -
             for f in files:
                 if is_dicom_file(f):
                     by_folder.setdefault(f.parent, []).append(f)
-            for folder, slices in sorted(by_folder.items()):
-                found += dicom_volumes(folder, str(folder.relative_to(p)) or folder.name, slices)
+            for folder, slices in sorted(by_folder.items()):   # a series folder given itself: named after it
+                rel = folder.relative_to(p)
+                found += dicom_volumes(folder, str(rel) if rel != Path(".") else folder.resolve().name, slices)
             if label_folders:
                 from sslkit.core.console import info
 
