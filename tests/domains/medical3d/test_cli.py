@@ -126,6 +126,7 @@ def test_finetune_writes_dice_and_predictions_on_input_grid(tiny_run: Path, tmp_
     test = json.loads((tmp_path / "scored" / "evaluation.json").read_text())
     assert test["dice_per_volume"] == ev["dice_per_volume"] and test["hd95_mm_per_volume"] == ev["hd95_mm_per_volume"]
     assert "test Dice" in res.output and test["class_names"] == ["sphere", "class 2"]
+    assert (tmp_path / "scored" / "segmentation.png").is_file() and not (tmp_path / "pred" / "segmentation.png").exists()
     odd = nib.load(data / "lab" / "v2.nii.gz")
     bad = np.asarray(odd.dataobj).copy()
     bad[0, 0, 0] = 7

@@ -280,7 +280,8 @@ def run_predict(run_dir: Path, volumes: list[Volume], out: Path, overwrite: bool
                 device_spec: str = "auto") -> dict[str, Any]:
     """Segment `volumes` with a finetune run: NIfTI label maps on each input's grid under `out`, and per volume the
     voxels and millilitres of every class in `out/volumes.json`; returns that summary. Volumes that carry a label
-    (paired by the caller) are also scored: Dice and HD95 per class over the whole volume, `out/evaluation.json`."""
+    (paired by the caller) are also scored: Dice and HD95 per class over the whole volume, `out/evaluation.json`, and
+    the first one drawn in `out/segmentation.png`."""
     from sslkit.core import distributed
     from sslkit.core.console import print_table
     from sslkit.core.files import atomic_write_text
@@ -308,7 +309,7 @@ def run_predict(run_dir: Path, volumes: list[Volume], out: Path, overwrite: bool
     names = (json.loads(evaluation.read_text()).get("class_names") if evaluation.is_file() else None) or \
         [f"class {v}" for v in values[1:]]
     summary: dict[str, Any] = {"run": str(run_dir), "label_values": values, "skipped": skipped, "volumes": {}}
-    lut, dice, hd95 = value_lut(values), {}, {}
+    lut, dice, hd95, shown = value_lut(values), {}, {}, None
     for npy, meta in entries:
         image = np.load(npy).astype(np.float32)
         pred = predict(segmenter, image, rec.finetune.roi, rec.finetune.sw_overlap, device,
@@ -320,6 +321,7 @@ def run_predict(run_dir: Path, volumes: list[Volume], out: Path, overwrite: bool
             label = lut[label] if lut is not None else label
             dice[meta["id"]] = dice_per_class(pred, label, len(values))
             hd95[meta["id"]] = hd95_per_class(pred, label, len(values), meta["spacing"])
+            shown = shown or (image[0] if image.ndim == 4 else image, label, pred, 0, label.shape[0])
         path = out / f"{volume_stem(meta['id'])}.nii.gz"
         written = write_prediction(pred, meta, values, path)
         voxel_ml = abs(float(np.linalg.det(np.asarray(meta["affine"])[:3, :3]))) / 1000.0
@@ -331,6 +333,7 @@ def run_predict(run_dir: Path, volumes: list[Volume], out: Path, overwrite: bool
                 [[vid, *[f"{v:.1f}" for v in row["ml"].values()]] for vid, row in summary["volumes"].items()])
     if dice:
         atomic_write_text(out / "evaluation.json", json.dumps(score_report(dice, hd95, names, values, "test"), indent=2))
+        overlay(*shown, out / "segmentation.png")
     return summary
 
 
