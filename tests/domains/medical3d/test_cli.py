@@ -154,9 +154,10 @@ def test_finetune_maps_sparse_label_values_and_writes_them_back(tiny_run: Path, 
         nib.save(nib.Nifti1Image(np.where(seg == 2, 4, seg).astype(np.int16), lab.affine), sparse / f.name)
     (tmp_path / "dataset.json").write_text(json.dumps({"labels": {"0": "background", "1": "edema", "4": "enhancing"}}))
     runs = {}
-    for name, labels in (("dense", data / "lab"), ("sparse", sparse)):
+    regions = ["--set", "finetune.regions={whole: [1, 4], enhancing: [4]}"]      # BraTS-style unions of values
+    for name, labels, extra in (("dense", data / "lab", []), ("sparse", sparse, regions)):
         res = invoke("finetune", tiny_run, data / "img", labels, "--train", "2", "--out", tmp_path / f"ft-{name}",
-                     "--set", "finetune.steps=4")
+                     "--set", "finetune.steps=4", *extra)
         assert res.exit_code == 0, res.output
         runs[name] = json.loads((tmp_path / f"ft-{name}" / "evaluation.json").read_text())
     assert runs["sparse"]["classes"] == 3 and runs["sparse"]["label_values"] == [0, 1, 4]
@@ -166,6 +167,20 @@ def test_finetune_maps_sparse_label_values_and_writes_them_back(tiny_run: Path, 
     mapped = np.asarray(nib.load(tmp_path / "ft-sparse" / "predictions" / "v2.nii.gz").dataobj)
     assert (dense == 2).any() and set(np.unique(mapped)) <= {0, 1, 4}
     np.testing.assert_array_equal(mapped, np.array([0, 1, 4])[dense])
+    by_region = runs["sparse"]["regions"]
+    assert by_region["members"] == {"whole": [1, 4], "enhancing": [4]}
+    truth = np.asarray(nib.load(sparse / "v2.nii.gz").dataobj)
+    whole = 2 * ((mapped > 0) & (truth > 0)).sum() / ((mapped > 0).sum() + (truth > 0).sum())
+    assert by_region["dice_per_volume"]["v2.nii.gz"][0] == pytest.approx(whole)             # the union, scored
+    assert by_region["dice_per_volume"]["v2.nii.gz"][1] == runs["sparse"]["dice_per_volume"]["v2.nii.gz"][1]
+    res = invoke("predict", tmp_path / "ft-sparse", data / "img" / "v2.nii.gz", "--labels", sparse / "v2.nii.gz",
+                 "--out", tmp_path / "p")                                    # the run's regions, scored again
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "p" / "evaluation.json").read_text())["regions"] == by_region
+    assert "test (regions) Dice" in res.output
+    res = invoke("finetune", tiny_run, data / "img", sparse, "--set", "finetune.regions={core: [2, 4]}",
+                 "--out", tmp_path / "bad-region")
+    assert res.exit_code == 2 and "core = [2, 4]" in res.output and not (tmp_path / "bad-region").exists()
 
 
 def test_finetune_foreground_mask_and_augment(tiny_run: Path, tmp_path: Path) -> None:

@@ -154,6 +154,7 @@ def run_finetune(cfg: Medical3DRecipe, pretrained: Path | None, pairs: list[Volu
     entries, skipped = prepare(pairs, cache, strict)
     channels = input_channels(entries)
     values = label_values(entries)
+    region_classes(ft.regions, values)        # checked before training, used in evaluate
     classes, lut = len(values), value_lut(values)
     names = class_names(data_paths[1], values) if len(data_paths) > 1 else [f"class {v}" for v in values[1:]]
     train_e, eval_e, train_regions, eval_regions = split(entries, n_train, ft.label_fraction)
@@ -195,11 +196,12 @@ def evaluate(task: Any, run: Any, eval_e: list, eval_regions: list, names: list[
     label files' values, evaluation.json, overlay."""
     from sslkit.core.files import atomic_write_text
     from sslkit.domains.medical3d.io import volume_stem
-    from sslkit.domains.medical3d.segmentation import dice_per_class, hd95_per_class, inside_foreground, predict
+    from sslkit.domains.medical3d.segmentation import inside_foreground, predict
 
     classes, lut = len(values), value_lut(values)
+    regions = region_classes(ft.regions, values)
     model = task.model.eval()
-    per_volume, hd95, shown = {}, {}, None
+    scores, shown = {}, None
     for (npy, meta), (x0, x1) in zip(eval_e, eval_regions):
         image = np.load(npy).astype(np.float32)                 # (X, Y, Z), or (C, X, Y, Z) with several channels
         label = np.load(meta["label"]).astype(np.int64)
@@ -209,11 +211,10 @@ def evaluate(task: Any, run: Any, eval_e: list, eval_regions: list, names: list[
             pred = inside_foreground(pred, image)
         region = np.zeros(label.shape, dtype=bool)
         region[x0:x1] = True
-        per_volume[meta["id"]] = dice_per_class(pred, label, classes, region)
-        hd95[meta["id"]] = hd95_per_class(pred, label, classes, meta["spacing"], region)
+        scores[meta["id"]] = score_volume(pred, label, classes, regions, meta["spacing"], region)
         write_prediction(pred, meta, values, run.path("predictions", f"{volume_stem(meta['id'])}.nii.gz"))
         shown = shown or (image[0] if image.ndim == 4 else image, label, pred, x0, x1)
-    payload = score_report(per_volume, hd95, names, values, "held-out")
+    payload = scores_payload(scores, names, values, ft.regions, "held-out")
     atomic_write_text(run.path("evaluation.json"), json.dumps(payload, indent=2))
     if shown is not None:
         overlay(*shown, run.path("plots", "segmentation.png"))
@@ -221,12 +222,11 @@ def evaluate(task: Any, run: Any, eval_e: list, eval_regions: list, names: list[
 
 
 def score_report(per_volume: dict[str, list[float]], hd95: dict[str, list[float]], names: list[str],
-                 values: list[int], title: str) -> dict[str, Any]:
-    """Print the Dice and HD95 tables (a row per volume, a column per class, with means) and return the
-    evaluation.json payload."""
+                 title: str) -> dict[str, Any]:
+    """Print the Dice and HD95 tables (a row per volume, a column per class or region `names`, with means) and return
+    their part of evaluation.json."""
     from sslkit.core.console import print_table
 
-    classes = len(values)
     with warnings.catch_warnings():      # a class missing from every volume: NaN, not a warning
         warnings.simplefilter("ignore", RuntimeWarning)
         mean = np.nanmean(np.array(list(per_volume.values()), dtype=float), axis=0)
@@ -236,8 +236,45 @@ def score_report(per_volume: dict[str, list[float]], hd95: dict[str, list[float]
             rows.append(["mean", *[fmt.format(x) for x in avg], fmt.format(np.nanmean(avg))])
             print_table(f"{title} {name}", ["volume", *names, "mean"], rows)
         return {"dice_per_volume": per_volume, "dice_per_class": mean.tolist(), "mean_dice": float(np.nanmean(mean)),
-                "hd95_mm_per_volume": hd95, "hd95_mm_per_class": hd_mean.tolist(),
-                "classes": classes, "class_names": names, "label_values": values}
+                "hd95_mm_per_volume": hd95, "hd95_mm_per_class": hd_mean.tolist()}
+
+
+def region_classes(regions: dict[str, list[int]], values: list[int]) -> dict[str, list[int]]:
+    """`finetune.regions` (unions of label values) as class indices; a value the labels do not hold is an error."""
+    out = {}
+    for name, members in regions.items():
+        if not members or (unknown := sorted(set(members) - set(values[1:]))):
+            raise UserError(f"finetune.regions: {name} = {members} names no label value or values the labels do not "
+                            f"hold ({unknown if members else 'empty'}; they hold {values[1:]}) — use those values")
+        out[name] = [values.index(v) for v in members]
+    return out
+
+
+def score_volume(pred: np.ndarray, label: np.ndarray, classes: int, regions: dict[str, list[int]],
+                 spacing: list[float], region: np.ndarray | None = None) -> tuple[list[float], ...]:
+    """(Dice per class, HD95 per class, Dice per region, HD95 per region) of one class map against its label map;
+    a region is the union of its classes (`region_classes`)."""
+    from sslkit.domains.medical3d.segmentation import dice_per_class, hd95_per_class
+
+    dice, hd = dice_per_class(pred, label, classes, region), hd95_per_class(pred, label, classes, spacing, region)
+    r_dice, r_hd = [], []
+    for members in regions.values():
+        p, t = np.isin(pred, members).astype(np.int64), np.isin(label, members).astype(np.int64)
+        r_dice += dice_per_class(p, t, 2, region)
+        r_hd += hd95_per_class(p, t, 2, spacing, region)
+    return dice, hd, r_dice, r_hd
+
+
+def scores_payload(scores: dict[str, tuple[list[float], ...]], names: list[str], values: list[int],
+                   regions: dict[str, list[int]], title: str) -> dict[str, Any]:
+    """Print the class (and region) tables of per-volume `score_volume` results; the evaluation.json payload."""
+    payload = score_report({k: v[0] for k, v in scores.items()}, {k: v[1] for k, v in scores.items()}, names, title)
+    payload.update(classes=len(values), class_names=names, label_values=values)
+    if regions:
+        payload["regions"] = {"members": regions, **score_report(
+            {k: v[2] for k, v in scores.items()}, {k: v[3] for k, v in scores.items()}, list(regions),
+            f"{title} (regions)")}
+    return payload
 
 
 def write_prediction(pred: np.ndarray, meta: dict[str, Any], values: list[int], path: Path) -> np.ndarray:
@@ -289,7 +326,7 @@ def run_predict(run_dir: Path, volumes: list[Volume], out: Path, overwrite: bool
     from sslkit.domains.medical3d.io import volume_stem
     from sslkit.domains.medical3d.model import input_conv
     from sslkit.domains.medical3d.preprocess import prepare
-    from sslkit.domains.medical3d.segmentation import dice_per_class, hd95_per_class, inside_foreground, predict
+    from sslkit.domains.medical3d.segmentation import inside_foreground, predict
 
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UserError(f"{out} is not empty — pass --overwrite or choose another --out")
@@ -309,7 +346,8 @@ def run_predict(run_dir: Path, volumes: list[Volume], out: Path, overwrite: bool
     names = (json.loads(evaluation.read_text()).get("class_names") if evaluation.is_file() else None) or \
         [f"class {v}" for v in values[1:]]
     summary: dict[str, Any] = {"run": str(run_dir), "label_values": values, "skipped": skipped, "volumes": {}}
-    lut, dice, hd95, shown = value_lut(values), {}, {}, None
+    lut, scores, shown = value_lut(values), {}, None
+    regions = region_classes(rec.finetune.regions, values)
     for npy, meta in entries:
         image = np.load(npy).astype(np.float32)
         pred = predict(segmenter, image, rec.finetune.roi, rec.finetune.sw_overlap, device,
@@ -319,8 +357,7 @@ def run_predict(run_dir: Path, volumes: list[Volume], out: Path, overwrite: bool
         if meta.get("label"):
             label = np.load(meta["label"]).astype(np.int64)
             label = lut[label] if lut is not None else label
-            dice[meta["id"]] = dice_per_class(pred, label, len(values))
-            hd95[meta["id"]] = hd95_per_class(pred, label, len(values), meta["spacing"])
+            scores[meta["id"]] = score_volume(pred, label, len(values), regions, meta["spacing"])
             shown = shown or (image[0] if image.ndim == 4 else image, label, pred, 0, label.shape[0])
         path = out / f"{volume_stem(meta['id'])}.nii.gz"
         written = write_prediction(pred, meta, values, path)
@@ -331,8 +368,9 @@ def run_predict(run_dir: Path, volumes: list[Volume], out: Path, overwrite: bool
     atomic_write_text(out / "volumes.json", json.dumps(summary, indent=2))
     print_table("predicted volume (mL)", ["volume", *names],
                 [[vid, *[f"{v:.1f}" for v in row["ml"].values()]] for vid, row in summary["volumes"].items()])
-    if dice:
-        atomic_write_text(out / "evaluation.json", json.dumps(score_report(dice, hd95, names, values, "test"), indent=2))
+    if scores:
+        payload = scores_payload(scores, names, values, rec.finetune.regions, "test")
+        atomic_write_text(out / "evaluation.json", json.dumps(payload, indent=2))
         overlay(*shown, out / "segmentation.png")
     return summary
 
