@@ -136,6 +136,10 @@ def test_finetune_writes_dice_and_predictions_on_input_grid(tiny_run: Path, tmp_
     assert res.exit_code == 2 and "values [7]" in res.output and not (tmp_path / "b").exists()
     refused = invoke("predict", tmp_path / "ft", data / "img", "--out", tmp_path / "pred")
     assert refused.exit_code == 2 and "not empty" in refused.output
+    (tmp_path / "pred" / "notes.txt").write_text("mine")
+    res = invoke("predict", tmp_path / "ft", data / "img" / "v1.nii.gz", "--out", tmp_path / "pred", "--overwrite")
+    assert res.exit_code == 0, res.output                 # the earlier predictions go, the user's own file stays
+    assert sorted(f.name for f in (tmp_path / "pred").iterdir()) == ["notes.txt", "v1.nii.gz", "volumes.json"]
     refused = invoke("predict", tiny_run, data / "img", "--out", tmp_path / "pred2")
     assert refused.exit_code == 2 and "pretraining run" in refused.output and not (tmp_path / "pred2").exists()
 

@@ -340,6 +340,7 @@ def run_predict(run_dir: Path, volumes: list[Volume], out: Path, overwrite: bool
     if scored and (unknown := sorted(set(label_values(entries)) - set(values))):
         raise UserError(f"the label volumes hold values {unknown} that {run_dir} was not fine-tuned on (it segments "
                         f"{values}) — give labels with the fine-tuning run's values")
+    _remove_earlier_predictions(out)
     device = distributed.select_device(device_spec)
     segmenter.to(device)
     evaluation = Path(run_dir) / "evaluation.json"       # the names fine-tuning read from dataset.json
@@ -373,6 +374,21 @@ def run_predict(run_dir: Path, volumes: list[Volume], out: Path, overwrite: bool
         atomic_write_text(out / "evaluation.json", json.dumps(payload, indent=2))
         overlay(*shown, out / "segmentation.png")
     return summary
+
+
+def _remove_earlier_predictions(out: Path) -> None:
+    """Before `predict --overwrite` writes into `out`: remove what an earlier predict wrote there (the files its
+    volumes.json lists, and its reports), so the folder describes one run; nothing else in it is touched."""
+    listing = out / "volumes.json"
+    if not listing.is_file():
+        return
+    try:
+        earlier = [Path(v["prediction"]) for v in json.loads(listing.read_text()).get("volumes", {}).values()]
+    except (ValueError, AttributeError, KeyError, TypeError):
+        return
+    for path in earlier + [listing, out / "evaluation.json", out / "segmentation.png"]:
+        if path.parent.resolve() == out.resolve():
+            path.unlink(missing_ok=True)
 
 
 def busiest_slices(label: np.ndarray) -> tuple[int, int]:
