@@ -136,6 +136,10 @@ def test_finetune_writes_dice_and_predictions_on_input_grid(tiny_run: Path, tmp_
     assert res.exit_code == 2 and "values [7]" in res.output and not (tmp_path / "b").exists()
     refused = invoke("predict", tmp_path / "ft", data / "img", "--out", tmp_path / "pred")
     assert refused.exit_code == 2 and "not empty" in refused.output
+    res = invoke("predict", tmp_path / "ft", data / "img" / "v2.nii.gz", "--tta", "--out", tmp_path / "tta")
+    assert res.exit_code == 0, res.output
+    mirrored = np.asarray(nib.load(tmp_path / "tta" / "v2.nii.gz").dataobj)
+    assert mirrored.shape == pred.shape and not np.array_equal(mirrored, np.asarray(pred.dataobj))   # 8 passes, averaged
     (tmp_path / "pred" / "notes.txt").write_text("mine")
     res = invoke("predict", tmp_path / "ft", data / "img" / "v1.nii.gz", "--out", tmp_path / "pred", "--overwrite")
     assert res.exit_code == 0, res.output                 # the earlier predictions go, the user's own file stays

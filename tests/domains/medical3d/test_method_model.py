@@ -319,3 +319,21 @@ def test_exported_swin_encoder_loads_into_monai_swinunetr(tmp_path) -> None:  # 
     with torch.no_grad():
         for a, b in zip(net.swinViT(x, normalize=True), m.encoder.eval().pyramid(x)):
             torch.testing.assert_close(a, b)
+
+
+def test_mirroring_tta_makes_the_prediction_flip_equivariant() -> None:
+    """Averaged over every flip of the axes, the prediction of a flipped volume is the flipped prediction (one window,
+    so the window grid is symmetric too); a single pass of an untrained network is not."""
+    from sslkit.domains.medical3d.model import ConvEncoder3d
+    from sslkit.domains.medical3d.segmentation import predict
+
+    torch.manual_seed(0)
+    net = Segmenter(ConvEncoder3d([8, 16]), classes=3, base=8).eval()
+    image = np.random.default_rng(0).random((32, 32, 32)).astype(np.float32)
+    cpu = torch.device("cpu")
+    agree = {}
+    for tta in (False, True):
+        a = predict(net, image, 32, 0.25, cpu, False, tta)
+        b = predict(net, np.flip(image, 0).copy(), 32, 0.25, cpu, False, tta)
+        agree[tta] = float((np.flip(a, 0) == b).mean())
+    assert agree[True] > 0.999 and agree[False] < 0.99, agree

@@ -193,6 +193,8 @@ def predict(run: Annotated[Path, typer.Argument(help="A run folder written by `m
             out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the label maps (NIfTI) and volumes.json.")],
             labels: Annotated[Optional[Path], typer.Option("--labels", help="Label folder/file: also score the "
                                                            "predictions (Dice, HD95), one label map per image.")] = None,
+            tta: Annotated[Optional[bool], typer.Option("--tta/--no-tta", help="Average the 8 mirrorings of each "
+                                                        "volume (8× slower); default: the run's finetune.tta.")] = None,
             device: DeviceOpt = "auto", overwrite: OverwriteOpt = False, strict: StrictOpt = False) -> None:
     """Segment new volumes with a fine-tuned network: label maps on each input's grid, class volumes in mL; with
     --labels, Dice and HD95 on them (a test set from another site, say)."""
@@ -204,7 +206,7 @@ def predict(run: Annotated[Path, typer.Argument(help="A run folder written by `m
     volumes = select_channels(find_volumes(images, UNLABELLED_SECTIONS), channel, "finetune")
     if labels is not None:
         volumes = pair_labels(volumes, find_volumes([labels]))
-    run_predict(run, volumes, out, overwrite, strict, device)
+    run_predict(run, volumes, out, overwrite, strict, device, tta)
     typer.echo(str(out))
 
 

@@ -206,7 +206,7 @@ def evaluate(task: Any, run: Any, eval_e: list, eval_regions: list, names: list[
         image = np.load(npy).astype(np.float32)                 # (X, Y, Z), or (C, X, Y, Z) with several channels
         label = np.load(meta["label"]).astype(np.int64)
         label = lut[label] if lut is not None else label
-        pred = predict(model, image, ft.roi, ft.sw_overlap, device, bf16)
+        pred = predict(model, image, ft.roi, ft.sw_overlap, device, bf16, ft.tta)
         if ft.foreground_mask:
             pred = inside_foreground(pred, image)
         region = np.zeros(label.shape, dtype=bool)
@@ -314,11 +314,11 @@ def load_segmenter(run_dir: Path) -> tuple[torch.nn.Module, FinetuneRecipe]:
 
 
 def run_predict(run_dir: Path, volumes: list[Volume], out: Path, overwrite: bool, strict: bool,
-                device_spec: str = "auto") -> dict[str, Any]:
+                device_spec: str = "auto", tta: bool | None = None) -> dict[str, Any]:
     """Segment `volumes` with a finetune run: NIfTI label maps on each input's grid under `out`, and per volume the
     voxels and millilitres of every class in `out/volumes.json`; returns that summary. Volumes that carry a label
     (paired by the caller) are also scored: Dice and HD95 per class over the whole volume, `out/evaluation.json`, and
-    the first one drawn in `out/segmentation.png`."""
+    the first one drawn in `out/segmentation.png`. `tta` None follows the run's `finetune.tta`."""
     from sslkit.core import distributed
     from sslkit.core.console import print_table
     from sslkit.core.files import atomic_write_text
@@ -352,7 +352,7 @@ def run_predict(run_dir: Path, volumes: list[Volume], out: Path, overwrite: bool
     for npy, meta in entries:
         image = np.load(npy).astype(np.float32)
         pred = predict(segmenter, image, rec.finetune.roi, rec.finetune.sw_overlap, device,
-                       use_bf16(rec.finetune.precision, device))
+                       use_bf16(rec.finetune.precision, device), rec.finetune.tta if tta is None else tta)
         if rec.finetune.foreground_mask:
             pred = inside_foreground(pred, image)
         if meta.get("label"):

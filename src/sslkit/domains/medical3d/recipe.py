@@ -97,6 +97,7 @@ class FinetuneConfig(Section):
     foreground_mask: bool = False      # predictions outside the filled non-zero image are background (skull-stripped MRI)
     seed: int = 0
     precision: Literal["auto", "bf16", "fp32"] = "fp32"   # fp32: bf16 conv3d backward overflowed on CPU (oneDNN)
+    tta: bool = False                  # held-out predictions averaged over the 8 mirrorings of the volume (nnU-Net)
     # also score unions of label values, e.g. BraTS {WT: [1, 2, 4], TC: [1, 4], ET: [4]} (Decathlon: [1, 2, 3], ...)
     regions: dict[str, list[int]] = Field(default_factory=dict)
 

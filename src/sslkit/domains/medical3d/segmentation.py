@@ -108,17 +108,30 @@ class SegmentationTask(nn.Module):
         return loss, {"soft_dice": soft.detach()}
 
 
+MIRRORS = [(), (2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4)]   # every flip of the three spatial axes
+
+
 @torch.no_grad()
-def predict(model: nn.Module, image: np.ndarray, roi: int, overlap: float, device: torch.device, bf16: bool) -> np.ndarray:
-    """Sliding-window argmax label map (X, Y, Z) int16 for a preprocessed (X, Y, Z) or (C, X, Y, Z) volume."""
+def predict(model: nn.Module, image: np.ndarray, roi: int, overlap: float, device: torch.device, bf16: bool,
+            tta: bool = False) -> np.ndarray:
+    """Sliding-window argmax label map (X, Y, Z) int16 for a preprocessed (X, Y, Z) or (C, X, Y, Z) volume.
+
+    `tta`: nnU-Net's mirroring test-time augmentation — the softmax averaged over the volume flipped along every
+    combination of its axes (8 passes), each flipped back."""
     from monai.inferers import sliding_window_inference
 
     x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
     x = (x[None] if x.dim() == 4 else x[None, None]).to(device)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-        logits = sliding_window_inference(x, (roi,) * 3, 2, model, overlap=overlap, mode="gaussian",
-                                          padding_mode="constant")
-    return logits.float().argmax(1)[0].cpu().numpy().astype(np.int16)
+    probs = None
+    for dims in MIRRORS if tta else [()]:
+        flipped = x.flip(dims) if dims else x
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = sliding_window_inference(flipped, (roi,) * 3, 2, model, overlap=overlap, mode="gaussian",
+                                              padding_mode="constant")
+        p = logits.float().softmax(1) if tta else logits.float()
+        p = p.flip(dims) if dims else p
+        probs = p if probs is None else probs + p
+    return probs.argmax(1)[0].cpu().numpy().astype(np.int16)
 
 
 def inside_foreground(pred: np.ndarray, image: np.ndarray) -> np.ndarray:
