@@ -109,17 +109,16 @@ def embed(run: RunArg, data: DataArgs, out: Annotated[Path, typer.Option("--out"
           device: DeviceOpt = "auto", overwrite: OverwriteOpt = False, strict: StrictOpt = False) -> None:
     """One vector per volume (mean of the encoder's deepest map over ROI tiles) as Parquet with the volume ids."""
     import numpy as np
-    import torch
 
     from sslkit.core.distributed import select_device
     from sslkit.core.embeddings import write_embeddings
     from sslkit.core.errors import UserError
     from sslkit.core.export import load_encoder
     from sslkit.core.runs import Run
-    from sslkit.domains.medical3d.finetune import cache_for, input_channels
+    from sslkit.domains.medical3d.finetune import cache_for, check_channels
     from sslkit.domains.medical3d.io import UNLABELLED_SECTIONS, find_volumes, select_channels, volume_stem
-    from sslkit.domains.medical3d.model import input_conv
     from sslkit.domains.medical3d.preprocess import prepare
+    from sslkit.domains.medical3d.transforms import channels_first
     from sslkit.domains.medical3d.recipe import Medical3DRecipe
 
     if out.exists() and not overwrite:
@@ -129,13 +128,10 @@ def embed(run: RunArg, data: DataArgs, out: Annotated[Path, typer.Option("--out"
     cache = cache_for(cfg.data)
     volumes = select_channels(find_volumes(data, UNLABELLED_SECTIONS), cfg.data.channel, "embed")
     entries, skipped = prepare(volumes, cache, strict)
-    if (channels := input_channels(entries)) != (wanted := input_conv(encoder).in_channels):
-        raise UserError(f"{run} was pretrained on {wanted}-channel images and these have {channels} — give images "
-                        f"with {wanted} channels")
+    check_channels(entries, encoder, f"{run} was pretrained on")
     ids, vectors = [], []
     for npy, meta in entries:
-        image = torch.from_numpy(np.load(npy).astype(np.float32))
-        image = (image[None] if image.dim() == 4 else image[None, None]).to(target)
+        image = channels_first(np.load(npy).astype(np.float32))[None].to(target)
         vec, grid = _embed(encoder, image, cfg.data.roi)
         ids.append(meta["id"])
         vectors.append(vec)

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from sslkit.domains.medical3d.transforms import crop, flip_and_shift, matched_centers, random_center
+from sslkit.domains.medical3d.transforms import channels_first, crop, flip_and_shift, matched_centers, random_center
 
 
 class _Cached(Dataset):
@@ -30,11 +30,6 @@ class _Cached(Dataset):
 
     def __getstate__(self) -> dict[str, Any]:  # workers re-open their own memory maps
         return {**self.__dict__, "_arrays": {}}
-
-
-def channels_first(crop: np.ndarray) -> torch.Tensor:
-    """A (R, R, R) crop as (1, R, R, R); a (C, R, R, R) crop of a several-channel volume as it is."""
-    return torch.from_numpy(crop if crop.ndim == 4 else crop[None])
 
 
 class RandomCrops(_Cached):

@@ -64,6 +64,16 @@ def input_channels(entries: list[tuple[Path, dict]]) -> int:
     return next(iter(counts))
 
 
+def check_channels(entries: list[tuple[Path, dict]], encoder: torch.nn.Module, what: str) -> int:
+    """The images' channel count, which must be the one `encoder` reads; `what` opens the refusal ("RUN segments")."""
+    from sslkit.domains.medical3d.model import input_conv
+
+    if (channels := input_channels(entries)) != (wanted := input_conv(encoder).in_channels):
+        raise UserError(f"{what} {wanted}-channel images and these have {channels} — give images with {wanted} "
+                        "channels (data.channel as in that run)")
+    return channels
+
+
 def label_values(entries: list[tuple[Path, dict]]) -> list[int]:
     """The label values present in the label volumes, background 0 first: class i of the network is value [i].
 
@@ -196,29 +206,41 @@ def evaluate(task: Any, run: Any, eval_e: list, eval_regions: list, names: list[
     label files' values, evaluation.json, overlay."""
     from sslkit.core.files import atomic_write_text
     from sslkit.domains.medical3d.io import volume_stem
-    from sslkit.domains.medical3d.segmentation import inside_foreground, predict
 
     classes, lut = len(values), value_lut(values)
     regions = region_classes(ft.regions, values)
     model = task.model.eval()
     scores, shown = {}, None
     for (npy, meta), (x0, x1) in zip(eval_e, eval_regions):
-        image = np.load(npy).astype(np.float32)                 # (X, Y, Z), or (C, X, Y, Z) with several channels
-        label = np.load(meta["label"]).astype(np.int64)
-        label = lut[label] if lut is not None else label
-        pred = predict(model, image, ft.roi, ft.sw_overlap, device, bf16, ft.tta)
-        if ft.foreground_mask:
-            pred = inside_foreground(pred, image)
+        image, pred = segment(model, npy, ft, device, bf16, ft.tta)
+        label = class_map(meta, lut)
         region = np.zeros(label.shape, dtype=bool)
         region[x0:x1] = True
         scores[meta["id"]] = score_volume(pred, label, classes, regions, meta["spacing"], region)
         write_prediction(pred, meta, values, run.path("predictions", f"{volume_stem(meta['id'])}.nii.gz"))
-        shown = shown or (image[0] if image.ndim == 4 else image, label, pred, x0, x1)
+        shown = shown or (image, label, pred, x0, x1)
     payload = scores_payload(scores, names, values, ft.regions, "held-out")
     atomic_write_text(run.path("evaluation.json"), json.dumps(payload, indent=2))
     if shown is not None:
         overlay(*shown, run.path("plots", "segmentation.png"))
     return payload
+
+
+def segment(model: torch.nn.Module, npy: Path, ft: Any, device: torch.device, bf16: bool,
+            tta: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(image, class map) of a cached volume: the sliding-window prediction (mirrored with `tta`), cleared outside
+    the image's foreground with `finetune.foreground_mask`. The image is (X, Y, Z) or (C, X, Y, Z)."""
+    from sslkit.domains.medical3d.segmentation import inside_foreground, predict
+
+    image = np.load(npy).astype(np.float32)
+    pred = predict(model, image, ft.roi, ft.sw_overlap, device, bf16, tta)
+    return image, inside_foreground(pred, image) if ft.foreground_mask else pred
+
+
+def class_map(meta: dict[str, Any], lut: np.ndarray | None) -> np.ndarray:
+    """A cached volume's label map as class indices (label values through `lut` when they are not 0..K-1)."""
+    label = np.load(meta["label"]).astype(np.int64)
+    return lut[label] if lut is not None else label
 
 
 def score_report(per_volume: dict[str, list[float]], hd95: dict[str, list[float]], names: list[str],
@@ -324,17 +346,13 @@ def run_predict(run_dir: Path, volumes: list[Volume], out: Path, overwrite: bool
     from sslkit.core.files import atomic_write_text
     from sslkit.core.loop import use_bf16
     from sslkit.domains.medical3d.io import volume_stem
-    from sslkit.domains.medical3d.model import input_conv
     from sslkit.domains.medical3d.preprocess import prepare
-    from sslkit.domains.medical3d.segmentation import inside_foreground, predict
 
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UserError(f"{out} is not empty — pass --overwrite or choose another --out")
     segmenter, rec = load_segmenter(run_dir)
     entries, skipped = prepare(volumes, cache_for(rec.data), strict)
-    if (channels := input_channels(entries)) != (wanted := input_conv(segmenter.encoder).in_channels):
-        raise UserError(f"{run_dir} segments {wanted}-channel images and these have {channels} — give images with "
-                        f"{wanted} channels (data.channel as in fine-tuning)")
+    check_channels(entries, segmenter.encoder, f"{run_dir} segments")
     values = rec.label_values or list(range(rec.classes))
     scored = any(meta.get("label") for _, meta in entries)
     if scored and (unknown := sorted(set(label_values(entries)) - set(values))):
@@ -349,17 +367,13 @@ def run_predict(run_dir: Path, volumes: list[Volume], out: Path, overwrite: bool
     summary: dict[str, Any] = {"run": str(run_dir), "label_values": values, "skipped": skipped, "volumes": {}}
     lut, scores, shown = value_lut(values), {}, None
     regions = region_classes(rec.finetune.regions, values)
+    bf16, tta = use_bf16(rec.finetune.precision, device), rec.finetune.tta if tta is None else tta
     for npy, meta in entries:
-        image = np.load(npy).astype(np.float32)
-        pred = predict(segmenter, image, rec.finetune.roi, rec.finetune.sw_overlap, device,
-                       use_bf16(rec.finetune.precision, device), rec.finetune.tta if tta is None else tta)
-        if rec.finetune.foreground_mask:
-            pred = inside_foreground(pred, image)
+        image, pred = segment(segmenter, npy, rec.finetune, device, bf16, tta)
         if meta.get("label"):
-            label = np.load(meta["label"]).astype(np.int64)
-            label = lut[label] if lut is not None else label
+            label = class_map(meta, lut)
             scores[meta["id"]] = score_volume(pred, label, len(values), regions, meta["spacing"])
-            shown = shown or (image[0] if image.ndim == 4 else image, label, pred, 0, label.shape[0])
+            shown = shown or (image, label, pred, 0, label.shape[0])
         path = out / f"{volume_stem(meta['id'])}.nii.gz"
         written = write_prediction(pred, meta, values, path)
         voxel_ml = abs(float(np.linalg.det(np.asarray(meta["affine"])[:3, :3]))) / 1000.0
@@ -402,12 +416,14 @@ def busiest_slices(label: np.ndarray) -> tuple[int, int]:
 
 
 def overlay(image: np.ndarray, label: np.ndarray, pred: np.ndarray, x0: int, x1: int, path: Path) -> Path:
-    """Axial and coronal slices through the held-out part (where it has the most labels): image, reference, prediction."""
+    """Axial and coronal slices through the held-out part (where it has the most labels): image (its first channel),
+    reference, prediction."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    image = image[0] if image.ndim == 4 else image
     xs = slice(x0, x1)
     z, y = busiest_slices(label[xs])
     views = [("axial", lambda a: a[xs, :, z].T), ("coronal", lambda a: a[xs, y, :].T)]

@@ -120,8 +120,9 @@ def predict(model: nn.Module, image: np.ndarray, roi: int, overlap: float, devic
     combination of its axes (8 passes), each flipped back."""
     from monai.inferers import sliding_window_inference
 
-    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
-    x = (x[None] if x.dim() == 4 else x[None, None]).to(device)
+    from sslkit.domains.medical3d.transforms import channels_first
+
+    x = channels_first(np.ascontiguousarray(image, dtype=np.float32))[None].to(device)
     probs = None
     for dims in MIRRORS if tta else [()]:
         flipped = x.flip(dims) if dims else x

@@ -31,6 +31,11 @@ def crop(vol: np.ndarray, center: np.ndarray, roi: int) -> np.ndarray:
     return out
 
 
+def channels_first(arr: np.ndarray) -> Tensor:
+    """An (X, Y, Z) array as a (1, X, Y, Z) tensor; a (C, X, Y, Z) one of a several-channel volume as it is."""
+    return torch.from_numpy(arr if arr.ndim == 4 else arr[None])
+
+
 def random_center(shape: tuple[int, ...], roi: int, rng: np.random.Generator) -> np.ndarray:
     """A crop centre drawn uniformly so the crop stays inside the volume where it fits."""
     half = roi / 2

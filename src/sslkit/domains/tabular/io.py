@@ -297,13 +297,8 @@ def _excel_rows(path: Path) -> Iterator[tuple[int, tuple]]:
         book.close()
 
 
-def _excel_batches(path: Path, batch_rows: int) -> Iterator[Any]:
-    """Record batches of the first sheet. A column whose cells mix numbers and text is read as text, and one of
-    numbers stored as text as numbers; text that spells a missing value ("NA", "?", …) is missing: as in CSV."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    rows = _excel_rows(path)
+def _excel_header(path: Path, rows: Iterator[tuple[int, tuple]]) -> list[str]:
+    """The column names: the first non-empty row of the sheet, up to its last filled cell, each cell filled."""
     _, header = next(rows, (0, None))
     if header is None:
         raise UserError(f"{path}: the first sheet is empty — put a header row and data on it")
@@ -311,6 +306,18 @@ def _excel_batches(path: Path, batch_rows: int) -> Iterator[Any]:
     names = [str(v).strip() if v is not None else "" for v in header[:width]]
     if "" in names:
         raise UserError(f"{path}: the header has an empty cell in column {names.index('') + 1} — name every column")
+    return names
+
+
+def _excel_batches(path: Path, batch_rows: int) -> Iterator[Any]:
+    """Record batches of the first sheet. A column whose cells mix numbers and text is read as text, and one of
+    numbers stored as text as numbers; text that spells a missing value ("NA", "?", …) is missing: as in CSV."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    rows = _excel_rows(path)
+    names = _excel_header(path, rows)
+    width = len(names)
     nulls = set(NULL_VALUES)
 
     def column(values: list) -> Any:
@@ -383,8 +390,7 @@ def table_columns(path: Path) -> list[str]:
     if table_kind(path) == "json":
         return _check_names(path, _json_reader(path).schema.names)
     if table_kind(path) == "excel":
-        _, header = next(_excel_rows(path), (0, ()))
-        return _check_names(path, [str(v).strip() for v in header if _filled(v)])
+        return _check_names(path, _excel_header(path, _excel_rows(path)))
     if table_kind(path) == "parquet":
         import pyarrow.parquet as pq
 
