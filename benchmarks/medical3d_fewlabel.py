@@ -45,7 +45,7 @@ def sslkit(*args: object, env: dict[str, str] | None = None) -> None:
 def make_data(root: Path, subjects: int, unlabelled: int) -> Path:
     """sample-data, then move the synthetic volumes past the first LABELLED to an unlabelled folder (labels dropped)."""
     data = root / "data"
-    sslkit("sample-data", data, "--subjects", subjects, "--synthetic", LABELLED + unlabelled, "--size", "64")
+    sslkit("sample-data", data, "--subjects", subjects, "--synthetic", LABELLED + unlabelled, "--size", "64", "--lesions", 0)
     syn = data / "synthetic"
     (syn / "unlabelled").mkdir()
     for img in sorted((syn / "images").glob("*.nii.gz"))[LABELLED:]:

@@ -131,7 +131,7 @@ def main() -> None:
     if data is None:
         data = tmp / "data"
         subprocess.run([sys.executable, "-m", "sslkit", "medical3d", "sample-data", str(data), "--resolution", "1",
-                        "--subjects", "4", "--synthetic", "0"], check=True, capture_output=True)
+                        "--subjects", "4", "--synthetic", "0", "--lesions", "0"], check=True, capture_output=True)
     import nibabel as nib
     import numpy as np
 

@@ -7,7 +7,7 @@ SSLKIT=${SSLKIT:-sslkit}
 OUT=${OUT:-demo-out}/medical3d
 mkdir -p "$OUT"
 export SSLKIT_CACHE_DIR=${SSLKIT_CACHE_DIR:-$OUT/cache}
-$SSLKIT medical3d sample-data "$OUT/data" --overwrite --subjects 4 --synthetic 0
+$SSLKIT medical3d sample-data "$OUT/data" --overwrite --subjects 4 --synthetic 0 --lesions 0
 $SSLKIT medical3d pretrain "$OUT/data/mri/images" "$OUT/data/mri/unlabelled" -r mri-demo --out "$OUT/pretrain" --overwrite
 $SSLKIT medical3d finetune "$OUT/pretrain" "$OUT/data/mri/images" "$OUT/data/mri/labels" --out "$OUT/finetune" --overwrite
 # the fine-tuned network on the warped subjects it never saw labelled: label maps, tissue volumes in mL, and

@@ -60,3 +60,4 @@ atexit.register(shutil.rmtree, os.environ["SSLKIT_CACHE_DIR"], ignore_errors=Tru
 @pytest.fixture(scope="session")
 def volumes(tmp_path_factory) -> Path:  # noqa: ANN001
     return write_volumes(tmp_path_factory.mktemp("m3d-data"))
+

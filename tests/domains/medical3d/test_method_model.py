@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -337,3 +338,95 @@ def test_mirroring_tta_makes_the_prediction_flip_equivariant() -> None:
         b = predict(net, np.flip(image, 0).copy(), 32, 0.25, cpu, False, tta)
         agree[tta] = float((np.flip(a, 0) == b).mean())
     assert agree[True] > 0.999 and agree[False] < 0.99, agree
+
+
+def brats_finetune(**kw):  # noqa: ANN003, ANN201
+    from sslkit.domains.medical3d.recipe import FinetuneConfig
+
+    return FinetuneConfig(regions={"WT": [1, 2, 4], "TC": [1, 4], "ET": [4]}, region_training=True, **kw)
+
+
+def test_region_layout_paints_brats_regions_innermost_last() -> None:
+    """BraTS values 0, 1, 2, 4 (classes 0..3): WT adds edema (2), TC necrosis (1), ET enhancing (4), painted in that
+    order; membership is the union each region names. Regions that cannot be painted back are refused."""
+    from sslkit.core.errors import UserError
+    from sslkit.domains.medical3d.finetune import region_layout
+    from sslkit.domains.medical3d.recipe import FinetuneConfig
+
+    values = [0, 1, 2, 4]
+    members, paint = region_layout(brats_finetune(), values)
+    assert paint == [(0, 2), (1, 1), (2, 3)]
+    np.testing.assert_array_equal(members, [[0, 0, 0], [1, 1, 0], [1, 0, 0], [1, 1, 1]])
+    shuffled = FinetuneConfig(regions={"ET": [4], "WT": [1, 2, 4], "TC": [1, 4]}, region_training=True)
+    assert region_layout(shuffled, values)[1] == [(1, 2), (2, 1), (0, 3)]        # size decides, not the order given
+    assert region_layout(FinetuneConfig(regions={"WT": [1, 2, 4]}), values) == (None, None)   # scored only
+    for regions, message in (({}, "needs finetune.regions"),
+                             ({"A": [1, 2], "B": [2, 4]}, "A and B overlap"),
+                             ({"WT": [1, 2], "TC": [1]}, "values [4] lie in no region"),
+                             ({"WT": [1, 2, 4], "ET": [4]}, "WT adds [1, 2]"),
+                             ({"WT": [1, 2, 4], "TC": [1, 2, 4]}, "WT and TC overlap")):
+        with pytest.raises(UserError, match=re.escape(message)):
+            region_layout(FinetuneConfig(regions=regions, region_training=True), values)
+
+
+def test_region_loss_targets_are_the_unions_and_ignore_unlabelled_voxels() -> None:
+    """Logits that are right for every region give a Dice near 1 and a small loss; the same logits against another
+    labelling score lower; voxels labelled -1 do not count, whatever the logits there."""
+    from sslkit.domains.medical3d.segmentation import region_loss
+
+    members = torch.tensor([[0, 0, 0], [1, 1, 0], [1, 0, 0], [1, 1, 1]], dtype=torch.float32)
+    label = torch.randint(0, 4, (2, 6, 6, 6))
+    right = (members[label].movedim(-1, 1) * 2 - 1) * 12.0                  # +12 inside each region, -12 outside
+    loss, soft = region_loss(right, label, members)
+    assert soft > 0.999 and loss < 0.01
+    other = torch.randint(0, 4, (2, 6, 6, 6))
+    assert region_loss(right, other, members)[0] > 0.5
+    masked = label.clone()
+    masked[:, :3] = -1
+    scrambled = right.clone()
+    scrambled[:, :, :3] *= -1                                                  # wrong everywhere that is ignored
+    assert region_loss(scrambled, masked, members)[0] < 0.01
+
+
+def test_predict_paints_regions_largest_first() -> None:
+    """Nested slabs: a voxel where WT, TC and ET are all over 0.5 is enhancing, where only WT is edema, where WT and
+    TC necrosis; under 0.5 everywhere background. The same with TTA (the slabs are mirror-symmetric)."""
+    from sslkit.domains.medical3d.segmentation import predict
+
+    class Fixed(torch.nn.Module):           # by distance d from the middle of x: WT d < 12, TC d < 8, ET d < 4
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            d = (torch.arange(x.shape[2]) - (x.shape[2] - 1) / 2).abs().view(1, 1, -1, 1, 1)
+            d = d.expand(x.shape[0], 1, *x.shape[2:])
+            return torch.cat([(d < r).float() * 8 - 4 for r in (12, 8, 4)], 1)
+
+    image, cpu = np.zeros((32, 16, 16), np.float32), torch.device("cpu")
+    want = np.array([0] * 4 + [2] * 4 + [1] * 4 + [3] * 8 + [1] * 4 + [2] * 4 + [0] * 4)[:, None, None]
+    for tta in (False, True):
+        pred = predict(Fixed(), image, 32, 0.25, cpu, False, tta, paint=[(0, 2), (1, 1), (2, 3)])
+        assert pred.dtype == np.int16 and (pred == want).all()
+
+
+def test_segmenter_prior_sets_every_output_to_start_at_it() -> None:
+    from sslkit.domains.medical3d.model import ConvEncoder3d
+
+    torch.manual_seed(0)
+    net = Segmenter(ConvEncoder3d([8, 16]), classes=3, base=8, prior=0.1)
+    with torch.no_grad():
+        p = net(torch.zeros(1, 1, 16, 16, 16)).sigmoid()
+    assert abs(float(p.mean()) - 0.1) < 0.05
+
+
+def test_largest_component_keeps_the_object_and_drops_stray_parts() -> None:
+    """A two-class object and a stray blob of one of its classes: the blob goes, the object keeps both classes; parts
+    touching only by a corner count as one (26-connectivity); a single part is returned as it is."""
+    from sslkit.domains.medical3d.segmentation import largest_component
+
+    pred = np.zeros((20, 20, 20), np.int16)
+    pred[2:10, 2:10, 2:10] = 1
+    pred[4:8, 4:8, 4:8] = 2
+    pred[15:18, 15:18, 15:18] = 2                     # stray, 27 voxels
+    pred[10, 10, 10] = 1                              # touches the object's corner
+    out = largest_component(pred)
+    assert out.dtype == pred.dtype and not out[15:18, 15:18, 15:18].any()
+    np.testing.assert_array_equal(out[:15, :15, :15], pred[:15, :15, :15])
+    assert largest_component(out) is out

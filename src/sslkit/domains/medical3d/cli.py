@@ -191,6 +191,9 @@ def predict(run: Annotated[Path, typer.Argument(help="A run folder written by `m
                                                            "predictions (Dice, HD95), one label map per image.")] = None,
             tta: Annotated[Optional[bool], typer.Option("--tta/--no-tta", help="Average the 8 mirrorings of each "
                                                         "volume (8× slower); default: the run's finetune.tta.")] = None,
+            keep_largest: Annotated[Optional[bool], typer.Option(
+                "--keep-largest/--keep-all", help="Keep only the largest connected part of the predicted foreground "
+                "(one object per scan); default: the run's finetune.keep_largest.")] = None,
             device: DeviceOpt = "auto", overwrite: OverwriteOpt = False, strict: StrictOpt = False) -> None:
     """Segment new volumes with a fine-tuned network: label maps on each input's grid, class volumes in mL; with
     --labels, Dice and HD95 on them (a test set from another site, say)."""
@@ -202,7 +205,7 @@ def predict(run: Annotated[Path, typer.Argument(help="A run folder written by `m
     volumes = select_channels(find_volumes(images, UNLABELLED_SECTIONS), channel, "finetune")
     if labels is not None:
         volumes = pair_labels(volumes, find_volumes([labels]))
-    run_predict(run, volumes, out, overwrite, strict, device, tta)
+    run_predict(run, volumes, out, overwrite, strict, device, tta, keep_largest)
     typer.echo(str(out))
 
 
@@ -216,8 +219,11 @@ def sample_data(out: Annotated[Path, typer.Argument(help="Folder to write the sa
                 subjects: Annotated[int, typer.Option("--subjects", help="Warped T1 copies for pretraining.")] = 6,
                 synthetic: Annotated[int, typer.Option("--synthetic", help="Labelled synthetic volumes.")] = 8,
                 size: Annotated[int, typer.Option("--size", help="Side of each synthetic volume.")] = 64,
+                lesions: Annotated[int, typer.Option("--lesions", help="Synthetic tumour-like lesions with BraTS's "
+                                                     "nested labels (1, 2, 4), to try finetune.regions.")] = 8,
                 overwrite: OverwriteOpt = False) -> None:
-    """Real MNI152 T1 + grey/white-matter labels (nilearn), warped copies, and MONAI synthetic labelled volumes."""
+    """Real MNI152 T1 + grey/white-matter labels (nilearn), warped copies, MONAI synthetic labelled volumes, and
+    synthetic lesions with BraTS-style nested labels."""
     from sslkit.core.console import info
     from sslkit.core.errors import UserError
     from sslkit.domains.medical3d.samples import write_sample_data
@@ -226,6 +232,6 @@ def sample_data(out: Annotated[Path, typer.Argument(help="Folder to write the sa
         raise UserError(f"--resolution {resolution} is not offered — use 1 or 2 (mm)")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UserError(f"{out} is not empty — pass --overwrite or choose another folder")
-    counts = write_sample_data(out, resolution, subjects, synthetic, size)
+    counts = write_sample_data(out, resolution, subjects, synthetic, size, lesions=lesions)
     info(f"wrote {counts} under {out}")
     typer.echo(str(out))

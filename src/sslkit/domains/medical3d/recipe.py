@@ -95,11 +95,16 @@ class FinetuneConfig(Section):
     label_fraction: float = Field(0.5, gt=0.0, le=0.5)   # one labelled volume: share of its x extent that trains
     augment: bool = False              # random flips along each axis + intensity scale/shift (MONAI's BraTS tutorial)
     foreground_mask: bool = False      # predictions outside the filled non-zero image are background (skull-stripped MRI)
+    keep_largest: bool = False         # only the largest connected part of the predicted foreground is kept (nnU-Net's
+                                       # postprocessing; for one object per scan, e.g. a tumour; not scattered lesions)
     seed: int = 0
     precision: Literal["auto", "bf16", "fp32"] = "fp32"   # fp32: bf16 conv3d backward overflowed on CPU (oneDNN)
     tta: bool = False                  # held-out predictions averaged over the 8 mirrorings of the volume (nnU-Net)
     # also score unions of label values, e.g. BraTS {WT: [1, 2, 4], TC: [1, 4], ET: [4]} (Decathlon: [1, 2, 3], ...)
     regions: dict[str, list[int]] = Field(default_factory=dict)
+    # true: train one sigmoid output per region instead of softmax classes (nnU-Net's region-based training for
+    # nested tumour labels); predictions paint the regions largest first, each with the one value it adds
+    region_training: bool = False
 
 
 class Medical3DRecipe(Recipe):

@@ -8,6 +8,9 @@ Layout written under DIR:
   mri/subject_labels/subject_XX.nii.gz                        the tissue labels under the same warps (nearest
                                                               neighbour): for scoring on held-out subjects only
   synthetic/images/vol_XX.nii.gz, synthetic/labels/...        MONAI create_test_image_3d spheres (labels 0..K-1)
+  lesions/images/lesion_XX.nii.gz, lesions/labels/..., lesions/dataset.json
+                                                              synthetic brain-tumour-like lesions with BraTS's
+                                                              nested labels (1 necrosis, 2 edema, 4 enhancing rim)
 """
 from __future__ import annotations
 
@@ -46,8 +49,46 @@ def warped_subject(t1: np.ndarray, rng: np.random.Generator, label: np.ndarray |
     return (out * bias).astype(np.float32), warped
 
 
+BRATS_LABELS = {"background": 0, "necrosis": 1, "edema": 2, "enhancing tumour": 4}
+
+
+def lesion_volume(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(image, label) of a synthetic FLAIR-like brain lesion, BraTS's nesting: a necrotic core (1) inside an
+    enhancing rim (4) inside edema (2), in an ellipsoid of tissue; the boundaries wobble with low-frequency noise
+    and the image carries a bias field and Gaussian noise. Regions: WT = {1, 2, 4}, TC = {1, 4}, ET = {4}."""
+    from scipy.ndimage import gaussian_filter, zoom
+
+    axes = [np.linspace(-1, 1, size)] * 3
+    grid = np.stack(np.meshgrid(*axes, indexing="ij"))
+    brain = (grid ** 2 / rng.uniform(0.75, 0.95, 3)[:, None, None, None] ** 2).sum(0) < 1
+    centre = rng.uniform(-0.35, 0.35, 3)
+    wobble = zoom(rng.normal(0, 1, (6, 6, 6)), size / 6, order=3)[:size, :size, :size]
+    dist = np.sqrt(((grid - centre[:, None, None, None]) ** 2).sum(0)) * (1 + 0.12 * wobble)
+    r_edema, r_rim = rng.uniform(0.35, 0.5), rng.uniform(0.18, 0.28)
+    r_core = r_rim * rng.uniform(0.45, 0.7)
+    label = np.select([dist < r_core, dist < r_rim, dist < r_edema], [1, 4, 2], 0).astype(np.uint8) * brain
+    texture = gaussian_filter(rng.normal(0, 1, (size,) * 3), 1.5)
+    tissue = np.where(brain, 0.35 + 0.05 * texture / texture.std(), 0.0)
+    image = np.select([label == 1, label == 4, label == 2], [0.25, 0.95, 0.65], tissue)
+    bias = 1 + 0.1 * np.tensordot(rng.uniform(-1, 1, 3), grid, axes=1)
+    image = (image * bias + rng.normal(0, 0.04, image.shape)) * brain
+    return image.astype(np.float32), label
+
+
+def write_lesions(out: Path, n: int, size: int = 64, seed: int = 0) -> int:
+    """n `lesion_volume`s as out/images/lesion_XX.nii.gz + out/labels/... and out/dataset.json; returns n."""
+    rng = np.random.default_rng(seed + 1)
+    for i in range(n):
+        image, label = lesion_volume(rng, size)
+        write_nifti(out / "images" / f"lesion_{i:02d}.nii.gz", image, np.diag([2.0, 2.0, 2.0, 1.0]))
+        write_nifti(out / "labels" / f"lesion_{i:02d}.nii.gz", label, np.diag([2.0, 2.0, 2.0, 1.0]))
+    if n:
+        atomic_write_text(out / "dataset.json", json.dumps({"labels": BRATS_LABELS}, indent=2))
+    return n
+
+
 def write_sample_data(out: Path, resolution: int = 2, subjects: int = 6, synthetic: int = 8, size: int = 64,
-                      seed: int = 0) -> dict[str, int]:
+                      seed: int = 0, lesions: int = 0) -> dict[str, int]:
     """Write the layout above; returns counts of written volumes."""
     from monai.data import create_test_image_3d
     from nilearn import datasets
@@ -73,4 +114,5 @@ def write_sample_data(out: Path, resolution: int = 2, subjects: int = 6, synthet
                                         random_state=np.random.RandomState(seed * 1000 + i))
         write_nifti(out / "synthetic" / "images" / f"vol_{i:02d}.nii.gz", img.astype(np.float32), np.eye(4))
         write_nifti(out / "synthetic" / "labels" / f"vol_{i:02d}.nii.gz", seg.astype(np.uint8), np.eye(4))
-    return {"mri_labelled": 1, "mri_unlabelled": subjects, "synthetic": synthetic}
+    return {"mri_labelled": 1, "mri_unlabelled": subjects, "synthetic": synthetic,
+            "lesions": write_lesions(out / "lesions", lesions, size, seed)}

@@ -34,12 +34,18 @@ class UNetDecoder(nn.Module):
 
 
 class Segmenter(nn.Module):
-    """encoder pyramid (strides 2..2^L) + `UNetDecoder` -> (B, classes, X, Y, Z) logits."""
+    """encoder pyramid (strides 2..2^L) + `UNetDecoder` -> (B, classes, X, Y, Z) logits.
 
-    def __init__(self, encoder: nn.Module, classes: int, base: int = 16, in_channels: int = 1) -> None:
+    `prior`: for sigmoid outputs, the probability every output starts at (its bias is the prior's logit)."""
+
+    def __init__(self, encoder: nn.Module, classes: int, base: int = 16, in_channels: int = 1,
+                 prior: float | None = None) -> None:
         super().__init__()
         self.encoder = encoder
         self.decoder = UNetDecoder(encoder.channels, classes, base, in_channels)
+        if prior is not None:
+            with torch.no_grad():
+                self.decoder.out.conv.conv.bias.fill_(float(np.log(prior / (1 - prior))))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.decoder(self.encoder.pyramid(x), x)
@@ -78,15 +84,37 @@ def dice_ce_loss(logits: Tensor, label: Tensor) -> tuple[Tensor, Tensor]:
     return ce + 1 - soft, soft
 
 
-class SegmentationTask(nn.Module):
-    """fit() method: forward({"image", "label"}) -> (Dice+CE loss, metrics); `encoder` is what gets exported."""
+def region_loss(logits: Tensor, label: Tensor, members: Tensor) -> tuple[Tensor, Tensor]:
+    """(BCE + soft Dice, soft Dice) of one sigmoid output per region, nnU-Net's region-based loss for nested tumour
+    labels. logits (B, R, ...), class labels (B, ...) with -1 = ignore, `members` (K, R) 0/1: class k lies in
+    region r. The Dice is computed over the whole batch per region and averaged over regions (no background)."""
+    logits = logits.float()
+    valid = (label >= 0).unsqueeze(1).float()
+    target = members.float()[label.clamp_min(0)].movedim(-1, 1)                # (B, R, ...) multi-hot
+    bce = F.binary_cross_entropy_with_logits(logits, target, weight=valid, reduction="sum")
+    bce = bce / (valid.sum() * logits.shape[1]).clamp_min(1.0)
+    probs = logits.sigmoid() * valid
+    dims = (0, *range(2, logits.dim()))
+    dice = (2 * (probs * target).sum(dims) + 1e-5) / (probs.sum(dims) + (target * valid).sum(dims) + 1e-5)
+    soft = dice.mean()
+    return bce + 1 - soft, soft
 
-    def __init__(self, segmenter: Segmenter, spec: dict, encoder_lr_mult: float = 1.0, weight_decay: float = 0.0) -> None:
+
+class SegmentationTask(nn.Module):
+    """fit() method: forward({"image", "label"}) -> (loss, metrics); `encoder` is what gets exported.
+
+    The loss is Dice + CE over softmax classes, or with `members` (K, R) region-based: BCE + Dice of one sigmoid
+    output per region (`region_loss`)."""
+
+    def __init__(self, segmenter: Segmenter, spec: dict, encoder_lr_mult: float = 1.0, weight_decay: float = 0.0,
+                 members: np.ndarray | None = None) -> None:
         super().__init__()
         self.model = segmenter
         self.encoder = segmenter.encoder
         self.spec = spec
         self.encoder_lr_mult, self.weight_decay = encoder_lr_mult, weight_decay
+        self.register_buffer("members", None if members is None else torch.as_tensor(members, dtype=torch.float32),
+                             persistent=False)       # float: DDP broadcasts buffers, and gloo has no bool
 
     def param_groups(self) -> list[dict]:
         """Pretrained encoder at lr × encoder_lr_mult, decoder at the base lr (fit() applies `lr_mult`)."""
@@ -104,7 +132,11 @@ class SegmentationTask(nn.Module):
         return self.spec
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        loss, soft = dice_ce_loss(self.model(batch["image"]), batch["label"])
+        logits = self.model(batch["image"])
+        if self.members is not None:
+            loss, soft = region_loss(logits, batch["label"], self.members)
+        else:
+            loss, soft = dice_ce_loss(logits, batch["label"])
         return loss, {"soft_dice": soft.detach()}
 
 
@@ -113,11 +145,13 @@ MIRRORS = [(), (2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4)]   # every fl
 
 @torch.no_grad()
 def predict(model: nn.Module, image: np.ndarray, roi: int, overlap: float, device: torch.device, bf16: bool,
-            tta: bool = False) -> np.ndarray:
-    """Sliding-window argmax label map (X, Y, Z) int16 for a preprocessed (X, Y, Z) or (C, X, Y, Z) volume.
+            tta: bool = False, paint: list[tuple[int, int]] | None = None) -> np.ndarray:
+    """Sliding-window class map (X, Y, Z) int16 for a preprocessed (X, Y, Z) or (C, X, Y, Z) volume: the argmax of
+    the softmax classes or, for a region-trained model, `paint` [(output, class)]: in that order (largest region
+    first), every voxel whose sigmoid for that output is over 0.5 takes that class.
 
-    `tta`: nnU-Net's mirroring test-time augmentation — the softmax averaged over the volume flipped along every
-    combination of its axes (8 passes), each flipped back."""
+    `tta`: nnU-Net's mirroring test-time augmentation — the probabilities averaged over the volume flipped along
+    every combination of its axes (8 passes), each flipped back."""
     from monai.inferers import sliding_window_inference
 
     from sslkit.domains.medical3d.transforms import channels_first
@@ -129,10 +163,16 @@ def predict(model: nn.Module, image: np.ndarray, roi: int, overlap: float, devic
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = sliding_window_inference(flipped, (roi,) * 3, 2, model, overlap=overlap, mode="gaussian",
                                               padding_mode="constant")
-        p = logits.float().softmax(1) if tta else logits.float()
+        p = logits.float().sigmoid() if paint else logits.float().softmax(1) if tta else logits.float()
         p = p.flip(dims) if dims else p
         probs = p if probs is None else probs + p
-    return probs.argmax(1)[0].cpu().numpy().astype(np.int16)
+    if not paint:
+        return probs.argmax(1)[0].cpu().numpy().astype(np.int16)
+    probs = probs[0] / (len(MIRRORS) if tta else 1)
+    out = torch.zeros(probs.shape[1:], dtype=torch.int16, device=probs.device)
+    for channel, cls in paint:
+        out[probs[channel] > 0.5] = cls
+    return out.cpu().numpy()
 
 
 def inside_foreground(pred: np.ndarray, image: np.ndarray) -> np.ndarray:
@@ -145,6 +185,19 @@ def inside_foreground(pred: np.ndarray, image: np.ndarray) -> np.ndarray:
 
     filled = (image > 0).any(axis=0) if image.ndim == 4 else image > 0     # channels: non-zero in any of them
     return np.where(binary_fill_holes(filled), pred, 0).astype(pred.dtype)
+
+
+def largest_component(pred: np.ndarray) -> np.ndarray:
+    """`pred` with every foreground voxel (any class > 0) outside the largest connected part of the foreground set to
+    background; parts touch by faces, edges or corners (26-connectivity). nnU-Net's "keep the largest foreground
+    component" postprocessing: stray false positives far from the object go, the object's classes stay."""
+    from scipy.ndimage import label
+
+    parts, n = label(pred > 0, structure=np.ones((3, 3, 3), bool))
+    if n <= 1:
+        return pred
+    largest = np.bincount(parts.ravel())[1:].argmax() + 1
+    return np.where(parts == largest, pred, 0).astype(pred.dtype)
 
 
 def hd95_per_class(pred: np.ndarray, label: np.ndarray, classes: int, spacing: list[float],
