@@ -456,6 +456,41 @@ def test_resume_after_sigterm_matches_uninterrupted(volumes: Path, tmp_path: Pat
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_finetune_resume_after_sigterm_matches_uninterrupted(tiny_run: Path, volumes: Path, tmp_path: Path) -> None:
+    """finetune --resume (the interrupted run's message tells users to use it): the resumed run ends with the same
+    weights and held-out Dice as one that was never stopped; another split, another pretraining run or a pretraining
+    folder are refused without touching the run."""
+    args = [sys.executable, "-m", "sslkit", "medical3d", "finetune", str(tiny_run), str(volumes / "img"),
+            str(volumes / "lab"), "--train", "2", "--set", "finetune.steps=8", "--set", "train.checkpoint_every=2"]
+    full = subprocess.run([*args, "--out", str(tmp_path / "full")], capture_output=True, text=True, env=ENV)
+    assert full.returncode == 0, full.stderr
+    proc = subprocess.Popen([*args, "--out", str(tmp_path / "cut")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=ENV)
+    ck = tmp_path / "cut" / "checkpoints" / "last.pt"
+    while not ck.exists() and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    step = torch.load(ck, weights_only=True)["step"]
+    assert proc.returncode == 130 and 0 < step < 8 and "--resume" in err, err
+    recipe = (tmp_path / "cut" / "recipe.yaml").read_text()
+    for bad, message in ((["--train", "3"], "give the same images, labels and --train"),
+                         (["--from-scratch"], "was fine-tuned from"),):
+        res = invoke("finetune", tiny_run, volumes / "img", volumes / "lab", "--train", "2", *bad,
+                     "--out", tmp_path / "cut", "--resume")
+        assert res.exit_code == 2 and message in res.output, res.output
+    assert (tmp_path / "cut" / "recipe.yaml").read_text() == recipe
+    res = invoke("finetune", tmp_path / "cut", volumes / "img", volumes / "lab", "--out", tiny_run, "--resume")
+    assert res.exit_code == 2 and "is a pretraining run" in res.output, res.output
+    res = subprocess.run([*args[:-4], "--out", str(tmp_path / "cut"), "--resume"], capture_output=True, text=True,
+                         env=ENV)                                  # the run's own settings: no --set needed
+    assert res.returncode == 0, res.stderr
+    a, b = (torch.load(tmp_path / r / "checkpoints" / "last.pt", weights_only=True) for r in ("full", "cut"))
+    assert a["step"] == b["step"] == 8 and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    ev = [json.loads((tmp_path / r / "evaluation.json").read_text())["dice_per_class"] for r in ("full", "cut")]
+    assert ev[0] == ev[1]
+
+
 @pytest.mark.parametrize(("recipe", "extra", "dim"), [
     ("tiny-swin", [], 192),
     ("tiny", ["--set", "alice.centering=sinkhorn"], 128),   # Alice: Sinkhorn-Knopp targets all-reduced across ranks

@@ -164,21 +164,25 @@ def finetune(run: RunArg, images: Annotated[Path, typer.Argument(help="Image fol
                                                         "(the baseline).")] = False,
              train: Annotated[Optional[int], typer.Option("--train", help="Labelled volumes to train on; the rest "
                                                           "are held out (one volume: halves).", min=1)] = None,
-             set_: SetOpt = None, out: OutOpt = None, overwrite: OverwriteOpt = False, strict: StrictOpt = False) -> None:
+             set_: SetOpt = None, out: OutOpt = None, overwrite: OverwriteOpt = False, resume: ResumeOpt = False,
+             strict: StrictOpt = False) -> None:
     """Segmentation with the pretrained encoder + UNETR-style decoder; Dice per class on held-out data; NIfTI predictions."""
     from sslkit.core.recipes import apply_override, validate_recipe
     from sslkit.core.runs import Run
-    from sslkit.domains.medical3d.finetune import run_finetune
+    from sslkit.domains.medical3d.finetune import resumed_settings, run_finetune
     from sslkit.domains.medical3d.io import find_volumes, pair_labels, select_channels
     from sslkit.domains.medical3d.recipe import Medical3DRecipe
 
     base = Run.load(run, "medical3d")
     raw = base.recipe_dict
+    if resume:      # the interrupted run's own fine-tuning settings, then any new --set
+        raw["finetune"] = resumed_settings(out, None if from_scratch else base.dir)
     for override in set_ or []:
         apply_override(raw, override, Medical3DRecipe)
     cfg = validate_recipe(Medical3DRecipe, raw, str(base.path("recipe.yaml")))
     pairs = pair_labels(select_channels(find_volumes([images]), cfg.data.channel, "finetune"), find_volumes([labels]))
-    result = run_finetune(cfg, None if from_scratch else base.dir, pairs, train, out, overwrite, strict, [images, labels])
+    result = run_finetune(cfg, None if from_scratch else base.dir, pairs, train, out, overwrite, strict, [images, labels],
+                          resume)
     if result:
         typer.echo(f"{result['mean_dice']:.4f}")
 

@@ -151,9 +151,28 @@ def load_decoder(decoder: torch.nn.Module, checkpoint: Path) -> int:
     return len(wanted)
 
 
+def resumed_settings(out: Path | None, pretrained: Path | None) -> dict[str, Any]:
+    """The `finetune` section of the fine-tuning run in `out` that `--resume` continues; it must have started from
+    the same pretraining run (or from scratch, as `pretrained` None says)."""
+    from sslkit.core.runs import Run
+
+    if out is None:
+        raise UserError("--resume needs --out pointing at the fine-tuning run to continue")
+    saved = Run.load(out, "medical3d").recipe_dict
+    if saved.get("method") != "finetune":
+        raise UserError(f"--resume: {out} is a pretraining run — resume it with `medical3d pretrain --resume`")
+    was = saved.get("pretrained")
+    if (Path(was).resolve() if was else None) != (Path(pretrained).resolve() if pretrained else None):
+        raise UserError(f"--resume: {out} was fine-tuned from {was or 'scratch (--from-scratch)'} — give that run "
+                        f"{'' if was else 'and --from-scratch '}to continue it")
+    return dict(saved.get("finetune", {}))
+
+
 def run_finetune(cfg: Medical3DRecipe, pretrained: Path | None, pairs: list[Volume], n_train: int | None,
-                 out: Path | None, overwrite: bool, strict: bool, data_paths: list[Path]) -> dict[str, Any]:
-    """Train, predict the held-out part, write predictions and evaluation.json; returns the evaluation."""
+                 out: Path | None, overwrite: bool, strict: bool, data_paths: list[Path],
+                 resume: bool = False) -> dict[str, Any]:
+    """Train, predict the held-out part, write predictions and evaluation.json; returns the evaluation. `resume`
+    continues the interrupted run in `out` from its checkpoint (same data split, else refused)."""
     from sslkit.core import distributed
     from sslkit.core.export import load_encoder
     from sslkit.core.loop import fit, seed_everything, use_bf16
@@ -189,9 +208,14 @@ def run_finetune(cfg: Medical3DRecipe, pretrained: Path | None, pairs: list[Volu
                         f"twice it — e.g. --set finetune.roi={max(2, round(ft.roi / encoder.stride)) * encoder.stride}")
     if inflate_input(encoder, channels) > 1:   # a 1-channel encoder (pretrained on split channels) is widened
         spec = {**spec, "kwargs": {**spec["kwargs"], "in_channels": channels}}
-    run = Run.open(out, domain="medical3d", recipe=rec, data_paths=data_paths, overwrite=overwrite)
-    run.update_manifest(medical3d={"volumes": len(entries), "skipped": skipped, "cache": str(cache.root),
-                                   "train": [m["id"] for _, m in train_e], "held_out": [m["id"] for _, m in eval_e]})
+    split_ids = {"train": [m["id"] for _, m in train_e], "held_out": [m["id"] for _, m in eval_e]}
+    before = Run(out).manifest.get("medical3d", {}) if resume and out is not None else {}
+    if resume and any(before.get(k) != v for k, v in split_ids.items()):
+        raise UserError(f"--resume: these labelled volumes split into training {split_ids['train']} and held-out "
+                        f"{split_ids['held_out']}, and {out} trained on {before.get('train')} — give the same "
+                        "images, labels and --train")
+    run = Run.open(out, domain="medical3d", recipe=rec, data_paths=data_paths, overwrite=overwrite, resume=resume)
+    run.update_manifest(medical3d={"volumes": len(entries), "skipped": skipped, "cache": str(cache.root), **split_ids})
     segmenter = Segmenter(encoder, classes if members is None else members.shape[1], ft.decoder_channels, channels,
                           prior=None if members is None else REGION_PRIOR)
     if pretrained is not None and ft.transfer_decoder and cfg.alice.recon_decoder == "unet":
@@ -200,7 +224,7 @@ def run_finetune(cfg: Medical3DRecipe, pretrained: Path | None, pairs: list[Volu
     task = SegmentationTask(segmenter, spec, encoder_lr_mult=ft.encoder_lr_mult, weight_decay=rec.train.weight_decay,
                             members=members)
     data = LabelledCrops(train_e, ft.roi, ft.samples_per_volume, train_regions, ft.augment, lut)
-    result = fit(task, data, rec.train, run)
+    result = fit(task, data, rec.train, run, resume=resume)
     if not distributed.is_main():
         return {}
     return evaluate(task, run, eval_e, eval_regions, names, values, ft, use_bf16(rec.train.precision, result.device),

@@ -135,4 +135,5 @@ def finetune_train_config(base: TrainConfig, ft: FinetuneConfig) -> TrainConfig:
     return base.model_copy(update={"steps": ft.steps, "batch_size": ft.batch_size, "micro_batch_size": None,
                                    "lr": ft.lr, "lr_scale_batch": None, "weight_decay": ft.weight_decay,
                                    "warmup_steps": ft.warmup_steps, "seed": ft.seed, "schedule": "cosine",
-                                   "checkpoint_every": max(ft.steps, 1), "precision": ft.precision, "log_every": max(1, min(10, ft.steps // 10))})
+                                   "checkpoint_every": max(1, min(base.checkpoint_every, ft.steps)),
+                                   "precision": ft.precision, "log_every": max(1, min(10, ft.steps // 10))})
