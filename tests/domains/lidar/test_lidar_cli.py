@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 import torch
 
 from tests.domains.lidar.conftest import ENV, run_cli, run_subprocess
+from tests.helpers import sigterm_at_first_checkpoint
 
 
 def one_line_exit_2(res: subprocess.CompletedProcess, needle: str) -> None:
@@ -136,16 +135,8 @@ def test_resume_after_sigterm_matches_uninterrupted(sim_seq, tmp_path):
             "--set", "train.steps=10", "--set", "train.checkpoint_every=2"]
     full = subprocess.run([*args, "--out", str(tmp_path / "full")], capture_output=True, text=True, env=ENV)
     assert full.returncode == 0, full.stderr
-    proc = subprocess.Popen([*args, "--out", str(tmp_path / "cut")], stderr=subprocess.PIPE, stdout=subprocess.PIPE,
-                            text=True, env=ENV)
-    ck = tmp_path / "cut" / "checkpoints" / "last.pt"
-    while not ck.exists() and proc.poll() is None:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
-    step = torch.load(ck, weights_only=True)["step"]
-    assert 0 < step < 10
+    code, err, step = sigterm_at_first_checkpoint([*args, "--out", str(tmp_path / "cut")], tmp_path / "cut", ENV)
+    assert code == 130 and 0 < step < 10, err
     res = run_subprocess("train-student", sim_seq, sim_seq / "label_2", "--out", tmp_path / "cut", "--resume")
     assert res.returncode == 0, res.stderr
     from safetensors.torch import load_file

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import nibabel as nib
@@ -18,6 +16,7 @@ from typer.testing import CliRunner
 
 import sslkit
 from sslkit.cli import app
+from tests.helpers import sigterm_at_first_checkpoint
 
 runner = CliRunner()
 
@@ -146,6 +145,28 @@ def test_finetune_writes_dice_and_predictions_on_input_grid(tiny_run: Path, tmp_
     assert sorted(f.name for f in (tmp_path / "pred").iterdir()) == ["notes.txt", "v1.nii.gz", "volumes.json"]
     refused = invoke("predict", tiny_run, data / "img", "--out", tmp_path / "pred2")
     assert refused.exit_code == 2 and "pretraining run" in refused.output and not (tmp_path / "pred2").exists()
+
+
+def test_predict_on_a_resampled_run_writes_and_scores_on_each_files_own_grid(tiny_run: Path, tmp_path: Path) -> None:
+    """Fine-tuned at 3 mm on 1.5 mm files: predict writes each map on its file's grid (probabilities resampled there,
+    then decoded), and --labels scores that map against the label file as given, with the file's voxel spacing."""
+    from sslkit.domains.medical3d.segmentation import dice_per_class, hd95_per_class
+    from tests.domains.medical3d.conftest import write_volumes
+
+    data = write_volumes(tmp_path / "d", n=3, affine=np.diag([1.5, 1.5, 1.5, 1.0]))
+    res = invoke("finetune", tiny_run, data / "img", data / "lab", "--train", "2", "--out", tmp_path / "ft",
+                 "--set", "data.spacing=[3.0, 3.0, 3.0]", "--set", "finetune.steps=20")
+    assert res.exit_code == 0, res.output
+    res = invoke("predict", tmp_path / "ft", data / "img" / "v2.nii.gz", "--labels", data / "lab" / "v2.nii.gz",
+                 "--out", tmp_path / "p")
+    assert res.exit_code == 0, res.output
+    written = np.asarray(nib.load(tmp_path / "p" / "v2.nii.gz").dataobj).astype(np.int64)
+    truth = np.asarray(nib.load(data / "lab" / "v2.nii.gz").dataobj).astype(np.int64)
+    assert written.shape == truth.shape == (32, 32, 32) and (written > 0).any()
+    test = json.loads((tmp_path / "p" / "evaluation.json").read_text())
+    assert test["dice_per_volume"]["v2.nii.gz"] == pytest.approx(dice_per_class(written, truth, 3), nan_ok=True)
+    assert test["hd95_mm_per_volume"]["v2.nii.gz"] == pytest.approx(hd95_per_class(written, truth, 3, [1.5] * 3),
+                                                                    nan_ok=True)
 
 
 def test_finetune_maps_sparse_label_values_and_writes_them_back(tiny_run: Path, tmp_path: Path) -> None:
@@ -440,15 +461,8 @@ def test_resume_after_sigterm_matches_uninterrupted(volumes: Path, tmp_path: Pat
             "--set", "train.checkpoint_every=2", "--set", "train.precision=fp32"]
     full = subprocess.run([*args, "--out", str(tmp_path / "full")], capture_output=True, text=True, env=ENV)
     assert full.returncode == 0, full.stderr
-    proc = subprocess.Popen([*args, "--out", str(tmp_path / "cut")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=ENV)
-    ck = tmp_path / "cut" / "checkpoints" / "last.pt"
-    while not ck.exists() and proc.poll() is None:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=300)
-    step = torch.load(ck, weights_only=True)["step"]
-    assert proc.returncode == 130 and 0 < step < 6, err
+    code, err, step = sigterm_at_first_checkpoint([*args, "--out", str(tmp_path / "cut")], tmp_path / "cut", ENV)
+    assert code == 130 and 0 < step < 6, err
     res = subprocess.run([*args, "--out", str(tmp_path / "cut"), "--resume"], capture_output=True, text=True, env=ENV)
     assert res.returncode == 0, res.stderr
     a = load_file(str(tmp_path / "full" / "encoder" / "encoder.safetensors"))
@@ -464,15 +478,8 @@ def test_finetune_resume_after_sigterm_matches_uninterrupted(tiny_run: Path, vol
             str(volumes / "lab"), "--train", "2", "--set", "finetune.steps=8", "--set", "train.checkpoint_every=2"]
     full = subprocess.run([*args, "--out", str(tmp_path / "full")], capture_output=True, text=True, env=ENV)
     assert full.returncode == 0, full.stderr
-    proc = subprocess.Popen([*args, "--out", str(tmp_path / "cut")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=ENV)
-    ck = tmp_path / "cut" / "checkpoints" / "last.pt"
-    while not ck.exists() and proc.poll() is None:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=300)
-    step = torch.load(ck, weights_only=True)["step"]
-    assert proc.returncode == 130 and 0 < step < 8 and "--resume" in err, err
+    code, err, step = sigterm_at_first_checkpoint([*args, "--out", str(tmp_path / "cut")], tmp_path / "cut", ENV)
+    assert code == 130 and 0 < step < 8 and "--resume" in err, err
     recipe = (tmp_path / "cut" / "recipe.yaml").read_text()
     for bad, message in ((["--train", "3"], "give the same images, labels and --train"),
                          (["--from-scratch"], "was fine-tuned from"),):

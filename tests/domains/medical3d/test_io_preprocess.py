@@ -342,6 +342,35 @@ def test_cache_hit_invalidation_and_undo(volumes: Path, tmp_path: Path, monkeypa
     assert (back == orig).mean() > 0.9                                   # 2 mm and back: most voxels agree
 
 
+def test_probabilities_go_back_to_the_file_grid_finer_than_a_nearest_label_map(tmp_path: Path) -> None:
+    """A 1 mm ball (oblique file axes) preprocessed at 3 mm: the ideal class probabilities on the 3 mm grid (the 1 mm
+    one-hot averaged over each voxel), resampled trilinearly back to 1 mm and then decoded, find the ball's surface
+    better than the 3 mm label map put back by nearest neighbour; as region outputs they paint the same map; without
+    resampling both ways give the same map."""
+    from sslkit.domains.medical3d.segmentation import decode, dice_per_class
+
+    aff = oblique_affine()
+    aff[:3, :3] /= np.linalg.norm(aff[:3, :3], axis=0)                     # 1 mm voxels, axes permuted and rotated
+    grid = np.stack(np.meshgrid(*[np.arange(48)] * 3, indexing="ij"))
+    ball = (np.sqrt(((grid - 23.5) ** 2).sum(0)) < 13.2).astype(np.uint8)
+    nib.save(nib.Nifti1Image(ball.astype(np.float32) + 0.5, aff), tmp_path / "img.nii.gz")
+    nib.save(nib.Nifti1Image(ball, aff), tmp_path / "lab.nii.gz")
+    vol = io.Volume("v", tmp_path / "img.nii.gz", label=tmp_path / "lab.nii.gz")
+    for spacing in ((3.0, 3.0, 3.0), None):
+        _, meta = VolumeCache(tmp_path / "cache", Settings(modality="mri", spacing=spacing)).get(vol)
+        ras = preprocess.to_ras(ball.astype(np.float32), aff)[0]
+        fg = preprocess.resample(ras, tuple(meta["resampled_shape"]))[tuple(slice(a, b) for a, b in meta["box"])]
+        probs = np.stack([1 - fg, fg]).astype(np.float32)
+        nearest = preprocess.undo_preprocess(decode(probs), meta)
+        linear = preprocess.probabilities_to_file_grid(probs, meta)
+        dice = [dice_per_class(m, ball.astype(np.int16), 2)[0] for m in (nearest, linear)]
+        if spacing is None:
+            np.testing.assert_array_equal(linear, nearest)
+        else:
+            assert dice[1] > dice[0] + 0.015 and dice[1] > 0.94, dice          # measured 0.950 vs 0.925
+            np.testing.assert_array_equal(preprocess.probabilities_to_file_grid(probs[1:], meta, [(0, 1)]), linear)
+
+
 def test_label_geometry_mismatch_and_bad_file_skipped(volumes: Path, tmp_path: Path) -> None:
     lab = _nii(tmp_path / "lab.nii.gz", np.zeros((30, 32, 32), np.uint8))
     with pytest.raises(UserError, match="does not match image"):

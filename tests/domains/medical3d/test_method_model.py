@@ -277,17 +277,20 @@ def test_finetune_augmentation_keeps_image_and_label_aligned(tmp_path) -> None: 
 
 
 def test_foreground_mask_clears_predictions_in_air_only() -> None:
-    """finetune.foreground_mask: tissue predicted where the image is air becomes background; enclosed dark voxels stay."""
-    from sslkit.domains.medical3d.segmentation import inside_foreground
+    """finetune.foreground_mask: tissue predicted where the image is air becomes background; enclosed dark voxels stay;
+    for region outputs every region's probability goes to 0 there."""
+    from sslkit.domains.medical3d.segmentation import clear_outside, decode
 
     image = np.zeros((12, 12, 12), np.float32)
     image[2:10, 2:10, 2:10] = 0.8
     image[5:7, 5:7, 5:7] = 0.0                      # a dark hole inside (a ventricle scaled to 0)
-    pred = np.ones(image.shape, np.int16) * 2       # tissue everywhere, also in the air
-    out = inside_foreground(pred, image)
-    assert out.dtype == pred.dtype
+    probs = np.zeros((3, *image.shape), np.float32)
+    probs[2] = 0.9                                  # tissue everywhere, also in the air
+    out = decode(clear_outside(probs.copy(), image))
     assert (out[2:10, 2:10, 2:10] == 2).all()       # inside, hole included, unchanged
     assert out.sum() == 2 * 8**3                    # everything outside the filled box is background
+    regions = clear_outside(probs.copy(), image, sigmoid=True)
+    assert regions[:, 0, 0, 0].max() == 0 and regions[2, 5, 5, 5] == 0.9
 
 
 def test_overlay_slices_pass_through_the_labels() -> None:

@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pyarrow as pa
@@ -18,6 +16,7 @@ from safetensors.torch import load_file
 import sslkit
 from sslkit.core.embeddings import read_embeddings
 from sslkit.domains.tabular.io import read_adult, write_csv_atomic
+from tests.helpers import sigterm_at_first_checkpoint
 
 from .conftest import ENV, run_cli
 
@@ -269,16 +268,9 @@ def test_resume_after_sigterm_matches_uninterrupted(adult_csv, tmp_path, tokens)
             "--set", "train.steps=150", "--set", "train.checkpoint_every=5", *tokens]
     full = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "full")], capture_output=True, text=True, env=ENV)
     assert full.returncode == 0, full.stderr
-    proc = subprocess.Popen([sys.executable, *args, "--out", str(tmp_path / "cut")], stderr=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True, env=ENV)
-    ck = tmp_path / "cut" / "checkpoints" / "last.pt"
-    while not ck.exists() and proc.poll() is None:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err                                         # stopped mid-run with a checkpoint
-    step = torch.load(ck, weights_only=True)["step"]
-    assert 0 < step < 150
+    code, err, step = sigterm_at_first_checkpoint([sys.executable, *args, "--out", str(tmp_path / "cut")],
+                                                  tmp_path / "cut", ENV)
+    assert code == 130 and 0 < step < 150, err                                 # stopped mid-run with a checkpoint
     res = run_cli("pretrain", adult_csv, "--out", tmp_path / "cut", "--resume")
     assert res.returncode == 0, res.stderr
     a = load_file(str(tmp_path / "full" / "encoder" / "encoder.safetensors"))

@@ -243,12 +243,13 @@ def evaluate(task: Any, run: Any, eval_e: list, eval_regions: list, names: list[
     model = task.model.eval()
     scores, shown = {}, None
     for (npy, meta), (x0, x1) in zip(eval_e, eval_regions):
-        image, pred = segment(model, npy, ft, device, bf16, ft.tta, paint)
+        image, probs, pred = segment(model, npy, ft, device, bf16, ft.tta, paint)
         label = class_map(meta, lut)
         region = np.zeros(label.shape, dtype=bool)
         region[x0:x1] = True
         scores[meta["id"]] = score_volume(pred, label, classes, regions, meta["spacing"], region)
-        write_prediction(pred, meta, values, run.path("predictions", f"{volume_stem(meta['id'])}.nii.gz"))
+        write_prediction(pred, meta, values, run.path("predictions", f"{volume_stem(meta['id'])}.nii.gz"), probs,
+                         paint, ft.keep_largest)
         shown = shown or (image, label, pred, x0, x1)
     payload = scores_payload(scores, names, values, ft.regions, "held-out")
     atomic_write_text(run.path("evaluation.json"), json.dumps(payload, indent=2))
@@ -258,16 +259,19 @@ def evaluate(task: Any, run: Any, eval_e: list, eval_regions: list, names: list[
 
 
 def segment(model: torch.nn.Module, npy: Path, ft: Any, device: torch.device, bf16: bool, tta: bool,
-            paint: list[tuple[int, int]] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(image, class map) of a cached volume: the sliding-window prediction (mirrored with `tta`; regions painted
-    with `paint`, see `region_layout`), cleared outside the image's foreground with `finetune.foreground_mask`, then
-    reduced to its largest connected part with `finetune.keep_largest`. The image is (X, Y, Z) or (C, X, Y, Z)."""
-    from sslkit.domains.medical3d.segmentation import inside_foreground, largest_component, predict
+            paint: list[tuple[int, int]] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(image, probabilities, class map) of a cached volume: the sliding-window probabilities (mirrored with `tta`;
+    regions with `paint`, see `region_layout`), set to background outside the image's foreground with
+    `finetune.foreground_mask`, and their class map, reduced to its largest connected part with
+    `finetune.keep_largest`. The image is (X, Y, Z) or (C, X, Y, Z)."""
+    from sslkit.domains.medical3d.segmentation import clear_outside, decode, largest_component, probabilities
 
     image = np.load(npy).astype(np.float32)
-    pred = predict(model, image, ft.roi, ft.sw_overlap, device, bf16, tta, paint)
-    pred = inside_foreground(pred, image) if ft.foreground_mask else pred
-    return image, largest_component(pred) if ft.keep_largest else pred
+    probs = probabilities(model, image, ft.roi, ft.sw_overlap, device, bf16, tta, paint is not None)
+    if ft.foreground_mask:
+        clear_outside(probs, image, paint is not None)
+    pred = decode(probs, paint)
+    return image, probs, largest_component(pred) if ft.keep_largest else pred
 
 
 def class_map(meta: dict[str, Any], lut: np.ndarray | None) -> np.ndarray:
@@ -367,14 +371,23 @@ def scores_payload(scores: dict[str, tuple[list[float], ...]], names: list[str],
     return payload
 
 
-def write_prediction(pred: np.ndarray, meta: dict[str, Any], values: list[int], path: Path) -> np.ndarray:
+def write_prediction(pred: np.ndarray, meta: dict[str, Any], values: list[int], path: Path,
+                     probs: np.ndarray | None = None, paint: list[tuple[int, int]] | None = None,
+                     keep_largest: bool = False) -> np.ndarray:
     """Write a class map on the preprocessed grid as NIfTI on the input file's grid and affine, in the label files'
-    `values`; returns the written array."""
+    `values`; returns the written array. When preprocessing resampled the volume and its `probs` are given, the
+    probabilities are resampled to the file's grid and decoded there instead (`probabilities_to_file_grid`; `paint` for region
+    outputs, `keep_largest` applied again there)."""
     from sslkit.domains.medical3d.io import write_nifti
-    from sslkit.domains.medical3d.preprocess import undo_preprocess
+    from sslkit.domains.medical3d.preprocess import probabilities_to_file_grid, undo_preprocess
+    from sslkit.domains.medical3d.segmentation import largest_component
 
-    lut = value_lut(values)
-    written = undo_preprocess(np.asarray(values, dtype=np.int16)[pred] if lut is not None else pred, meta)
+    if probs is not None and meta["resampled_shape"] != meta["ras_shape"]:
+        classes = probabilities_to_file_grid(probs, meta, paint)
+        classes = largest_component(classes) if keep_largest else classes
+    else:
+        classes = undo_preprocess(pred, meta)
+    written = np.asarray(values, dtype=np.int16)[classes] if value_lut(values) is not None else classes
     write_nifti(path, written, np.asarray(meta["affine"]))
     return written
 
@@ -408,14 +421,15 @@ def run_predict(run_dir: Path, volumes: list[Volume], out: Path, overwrite: bool
                 device_spec: str = "auto", tta: bool | None = None, keep_largest: bool | None = None) -> dict[str, Any]:
     """Segment `volumes` with a finetune run: NIfTI label maps on each input's grid under `out`, and per volume the
     voxels and millilitres of every class in `out/volumes.json`; returns that summary. Volumes that carry a label
-    (paired by the caller) are also scored: Dice and HD95 per class over the whole volume, `out/evaluation.json`, and
-    the first one drawn in `out/segmentation.png`. `tta` and `keep_largest` None follow the run's `finetune`."""
+    (paired by the caller) are also scored: Dice and HD95 per class over the whole volume, on the label file's own
+    grid and spacing, `out/evaluation.json`, and the first one drawn in `out/segmentation.png` (on the preprocessed
+    grid). `tta` and `keep_largest` None follow the run's `finetune`."""
     from sslkit.core import distributed
     from sslkit.core.console import print_table
     from sslkit.core.files import atomic_write_text
     from sslkit.core.loop import use_bf16
-    from sslkit.domains.medical3d.io import volume_stem
-    from sslkit.domains.medical3d.preprocess import prepare
+    from sslkit.domains.medical3d.io import read_volume, volume_stem
+    from sslkit.domains.medical3d.preprocess import prepare, spacing_of
 
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UserError(f"{out} is not empty — pass --overwrite or choose another --out")
@@ -439,13 +453,17 @@ def run_predict(run_dir: Path, volumes: list[Volume], out: Path, overwrite: bool
     bf16, tta = use_bf16(rec.finetune.precision, device), rec.finetune.tta if tta is None else tta
     ft = rec.finetune if keep_largest is None else rec.finetune.model_copy(update={"keep_largest": keep_largest})
     for npy, meta in entries:
-        image, pred = segment(segmenter, npy, ft, device, bf16, tta, paint)
-        if meta.get("label"):
-            label = class_map(meta, lut)
-            scores[meta["id"]] = score_volume(pred, label, len(values), regions, meta["spacing"])
-            shown = shown or (image, label, pred, 0, label.shape[0])
+        image, probs, pred = segment(segmenter, npy, ft, device, bf16, tta, paint)
         path = out / f"{volume_stem(meta['id'])}.nii.gz"
-        written = write_prediction(pred, meta, values, path)
+        written = write_prediction(pred, meta, values, path, probs, paint, ft.keep_largest)
+        if meta.get("label"):        # scored on the file's own grid, against the label file as given
+            truth, affine = read_volume(Path(meta["label_source"]))
+            truth = np.rint(truth).astype(np.int64)
+            classes = written.astype(np.int64)
+            if lut is not None:
+                truth, classes = lut[truth], lut[classes]
+            scores[meta["id"]] = score_volume(classes, truth, len(values), regions, spacing_of(affine).tolist())
+            shown = shown or (image, class_map(meta, lut), pred, 0, pred.shape[0])
         voxel_ml = abs(float(np.linalg.det(np.asarray(meta["affine"])[:3, :3]))) / 1000.0
         counts = [int((written == v).sum()) for v in values[1:]]
         summary["volumes"][meta["id"]] = {"prediction": str(path), "voxels": dict(zip(names, counts)),

@@ -194,6 +194,29 @@ def undo_preprocess(pred: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
     return from_ras(ras, np.asarray(meta["orientation"]))
 
 
+def probabilities_to_file_grid(probs: np.ndarray, meta: dict[str, Any],
+                               paint: list[tuple[int, int]] | None = None) -> np.ndarray:
+    """Class map on the input file's voxel grid from (K, X', Y', Z') probabilities on the cropped, resampled grid:
+    each channel resampled trilinearly to the file's grid (certain background outside the crop), then the argmax —
+    or, for region outputs, `paint` [(output, class)] over 0.5 — taken there, one channel at a time. nnU-Net's
+    export: smoother and more exact than a label map resampled by nearest neighbour when the recipe's spacing is
+    coarser than the file's."""
+    shape, box = tuple(meta["ras_shape"]), tuple(slice(a, b) for a, b in meta["box"])
+    out, best = np.zeros(shape, dtype=np.int16), None
+    for channel, cls in paint or [(k, k) for k in range(len(probs))]:
+        full = np.full(meta["resampled_shape"], 1.0 if paint is None and channel == 0 else 0.0, dtype=np.float32)
+        full[box] = probs[channel]
+        p = resample(full, shape)
+        if paint is not None:
+            out[p > 0.5] = cls
+        elif best is None:
+            best = p
+        else:
+            out[p > best] = cls
+            np.maximum(best, p, out=best)
+    return from_ras(out, np.asarray(meta["orientation"]))
+
+
 class VolumeCache:
     """Preprocessed volumes on disk, keyed by (file identity, settings); safe to fill from several processes."""
 
@@ -218,7 +241,7 @@ class VolumeCache:
         k = self.key(vol)
         npy, meta_path = self.root / f"{k}.npy", self.root / f"{k}.json"
         if npy.is_file() and meta_path.is_file():   # the id is how this run listed the volume, not the first run
-            return npy, {**json.loads(meta_path.read_text()), "id": vol.id, "source": str(vol.path)}
+            return npy, {**json.loads(meta_path.read_text()), **_identity(vol)}
         arr, affine = read_volume(vol)
         label = None
         if vol.label is not None:
@@ -233,9 +256,14 @@ class VolumeCache:
         if out["label"] is not None:
             _atomic_npy(self.root / f"{k}.label.npy", out["label"])
             out["meta"]["label"] = str(self.root / f"{k}.label.npy")
-        out["meta"].update(id=vol.id, source=str(vol.path))
+        out["meta"].update(_identity(vol))
         _atomic_text(meta_path, json.dumps(out["meta"]))
         return npy, out["meta"]
+
+
+def _identity(vol: Volume) -> dict[str, Any]:
+    """How this run names a cached volume and where its files are (a cache entry may have been written by another)."""
+    return {"id": vol.id, "source": str(vol.path), "label_source": str(vol.label) if vol.label is not None else None}
 
 
 def _atomic_npy(path: Path, arr: np.ndarray) -> None:

@@ -70,7 +70,7 @@ def lesion_volume(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.n
     texture = gaussian_filter(rng.normal(0, 1, (size,) * 3), 1.5)
     tissue = np.where(brain, 0.35 + 0.05 * texture / texture.std(), 0.0)
     image = np.select([label == 1, label == 4, label == 2], [0.25, 0.95, 0.65], tissue)
-    bias = 1 + 0.1 * np.tensordot(rng.uniform(-1, 1, 3), grid, axes=1)
+    bias = 1 + 0.05 * np.tensordot(rng.uniform(-1, 1, 3), grid, axes=1)
     image = (image * bias + rng.normal(0, 0.04, image.shape)) * brain
     return image.astype(np.float32), label
 

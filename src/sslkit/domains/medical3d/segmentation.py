@@ -144,47 +144,62 @@ MIRRORS = [(), (2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4)]   # every fl
 
 
 @torch.no_grad()
-def predict(model: nn.Module, image: np.ndarray, roi: int, overlap: float, device: torch.device, bf16: bool,
-            tta: bool = False, paint: list[tuple[int, int]] | None = None) -> np.ndarray:
-    """Sliding-window class map (X, Y, Z) int16 for a preprocessed (X, Y, Z) or (C, X, Y, Z) volume: the argmax of
-    the softmax classes or, for a region-trained model, `paint` [(output, class)]: in that order (largest region
-    first), every voxel whose sigmoid for that output is over 0.5 takes that class.
+def probabilities(model: nn.Module, image: np.ndarray, roi: int, overlap: float, device: torch.device, bf16: bool,
+                  tta: bool = False, sigmoid: bool = False) -> np.ndarray:
+    """(K, X, Y, Z) float32 probabilities for a preprocessed (X, Y, Z) or (C, X, Y, Z) volume: the softmax (or, for
+    a region-trained model, the sigmoid) of the Gaussian-weighted sliding-window logits.
 
-    `tta`: nnU-Net's mirroring test-time augmentation — the probabilities averaged over the volume flipped along
-    every combination of its axes (8 passes), each flipped back."""
+    `tta`: nnU-Net's mirroring test-time augmentation — averaged over the volume flipped along every combination of
+    its axes (8 passes), each flipped back."""
     from monai.inferers import sliding_window_inference
 
     from sslkit.domains.medical3d.transforms import channels_first
 
     x = channels_first(np.ascontiguousarray(image, dtype=np.float32))[None].to(device)
-    probs = None
+    total = None
     for dims in MIRRORS if tta else [()]:
         flipped = x.flip(dims) if dims else x
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = sliding_window_inference(flipped, (roi,) * 3, 2, model, overlap=overlap, mode="gaussian",
                                               padding_mode="constant")
-        p = logits.float().sigmoid() if paint else logits.float().softmax(1) if tta else logits.float()
+        p = logits.float().sigmoid() if sigmoid else logits.float().softmax(1)
         p = p.flip(dims) if dims else p
-        probs = p if probs is None else probs + p
-    if not paint:
-        return probs.argmax(1)[0].cpu().numpy().astype(np.int16)
-    probs = probs[0] / (len(MIRRORS) if tta else 1)
-    out = torch.zeros(probs.shape[1:], dtype=torch.int16, device=probs.device)
+        total = p if total is None else total + p
+    return (total[0] / (len(MIRRORS) if tta else 1)).cpu().numpy()
+
+
+def decode(probs: np.ndarray, paint: list[tuple[int, int]] | None = None) -> np.ndarray:
+    """Class map int16 from (K, ...) probabilities: the argmax of softmax classes or, for a region-trained model,
+    `paint` [(output, class)]: in that order (largest region first), every voxel whose sigmoid for that output is
+    over 0.5 takes that class."""
+    if paint is None:
+        return probs.argmax(0).astype(np.int16)
+    out = np.zeros(probs.shape[1:], dtype=np.int16)
     for channel, cls in paint:
         out[probs[channel] > 0.5] = cls
-    return out.cpu().numpy()
+    return out
 
 
-def inside_foreground(pred: np.ndarray, image: np.ndarray) -> np.ndarray:
-    """`pred` with every voxel outside the image's filled foreground set to background (0).
+def predict(model: nn.Module, image: np.ndarray, roi: int, overlap: float, device: torch.device, bf16: bool,
+            tta: bool = False, paint: list[tuple[int, int]] | None = None) -> np.ndarray:
+    """Sliding-window class map (X, Y, Z) int16 of a preprocessed volume: `decode` of its `probabilities`."""
+    return decode(probabilities(model, image, roi, overlap, device, bf16, tta, paint is not None), paint)
 
-    The foreground is the non-zero voxels of the preprocessed image (air scales to exactly 0) with
-    enclosed holes filled (ventricles, dark CSF), as nnU-Net's non-zero mask. For skull-stripped MRI;
-    wrong for targets that are air-filled and open to the outside (lungs, airways in CT)."""
+
+def clear_outside(probs: np.ndarray, image: np.ndarray, sigmoid: bool = False) -> np.ndarray:
+    """(K, X, Y, Z) probabilities set to certain background (class 0, or no region with `sigmoid`) outside the
+    image's filled foreground, in place; returns them.
+
+    The foreground is the non-zero voxels of the preprocessed image (air scales to exactly 0; channels: non-zero in
+    any of them) with enclosed holes filled (ventricles, dark CSF), as nnU-Net's non-zero mask. For skull-stripped
+    MRI; wrong for targets that are air-filled and open to the outside (lungs, airways in CT)."""
     from scipy.ndimage import binary_fill_holes
 
-    filled = (image > 0).any(axis=0) if image.ndim == 4 else image > 0     # channels: non-zero in any of them
-    return np.where(binary_fill_holes(filled), pred, 0).astype(pred.dtype)
+    outside = ~binary_fill_holes((image > 0).any(axis=0) if image.ndim == 4 else image > 0)
+    probs[:, outside] = 0.0
+    if not sigmoid:
+        probs[0, outside] = 1.0
+    return probs
 
 
 def largest_component(pred: np.ndarray) -> np.ndarray:
