@@ -5,7 +5,7 @@ the same labelled volumes, steps, lr and crops and score the same BraTS regions 
 ET = {4}) and classes on the held-out volumes. The only difference: `finetune.region_training` (one sigmoid output
 per region, BCE + Dice, painted largest first) or not (softmax over the 4 label values, Dice + CE).
 
-    .venv/bin/python benchmarks/medical3d_regions.py [--seeds 3] [--lesions 12] [--train 4] [--ft-steps 150]
+    .venv/bin/python benchmarks/medical3d_regions.py [--seeds 3] [--lesions 12] [--train 4] [--ft-steps 150] [--roi 64]
         [--jobs 2] [--ft-set finetune.keep_largest=true]
 """
 from __future__ import annotations
@@ -35,6 +35,8 @@ def main() -> None:
     ap.add_argument("--train", type=int, default=4, help="labelled volumes that train; the rest are held out")
     ap.add_argument("--steps", type=int, default=100, help="pretraining steps")
     ap.add_argument("--ft-steps", type=int, default=150)
+    ap.add_argument("--roi", type=int, default=64, help="fine-tuning crop side: 64 = the whole volume (32³ crops lose "
+                    "the intensity reference that per-crop normalisation needs)")
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--ft-set", action="append", default=[], help="fine-tuning override (both arms)")
     a = ap.parse_args()
@@ -54,8 +56,8 @@ def main() -> None:
         arm, seed = job
         out = tmp / f"{arm}-{seed}"
         sslkit("finetune", tmp / "pre", lesions / "images", lesions / "labels", "--train", a.train, "--out", out,
-               "--set", REGIONS, "--set", f"finetune.region_training={arm == 'regions'}", "--set",
-               f"finetune.seed={seed}", "--set", f"finetune.steps={a.ft_steps}",
+               "--set", REGIONS, "--set", f"finetune.roi={a.roi}", "--set", f"finetune.region_training={arm == 'regions'}",
+               "--set", f"finetune.seed={seed}", "--set", f"finetune.steps={a.ft_steps}",
                *[x for o in a.ft_set for x in ("--set", o)], env=env)
         return json.loads((out / "evaluation.json").read_text())
 
@@ -63,7 +65,7 @@ def main() -> None:
     with ThreadPoolExecutor(max_workers=a.jobs) as pool:
         results = dict(zip(jobs, pool.map(one, jobs)))
     print(f"{a.lesions} lesions ({a.train} train, {a.lesions - a.train} held out), {a.seeds} seeds, pretraining "
-          f"{a.steps} steps, fine-tuning {a.ft_steps}{' ' + ' '.join(a.ft_set) if a.ft_set else ''}; "
+          f"{a.steps} steps, fine-tuning {a.ft_steps} at {a.roi}³{' ' + ' '.join(a.ft_set) if a.ft_set else ''}; "
           f"{time.time() - t0:.0f} s, load {os.getloadavg()[0]:.2f}")
     names = ["WT", "TC", "ET", "necrosis", "edema", "enhancing", "HD95 WT (mm)"]
     print(f"{'training':<10}" + "".join(f"{n:>17}" for n in names))

@@ -329,7 +329,7 @@ def test_mirroring_tta_makes_the_prediction_flip_equivariant() -> None:
     """Averaged over every flip of the axes, the prediction of a flipped volume is the flipped prediction (one window,
     so the window grid is symmetric too); a single pass of an untrained network is not."""
     from sslkit.domains.medical3d.model import ConvEncoder3d
-    from sslkit.domains.medical3d.segmentation import predict
+    from sslkit.domains.medical3d.segmentation import decode, probabilities
 
     torch.manual_seed(0)
     net = Segmenter(ConvEncoder3d([8, 16]), classes=3, base=8).eval()
@@ -337,8 +337,8 @@ def test_mirroring_tta_makes_the_prediction_flip_equivariant() -> None:
     cpu = torch.device("cpu")
     agree = {}
     for tta in (False, True):
-        a = predict(net, image, 32, 0.25, cpu, False, tta)
-        b = predict(net, np.flip(image, 0).copy(), 32, 0.25, cpu, False, tta)
+        a = decode(probabilities(net, image, 32, 0.25, cpu, False, tta))
+        b = decode(probabilities(net, np.flip(image, 0).copy(), 32, 0.25, cpu, False, tta))
         agree[tta] = float((np.flip(a, 0) == b).mean())
     assert agree[True] > 0.999 and agree[False] < 0.99, agree
 
@@ -394,7 +394,7 @@ def test_region_loss_targets_are_the_unions_and_ignore_unlabelled_voxels() -> No
 def test_predict_paints_regions_largest_first() -> None:
     """Nested slabs: a voxel where WT, TC and ET are all over 0.5 is enhancing, where only WT is edema, where WT and
     TC necrosis; under 0.5 everywhere background. The same with TTA (the slabs are mirror-symmetric)."""
-    from sslkit.domains.medical3d.segmentation import predict
+    from sslkit.domains.medical3d.segmentation import decode, probabilities
 
     class Fixed(torch.nn.Module):           # by distance d from the middle of x: WT d < 12, TC d < 8, ET d < 4
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -405,7 +405,7 @@ def test_predict_paints_regions_largest_first() -> None:
     image, cpu = np.zeros((32, 16, 16), np.float32), torch.device("cpu")
     want = np.array([0] * 4 + [2] * 4 + [1] * 4 + [3] * 8 + [1] * 4 + [2] * 4 + [0] * 4)[:, None, None]
     for tta in (False, True):
-        pred = predict(Fixed(), image, 32, 0.25, cpu, False, tta, paint=[(0, 2), (1, 1), (2, 3)])
+        pred = decode(probabilities(Fixed(), image, 32, 0.25, cpu, False, tta, sigmoid=True), [(0, 2), (1, 1), (2, 3)])
         assert pred.dtype == np.int16 and (pred == want).all()
 
 

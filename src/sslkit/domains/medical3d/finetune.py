@@ -376,8 +376,8 @@ def write_prediction(pred: np.ndarray, meta: dict[str, Any], values: list[int], 
                      keep_largest: bool = False) -> np.ndarray:
     """Write a class map on the preprocessed grid as NIfTI on the input file's grid and affine, in the label files'
     `values`; returns the written array. When preprocessing resampled the volume and its `probs` are given, the
-    probabilities are resampled to the file's grid and decoded there instead (`probabilities_to_file_grid`; `paint` for region
-    outputs, `keep_largest` applied again there)."""
+    probabilities are resampled to the file's grid and decoded there instead (`probabilities_to_file_grid`; `paint`
+    for region outputs, `keep_largest` applied again there)."""
     from sslkit.domains.medical3d.io import write_nifti
     from sslkit.domains.medical3d.preprocess import probabilities_to_file_grid, undo_preprocess
     from sslkit.domains.medical3d.segmentation import largest_component
@@ -459,6 +459,9 @@ def run_predict(run_dir: Path, volumes: list[Volume], out: Path, overwrite: bool
         if meta.get("label"):        # scored on the file's own grid, against the label file as given
             truth, affine = read_volume(Path(meta["label_source"]))
             truth = np.rint(truth).astype(np.int64)
+            if unknown := sorted(set(np.unique(truth).tolist()) - set(values)):
+                raise UserError(f"{meta['label_source']} holds values {unknown} that {run_dir} was not fine-tuned on "
+                                f"(it segments {values}) — give labels with the fine-tuning run's values")
             classes = written.astype(np.int64)
             if lut is not None:
                 truth, classes = lut[truth], lut[classes]

@@ -180,12 +180,6 @@ def decode(probs: np.ndarray, paint: list[tuple[int, int]] | None = None) -> np.
     return out
 
 
-def predict(model: nn.Module, image: np.ndarray, roi: int, overlap: float, device: torch.device, bf16: bool,
-            tta: bool = False, paint: list[tuple[int, int]] | None = None) -> np.ndarray:
-    """Sliding-window class map (X, Y, Z) int16 of a preprocessed volume: `decode` of its `probabilities`."""
-    return decode(probabilities(model, image, roi, overlap, device, bf16, tta, paint is not None), paint)
-
-
 def clear_outside(probs: np.ndarray, image: np.ndarray, sigmoid: bool = False) -> np.ndarray:
     """(K, X, Y, Z) probabilities set to certain background (class 0, or no region with `sigmoid`) outside the
     image's filled foreground, in place; returns them.
