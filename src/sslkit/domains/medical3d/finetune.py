@@ -477,7 +477,7 @@ def run_predict(run_dir: Path, volumes: list[Volume], out: Path, overwrite: bool
     if scores:
         payload = scores_payload(scores, names, values, rec.finetune.regions, "test")
         atomic_write_text(out / "evaluation.json", json.dumps(payload, indent=2))
-        overlay(*shown, out / "segmentation.png")
+        overlay(*shown, out / "segmentation.png", split="test")
     return summary
 
 
@@ -506,9 +506,10 @@ def busiest_slices(label: np.ndarray) -> tuple[int, int]:
     return int(fg.sum(axis=(0, 1)).argmax()), int(fg.sum(axis=(0, 2)).argmax())
 
 
-def overlay(image: np.ndarray, label: np.ndarray, pred: np.ndarray, x0: int, x1: int, path: Path) -> Path:
-    """Axial and coronal slices through the held-out part (where it has the most labels): image (its first channel),
-    reference, prediction."""
+def overlay(image: np.ndarray, label: np.ndarray, pred: np.ndarray, x0: int, x1: int, path: Path,
+            split: str = "held-out") -> Path:
+    """Axial and coronal slices through the scored part, x0:x1 (where it has the most labels): image (its first
+    channel), reference, prediction; `split` ("held-out", "test") names that part in the titles."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -527,7 +528,7 @@ def overlay(image: np.ndarray, label: np.ndarray, pred: np.ndarray, x0: int, x1:
             if c:
                 ax.imshow(np.ma.masked_equal(cut(arr), 0), cmap=cmap, alpha=0.6, origin="lower", vmin=0,
                           vmax=max(int(label.max()), 1))
-            ax.set_title(f"{title} ({name}, held-out)")
+            ax.set_title(f"{title} ({name}, {split})")
             ax.axis("off")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
