@@ -3,6 +3,8 @@
 Setting (more unlabelled volumes for pretraining than labelled ones, a short fine-tuning budget):
 - synthetic: `--unlabelled` MONAI volumes (create_test_image_3d, 64³) for pretraining only; 6 other labelled
   volumes, of which 2 train and 4 are held out (their images are never seen in pretraining).
+- lesions: the same split of `sample-data --lesions` volumes (BraTS-like nested labels, 64³ at 2 mm), fine-tuned on
+  whole-volume 64³ crops; Dice averaged over necrosis, edema and enhancing tumour.
 - mri: the MNI152 T1 (2 mm) and `--subjects` warped copies of it for pretraining; GM/WM labels of one
   hemisphere train and the other hemisphere is scored. The warped copies are of the same template, so this
   is a transductive, single-anatomy setting (stated in the README).
@@ -45,12 +47,13 @@ def sslkit(*args: object, env: dict[str, str] | None = None) -> None:
 def make_data(root: Path, subjects: int, unlabelled: int) -> Path:
     """sample-data, then move the synthetic volumes past the first LABELLED to an unlabelled folder (labels dropped)."""
     data = root / "data"
-    sslkit("sample-data", data, "--subjects", subjects, "--synthetic", LABELLED + unlabelled, "--size", "64", "--lesions", 0)
-    syn = data / "synthetic"
-    (syn / "unlabelled").mkdir()
-    for img in sorted((syn / "images").glob("*.nii.gz"))[LABELLED:]:
-        shutil.move(str(img), syn / "unlabelled" / img.name)
-        (syn / "labels" / img.name).unlink()
+    sslkit("sample-data", data, "--subjects", subjects, "--synthetic", LABELLED + unlabelled, "--size", "64",
+           "--lesions", LABELLED + unlabelled)
+    for syn in (data / "synthetic", data / "lesions"):
+        (syn / "unlabelled").mkdir()
+        for img in sorted((syn / "images").glob("*.nii.gz"))[LABELLED:]:
+            shutil.move(str(img), syn / "unlabelled" / img.name)
+            (syn / "labels" / img.name).unlink()
     subj = data / "mri-subjects"   # the T1 first (it trains with --train 1), then the warped subjects (held out)
     for kind, src in (("images", "unlabelled"), ("labels", "subject_labels")):
         (subj / kind).mkdir(parents=True)
@@ -64,7 +67,7 @@ def make_data(root: Path, subjects: int, unlabelled: int) -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--sets", default="mri,synthetic", help="comma-separated: mri, mri-subjects, synthetic")
+    ap.add_argument("--sets", default="mri,synthetic", help="comma-separated: mri, mri-subjects, synthetic, lesions")
     ap.add_argument("--steps", type=int, default=300, help="pretraining steps (mri-demo recipe)")
     ap.add_argument("--ft-steps", type=int, default=150)
     ap.add_argument("--subjects", type=int, default=4, help="warped MNI copies for MRI pretraining")
@@ -82,7 +85,10 @@ def main() -> None:
     mri_unlabelled = [data / "mri" / "images", data / "mri" / "unlabelled"]
     sets = {"mri": ("mri", mri_unlabelled, data / "mri", []),
             "mri-subjects": ("mri", mri_unlabelled, data / "mri-subjects", ["--train", "1"]),
-            "synthetic": ("synthetic", [data / "synthetic" / "unlabelled"], data / "synthetic", ["--train", "2"])}
+            "synthetic": ("synthetic", [data / "synthetic" / "unlabelled"], data / "synthetic", ["--train", "2"]),
+            # whole-volume crops: 32³ crops of a lesion lose the intensity reference (README, "ROI ... context")
+            "lesions": ("lesions", [data / "lesions" / "unlabelled"], data / "lesions",
+                        ["--train", "2", "--set", "finetune.roi=64"])}
     pre_sets = [x for s in a.sets_ for x in ("--set", s)]
     ft_sets = [x for s in a.ft_set for x in ("--set", s)]
     env = dict(os.environ)
@@ -111,7 +117,7 @@ def main() -> None:
             results = list(pool.map(lambda seed: one_seed(name, seed), range(a.seeds)))
         al, sc = np.array(results).T
         rows.append((name, al.mean(), al.std(), sc.mean(), sc.std(), 100 * (al.mean() - sc.mean()), al, sc))
-    n_unl = {"mri": 1 + a.subjects, "mri-subjects": 1 + a.subjects, "synthetic": a.unlabelled}
+    n_unl = {"mri": 1 + a.subjects, "mri-subjects": 1 + a.subjects, "synthetic": a.unlabelled, "lesions": a.unlabelled}
     print(f"{a.seeds} seeds; pretraining {a.steps} steps (mri-demo{' ' + ' '.join(a.sets_) if a.sets_ else ''}), "
           f"fine-tuning {a.ft_steps} steps; {time.time() - t0:.0f} s, load average {os.getloadavg()[0]:.2f}")
     # the gain is a paired difference (same seed, same labels, same crops): its standard error over seeds says
@@ -119,7 +125,7 @@ def main() -> None:
     print(f"{'data':<13}{'unlabelled':>11}{'labelled':>18}{'alice Dice':>16}{'scratch Dice':>16}"
           f"{'gain ± s.e. (points)':>22}{'won':>6}{'+5 target':>11}")
     for name, am, asd, sm, ssd, gain, al, sc in rows:
-        lab = {"synthetic": "2 volumes", "mri-subjects": "the T1"}.get(name) or next(
+        lab = {"synthetic": "2 volumes", "lesions": "2 volumes", "mri-subjects": "the T1"}.get(name) or next(
             (f"{float(x.split('=')[1]):.0%} x-slab" for x in a.ft_set if x.startswith("finetune.label_fraction=")),
             "1 hemisphere")
         diff = 100 * (al - sc)
