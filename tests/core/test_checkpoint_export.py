@@ -79,3 +79,33 @@ def test_export_and_load_encoder_round_trip(tmp_path):
 def test_load_encoder_on_a_folder_without_export(tmp_path):
     with pytest.raises(UserError, match="no exported encoder"):
         load_encoder(tmp_path)
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640)])
+def test_atomic_writes_get_the_permissions_open_would_give(tmp_path, umask, mode):
+    """Every atomic write (checkpoints, text, NIfTI predictions, the medical3d cache, tabular CSV) follows the umask like
+    open() does; mkstemp alone left them all 0600, unreadable to the user's group on a shared cluster."""
+    import os
+
+    import numpy as np
+    import pyarrow as pa
+
+    from sslkit.core import files
+    from sslkit.core.files import atomic_write_text
+    from sslkit.domains.medical3d.io import write_nifti
+    from sslkit.domains.medical3d.preprocess import _atomic_npy
+    from sslkit.domains.tabular.io import write_csv_atomic
+
+    before = os.umask(umask)
+    files._file_mode.cache_clear()
+    try:
+        save_checkpoint(tmp_path / "last.pt", {"step": 1})
+        atomic_write_text(tmp_path / "recipe.yaml", "a: 1\n")
+        write_nifti(tmp_path / "p.nii.gz", np.zeros((2, 2, 2), np.int16), np.eye(4))
+        _atomic_npy(tmp_path / "c.npy", np.zeros(3))
+        write_csv_atomic(pa.table({"x": [1]}), tmp_path / "t.csv")
+        got = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    finally:
+        os.umask(before)
+        files._file_mode.cache_clear()
+    assert got == dict.fromkeys(["last.pt", "recipe.yaml", "p.nii.gz", "c.npy", "t.csv"], mode)

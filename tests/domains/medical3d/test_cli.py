@@ -135,6 +135,14 @@ def test_finetune_writes_dice_and_predictions_on_input_grid(tiny_run: Path, tmp_
     assert res.exit_code == 2 and "values [7]" in res.output and not (tmp_path / "b").exists()
     refused = invoke("predict", tmp_path / "ft", data / "img", "--out", tmp_path / "pred")
     assert refused.exit_code == 2 and "not empty" in refused.output
+    res = invoke("predict", tmp_path / "ft", data / "img" / "v2.nii.gz", "--probabilities", "--out", tmp_path / "prob")
+    assert res.exit_code == 0, res.output              # softmax on the file's grid, its argmax the written map
+    probs = nib.load(tmp_path / "prob" / "v2_probabilities.nii.gz")
+    p = np.asarray(probs.dataobj)
+    assert p.shape == (*src.shape, 3) and p.dtype == np.float32 and np.allclose(probs.affine, src.affine)
+    assert np.allclose(p.sum(-1), 1.0, atol=1e-5) and np.array_equal(p.argmax(-1), np.asarray(pred.dataobj))
+    res = invoke("predict", tmp_path / "ft", data / "img" / "v1.nii.gz", "--out", tmp_path / "prob", "--overwrite")
+    assert res.exit_code == 0 and not (tmp_path / "prob" / "v2_probabilities.nii.gz").exists()   # an earlier output
     res = invoke("predict", tmp_path / "ft", data / "img" / "v2.nii.gz", "--tta", "--out", tmp_path / "tta")
     assert res.exit_code == 0, res.output
     mirrored = np.asarray(nib.load(tmp_path / "tta" / "v2.nii.gz").dataobj)

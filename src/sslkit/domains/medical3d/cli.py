@@ -198,6 +198,9 @@ def predict(run: Annotated[Path, typer.Argument(help="A run folder written by `m
             keep_largest: Annotated[Optional[bool], typer.Option(
                 "--keep-largest/--keep-all", help="Keep only the largest connected part of the predicted foreground "
                 "(one object per scan); default: the run's finetune.keep_largest.")] = None,
+            probabilities: Annotated[bool, typer.Option(
+                "--probabilities", help="Also write each volume's class (or region) probabilities on its own grid, "
+                "<name>_probabilities.nii.gz (X, Y, Z, K) float32, for ensembling or uncertainty.")] = False,
             device: DeviceOpt = "auto", overwrite: OverwriteOpt = False, strict: StrictOpt = False) -> None:
     """Segment new volumes with a fine-tuned network: label maps on each input's grid, class volumes in mL; with
     --labels, Dice and HD95 on them (a test set from another site, say)."""
@@ -209,7 +212,7 @@ def predict(run: Annotated[Path, typer.Argument(help="A run folder written by `m
     volumes = select_channels(find_volumes(images, UNLABELLED_SECTIONS), channel, "finetune")
     if labels is not None:
         volumes = pair_labels(volumes, find_volumes([labels]))
-    run_predict(run, volumes, out, overwrite, strict, device, tta, keep_largest)
+    run_predict(run, volumes, out, overwrite, strict, device, tta, keep_largest, probabilities)
     typer.echo(str(out))
 
 

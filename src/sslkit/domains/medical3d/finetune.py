@@ -418,18 +418,22 @@ def load_segmenter(run_dir: Path) -> tuple[torch.nn.Module, FinetuneRecipe]:
 
 
 def run_predict(run_dir: Path, volumes: list[Volume], out: Path, overwrite: bool, strict: bool,
-                device_spec: str = "auto", tta: bool | None = None, keep_largest: bool | None = None) -> dict[str, Any]:
+                device_spec: str = "auto", tta: bool | None = None, keep_largest: bool | None = None,
+                save_probabilities: bool = False) -> dict[str, Any]:
     """Segment `volumes` with a finetune run: NIfTI label maps on each input's grid under `out`, and per volume the
     voxels and millilitres of every class in `out/volumes.json`; returns that summary. Volumes that carry a label
     (paired by the caller) are also scored: Dice and HD95 per class over the whole volume, on the label file's own
     grid and spacing, `out/evaluation.json`, and the first one drawn in `out/segmentation.png` (on the preprocessed
-    grid). `tta` and `keep_largest` None follow the run's `finetune`."""
+    grid). `tta` and `keep_largest` None follow the run's `finetune`. `save_probabilities` also writes each volume's
+    probabilities on its file's grid as `<name>_probabilities.nii.gz`, (X, Y, Z, K) float32: the softmax over the
+    classes (or each region's sigmoid), after the foreground mask and before `keep_largest`."""
     from sslkit.core import distributed
     from sslkit.core.console import print_table
     from sslkit.core.files import atomic_write_text
     from sslkit.core.loop import use_bf16
     from sslkit.domains.medical3d.io import read_volume, volume_stem
-    from sslkit.domains.medical3d.preprocess import prepare, spacing_of
+    from sslkit.domains.medical3d.io import write_nifti
+    from sslkit.domains.medical3d.preprocess import prepare, spacing_of, to_file_grid
 
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UserError(f"{out} is not empty — pass --overwrite or choose another --out")
@@ -471,6 +475,12 @@ def run_predict(run_dir: Path, volumes: list[Volume], out: Path, overwrite: bool
         counts = [int((written == v).sum()) for v in values[1:]]
         summary["volumes"][meta["id"]] = {"prediction": str(path), "voxels": dict(zip(names, counts)),
                                           "ml": {n: c * voxel_ml for n, c in zip(names, counts)}}
+        if save_probabilities:
+            stacked = np.stack([to_file_grid(p, meta, 1.0 if paint is None and k == 0 else 0.0)
+                                for k, p in enumerate(probs)], axis=-1)
+            prob_path = write_nifti(out / f"{volume_stem(meta['id'])}_probabilities.nii.gz", stacked,
+                                    np.asarray(meta["affine"]))
+            summary["volumes"][meta["id"]]["probabilities"] = str(prob_path)
     atomic_write_text(out / "volumes.json", json.dumps(summary, indent=2))
     print_table("predicted volume (mL)", ["volume", *names],
                 [[vid, *[f"{v:.1f}" for v in row["ml"].values()]] for vid, row in summary["volumes"].items()])
@@ -488,7 +498,8 @@ def _remove_earlier_predictions(out: Path) -> None:
     if not listing.is_file():
         return
     try:
-        earlier = [Path(v["prediction"]) for v in json.loads(listing.read_text()).get("volumes", {}).values()]
+        earlier = [Path(v[k]) for v in json.loads(listing.read_text()).get("volumes", {}).values()
+                   for k in ("prediction", "probabilities") if k in v]
     except (ValueError, AttributeError, KeyError, TypeError):
         return
     for path in earlier + [listing, out / "evaluation.json", out / "segmentation.png"]:

@@ -391,13 +391,12 @@ def volume_stem(volume_id: str) -> str:
 def write_nifti(path: Path, arr: np.ndarray, affine: np.ndarray) -> Path:
     """Write a NIfTI atomically (temp file + rename)."""
     import os
-    import tempfile
 
     import nibabel as nib
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name.split('.')[0]}.", suffix=".nii.gz")
+    from sslkit.core.files import temp_beside
+
+    fd, tmp = temp_beside(path, suffix=".nii.gz")     # nibabel picks gzip from the name
     os.close(fd)
     try:
         nib.save(nib.Nifti1Image(arr, affine), tmp)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from sslkit.core.errors import UserError
+from sslkit.core.files import temp_beside
 from sslkit.domains.medical3d.io import Volume, dicom_files, read_volume
 
 CACHE_VERSION = 1
@@ -194,19 +194,24 @@ def undo_preprocess(pred: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
     return from_ras(ras, np.asarray(meta["orientation"]))
 
 
+def to_file_grid(channel: np.ndarray, meta: dict[str, Any], outside: float = 0.0) -> np.ndarray:
+    """One (X', Y', Z') probability channel on the cropped, resampled grid, resampled trilinearly onto the input
+    file's voxel grid; `outside` fills what the foreground crop cut off (1 for the background class)."""
+    full = np.full(meta["resampled_shape"], outside, dtype=np.float32)
+    full[tuple(slice(a, b) for a, b in meta["box"])] = channel
+    return from_ras(resample(full, tuple(meta["ras_shape"])), np.asarray(meta["orientation"]))
+
+
 def probabilities_to_file_grid(probs: np.ndarray, meta: dict[str, Any],
                                paint: list[tuple[int, int]] | None = None) -> np.ndarray:
     """Class map on the input file's voxel grid from (K, X', Y', Z') probabilities on the cropped, resampled grid:
-    each channel resampled trilinearly to the file's grid (certain background outside the crop), then the argmax —
-    or, for region outputs, `paint` [(output, class)] over 0.5 — taken there, one channel at a time. nnU-Net's
-    export: smoother and more exact than a label map resampled by nearest neighbour when the recipe's spacing is
-    coarser than the file's."""
-    shape, box = tuple(meta["ras_shape"]), tuple(slice(a, b) for a, b in meta["box"])
-    out, best = np.zeros(shape, dtype=np.int16), None
+    each channel put on the file's grid (`to_file_grid`), then the argmax — or, for region outputs, `paint`
+    [(output, class)] over 0.5 — taken there, one channel at a time. nnU-Net's export: smoother and more exact than a
+    label map resampled by nearest neighbour when the recipe's spacing is coarser than the file's."""
+    out, best = None, None
     for channel, cls in paint or [(k, k) for k in range(len(probs))]:
-        full = np.full(meta["resampled_shape"], 1.0 if paint is None and channel == 0 else 0.0, dtype=np.float32)
-        full[box] = probs[channel]
-        p = resample(full, shape)
+        p = to_file_grid(probs[channel], meta, 1.0 if paint is None and channel == 0 else 0.0)
+        out = np.zeros(p.shape, dtype=np.int16) if out is None else out
         if paint is not None:
             out[p > 0.5] = cls
         elif best is None:
@@ -214,7 +219,7 @@ def probabilities_to_file_grid(probs: np.ndarray, meta: dict[str, Any],
         else:
             out[p > best] = cls
             np.maximum(best, p, out=best)
-    return from_ras(out, np.asarray(meta["orientation"]))
+    return out
 
 
 class VolumeCache:
@@ -267,14 +272,14 @@ def _identity(vol: Volume) -> dict[str, Any]:
 
 
 def _atomic_npy(path: Path, arr: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npy")
+    fd, tmp = temp_beside(path, suffix=".npy")
     with os.fdopen(fd, "wb") as fh:
         np.save(fh, arr)
     os.replace(tmp, path)
 
 
 def _atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+    fd, tmp = temp_beside(path, suffix=".json")
     with os.fdopen(fd, "w") as fh:
         fh.write(text)
     os.replace(tmp, path)

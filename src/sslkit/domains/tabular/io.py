@@ -454,12 +454,12 @@ def sklearn_table(name: str) -> Any:
 def write_csv_atomic(table: Any, path: Path) -> Path:
     """Write a pyarrow Table as CSV via a temp file + rename."""
     import os
-    import tempfile
 
     import pyarrow.csv as pcsv
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    from sslkit.core.files import temp_beside
+
+    fd, tmp = temp_beside(path)
     os.close(fd)
     try:
         pcsv.write_csv(table, tmp)
