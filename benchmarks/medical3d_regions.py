@@ -56,7 +56,8 @@ def main() -> None:
         arm, seed = job
         out = tmp / f"{arm}-{seed}"
         sslkit("finetune", tmp / "pre", lesions / "images", lesions / "labels", "--train", a.train, "--out", out,
-               "--set", REGIONS, "--set", f"finetune.roi={a.roi}", "--set", f"finetune.region_training={arm == 'regions'}",
+               "--set", REGIONS, "--set", f"finetune.roi={a.roi}",
+               "--set", f"finetune.region_training={arm == 'regions'}",
                "--set", f"finetune.seed={seed}", "--set", f"finetune.steps={a.ft_steps}",
                *[x for o in a.ft_set for x in ("--set", o)], env=env)
         return json.loads((out / "evaluation.json").read_text())
