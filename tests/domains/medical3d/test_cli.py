@@ -249,13 +249,13 @@ def test_finetune_region_training_learns_nested_lesions_and_predict_paints_them(
     two = np.concatenate([np.asarray(nib.load(data / "images" / f"lesion_0{i}.nii.gz").dataobj) for i in (0, 2)])
     nib.save(nib.Nifti1Image(two, np.diag([2.0, 2.0, 2.0, 1.0])), tmp_path / "two.nii.gz")    # two lesions side by side
     parts = {}
-    for flag in ("--keep-all", "--keep-largest"):
+    for flag in ("--no-keep-largest", "--keep-largest"):
         res = invoke("predict", out, tmp_path / "two.nii.gz", "--out", tmp_path / flag, flag)
         assert res.exit_code == 0, res.output
         parts[flag] = np.asarray(nib.load(tmp_path / flag / "two.nii.gz").dataobj)
     count = {k: ndimage.label(v > 0, structure=np.ones((3, 3, 3)))[1] for k, v in parts.items()}
-    assert count["--keep-all"] > 1 and count["--keep-largest"] == 1, count
-    kept, full = parts["--keep-largest"], parts["--keep-all"]
+    assert count["--no-keep-largest"] > 1 and count["--keep-largest"] == 1, count
+    kept, full = parts["--keep-largest"], parts["--no-keep-largest"]
     assert ((kept == full) | (kept == 0)).all() and (kept > 0).sum() > (full > 0).sum() / 3
     for extra, message in (([], "needs finetune.regions"),
                            (["--set", "finetune.regions={WT: [1, 2, 4], ET: [4]}"], "WT adds [1, 2]")):

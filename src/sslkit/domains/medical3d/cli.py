@@ -196,7 +196,7 @@ def predict(run: Annotated[Path, typer.Argument(help="A run folder written by `m
             tta: Annotated[Optional[bool], typer.Option("--tta/--no-tta", help="Average the 8 mirrorings of each "
                                                         "volume (8× slower); default: the run's finetune.tta.")] = None,
             keep_largest: Annotated[Optional[bool], typer.Option(
-                "--keep-largest/--keep-all", help="Keep only the largest connected part of the predicted foreground "
+                "--keep-largest/--no-keep-largest", help="Keep only the largest connected part of the predicted foreground "
                 "(one object per scan); default: the run's finetune.keep_largest.")] = None,
             probabilities: Annotated[bool, typer.Option(
                 "--probabilities", help="Also write each volume's class (or region) probabilities on its own grid, "

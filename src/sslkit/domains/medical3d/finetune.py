@@ -376,14 +376,14 @@ def write_prediction(pred: np.ndarray, meta: dict[str, Any], values: list[int], 
                      keep_largest: bool = False) -> np.ndarray:
     """Write a class map on the preprocessed grid as NIfTI on the input file's grid and affine, in the label files'
     `values`; returns the written array. When preprocessing resampled the volume and its `probs` are given, the
-    probabilities are resampled to the file's grid and decoded there instead (`probabilities_to_file_grid`; `paint`
-    for region outputs, `keep_largest` applied again there)."""
+    probabilities are resampled to the file's grid and decoded there instead (`FileGridProbabilities`; `paint` for
+    region outputs, `keep_largest` applied again there)."""
     from sslkit.domains.medical3d.io import write_nifti
-    from sslkit.domains.medical3d.preprocess import probabilities_to_file_grid, undo_preprocess
-    from sslkit.domains.medical3d.segmentation import largest_component
+    from sslkit.domains.medical3d.preprocess import FileGridProbabilities, undo_preprocess
+    from sslkit.domains.medical3d.segmentation import decode, largest_component
 
     if probs is not None and meta["resampled_shape"] != meta["ras_shape"]:
-        classes = probabilities_to_file_grid(probs, meta, paint)
+        classes = decode(FileGridProbabilities(probs, meta, paint is not None), paint)
         classes = largest_component(classes) if keep_largest else classes
     else:
         classes = undo_preprocess(pred, meta)
@@ -431,9 +431,8 @@ def run_predict(run_dir: Path, volumes: list[Volume], out: Path, overwrite: bool
     from sslkit.core.console import print_table
     from sslkit.core.files import atomic_write_text
     from sslkit.core.loop import use_bf16
-    from sslkit.domains.medical3d.io import read_volume, volume_stem
-    from sslkit.domains.medical3d.io import write_nifti
-    from sslkit.domains.medical3d.preprocess import prepare, spacing_of, to_file_grid
+    from sslkit.domains.medical3d.io import read_volume, volume_stem, write_nifti
+    from sslkit.domains.medical3d.preprocess import FileGridProbabilities, prepare, spacing_of
 
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UserError(f"{out} is not empty — pass --overwrite or choose another --out")
@@ -442,9 +441,8 @@ def run_predict(run_dir: Path, volumes: list[Volume], out: Path, overwrite: bool
     check_channels(entries, segmenter.encoder, f"{run_dir} segments")
     values = rec.label_values or list(range(rec.classes))
     scored = any(meta.get("label") for _, meta in entries)
-    if scored and (unknown := sorted(set(label_values(entries)) - set(values))):
-        raise UserError(f"the label volumes hold values {unknown} that {run_dir} was not fine-tuned on (it segments "
-                        f"{values}) — give labels with the fine-tuning run's values")
+    if scored:
+        check_known(label_values(entries), values, run_dir, "--labels")
     _remove_earlier_predictions(out)
     device = distributed.select_device(device_spec)
     segmenter.to(device)
@@ -463,9 +461,7 @@ def run_predict(run_dir: Path, volumes: list[Volume], out: Path, overwrite: bool
         if meta.get("label"):        # scored on the file's own grid, against the label file as given
             truth, affine = read_volume(Path(meta["label_source"]))
             truth = np.rint(truth).astype(np.int64)
-            if unknown := sorted(set(np.unique(truth).tolist()) - set(values)):
-                raise UserError(f"{meta['label_source']} holds values {unknown} that {run_dir} was not fine-tuned on "
-                                f"(it segments {values}) — give labels with the fine-tuning run's values")
+            check_known(np.unique(truth).tolist(), values, run_dir, meta["label_source"])
             classes = written.astype(np.int64)
             if lut is not None:
                 truth, classes = lut[truth], lut[classes]
@@ -476,8 +472,7 @@ def run_predict(run_dir: Path, volumes: list[Volume], out: Path, overwrite: bool
         summary["volumes"][meta["id"]] = {"prediction": str(path), "voxels": dict(zip(names, counts)),
                                           "ml": {n: c * voxel_ml for n, c in zip(names, counts)}}
         if save_probabilities:
-            stacked = np.stack([to_file_grid(p, meta, 1.0 if paint is None and k == 0 else 0.0)
-                                for k, p in enumerate(probs)], axis=-1)
+            stacked = np.stack(list(FileGridProbabilities(probs, meta, paint is not None)), axis=-1)
             prob_path = write_nifti(out / f"{volume_stem(meta['id'])}_probabilities.nii.gz", stacked,
                                     np.asarray(meta["affine"]))
             summary["volumes"][meta["id"]]["probabilities"] = str(prob_path)
@@ -489,6 +484,13 @@ def run_predict(run_dir: Path, volumes: list[Volume], out: Path, overwrite: bool
         atomic_write_text(out / "evaluation.json", json.dumps(payload, indent=2))
         overlay(*shown, out / "segmentation.png", split="test")
     return summary
+
+
+def check_known(found: list[int], values: list[int], run_dir: Path, where: str) -> None:
+    """Label values `found` in `where` must be ones the fine-tuning run in `run_dir` segments (`values`)."""
+    if unknown := sorted(set(found) - set(values)):
+        raise UserError(f"the labels in {where} hold values {unknown} that {run_dir} was not fine-tuned on (it "
+                        f"segments {values}) — give labels with the fine-tuning run's values")
 
 
 def _remove_earlier_predictions(out: Path) -> None:

@@ -194,32 +194,25 @@ def undo_preprocess(pred: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
     return from_ras(ras, np.asarray(meta["orientation"]))
 
 
-def to_file_grid(channel: np.ndarray, meta: dict[str, Any], outside: float = 0.0) -> np.ndarray:
-    """One (X', Y', Z') probability channel on the cropped, resampled grid, resampled trilinearly onto the input
-    file's voxel grid; `outside` fills what the foreground crop cut off (1 for the background class)."""
-    full = np.full(meta["resampled_shape"], outside, dtype=np.float32)
-    full[tuple(slice(a, b) for a, b in meta["box"])] = channel
-    return from_ras(resample(full, tuple(meta["ras_shape"])), np.asarray(meta["orientation"]))
+class FileGridProbabilities:
+    """(K, X', Y', Z') probabilities on the cropped, resampled grid, seen as K channels on the input file's voxel grid:
+    item k is channel k resampled trilinearly there, computed when asked for, so decoding a volume at the file's
+    resolution holds one channel at a time (nnU-Net's export, finer than resampling a label map by nearest neighbour).
+    What the foreground crop cut off is certain background: 1 for the background class of softmax outputs, 0 for every
+    other class and for every region (`sigmoid`)."""
 
+    def __init__(self, probs: np.ndarray, meta: dict[str, Any], sigmoid: bool = False) -> None:
+        self.probs, self.meta, self.sigmoid = probs, meta, sigmoid
 
-def probabilities_to_file_grid(probs: np.ndarray, meta: dict[str, Any],
-                               paint: list[tuple[int, int]] | None = None) -> np.ndarray:
-    """Class map on the input file's voxel grid from (K, X', Y', Z') probabilities on the cropped, resampled grid:
-    each channel put on the file's grid (`to_file_grid`), then the argmax — or, for region outputs, `paint`
-    [(output, class)] over 0.5 — taken there, one channel at a time. nnU-Net's export: smoother and more exact than a
-    label map resampled by nearest neighbour when the recipe's spacing is coarser than the file's."""
-    out, best = None, None
-    for channel, cls in paint or [(k, k) for k in range(len(probs))]:
-        p = to_file_grid(probs[channel], meta, 1.0 if paint is None and channel == 0 else 0.0)
-        out = np.zeros(p.shape, dtype=np.int16) if out is None else out
-        if paint is not None:
-            out[p > 0.5] = cls
-        elif best is None:
-            best = p
-        else:
-            out[p > best] = cls
-            np.maximum(best, p, out=best)
-    return out
+    def __len__(self) -> int:
+        return len(self.probs)
+
+    def __getitem__(self, channel: int) -> np.ndarray:
+        if not 0 <= channel < len(self):
+            raise IndexError(channel)
+        full = np.full(self.meta["resampled_shape"], 0.0 if self.sigmoid or channel else 1.0, dtype=np.float32)
+        full[tuple(slice(a, b) for a, b in self.meta["box"])] = self.probs[channel]
+        return from_ras(resample(full, tuple(self.meta["ras_shape"])), np.asarray(self.meta["orientation"]))
 
 
 class VolumeCache:

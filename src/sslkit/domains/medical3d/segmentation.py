@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import warnings
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -168,15 +169,22 @@ def probabilities(model: nn.Module, image: np.ndarray, roi: int, overlap: float,
     return (total[0] / (len(MIRRORS) if tta else 1)).cpu().numpy()
 
 
-def decode(probs: np.ndarray, paint: list[tuple[int, int]] | None = None) -> np.ndarray:
-    """Class map int16 from (K, ...) probabilities: the argmax of softmax classes or, for a region-trained model,
-    `paint` [(output, class)]: in that order (largest region first), every voxel whose sigmoid for that output is
-    over 0.5 takes that class."""
-    if paint is None:
-        return probs.argmax(0).astype(np.int16)
-    out = np.zeros(probs.shape[1:], dtype=np.int16)
-    for channel, cls in paint:
-        out[probs[channel] > 0.5] = cls
+def decode(probs: Sequence[np.ndarray], paint: list[tuple[int, int]] | None = None) -> np.ndarray:
+    """Class map int16 from K channels of probabilities (a (K, ...) array, or any sequence read one channel at a time,
+    such as `preprocess.FileGridProbabilities`): the argmax of softmax classes (the first on ties) or, for a
+    region-trained model, `paint` [(output, class)]: in that order (largest region first), every voxel whose sigmoid
+    for that output is over 0.5 takes that class."""
+    out, best = None, None
+    for channel, cls in paint or [(k, k) for k in range(len(probs))]:
+        p = probs[channel]
+        out = np.zeros(p.shape, dtype=np.int16) if out is None else out
+        if paint is not None:
+            out[p > 0.5] = cls
+        elif best is None:
+            best = np.array(p, dtype=np.float32)
+        else:
+            out[p > best] = cls
+            np.maximum(best, p, out=best)
     return out
 
 
