@@ -171,7 +171,30 @@ def test_devices_flag_launches_torchrun(tmp_path):
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr
     assert "launching 2 processes" in out.stderr
+    assert out.stdout.strip() == str(tmp_path / "r")          # gloo's "[Gloo] Rank 0 is connected" goes to stderr
     assert json.loads((tmp_path / "r" / "manifest.json").read_text())["world_size"] == 2
+    # a bad input under --devices: still one line and exit code 2 (every rank refuses it; rank 0 says so)
+    out = subprocess.run([sys.executable, "-m", "sslkit", "toy", "pretrain", "--devices", "2", "--out", str(tmp_path / "r"),
+                          "--set", "train.steps=4"], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert [line for line in out.stderr.splitlines() if line.startswith("error:")] == [
+        f"error: run folder {tmp_path / 'r'} already exists — pass --overwrite to replace it, --resume to continue it, "
+        "or choose another --out"]
+
+
+def test_launcher_reports_a_failing_rank_and_stops_the_others(capfd):
+    """Rank 1 refuses its input while rank 0 would wait a minute: rank 1's line is shown, rank 0 is stopped."""
+    from sslkit.core.launch import launch_local
+
+    script = ("import os, sys, time\n"
+              "if os.environ['RANK'] == '1':\n    print('error: rank one refused — fix it'); sys.exit(2)\n"
+              "time.sleep(120)\nprint('rank 0 finished')")
+    code = launch_local(2, [], program=(sys.executable, "-c", script))
+    captured = capfd.readouterr()
+    assert code == 2
+    assert captured.err.strip() == "error: rank one refused — fix it"
+    assert "rank 0 finished" not in captured.out
 
 
 def test_tensorboard_events_are_written_when_asked(tmp_path):

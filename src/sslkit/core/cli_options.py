@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -15,14 +14,15 @@ OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="Run folder 
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing run folder / output file.")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA, else MPS, else CPU), cpu, cuda or cuda:N.")]
-DevicesOpt = Annotated[int, typer.Option("--devices", help="Processes to start on this machine (relaunches under torchrun).", min=1)]
+DevicesOpt = Annotated[int, typer.Option("--devices", help="Processes to start on this machine (one process group, as torchrun --standalone).", min=1)]
 SeedsOpt = Annotated[int, typer.Option("--seeds", help="Repeat the evaluation over this many seeds (mean ± std).", min=1)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 RunArg = Annotated[Path, typer.Argument(help="A run folder written by `pretrain`.")]
 
 
 def maybe_relaunch(devices: int) -> None:
-    """With --devices N > 1 outside torchrun, re-run this very command under torchrun and exit with its code."""
+    """With --devices N > 1 outside torchrun, re-run this very command as N ranks on this machine (`core.launch`)
+    and exit with the code of the first rank to fail, or 0."""
     if devices <= 1 or "RANK" in os.environ:
         return
     args, skip = [], False
@@ -36,9 +36,10 @@ def maybe_relaunch(devices: int) -> None:
         if a.startswith("--devices="):
             continue
         args.append(a)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={devices}", "-m", "sslkit", *args]
-    print(f"launching {devices} processes: {' '.join(cmd[2:])}", file=sys.stderr, flush=True)
-    raise typer.Exit(subprocess.call(cmd))
+    from sslkit.core.launch import launch_local
+
+    print(f"launching {devices} processes: sslkit {' '.join(args)}", file=sys.stderr, flush=True)
+    raise typer.Exit(launch_local(devices, args))
 
 
 def check_paths(paths: list[Path], what: str = "data") -> list[Path]:

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -78,6 +81,20 @@ def select_device(spec: str = "auto") -> torch.device:
     return device
 
 
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Send what C++ code writes to file descriptor 1 to stderr for the duration."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def init_distributed(device: torch.device) -> DistEnv:
     """Start the process group once (NCCL on CUDA, gloo otherwise); no-op for one process."""
     env = dist_env()
@@ -85,8 +102,9 @@ def init_distributed(device: torch.device) -> DistEnv:
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group(backend=backend, rank=env.rank, world_size=env.world_size,
-                                device_id=device if device.type == "cuda" else None)
+        with _stdout_to_stderr():      # gloo prints "[Gloo] Rank 0 is connected to ..." on stdout, which pipelines read
+            dist.init_process_group(backend=backend, rank=env.rank, world_size=env.world_size,
+                                    device_id=device if device.type == "cuda" else None)
         atexit.register(cleanup)
     return env
 

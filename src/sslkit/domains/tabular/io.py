@@ -134,36 +134,55 @@ def table_kind(path: Path) -> str | None:
 
 
 def _csv_reader(path: Path, string_columns: list[str]) -> Any:
+    """A pyarrow streaming CSV reader with the sniffed dialect. No Python `invalid_row_handler`: a reader dropped
+    early (a bad column named on the command line) leaves a read-ahead task that, holding a Python callback, could
+    take the interpreter down as it exits (SIGABRT, "terminate called without an active exception"). A ragged row
+    is found again in Python, when it is reported (`_ragged_row`)."""
     import pyarrow as pa
     import pyarrow.csv as pcsv
-
-    bad_rows: list[Any] = []
-
-    def on_bad_row(row: Any) -> str:
-        bad_rows.append(row)
-        return "error"
 
     dialect = sniff_csv(path)
     convert = pcsv.ConvertOptions(null_values=NULL_VALUES, strings_can_be_null=True,
                                   decimal_point=dialect.decimal_point, column_types={c: pa.string() for c in string_columns})
     try:
-        reader = pcsv.open_csv(path, read_options=pcsv.ReadOptions(block_size=BLOCK_BYTES, use_threads=False,
-                                                                    encoding=dialect.encoding),
-                               parse_options=pcsv.ParseOptions(delimiter=dialect.delimiter,
-                                                               invalid_row_handler=on_bad_row),
-                               convert_options=convert)
+        return pcsv.open_csv(path, read_options=pcsv.ReadOptions(block_size=BLOCK_BYTES, use_threads=False,
+                                                                  encoding=dialect.encoding),
+                             parse_options=pcsv.ParseOptions(delimiter=dialect.delimiter), convert_options=convert)
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError, UnicodeDecodeError) as exc:
-        raise UserError(_csv_message(path, exc, bad_rows)) from None
-    return reader, bad_rows
+        raise UserError(_csv_message(path, exc)) from None
 
 
-def _csv_message(path: Path, exc: Exception, bad_rows: list[Any]) -> str:
-    if bad_rows:
-        row = bad_rows[0]
-        where = f"line {row.number}" if row.number is not None else "a row"
-        return (f"{path}, {where}: expected {row.expected_columns} fields, found {row.actual_columns} "
-                f"({row.text[:60]!r}) — fix that line (quote fields that contain the delimiter)")
+def _ragged_row(path: Path) -> tuple[int, int, int, str] | None:
+    """(line, fields expected, fields found, text) of the first row whose field count differs from the header's,
+    read with Python's csv module in the sniffed dialect (quoted fields may span lines); None when there is none."""
+    import io
+
+    import pyarrow as pa
+
+    dialect = sniff_csv(path)
+    with pa.input_stream(str(path), compression="detect") as raw:
+        text = io.TextIOWrapper(io.BufferedReader(raw), newline="", errors="replace",
+                                encoding="utf-8-sig" if dialect.encoding == "utf8" else dialect.encoding)
+        rows = csv.reader(text, delimiter=dialect.delimiter)
+        width = None
+        for row in rows:
+            if not row:                 # pyarrow skips empty lines
+                continue
+            if width is None:
+                width = len(row)
+            elif len(row) != width:
+                return rows.line_num, width, len(row), dialect.delimiter.join(row)
+    return None
+
+
+def _csv_message(path: Path, exc: Exception) -> str:
     text = str(exc).splitlines()[0]
+    if "Expected" in text and "columns" in text:
+        bad = _ragged_row(path)
+        if bad is not None:
+            line, expected, found, row = bad
+            return (f"{path}, line {line}: expected {expected} fields, found {found} ({row[:60]!r}) — fix that line "
+                    "(quote fields that contain the delimiter)")
     if "invalid UTF8" in text or isinstance(exc, UnicodeDecodeError):
         return (f"{path}: text further down is not UTF-8, although the first {SNIFF_BYTES / 2**20:g} MiB are "
                 f"({text[:80]}) — save the file as UTF-8")
@@ -213,8 +232,7 @@ def _batches(path: Path, string_columns: list[str], batch_rows: int) -> Iterator
     elif table_kind(path) == "json":   # no parse-time text columns: values are formatted as text when encoded
         batches = _stream(_json_reader(path), lambda exc: _json_message(path, exc))
     else:                              # CSV blocks come in at the reader's block size
-        reader, bad_rows = _csv_reader(path, list(string_columns))
-        yield from _stream(reader, lambda exc: _csv_message(path, exc, bad_rows))
+        yield from _stream(_csv_reader(path, list(string_columns)), lambda exc: _csv_message(path, exc))
         return
     for batch in batches:
         for start in range(0, batch.num_rows, batch_rows):
@@ -398,8 +416,7 @@ def table_columns(path: Path) -> list[str]:
             return _check_names(path, pq.read_schema(path).names)
         except (pa.ArrowException, OSError) as exc:
             raise _unreadable(path, "Parquet", exc) from None
-    reader, bad_rows = _csv_reader(path, [])
-    return _check_names(path, reader.schema.names)
+    return _check_names(path, _csv_reader(path, []).schema.names)
 
 
 # ---- bundled sample data -----------------------------------------------------------------

@@ -1,0 +1,86 @@
+"""`--devices N`: start N ranks of this very command on this machine, as `torchrun --standalone` does, but keep the
+CLI contract: a bad input is still one line on stderr and exit code 2, not one line per rank and a launcher traceback.
+
+Rank 0 writes to this terminal; the other ranks' output is kept in temporary files and shown only when such a rank
+fails on its own. When one rank fails, the others get SIGTERM (they may be waiting in a collective for it), then
+SIGKILL. SIGINT/SIGTERM sent to the launcher are passed on to every rank, so a pre-empted job still checkpoints.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from typing import IO
+
+GRACE_SECONDS = 20.0   # how long the other ranks get to stop on their own once one has failed
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _tail(log: IO[bytes], lines: int = 20) -> str:
+    log.seek(0)
+    text = log.read().decode(errors="replace").rstrip().splitlines()
+    errors = [line for line in text if line.startswith("error: ")]
+    return errors[-1] if errors else "\n".join(text[-lines:])
+
+
+def launch_local(n: int, args: list[str], program: tuple[str, ...] = (sys.executable, "-m", "sslkit")) -> int:
+    """Run `python -m sslkit ARGS` as ranks 0..n-1 of one process group on this machine; returns the exit code of
+    the first rank to fail (2 for a refused input), or 0."""
+    base = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": str(n),
+            "LOCAL_WORLD_SIZE": str(n), "GROUP_RANK": "0"}
+    cmd = [*program, *args]
+    procs: list[subprocess.Popen] = []
+    logs: list[IO[bytes] | None] = []
+    for rank in range(n):
+        env = {**base, "RANK": str(rank), "LOCAL_RANK": str(rank)}
+        log = None if rank == 0 else tempfile.TemporaryFile()
+        procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT if log else None))
+        logs.append(log)
+
+    def forward(signum: int, _frame: object = None) -> None:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    # SIGTERM (a scheduler's pre-emption) is passed on; Ctrl-C already reaches every rank from the terminal
+    old = {signal.SIGTERM: signal.signal(signal.SIGTERM, forward), signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN)}
+    culprit, failed_at = None, 0.0
+    try:
+        while [p.poll() for p in procs].count(None):        # poll every rank (any() would stop at the first)
+            if culprit is None:
+                culprit = next((r for r, p in enumerate(procs) if p.returncode not in (None, 0)), None)
+                if culprit is not None:      # the first rank to fail; the others may wait for it in a collective
+                    failed_at = time.monotonic()
+                    forward(signal.SIGTERM)
+            elif time.monotonic() - failed_at > GRACE_SECONDS:
+                for p in procs:
+                    if p.poll() is None:
+                        p.kill()
+            time.sleep(0.1)
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+    codes = [p.returncode for p in procs]
+    if culprit is None:
+        culprit = next((r for r, c in enumerate(codes) if c != 0), None)
+    try:
+        if culprit is None:
+            return 0
+        log = logs[culprit]
+        if log is not None:             # rank 0 has already said what went wrong, on this terminal
+            print(_tail(log), file=sys.stderr, flush=True)
+        code = codes[culprit]
+        return code if code > 0 else 128 - code        # killed by signal N: 128 + N, as a shell reports it
+    finally:
+        for log in logs:
+            if log is not None:
+                log.close()
