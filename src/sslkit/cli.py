@@ -33,16 +33,27 @@ class SslkitGroup(TyperGroup):
     """Turns UserError into one line on stderr with exit code 2 (tracebacks only with --debug)."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        ok = False
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
+            ok = True
+            return result
+        except click.exceptions.Exit as exc:
+            ok = exc.exit_code == 0
+            raise
         except UserError as exc:
             if _DEBUG["on"]:
                 raise
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
         except Interrupted as exc:
+            ok = True           # the new run holds a checkpoint to --resume from; the run it replaced is not wanted
             typer.echo(str(exc), err=True)
             raise typer.Exit(130) from None
+        finally:
+            runs = sys.modules.get("sslkit.core.runs")      # not imported: no run folder was replaced
+            if runs is not None:
+                runs.settle_replaced(ok)
 
 
 app = typer.Typer(cls=SslkitGroup, no_args_is_help=True, add_completion=False, rich_markup_mode=None,

@@ -97,15 +97,20 @@ def test_atomic_writes_get_the_permissions_open_would_give(tmp_path, umask, mode
     from sslkit.domains.tabular.io import write_csv_atomic
 
     before = os.umask(umask)
-    files._file_mode.cache_clear()
+    files._umask.cache_clear()
     try:
         save_checkpoint(tmp_path / "last.pt", {"step": 1})
         atomic_write_text(tmp_path / "recipe.yaml", "a: 1\n")
         write_nifti(tmp_path / "p.nii.gz", np.zeros((2, 2, 2), np.int16), np.eye(4))
         _atomic_npy(tmp_path / "c.npy", np.zeros(3))
         write_csv_atomic(pa.table({"x": [1]}), tmp_path / "t.csv")
-        got = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+        export_encoder(torch.nn.Linear(2, 2), {"kind": "x"}, tmp_path / "enc")         # safetensors alone made 0600
+        got = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir() if p.is_file()}
+        got.update({f"enc/{p.name}": p.stat().st_mode & 0o777 for p in (tmp_path / "enc").iterdir()})
+        folder = (tmp_path / "enc").stat().st_mode & 0o777
     finally:
         os.umask(before)
-        files._file_mode.cache_clear()
-    assert got == dict.fromkeys(["last.pt", "recipe.yaml", "p.nii.gz", "c.npy", "t.csv"], mode)
+        files._umask.cache_clear()
+    assert got == dict.fromkeys(["last.pt", "recipe.yaml", "p.nii.gz", "c.npy", "t.csv", "enc/encoder.safetensors",
+                                 "enc/config.json"], mode)
+    assert folder == mode | (mode & 0o444) >> 2                # rwx where r: 0755 / 0750, as mkdir gives

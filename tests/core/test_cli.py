@@ -85,7 +85,11 @@ def test_bad_input_gets_one_line_and_exit_2(tmp_path):
     _one_line_exit_2(sslkit_cmd("toy", "pretrain", "--recipe", "nosuch"), "choose one of")
     _one_line_exit_2(sslkit_cmd("toy", "pretrain", "--set", "train.lrr=1"), "valid keys under 'train'")
     _one_line_exit_2(sslkit_cmd("toy", "pretrain", "--set", "train.steps=abc"), "train.steps")
-    _one_line_exit_2(sslkit_cmd("toy", "pretrain", "--out", str(tmp_path / "nothing"), "--resume"), "no checkpoint")
+    _one_line_exit_2(sslkit_cmd("toy", "pretrain", "--out", str(tmp_path / "nothing"), "--resume"), "no run folder")
+    # recipe values out of range are refused before a run folder (default: runs/...) is made
+    _one_line_exit_2(sslkit_cmd("toy", "pretrain", "--set", "train.steps=0", cwd=tmp_path), "train.steps")
+    _one_line_exit_2(sslkit_cmd("toy", "pretrain", "--set", "train.batch_size=0", cwd=tmp_path), "train.batch_size")
+    assert not (tmp_path / "runs").exists()
     empty = tmp_path / "empty"
     empty.mkdir()
     _one_line_exit_2(sslkit_cmd("toy", "embed", str(empty), "--out", str(tmp_path / "e.parquet")), "not an sslkit run")
@@ -101,7 +105,16 @@ def test_run_folder_is_never_overwritten_without_flag(tmp_path):
     assert (run / "checkpoints" / "last.pt").read_bytes() == before
     third = sslkit_cmd("toy", "pretrain", "--out", str(run), "--set", "train.steps=5", "--set", "train.seed=1", "--overwrite")
     assert third.returncode == 0
-    assert (run / "checkpoints" / "last.pt").read_bytes() != before
+    replaced = (run / "checkpoints" / "last.pt").read_bytes()
+    assert replaced != before
+    # --overwrite with a run that fails part-way (the loss diverges): the run it was to replace comes back whole
+    fourth = sslkit_cmd("toy", "pretrain", "--out", str(run), "--set", "train.steps=5", "--set", "train.lr=1e12",
+                        "--set", "train.clip_grad=null", "--overwrite")
+    assert fourth.returncode == 2 and "error: loss became nan" in fourth.stderr, fourth.stderr
+    assert (run / "checkpoints" / "last.pt").read_bytes() == replaced
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]          # nothing set aside is left behind
+    # --resume of a finished run says so instead of training zero steps
+    _one_line_exit_2(sslkit_cmd("toy", "pretrain", "--out", str(run), "--resume"), "already at step 5")
 
 
 def test_corrupt_checkpoint_on_resume(tmp_path):

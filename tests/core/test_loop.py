@@ -183,6 +183,24 @@ def test_devices_flag_launches_torchrun(tmp_path):
         "or choose another --out"]
 
 
+def test_resume_refuses_other_data_and_warns_when_files_changed(tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.txt").write_text("1")
+    t = TrainConfig(steps=4, batch_size=20, precision="fp32")
+    r = DenoiseRecipe(domain="toy", method="denoise", train=t)
+    run = Run.open(tmp_path / "run", domain="toy", recipe=r, data_paths=[data])
+    fit(Denoiser(), DATA, t, run)
+    longer = DenoiseRecipe(domain="toy", method="denoise", train=t.model_copy(update={"steps": 8}))
+    other = tmp_path / "other"
+    other.mkdir()
+    with pytest.raises(UserError, match="was trained on .*data, not .*other — resume with the same data"):
+        Run.open(tmp_path / "run", domain="toy", recipe=longer, data_paths=[other], resume=True)
+    (data / "b.txt").write_text("2")
+    Run.open(tmp_path / "run", domain="toy", recipe=longer, data_paths=[data], resume=True)
+    assert "changed since" in capsys.readouterr().err
+
+
 def test_launcher_reports_a_failing_rank_and_stops_the_others(capfd):
     """Rank 1 refuses its input while rank 0 would wait a minute: rank 1's line is shown, rank 0 is stopped."""
     from sslkit.core.launch import launch_local

@@ -6,11 +6,15 @@ Under torchrun every rank runs the same code, so notes and warnings are said by 
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any, Sequence
 
 from rich.console import Console
 
-console = Console(stderr=True, highlight=False)
+# soft_wrap: a note is one line however narrow the terminal. Not a terminal (a log file, a pipe): rich would assume
+# 80 columns and squeeze tables into wrapped cells, so 160 unless COLUMNS says otherwise.
+_PIPED = not sys.stderr.isatty() and "COLUMNS" not in os.environ
+console = Console(stderr=True, highlight=False, soft_wrap=True, width=160 if _PIPED else None)
 
 
 def _rank0() -> bool:

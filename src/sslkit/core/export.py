@@ -4,7 +4,6 @@ from __future__ import annotations
 import importlib
 import json
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ import torch
 from torch import nn
 
 from sslkit.core.errors import UserError
+from sslkit.core.files import share_files, temp_dir_beside
 
 DOMAINS = ("medical3d", "pathology", "audio", "graph", "lidar", "tabular", "toy")
 
@@ -34,13 +34,13 @@ def export_encoder(encoder: nn.Module, spec: dict[str, Any], out_dir: Path, extr
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise UserError(f"{out_dir} already exists — pass --overwrite or choose another --out")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    tmp = temp_dir_beside(out_dir)
     try:
         tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in encoder.state_dict().items()}
         save_file(tensors, str(tmp / "encoder.safetensors"), metadata={"format": "sslkit-encoder"})
         config = {**spec, "sslkit_version": sslkit.__version__, "extra": extra or {}}
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
+        share_files(tmp)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)

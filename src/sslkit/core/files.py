@@ -10,11 +10,15 @@ from typing import BinaryIO, Iterator
 
 
 @functools.cache
-def _file_mode() -> int:
-    """The permissions open() gives a new file under this process's umask (0o644 under the usual 022)."""
+def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
+
+
+def _file_mode() -> int:
+    """The permissions open() gives a new file under this process's umask (0o644 under the usual 022)."""
+    return 0o666 & ~_umask()
 
 
 def temp_beside(path: Path, suffix: str = ".tmp") -> tuple[int, str]:
@@ -25,6 +29,23 @@ def temp_beside(path: Path, suffix: str = ".tmp") -> tuple[int, str]:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     os.fchmod(fd, _file_mode())
     return fd, tmp
+
+
+def temp_dir_beside(path: Path) -> Path:
+    """A new hidden folder in `path`'s folder, to be renamed to `path`, with the permissions mkdir() would give it
+    (mkdtemp makes it 0700). `share_files` then gives the files written into it open()'s permissions."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    os.chmod(tmp, 0o777 & ~_umask())
+    return tmp
+
+
+def share_files(folder: Path) -> None:
+    """Give every file below `folder` the permissions open() would (some writers, safetensors' among them, make 0600)."""
+    for f in Path(folder).rglob("*"):
+        if f.is_file():
+            os.chmod(f, _file_mode())
 
 
 @contextlib.contextmanager

@@ -16,6 +16,7 @@ import tempfile
 import time
 from typing import IO
 
+INTERRUPTED = 130      # sslkit's exit code after SIGINT/SIGTERM (a checkpoint was written)
 GRACE_SECONDS = 20.0   # how long the other ranks get to stop on their own once one has failed
 
 
@@ -70,15 +71,16 @@ def launch_local(n: int, args: list[str], program: tuple[str, ...] = (sys.execut
         for s, handler in old.items():
             signal.signal(s, handler)
     codes = [p.returncode for p in procs]
-    if culprit is None:
-        culprit = next((r for r, c in enumerate(codes) if c != 0), None)
     try:
-        if culprit is None:
+        if codes[0] > 0 and codes[0] != INTERRUPTED:   # rank 0 failed on its own and has said why, on this terminal
+            return codes[0]
+        failed = [r for r in ([culprit] if culprit is not None else []) + list(range(n)) if codes[r] != 0]
+        if not failed:
             return 0
-        log = logs[culprit]
-        if log is not None:             # rank 0 has already said what went wrong, on this terminal
-            print(_tail(log), file=sys.stderr, flush=True)
-        code = codes[culprit]
+        rank = failed[0]
+        if not (rank == 0 or codes[rank] == INTERRUPTED == codes[0]):      # stopped together: said once already
+            print(_tail(logs[rank]), file=sys.stderr, flush=True)
+        code = codes[rank]
         return code if code > 0 else 128 - code        # killed by signal N: 128 + N, as a shell reports it
     finally:
         for log in logs:

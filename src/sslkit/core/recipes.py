@@ -26,28 +26,28 @@ class Section(BaseModel):
 class TrainConfig(Section):
     """Settings of `core.loop.fit` shared by every domain."""
 
-    steps: int = 1000
-    batch_size: int = 256
-    micro_batch_size: int | None = None
-    lr: float = 1e-3
-    lr_scale_batch: int | None = None
-    min_lr: float = 0.0
-    weight_decay: float = 0.05
+    steps: int = Field(1000, ge=1)
+    batch_size: int = Field(256, ge=1)
+    micro_batch_size: int | None = Field(None, ge=1)
+    lr: float = Field(1e-3, ge=0.0)          # 0 is allowed: a control run that keeps its initial weights
+    lr_scale_batch: int | None = Field(None, ge=1)
+    min_lr: float = Field(0.0, ge=0.0)
+    weight_decay: float = Field(0.05, ge=0.0)
     optimizer: Literal["adamw", "adam", "sgd", "lars"] = "adamw"
     betas: tuple[float, float] = (0.9, 0.999)
-    momentum: float = 0.9
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
     schedule: Literal["cosine", "infinite", "constant"] = "cosine"
-    warmup_steps: int = 0
-    cooldown_frac: float = 0.15
-    constant_lr_frac: float = 0.5
-    anneal_frac: float = 0.2
-    clip_grad: float | None = 1.0
+    warmup_steps: int = Field(0, ge=0)
+    cooldown_frac: float = Field(0.15, ge=0.0, le=1.0)
+    constant_lr_frac: float = Field(0.5, ge=0.0, le=1.0)
+    anneal_frac: float = Field(0.2, ge=0.0, le=1.0)
+    clip_grad: float | None = Field(1.0, gt=0.0)
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     device: str = "auto"
     seed: int = 0
-    num_workers: int = 0
-    log_every: int = 10
-    checkpoint_every: int = 200
+    num_workers: int = Field(0, ge=0)
+    log_every: int = Field(10, ge=1)
+    checkpoint_every: int = Field(200, ge=1)
     tensorboard: bool = False
     compile: bool = False
     sync_batchnorm: bool = False

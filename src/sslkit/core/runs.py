@@ -61,6 +61,30 @@ def _versions() -> dict[str, str]:
             "torch": torch.__version__, "numpy": numpy.__version__}
 
 
+# A run folder that --overwrite replaces is moved aside, not deleted, until the command ends (`settle_replaced`):
+# a command that fails part-way puts the old run back instead of leaving a half-written one in its place.
+_REPLACED: dict[Path, Path] = {}
+
+
+def _set_aside(folder: Path) -> None:
+    aside = folder.with_name(f".{folder.name}.replaced-{os.getpid()}")
+    shutil.rmtree(aside, ignore_errors=True)
+    os.replace(folder, aside)
+    _REPLACED[folder] = aside
+
+
+def settle_replaced(ok: bool) -> None:
+    """At the end of a command: delete the run folders --overwrite set aside (`ok`), or, when the command failed,
+    remove the new half-written folder and put the old one back."""
+    for folder, aside in _REPLACED.items():
+        if ok:
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+            os.replace(aside, folder)
+    _REPLACED.clear()
+
+
 class Run:
     """A run folder; rank 0 alone writes to it."""
 
@@ -99,11 +123,14 @@ class Run:
         run = cls(Path(out))
         exists = run.dir.exists() and any(run.dir.iterdir())
         if resume:
+            if not run.dir.is_dir():
+                raise UserError(f"--resume: there is no run folder {run.dir} — start the run without --resume")
             if not run.checkpoint_path.is_file():
                 raise UserError(f"--resume: no checkpoint at {run.checkpoint_path} — start a new run without --resume")
             saved = run.recipe_dict
             if saved.get("domain") != domain:
                 raise UserError(f"--resume: {run.dir} is a {saved.get('domain')} run, not {domain} — pick a {domain} run")
+            run._check_resumable(recipe, data_paths)
         elif exists and not overwrite:
             raise UserError(f"run folder {run.dir} already exists — pass --overwrite to replace it, "
                             "--resume to continue it, or choose another --out")
@@ -111,7 +138,7 @@ class Run:
         run.created_now = not resume
         if distributed.is_main():
             if exists and overwrite:
-                shutil.rmtree(run.dir)
+                _set_aside(run.dir)
             run.dir.mkdir(parents=True, exist_ok=True)
             (run.dir / "checkpoints").mkdir(exist_ok=True)
             atomic_write_text(run.dir / "recipe.yaml", recipe_to_yaml(recipe))  # on resume: with any new --set
@@ -120,6 +147,27 @@ class Run:
             run._write_manifest(domain, recipe, command or sys.argv, data_paths, resume)
         distributed.barrier()
         return run
+
+    def _check_resumable(self, recipe: Recipe, data_paths: list[Path]) -> None:
+        """--resume continues the same run: the same data (the paths; changed files are only warned about) and a
+        train.steps beyond the checkpoint's step."""
+        from sslkit.core.checkpoint import load_checkpoint
+
+        before = self.manifest.get("data") or {}
+        if data_paths and before.get("paths"):
+            now = data_fingerprint([Path(p) for p in data_paths])
+            if now["paths"] != before["paths"]:
+                raise UserError(f"--resume: {self.dir} was trained on {', '.join(before['paths'])}, not "
+                                f"{', '.join(now['paths'])} — resume with the same data, or start a new run")
+            if now["sha256"] != before.get("sha256"):
+                from sslkit.core.console import warn
+
+                warn(f"the data under {', '.join(now['paths'])} changed since {self.dir} was started "
+                     f"({before.get('files')} → {now['files']} files); resuming on it as it is now")
+        step = load_checkpoint(self.checkpoint_path)["step"]
+        if step >= recipe.train.steps:
+            raise UserError(f"--resume: {self.dir} is already at step {step} of train.steps={recipe.train.steps} — "
+                            f"pass --set train.steps=N with N > {step} to train further")
 
     def _write_manifest(self, domain: str, recipe: Recipe, command: list[str], data_paths, resume: bool) -> None:
         import torch

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from sslkit.core.errors import UserError
+from sslkit.core.files import temp_dir_beside
 
 
 def sbm(n: int, blocks: int, mean_degree: float, p_in: float = 0.8, feat_dim: int = 16, noise: float = 1.0,
@@ -44,8 +44,7 @@ def write_samples(out: Path, overwrite: bool = False) -> list[Path]:
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UserError(f"{out} already exists and is not empty — pass --overwrite or choose another folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    tmp = temp_dir_beside(out)
     try:
         karate = nx.karate_club_graph()
         (tmp / "karate").mkdir()
