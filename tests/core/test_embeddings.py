@@ -181,3 +181,16 @@ def test_embedding_map_draws_any_width(tmp_path, dim):
     path = embedding_map(vecs, np.arange(50) % 3, tmp_path / "map.png")
     with Image.open(path) as im:
         assert im.size[0] > 100 and im.size[1] > 100
+
+
+def test_embed_out_must_be_a_parquet_name_a_file_and_new(tmp_path):
+    from sslkit.core.embeddings import check_embeddings_out
+
+    with pytest.raises(UserError, match=r"written as Parquet — give a name ending in \.parquet \(e\.g\. .*e\.parquet\)"):
+        check_embeddings_out(tmp_path / "e.csv", overwrite=False)
+    with pytest.raises(UserError, match="is a folder"):
+        check_embeddings_out(tmp_path, overwrite=True)
+    write_embeddings(tmp_path / "e.pq", ["a"], np.ones((1, 2)))
+    with pytest.raises(UserError, match="--overwrite"):
+        check_embeddings_out(tmp_path / "e.pq", overwrite=False)
+    assert check_embeddings_out(tmp_path / "e.pq", overwrite=True) == tmp_path / "e.pq"

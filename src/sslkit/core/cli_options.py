@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Callable, Optional
 
 import typer
 
@@ -56,17 +56,20 @@ def check_paths(paths: list[Path], what: str = "data") -> list[Path]:
     return paths
 
 
-def add_export_command(app: typer.Typer, domain: str, what: str = "encoder") -> None:
+def add_export_command(app: typer.Typer, domain: str, what: str = "encoder",
+                       unfinished_extra: Callable[[Any, Any], dict[str, Any]] | None = None) -> None:
     """Register `sslkit DOMAIN export RUN --out DIR` on `app`: the same verb, help and checks in every domain.
 
-    The run must be one of `domain`'s (a graph run given to `sslkit tabular export` is refused).
+    The run must be one of `domain`'s (a graph run given to `sslkit tabular export` is refused);
+    `unfinished_extra(run, encoder)`: what the domain's pretrain adds to the encoder's config at the end, for a run
+    that did not get there (see `export_from_run`).
     """
 
     def export(run: RunArg, out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write.")],
                overwrite: OverwriteOpt = False) -> None:
         from sslkit.core.export import export_from_run
 
-        typer.echo(str(export_from_run(run, out, overwrite=overwrite, domain=domain)))
+        typer.echo(str(export_from_run(run, out, overwrite=overwrite, domain=domain, unfinished_extra=unfinished_extra)))
 
     export.__doc__ = f"Write the {what} (safetensors + config.json), loadable with sslkit.load_encoder(DIR)."
     app.command("export")(export)

@@ -80,6 +80,20 @@ def _build_table(ids: Sequence, vectors: np.ndarray, id_name: str, extra: Mappin
     })
 
 
+def check_embeddings_out(path: str | Path, overwrite: bool) -> Path:
+    """Refuse an `embed --out` that is a folder, is not named .parquet/.pq (the file is Parquet whatever its name
+    says), or exists without --overwrite: before any embedding is computed."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a folder — give a file path such as {path / 'embeddings.parquet'}")
+    if path.suffix.lower() not in (".parquet", ".pq"):
+        raise UserError(f"--out {path}: embeddings are written as Parquet — give a name ending in .parquet "
+                        f"(e.g. {path.with_suffix('.parquet')})")
+    if path.exists() and not overwrite:
+        raise UserError(f"{path} already exists — pass --overwrite to replace it")
+    return path
+
+
 def write_embeddings(path: str | Path, ids: Sequence, vectors: Any, *, id_name: str = "id",
                      extra: Mapping[str, Sequence] | None = None, overwrite: bool = False,
                      metadata: Mapping[str, Any] | None = None) -> Path:
@@ -91,11 +105,7 @@ def write_embeddings(path: str | Path, ids: Sequence, vectors: Any, *, id_name: 
     """
     import pyarrow.parquet as pq
 
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"{path} is a folder — give a file path such as {path / 'embeddings.parquet'}")
-    if path.exists() and not overwrite:
-        raise UserError(f"{path} already exists — pass --overwrite to replace it")
+    path = check_embeddings_out(path, overwrite)
     table = _build_table(ids, _vectors(vectors), id_name, extra, metadata)
 
     with atomic_writer(path) as fh:

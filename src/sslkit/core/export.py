@@ -5,7 +5,7 @@ import importlib
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -56,7 +56,8 @@ def read_config(path: Path) -> dict[str, Any]:
         path = path / "encoder"
     cfg_path = path / "config.json"
     if not cfg_path.is_file():
-        raise UserError(f"{path} holds no exported encoder (config.json) — run `sslkit <domain> export RUN --out DIR` first")
+        raise UserError(f"{path} holds no exported encoder (config.json) — give a finished run folder or a folder "
+                        "written by `sslkit DOMAIN export` (an unfinished run: `export` it, or finish it with --resume)")
     config = json.loads(cfg_path.read_text())
     config["_dir"] = str(path)
     return config
@@ -96,9 +97,14 @@ def tensor_bytes(module: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in module.state_dict().values() if isinstance(t, torch.Tensor))
 
 
-def export_from_run(run_dir: Path, out_dir: Path, overwrite: bool = False, domain: str | None = None) -> Path:
+def export_from_run(run_dir: Path, out_dir: Path, overwrite: bool = False, domain: str | None = None,
+                    unfinished_extra: Callable[[Any, nn.Module], dict[str, Any]] | None = None) -> Path:
     """Re-export the encoder of a run from its last checkpoint (works for interrupted runs too);
-    with `domain`, the run must belong to it."""
+    with `domain`, the run must belong to it.
+
+    The config's `extra` (what a domain needs besides the weights, e.g. tabular's preprocessing) is copied from the
+    run's own encoder/; a run stopped before pretrain wrote it gets `unfinished_extra(run, encoder)` and a warning.
+    """
     from sslkit.core.checkpoint import load_checkpoint
     from sslkit.core.runs import Run
 
@@ -117,4 +123,11 @@ def export_from_run(run_dir: Path, out_dir: Path, overwrite: bool = False, domai
     extra = {"run": str(run.dir.resolve()), "step": state["step"]}
     if (run.dir / "encoder" / "config.json").is_file():
         extra = {**json.loads((run.dir / "encoder" / "config.json").read_text()).get("extra", {}), **extra}
+    else:
+        from sslkit.core.console import warn
+
+        extra = {**(unfinished_extra(run, encoder) if unfinished_extra else {}), **extra}
+        warn(f"{run.dir} is unfinished: exporting the encoder of its last checkpoint (step {state['step']} of "
+             f"{run.recipe_dict.get('train', {}).get('steps')}) — for the trained one, complete the run with "
+             f"`sslkit {run.recipe_dict.get('domain')} pretrain ... --resume --out {run.dir}` first")
     return export_encoder(encoder, spec, out_dir, extra=extra, overwrite=overwrite)

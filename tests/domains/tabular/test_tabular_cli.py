@@ -323,3 +323,107 @@ def test_pretrain_reads_a_german_excel_csv(tmp_path):
     (stadt,) = pre["categorical"]
     assert stadt["name"] == "stadt" and "Düsseldorf" in json.dumps(stadt, ensure_ascii=False)
 
+
+
+def test_embed_errors_name_the_value_the_id_and_the_output(tiny_run, tmp_path):
+    table = read_adult(limit=30)
+    age = table.column_names.index("age")
+    ages = [str(v) for v in table.column("age").to_pylist()]
+    ages[4] = "abc"
+    write_csv_atomic(table.set_column(age, "age", pa.array(ages)), tmp_path / "abc.csv")
+    res = run_cli("embed", tiny_run, tmp_path / "abc.csv", "--out", tmp_path / "e.parquet")
+    _one_line_exit_2(res, "column 'age' holds 'abc' in row 5, which is not a number")
+    assert "--categorical age" in res.stderr and "--numeric" not in res.stderr
+    write_csv_atomic(table, tmp_path / "t.csv")
+    _one_line_exit_2(run_cli("embed", tiny_run, tmp_path / "t.csv", "--id", "age", "--out", tmp_path / "e.parquet"),
+                     "'age' was a feature of the encoder at pretraining, so it cannot be the id")
+    _one_line_exit_2(run_cli("embed", tiny_run, tmp_path / "t.csv", "--out", tmp_path / "e5.csv"),
+                     "give a name ending in .parquet")
+    assert not (tmp_path / "e5.csv").exists() and not (tmp_path / "e.parquet").exists()
+
+
+def test_embed_warns_about_a_missing_empty_or_repeated_id(tiny_run, tmp_path):
+    table = read_adult(limit=30)
+    write_csv_atomic(table.drop_columns(["id"]), tmp_path / "noid.csv")
+    res = run_cli("embed", tiny_run, tmp_path / "noid.csv", "--out", tmp_path / "a.parquet")
+    assert res.returncode == 0, res.stderr
+    assert "has no column 'id' (the run's --id): rows are numbered from 0" in " ".join(res.stderr.split())
+    assert read_embeddings(tmp_path / "a.parquet")[0] == list(range(30))
+    ids = pa.array([None, None] + [1, 1, 1] + list(range(2, 27)), pa.int64())
+    write_csv_atomic(table.set_column(0, "id", ids), tmp_path / "dup.csv")
+    res = run_cli("embed", tiny_run, tmp_path / "dup.csv", "--out", tmp_path / "b.parquet")
+    assert res.returncode == 0, res.stderr
+    said = " ".join(res.stderr.split())
+    assert "id column 'id' of" in said and "is empty in 2 row(s)" in said and "2 row(s) share an id" in said
+
+
+def test_evaluate_target_messages_print_plain_values(tiny_run, tmp_path):
+    table = read_adult(limit=60)
+    one = table.filter(pa.compute.equal(table.column("income"), "<=50K"))
+    write_csv_atomic(one, tmp_path / "one.csv")
+    res = run_cli("evaluate", tiny_run, tmp_path / "one.csv", "--target", "income")
+    _one_line_exit_2(res, "single class ('<=50K')")
+    rare = pa.concat_tables([one, table.filter(pa.compute.equal(table.column("income"), ">50K")).slice(0, 1)])
+    write_csv_atomic(rare, tmp_path / "rare.csv")
+    res = run_cli("evaluate", tiny_run, tmp_path / "rare.csv", "--target", "income")
+    _one_line_exit_2(res, "class '>50K' has one row — drop that row, or choose another --target")
+    assert "--task regression" not in res.stderr and "np.str_" not in res.stderr
+
+
+def test_resume_without_a_run_folder_says_so(adult_csv, tmp_path):
+    res = run_cli("pretrain", adult_csv, "--out", tmp_path / "nothere", "--resume", "-r", "tiny")
+    _one_line_exit_2(res, f"there is no run folder {tmp_path / 'nothere'} to resume — start the run without --resume")
+    assert not (tmp_path / "nothere").exists()
+
+
+def test_unfinished_run_embed_says_how_to_complete_it_and_export_keeps_the_preprocessing(tiny_run, adult_csv, tmp_path):
+    import shutil
+
+    from sslkit.domains.tabular.inference import embed_rows, encode_table
+    from sslkit.domains.tabular.preprocess import Preprocessor
+
+    cut = tmp_path / "cut"
+    shutil.copytree(tiny_run, cut)
+    shutil.rmtree(cut / "encoder")                                             # as a run stopped mid-way leaves it
+    for verb in (["embed", cut, adult_csv, "--out", tmp_path / "e.parquet"],
+                 ["evaluate", cut, adult_csv, "--target", "income"]):
+        res = run_cli(*verb)
+        _one_line_exit_2(res, "is an unfinished run")
+        assert f"sslkit tabular pretrain {adult_csv.resolve()} --resume --out {cut}" in res.stderr
+        assert "<domain>" not in res.stderr
+    res = run_cli("export", cut, "--out", tmp_path / "exported")
+    assert res.returncode == 0, res.stderr
+    assert "is unfinished: exporting the encoder of its last checkpoint" in " ".join(res.stderr.split())
+    enc = sslkit.load_encoder(tmp_path / "exported")
+    pre = Preprocessor.from_dict(enc.sslkit_config["extra"]["preprocess"])  # usable on its own, as a finished export
+    assert embed_rows(enc, encode_table(pre, adult_csv)).shape == (600, enc.out_dim)
+    (cut / "checkpoints" / "last.pt").unlink()
+    _one_line_exit_2(run_cli("embed", cut, adult_csv, "--out", tmp_path / "e.parquet"), "start it again with")
+
+
+def test_help_names_every_recipe_and_table_format():
+    from pathlib import Path
+
+    import typer
+
+    from sslkit.domains.tabular.cli import app
+
+    pretrain = typer.main.get_command(app).commands["pretrain"]
+    helps = {p.name: p.help for p in pretrain.params}
+    recipes = [p.stem for p in (Path(sslkit.__file__).parent / "recipes" / "tabular").glob("*.yaml")]
+    assert len(recipes) >= 5 and all(name in helps["recipe"] for name in recipes), helps["recipe"]
+    assert all(s in helps["data"] for s in (".xlsx", ".xlsm", ".jsonl", ".ndjson", ".json", ".parquet", ".feather"))
+
+
+def test_evaluate_report_keeps_earlier_results(tiny_run, adult_csv, tmp_path):
+    default = tiny_run / "evaluation.json"
+    before = default.read_text() if default.is_file() else None
+    report = tmp_path / "reports" / "income.json"
+    res = run_cli("evaluate", tiny_run, adult_csv, "--target", "income", "--seeds", "1", "--models", "linear",
+                  "--report", report)
+    assert res.returncode == 0, res.stderr
+    got = json.loads(report.read_text())
+    assert got["target"] == "income" and got["data"] == str(adult_csv) and "embeddings / linear" in got["results"]
+    assert (default.read_text() if default.is_file() else None) == before   # the run's own report is untouched
+    _one_line_exit_2(run_cli("evaluate", tiny_run, adult_csv, "--target", "income", "--report", tmp_path),
+                     "is a folder")

@@ -313,3 +313,75 @@ def test_tsv_is_read_with_tabs(tmp_path):
     path = tmp_path / "t.tsv"
     path.write_text("a\tb\n1\tx\n2\ty\n")
     assert table_columns(path) == ["a", "b"]
+
+
+def test_numbers_with_a_stray_word_stay_numeric_with_the_word_missing(tmp_path):
+    """299 numbers and one 'abc' (or one at row 29,990 of 30,000 of a CSV) are a numeric column with a gap, not free
+    text; a column that is mostly text stays text, and --numeric on it is refused."""
+    rng = np.random.default_rng(0)
+    values = [f"{v:.3f}" for v in rng.normal(size=300)]
+    values[150] = "abc"
+    pre = _fit(pa.table({"x": values, "y": rng.normal(size=300)}))
+    (x, _), note = pre.numeric, " | ".join(pre.notes)
+    assert x.name == "x" and x.text_as_missing == 1 and x.has_missing and "x" not in pre.ignored
+    assert "column 'x' is numbers but for 1 text value(s) (e.g. 'abc' in row 151)" in note and "--categorical x" in note
+    num, miss, _ = pre.encode(pa.table({"x": values, "y": rng.normal(size=300)}))
+    assert np.flatnonzero(miss[:, 0]).tolist() == [150] and np.isfinite(num).all()
+
+    late = tmp_path / "late.csv"
+    rows = [f"{v:.3f},{w:.3f}" for v, w in rng.normal(size=(30000, 2))]
+    rows[29989] = "abc," + rows[29989].split(",")[1]
+    late.write_text("a,b\n" + "\n".join(rows) + "\n")
+    pre = fit_preprocessor(iter_batches(late, batch_rows=4096), skip={}, categorical=[], numeric=[])
+    assert [c.name for c in pre.numeric] == ["a", "b"] and pre.numeric[0].text_as_missing == 1
+    assert any("'abc' in row 29,990" in n for n in pre.notes)
+
+    words = [f"w{i}" if i % 10 else str(i) for i in range(300)]               # 10% numbers: text
+    assert "high-cardinality" in _fit(pa.table({"t": words, "y": rng.normal(size=300)})).ignored["t"]
+    with pytest.raises(UserError, match=r"'t' \(--numeric\) holds text in 270 of 300 values \(e.g. 'w1' in row 2\)"):
+        _fit(pa.table({"t": words, "y": rng.normal(size=300)}), numeric=["t"])
+
+
+def test_dates_in_an_unrecognised_format_are_named_as_such():
+    n = 400
+    days = np.datetime64("2020-01-01") + np.arange(n).astype("timedelta64[D]")
+    dmy = [f"{str(d)[8:10]}/{str(d)[5:7]}/{str(d)[:4]}" for d in days]
+    iso = [str(d) for d in days]
+    iso[7] = "unknown"
+    pre = _fit(pa.table({"dmy": dmy, "iso": iso, "y": np.arange(n) % 7}), max_categories=100)
+    assert "looks like dates in an unrecognised format (e.g. '01/01/2020'" in pre.ignored["dmy"]
+    assert "ISO 8601" in pre.ignored["dmy"] and "--drop dmy" in pre.ignored["dmy"]
+    assert "holds dates and text that is not a date (e.g. 'unknown'" in pre.ignored["iso"]
+    assert not any("high-cardinality" in why for why in pre.ignored.values())
+
+
+def test_encoding_names_text_in_a_clean_numeric_or_date_column():
+    """At embed time the run's rules apply unchanged: text in a column that was all numbers (or dates) is an error
+    that names the value, its row and a fix that works for embed."""
+    rng = np.random.default_rng(0)
+    when = np.datetime64("2020-01-01") + np.arange(40).astype("timedelta64[D]")
+    pre = _fit(pa.table({"x": rng.normal(size=40), "when": when}))
+    xs = [str(v) for v in rng.normal(size=20)]
+    xs[4] = "abc"
+    new = pa.table({"x": xs, "when": [str(d) for d in when[:20]]})
+    with pytest.raises(UserError, match=r"^t.csv: column 'x' holds 'abc' in row 105, which is not a number .* "
+                                        r"--categorical x") as err:
+        pre.encode(new, source="t.csv", row0=100)
+    assert "--numeric" not in str(err.value)
+    dates = [str(d) for d in when[:20]]
+    dates[2] = "31/01/2020"
+    with pytest.raises(UserError, match=r"column 'when' holds '31/01/2020' in row 3, which is not a date .*ISO 8601"):
+        pre.encode(pa.table({"x": rng.normal(size=20), "when": dates}))
+    np.testing.assert_allclose(pre.encode(pa.table({"x": rng.normal(size=20), "when": [str(d) for d in when[:20]]}))[0][:, 1],
+                               pre.encode(pa.table({"x": rng.normal(size=20), "when": when[:20]}))[0][:, 1])
+
+
+def test_a_stray_word_past_the_first_csv_block_is_named(tmp_path, monkeypatch):
+    from sslkit.domains.tabular import io
+
+    monkeypatch.setattr(io, "BLOCK_BYTES", 1 << 12)
+    path = tmp_path / "late.csv"
+    path.write_text("a,b\n" + "1,2\n" * 3000 + "abc,3\n")
+    with pytest.raises(UserError, match=r"late.csv: column 'a' is int64 in the first .* MiB but further down holds "
+                                        r"'abc' .* --categorical a"):
+        list(iter_batches(path))

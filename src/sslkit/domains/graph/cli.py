@@ -138,9 +138,10 @@ def embed(run: RunArg, graph: GraphArg, out: FileOut = Path("embeddings.parquet"
           pca_variance: PcaOpt = None, overwrite: OverwriteOpt = False) -> None:
     """Node embeddings as Parquet with the graph's own node ids: the encoder's outputs centred, reduced to the
     principal directions holding `embedding.pca_variance` of their variance, and L2-normalised (as evaluate reads them)."""
-    from sslkit.core.embeddings import write_embeddings
+    from sslkit.core.embeddings import check_embeddings_out, write_embeddings
     from sslkit.domains.graph.clustering import node_embedding
 
+    check_embeddings_out(out, overwrite)
     g, z, cfg = _encode_graph(run, graph, features, out, overwrite, pca_variance)
     write_embeddings(out, g.ids.tolist(), node_embedding(z, cfg.embedding.pca_variance), overwrite=overwrite)
     typer.echo(str(out))

@@ -340,9 +340,10 @@ def embed(run: RunArg, frames: FramesArg,
     import numpy as np
     import torch
 
-    from sslkit.core.embeddings import write_embeddings
+    from sslkit.core.embeddings import check_embeddings_out, write_embeddings
     from sslkit.domains.lidar.io import list_frames
 
+    check_embeddings_out(out, overwrite)
     model, cfg = _load_student(run)
     files = list_frames(frames)
     ids, vecs = [], []

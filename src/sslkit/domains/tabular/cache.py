@@ -29,7 +29,7 @@ def write_cache(batches: Iterable[Any], pre: Preprocessor, folder: Path) -> Path
     arrays = {k: np.lib.format.open_memmap(tmp / f"{k}.npy", mode="w+", dtype=dtypes[k], shape=shapes[k]) for k in NAMES}
     start = 0
     for batch in batches:
-        parts = pre.encode(batch)
+        parts = pre.encode(batch, row0=start)
         stop = start + batch.num_rows
         for k, part in zip(NAMES, parts):
             arrays[k][start:stop] = part

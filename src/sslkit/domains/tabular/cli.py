@@ -1,7 +1,9 @@
-"""`sslkit tabular ...`: T-JEPA / SCARF pretraining on CSV/TSV/Parquet tables, embed, evaluate, export, sample-data."""
+"""`sslkit tabular ...`: T-JEPA / SCARF pretraining on tables (CSV/TSV, JSON lines, Excel, Parquet, Feather), embed,
+evaluate, export, sample-data."""
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -12,26 +14,37 @@ from sslkit.core.cli_options import (DevicesOpt, JsonOpt, OutOpt, OverwriteOpt, 
 
 app = typer.Typer(help="Tables: T-JEPA pretraining with SCARF as baseline.", no_args_is_help=True)
 
-TableArg = Annotated[Path, typer.Argument(help="A .csv, .tsv, .jsonl (each may be .gz/.bz2/.zst/.lz4), .parquet or "
-                                               ".feather/.arrow table with a header; a CSV's delimiter, encoding and "
+TableArg = Annotated[Path, typer.Argument(help="A .csv, .tsv or JSON lines (.jsonl/.ndjson/.json) table (each may be "
+                                               ".gz/.bz2/.zst/.lz4), an Excel .xlsx/.xlsm (first sheet), .parquet/.pq "
+                                               "or .feather/.arrow, with a header; a CSV's delimiter, encoding and "
                                                "decimal mark are sniffed.")]
 IdOpt = Annotated[Optional[str], typer.Option("--id", help="Row id column (kept in embeddings, never a feature).")]
 DropOpt = Annotated[Optional[list[str]], typer.Option("--drop", help="Column to ignore (repeatable).")]
 CatOpt = Annotated[Optional[list[str]], typer.Option("--categorical", help="Treat this column as categorical (repeatable).")]
 NumOpt = Annotated[Optional[list[str]], typer.Option("--numeric", help="Treat this column as numeric (repeatable).")]
-RecipeOpt = Annotated[str, typer.Option("--recipe", "-r", help="t-jepa (default), scarf, tiny, or a YAML path.")]
+RecipeOpt = Annotated[str, typer.Option("--recipe", "-r", help="t-jepa (default; for a GPU), t-jepa-small (for a "
+                                                               "CPU), scarf, or tiny/scarf-tiny (seconds; tests), or a "
+                                                               "YAML path.")]
 PoolOpt = Annotated[Optional[str], typer.Option("--pool", help="T-JEPA output: mean, mean_reg or flatten (default: the recipe's).")]
 
 
-def _encoder(run_dir: Path, pool: str | None):  # noqa: ANN202
-    """The run's exported encoder; `pool` switches a T-JEPA encoder's pooling (no retraining needed)."""
+def _encoder(run, pool: str | None):  # noqa: ANN001, ANN202
+    """The run's exported encoder; `pool` switches a T-JEPA encoder's pooling (no retraining needed). A run that
+    pretraining left unfinished has no encoder/ yet: say so, and how to complete it."""
     from sslkit.core.errors import UserError
     from sslkit.core.export import load_encoder
+    from sslkit.domains.tabular.inference import pretrain_again
 
-    encoder = load_encoder(run_dir)
+    if not run.path("encoder", "config.json").is_file():
+        if run.checkpoint_path.is_file():
+            raise UserError(f"{run.dir} is an unfinished run (a checkpoint but no encoder/ yet) — complete it with "
+                            f"`{pretrain_again(run, resume=True)}`")
+        raise UserError(f"{run.dir} holds no encoder and no checkpoint (pretraining stopped before its first "
+                        f"checkpoint) — start it again with `{pretrain_again(run, resume=False)}`")
+    encoder = load_encoder(run.dir)
     if pool is not None:
         if not hasattr(encoder, "pool"):
-            raise UserError(f"--pool applies to T-JEPA encoders; {run_dir} holds a {encoder.sslkit_config['kind']} encoder")
+            raise UserError(f"--pool applies to T-JEPA encoders; {run.dir} holds a {encoder.sslkit_config['kind']} encoder")
         if pool not in ("mean", "mean_reg", "flatten"):
             raise UserError(f"--pool {pool}: choose mean, mean_reg or flatten")
         encoder.pool = pool
@@ -80,7 +93,7 @@ def pretrain(
     from sslkit.core.recipes import resolve_recipe
     from sslkit.core.runs import Run
     from sslkit.domains.tabular.cache import EncodedRows, write_cache
-    from sslkit.domains.tabular.inference import check_named_columns
+    from sslkit.domains.tabular.inference import check_named_columns, encoder_extra
     from sslkit.domains.tabular.io import iter_batches, table_columns
     from sslkit.domains.tabular.method import TabularRecipe, build_method
     from sslkit.domains.tabular.preprocess import Preprocessor
@@ -97,6 +110,9 @@ def pretrain(
     if resume:
         if out is None:
             raise UserError("--resume needs --out pointing at the run folder to continue")
+        if not Path(out).is_dir():
+            raise UserError(f"--resume: there is no run folder {out} to resume — start the run without --resume "
+                            f"(sslkit tabular pretrain {shlex.quote(str(data))} --out {shlex.quote(str(out))})")
         pre = Preprocessor.load(Path(out) / "preprocess.json")
     else:
         pre = _fit_preprocessing(data, cfg, skip, categorical, numeric)
@@ -125,7 +141,7 @@ def pretrain(
         method.fit_bin_edges(rows.arrays["num"], rows.arrays["miss"])
     result = fit(method, rows, cfg.train, run, collate_fn=rows.collate, resume=resume)
     if distributed.is_main():
-        extra = {"preprocess": json.loads(pre.to_json()), "method": cfg.method, "out_dim": int(method.encoder.out_dim)}
+        extra = encoder_extra(pre, cfg.method, method.encoder)
         export_encoder(method.encoder.cpu(), method.encoder_spec(), run.path("encoder"), extra=extra)
         info(f"done: {result.step} steps in {result.seconds:.1f}s, final loss {result.last_loss:.4f}")
         typer.echo(str(run.dir))
@@ -134,29 +150,46 @@ def pretrain(
 @app.command()
 def embed(
     run: RunArg, data: TableArg,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Parquet file to write.")] = Path("embeddings.parquet"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Parquet file to write (.parquet or .pq).")] = Path("embeddings.parquet"),
     id_col: IdOpt = None, drop: DropOpt = None, pool: PoolOpt = None, overwrite: OverwriteOpt = False,
 ) -> None:
     """Embeddings of every row (the run's preprocessing applied unchanged), as Parquet with the id column."""
     import numpy as np
 
-    from sslkit.core.embeddings import write_embeddings
+    from sslkit.core.console import warn
+    from sslkit.core.embeddings import check_embeddings_out, write_embeddings
     from sslkit.core.errors import UserError
     from sslkit.core.runs import Run
-    from sslkit.domains.tabular.inference import check_named_columns, embed_rows, encode_table
+    from sslkit.domains.tabular.inference import check_named_columns, embed_rows, encode_table, id_problems
     from sslkit.domains.tabular.io import table_columns
     from sslkit.domains.tabular.preprocess import Preprocessor
 
-    if out.exists() and not overwrite:
-        raise UserError(f"{out} already exists — pass --overwrite to replace it")
+    check_embeddings_out(out, overwrite)
     r = Run.load(run, "tabular")
+    encoder = _encoder(r, pool)
     pre = Preprocessor.load(r.path("preprocess.json"))
     columns = table_columns(data)
     check_named_columns(data, columns, id=id_col, drop=drop)
-    id_col = id_col or next((c for c, why in pre.ignored.items() if why == "id" and c in columns), None)
+    if id_col in pre.features:
+        raise UserError(f"--id {id_col}: '{id_col}' was a feature of the encoder at pretraining, so it cannot be the id "
+                        "— pass another --id column, or none to number the rows")
+    run_id = next((c for c, why in pre.ignored.items() if why == "id"), None)
+    if id_col is None and run_id is not None:
+        if run_id in columns:
+            id_col = run_id
+        else:
+            warn(f"{data} has no column '{run_id}' (the run's --id): rows are numbered from 0 in column 'row' — pass "
+                 "--id COL to use another column")
     table = encode_table(pre, data, keep=[id_col] if id_col else [], drop=drop or [])
-    z = embed_rows(_encoder(r.dir, pool), table)
+    z = embed_rows(encoder, table)
     ids = table.columns[id_col] if id_col else np.arange(len(table))
+    if id_col:
+        empty, repeated = id_problems(ids)
+        if empty:
+            warn(f"id column '{id_col}' of {data} is empty in {empty:,} row(s): those embeddings have no id")
+        if repeated:
+            warn(f"id column '{id_col}' of {data} repeats ids: {repeated:,} row(s) share an id with an earlier row, "
+                 "so ids do not tell them apart")
     write_embeddings(out, ids, z, id_name=id_col or "row", overwrite=overwrite,
                      metadata={"run": str(r.dir.resolve()), "method": r.recipe_dict["method"], "table": str(data)})
     typer.echo(str(out))
@@ -176,9 +209,12 @@ def evaluate(
                                                   "stratified share of the training rows (few labels); the test "
                                                   "rows do not change.")] = 1.0,
     pool: PoolOpt = None,
+    report: Annotated[Optional[Path], typer.Option("--report", help="JSON file for the results (default "
+                                                   "RUN/evaluation.json); replaced if it exists.")] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Downstream models on raw features vs embeddings vs both (mean ± std over seeds); JSON in the run folder."""
+    """Downstream models on raw features vs embeddings vs both (mean ± std over seeds); JSON in the run folder
+    (or --report)."""
     from sslkit.core.files import atomic_write_text
     from sslkit.core.console import info, print_table, warn
     from sslkit.core.errors import UserError
@@ -192,8 +228,11 @@ def evaluate(
         raise UserError(f"--models {models}: choose from linear, mlp, hgb (comma-separated)")
     if not 0.0 < label_fraction <= 1.0:
         raise UserError(f"--label-fraction {label_fraction}: give a share of the training rows in (0, 1]")
+    if report is not None and report.is_dir():
+        raise UserError(f"--report {report} is a folder — give a file such as {report / 'evaluation.json'}")
     r = Run.load(run, "tabular")
-    encoder = _encoder(r.dir, pool)
+    report = report or r.path("evaluation.json")
+    encoder = _encoder(r, pool)
     train_sets, y, task, classes, dropped = load_labelled(r, encoder, data, target, task, drop or [])
     if dropped:
         warn(f"{dropped} rows of {data} have no '{target}' value and are left out")
@@ -214,7 +253,7 @@ def evaluate(
     print_table(f"tabular evaluation: {r.recipe_dict['method']} embeddings, target '{target}' "
                 f"({'test table' if test else '20% held out'}, {seeds} seeds{labelled})", columns, rows)
     payload = {"pool": getattr(encoder, "pool", None), "task": task, "target": target, "seeds": seeds,
-               "n_rows": int(len(y)), "test": str(test) if test else None, "label_fraction": label_fraction,
+               "n_rows": int(len(y)), "data": str(data), "test": str(test) if test else None, "label_fraction": label_fraction,
                "mlp": {"hidden": list(MLP_HIDDEN), "grid": list(MLP_GRID), "max_epochs": MLP_EPOCHS,
                        "best_epoch_on": "15% validation split of the training rows"},
                "hgb": {"raw+embeddings": "raw + k PCA components of the embeddings (fitted on train; "
@@ -222,14 +261,22 @@ def evaluate(
                **({"raw-ple": "raw features, each numeric column as its piecewise-linear code over the encoder's bins "
                              "(linear and MLP only)"} if "raw-ple" in train_sets else {}),
                "results": results}
-    atomic_write_text(r.path("evaluation.json"), json.dumps(payload, indent=2))
+    atomic_write_text(report, json.dumps(payload, indent=2))
     evaluation_plots(r, train_sets["embeddings"].dense, y, results, task, target, label_fraction, classes)
-    info(f"wrote {r.path('evaluation.json')} and {r.path('plots')}")
+    info(f"wrote {report} and {r.path('plots')}")
     if json_out:
         typer.echo(json.dumps(payload))
 
 
-add_export_command(app, "tabular", "encoder with its preprocessing")
+def _unfinished_extra(run, encoder) -> dict:  # noqa: ANN001
+    """What `pretrain` adds to the encoder's config at its end, for exporting a run stopped before it."""
+    from sslkit.domains.tabular.inference import encoder_extra
+    from sslkit.domains.tabular.preprocess import Preprocessor
+
+    return encoder_extra(Preprocessor.load(run.path("preprocess.json")), run.recipe_dict["method"], encoder)
+
+
+add_export_command(app, "tabular", "encoder with its preprocessing", unfinished_extra=_unfinished_extra)
 
 
 @app.command("sample-data")

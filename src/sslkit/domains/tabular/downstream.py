@@ -120,12 +120,13 @@ def check_target(y: np.ndarray, task: str, name: str) -> np.ndarray:
     if task == "classification":
         classes, codes = np.unique(y.astype(str) if y.dtype.kind == "O" else y, return_inverse=True)
         if len(classes) < 2:
-            raise UserError(f"target '{name}' has a single class ({classes[0]!r}) — a classifier needs at least two; "
-                            "choose another --target")
+            raise UserError(f"target '{name}' has a single class ({classes[0].item()!r}) — a classifier needs at least "
+                            "two; choose another --target")
         counts = np.bincount(codes)
         if counts.min() < 2:
-            raise UserError(f"target '{name}': class {classes[counts.argmin()]!r} has one row — "
-                            "drop it or use --task regression")
+            numeric = y.dtype.kind in "iuf"    # only a numeric target can be regressed
+            raise UserError(f"target '{name}': class {classes[counts.argmin()].item()!r} has one row — drop that row"
+                            + (", or use --task regression" if numeric else ", or choose another --target"))
         return codes
     try:
         values = y.astype(np.float64)

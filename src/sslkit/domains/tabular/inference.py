@@ -8,6 +8,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from sslkit.core.console import warn
 from sslkit.core.errors import UserError
 from sslkit.domains.tabular.io import iter_batches, table_columns
 from sslkit.domains.tabular.preprocess import Preprocessor
@@ -43,13 +44,18 @@ def encode_table(pre: Preprocessor, path: Path, keep: Sequence[str] = (), drop: 
     parts: dict[str, list[Any]] = {"num": [], "miss": [], "cat": []}
     extra: dict[str, list[Any]] = {k: [] for k in keep}
     strings = [c for c in pre.string_columns() if c in columns]
+    rows, stray = 0, {}
     for batch in iter_batches(path, strings, batch_rows):
-        for k, arr in zip(("num", "miss", "cat"), pre.encode(batch)):
+        for k, arr in zip(("num", "miss", "cat"), pre.encode(batch, source=str(path), row0=rows, stray=stray)):
             parts[k].append(arr)
         for k in keep:
             extra[k].append(batch.column(batch.schema.get_field_index(k)).to_numpy(zero_copy_only=False))
+        rows += batch.num_rows
     if not parts["num"]:
         raise UserError(f"{path} has no rows — give a table with data")
+    for name, count in stray.items():   # as at pretraining, where the column had such values too
+        warn(f"{path}: column '{name}' has {count:,} text value(s) that are not numbers; they are read as missing, "
+             "as at pretraining")
     return EncodedTable(*(np.concatenate(parts[k]) for k in ("num", "miss", "cat")),
                         columns={k: np.concatenate(v) for k, v in extra.items()})
 
@@ -64,3 +70,31 @@ def embed_rows(encoder: torch.nn.Module, table: EncodedTable, batch: int = 4096,
         args = [torch.from_numpy(np.ascontiguousarray(a[s: s + batch])).to(dev) for a in (table.num, table.miss, table.cat)]
         out.append(encoder(*args).float().cpu().numpy())
     return np.concatenate(out)
+
+
+def id_problems(ids: np.ndarray) -> tuple[int, int]:
+    """(empty, repeated): rows without an id, and rows whose id an earlier row already has."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    try:
+        arr = pa.array(ids, from_pandas=True)   # NaN (a numeric column with gaps) is missing too
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return 0, 0
+    return arr.null_count, len(arr) - arr.null_count - pc.count_distinct(arr).as_py()
+
+
+def pretrain_again(run: Any, resume: bool) -> str:
+    """The command that completes (`resume`) or restarts an unfinished run, with its table from the manifest."""
+    import shlex
+
+    data = ((run.manifest.get("data") or {}).get("paths") or ["DATA"])[0]
+    again = "--resume" if resume else "--overwrite"
+    return f"sslkit tabular pretrain {shlex.quote(data)} {again} --out {shlex.quote(str(run.dir))}"
+
+
+def encoder_extra(pre: Preprocessor, method: str, encoder: Any) -> dict[str, Any]:
+    """The encoder config's `extra`: the preprocessing `embed` applies, the method and the embedding width."""
+    import json
+
+    return {"preprocess": json.loads(pre.to_json()), "method": method, "out_dim": int(encoder.out_dim)}

@@ -12,6 +12,7 @@ import csv
 import functools
 import importlib.util
 import re
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -187,6 +188,12 @@ def _csv_message(path: Path, exc: Exception) -> str:
         return (f"{path}: text further down is not UTF-8, although the first {SNIFF_BYTES / 2**20:g} MiB are "
                 f"({text[:80]}) — save the file as UTF-8")
     if "conversion error" in text or "CSV conversion" in text:
+        found = re.search(r"column #(\d+).*conversion error to (\w+): invalid value '(.*)'", text)
+        if found:   # typed from the first block; a later one holds a value of another type
+            name = _csv_reader(path, []).schema.names[int(found.group(1))]
+            return (f"{path}: column '{name}' is {found.group(2)} in the first {BLOCK_BYTES >> 20} MiB but further "
+                    f"down holds {found.group(3)[:40]!r} — clean that value (empty or NA for missing), or pass "
+                    f"--categorical {shlex.quote(name)} if the column is text")
         col = text.split("column #")[1].split(":")[0] if "column #" in text else "?"
         return (f"{path}: column #{col} changes type part-way through ({text}) — "
                 "pass --categorical NAME for that column or clean the values")

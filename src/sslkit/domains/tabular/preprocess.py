@@ -9,6 +9,7 @@ It is saved as `preprocess.json` in the run folder and applied unchanged by `emb
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,6 +20,10 @@ import numpy as np
 from sslkit.core.errors import UserError
 
 MISSING, UNKNOWN = 0, 1
+NUMBER = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"   # a text cell that counts as a number
+NUMERIC_SHARE = 0.95   # a text column whose values are at least this share numbers is numeric, the rest missing
+DATE = re.compile(r"^\d{1,4}[/.-]\d{1,2}[/.-]\d{1,4}([ T]\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?)?$")
+ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}")
 
 
 @dataclass
@@ -29,6 +34,7 @@ class NumericColumn:
     scale: float
     quantiles: list[float] = field(default_factory=list)
     has_missing: bool = False
+    text_as_missing: int = 0         # values at fit that were text, not numbers, and are read as missing (embed too)
 
 
 @dataclass
@@ -86,13 +92,16 @@ class Preprocessor:
             raise UserError(f"{source}: columns differ from pretraining ({'; '.join(parts)}) — "
                             "give a table with the pretraining columns (use --drop for extra ones)")
 
-    def encode(self, batch: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """A pyarrow RecordBatch/Table -> (num, miss, cat) as described in the module docstring."""
+    def encode(self, batch: Any, *, source: str = "table", row0: int = 0,
+               stray: dict[str, int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A pyarrow RecordBatch/Table -> (num, miss, cat) as described in the module docstring. `source` and
+        `row0` (rows before this batch) place a bad value in errors; `stray` counts, per column, the text values read
+        as missing in columns that had such values at fit (anywhere else text in a numeric column is an error)."""
         n = batch.num_rows
         num = np.zeros((n, len(self.numeric)), np.float32)
         miss = np.zeros((n, len(self.numeric)), np.uint8)
         for j, col in enumerate(self.numeric):
-            values = numeric_values(_column(batch, col.name), col.name)
+            values = self._numbers(_column(batch, col.name), col, source, row0, stray)
             bad = ~np.isfinite(values)
             miss[:, j] = bad
             num[:, j] = np.where(bad, 0.0, self._scale(np.where(bad, col.center, values), col))
@@ -100,6 +109,24 @@ class Preprocessor:
         for j, col in enumerate(self.categorical):
             cat[:, j] = category_codes(_column(batch, col.name), col.categories)
         return num, miss, cat
+
+    @staticmethod
+    def _numbers(arr: Any, col: NumericColumn, source: str, row0: int, stray: dict[str, int] | None) -> np.ndarray:
+        if not _is_text(arr.type):
+            return numeric_values(arr, col.name)
+        quoted = shlex.quote(col.name)
+        if col.source == "datetime":
+            return _dates(arr, col.name, source, row0)
+        values, bad = text_numbers(arr)
+        if bad.any():
+            if not col.text_as_missing:
+                i = int(np.flatnonzero(bad)[0])
+                raise UserError(f"{source}: column '{col.name}' holds {_cell(arr, i)} in row {row0 + i + 1:,}, which "
+                                f"is not a number (the column was numeric at pretraining) — clean that value, or "
+                                f"pretrain again with --categorical {quoted} to use the column as text")
+            if stray is not None:
+                stray[col.name] = stray.get(col.name, 0) + int(bad.sum())
+        return values
 
     def _scale(self, x: np.ndarray, col: NumericColumn) -> np.ndarray:
         if self.scaling == "quantile":
@@ -114,6 +141,58 @@ def _column(batch: Any, name: str) -> Any:
     return batch.column(idx)
 
 
+def _is_text(t: Any) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+def _cell(arr: Any, i: int) -> str:
+    """A value for a message: quoted, trimmed, at most 40 characters."""
+    text = str(arr[i].as_py()).strip()
+    return repr(text if len(text) <= 40 else text[:37] + "...")
+
+
+def text_numbers(arr: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(values, stray) of a text array: float64 with NaN where missing or not a number, and True where a value is
+    present but not a number (`NUMBER`). Vectorised, so that a column of numbers with a few stray words costs little."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    text = as_text(arr)
+    try:
+        return np.asarray(pc.fill_null(pc.cast(text, pa.float64()), float("nan")), dtype=np.float64), \
+            np.zeros(len(text), dtype=bool)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
+    ok = pc.match_substring_regex(text, NUMBER)
+    stray = np.asarray(pc.fill_null(pc.invert(ok), False), dtype=bool)
+    numbers = pc.cast(pc.if_else(ok, text, pa.scalar(None, pa.string())), pa.float64())
+    return np.asarray(pc.fill_null(numbers, float("nan")), dtype=np.float64), stray
+
+
+def _dates(arr: Any, name: str, source: str, row0: int) -> np.ndarray:
+    """Days since 1970 of a text column that was dates at pretraining (ISO 8601 text, as the CSV reader parses it);
+    the first value that is no such date is an error that names it."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    text = as_text(arr)
+    try:
+        return numeric_values(pc.cast(text, pa.timestamp("s")), name)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
+    for i, value in enumerate(text.to_pylist()):
+        try:
+            pc.cast(pa.array([value], pa.string()), pa.timestamp("s"))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            raise UserError(f"{source}: column '{name}' holds {_cell(text, i)} in row {row0 + i + 1:,}, which is not a "
+                            "date like those at pretraining — write it as ISO 8601 (2020-01-31), or clean the value"
+                            ) from None
+    raise UserError(f"{source}: column '{name}' holds text that is not a date like those at pretraining — write its "
+                    "values as ISO 8601 (2020-01-31)")
+
+
 def numeric_values(arr: Any, name: str) -> np.ndarray:
     """float64 values of a numeric/boolean/temporal pyarrow array; nulls become NaN; datetimes in days."""
     import pyarrow as pa
@@ -123,12 +202,13 @@ def numeric_values(arr: Any, name: str) -> np.ndarray:
     if pa.types.is_timestamp(t) or pa.types.is_date(t):
         seconds = pc.cast(pc.cast(arr, pa.timestamp("s")), pa.int64())
         return np.asarray(pc.fill_null(pc.cast(seconds, pa.float64()), float("nan")), dtype=np.float64) / 86400.0
-    if pa.types.is_string(t) or pa.types.is_large_string(t):
-        try:
-            arr = pc.cast(pc.utf8_trim_whitespace(arr), pa.float64())
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            raise UserError(f"column '{name}' holds text that is not a number — drop --numeric {shlex.quote(name)} "
-                            "or clean the column") from None
+    if _is_text(t):
+        values, bad = text_numbers(arr)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise UserError(f"column '{name}' holds {_cell(arr, i)} in row {i + 1:,}, which is not a number — clean "
+                            "that value")
+        return values
     try:
         return np.asarray(pc.fill_null(pc.cast(arr, pa.float64()), float("nan")), dtype=np.float64)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
@@ -180,6 +260,8 @@ class _Stats:
     sampled: int = 0
     counts: dict[str, int] = field(default_factory=dict)
     overflow: bool = False
+    words: int = 0                             # text values that are not numbers (text read columns)
+    example: tuple[str, int] | None = None     # the first of them, and its row
 
 
 def _kind_of(t: Any) -> tuple[str, str] | None:
@@ -227,7 +309,18 @@ def fit_preprocessor(batches: Iterable[Any], *, skip: dict[str, str], categorica
             arr = _column(batch, name)
             st.rows += len(arr)
             st.nulls += arr.null_count
-            if st.kind == "numeric":
+            if _is_text(arr.type) and name not in categorical:   # numbers written as text, or with stray words
+                values, bad = text_numbers(arr)
+                if bad.any():
+                    st.words += int(bad.sum())
+                    if st.example is None:
+                        i = int(np.flatnonzero(bad)[0])
+                        st.example = (_cell(arr, i), n_rows + i + 1)
+                if bad.sum() < len(arr) - arr.null_count:
+                    _sample_numeric(st, values, sample_rows, rng)
+                if st.kind == "text":
+                    _count_text(st, arr, max_categories)
+            elif st.kind == "numeric":
                 values = numeric_values(arr, name)
                 if n_rows == 0 and (why := _row_index(name, values, st.source)):
                     notes.append(f"column '{name}' looks like a row index ({why}) and is used as a feature — pass "
@@ -242,6 +335,17 @@ def fit_preprocessor(batches: Iterable[Any], *, skip: dict[str, str], categorica
     for name, st in stats.items():
         if st.nulls == st.rows:
             raise UserError(f"{source}: column '{name}' is empty (all values missing) — pass --drop {shlex.quote(name)}")
+        numbers = st.rows - st.nulls - st.words
+        if st.words and (st.kind == "numeric" or (name not in categorical and numbers >= NUMERIC_SHARE * (st.rows - st.nulls))):
+            value, row = st.example
+            if numbers < NUMERIC_SHARE * (st.rows - st.nulls):   # --numeric on a column of mostly text
+                raise UserError(f"{source}: column '{name}' (--numeric) holds text in {st.words:,} of "
+                                f"{st.rows - st.nulls:,} values (e.g. {value} in row {row:,}) — clean those values, "
+                                f"or drop --numeric {shlex.quote(name)}")
+            st.kind, st.source = "numeric", "text"
+            notes.append(f"column '{name}' is numbers but for {st.words:,} text value(s) (e.g. {value} in row {row:,}): "
+                         f"used as numeric with those values missing — clean them, or pass --categorical "
+                         f"{shlex.quote(name)} to use the column as text")
         if st.kind == "numeric":
             col = _numeric_column(name, st, scaling, n_quantiles)
             if col is None:
@@ -257,6 +361,8 @@ def fit_preprocessor(batches: Iterable[Any], *, skip: dict[str, str], categorica
             else:
                 if col.dropped_rare:
                     notes.append(f"column '{name}': {col.dropped_rare} rare values share the 'unknown' token")
+                if (dates := _date_like(name, st)) and name not in categorical:
+                    notes.append(f"column '{name}' {dates} and is used as categories")
                 cat_cols.append(col)
     if not num_cols and not cat_cols:
         raise UserError(f"{source}: no usable feature columns (ignored: "
@@ -319,7 +425,7 @@ def _numeric_column(name: str, st: _Stats, scaling: str, n_quantiles: int) -> Nu
         center = median
     quantiles = np.quantile(sample, np.linspace(0, 1, min(n_quantiles, sample.size))).tolist() if scaling == "quantile" else []
     return NumericColumn(name=name, source=st.source, center=center if scaling != "quantile" else median,
-                         scale=scale, quantiles=quantiles, has_missing=bool(has_missing))
+                         scale=scale, quantiles=quantiles, has_missing=bool(has_missing), text_as_missing=st.words)
 
 
 def _categorical_column(name: str, st: _Stats, max_categories: int, forced: bool) -> tuple[CategoricalColumn | None, str]:
@@ -327,8 +433,25 @@ def _categorical_column(name: str, st: _Stats, max_categories: int, forced: bool
     if len(ranked) <= 1 and st.nulls == 0:
         return None, "is constant"
     if (len(ranked) > max_categories or st.overflow) and not forced:
+        if dates := _date_like(name, st):
+            return None, dates
         return None, (f"is high-cardinality text ({len(ranked)}{'+' if st.overflow else ''} distinct values; "
                       f"pass --categorical {shlex.quote(name)} to keep its {max_categories} most frequent)")
     kept = [v for v, _ in ranked[:max_categories]]
     return CategoricalColumn(name=name, categories=kept, has_missing=st.nulls > 0,
                              dropped_rare=max(0, len(ranked) - len(kept))), ""
+
+
+def _date_like(name: str, st: _Stats) -> str:
+    """Why a text column looks like dates the reader did not parse ("" when it does not): at least 95% of its counted
+    values look like dates (31/01/2020, 01.31.2020, 2020/1/31, with or without a time)."""
+    total = sum(st.counts.values())
+    dates = {v: c for v, c in st.counts.items() if DATE.match(v)}
+    if not total or sum(dates.values()) < NUMERIC_SHARE * total:
+        return ""
+    drop = f"--drop {shlex.quote(name)}"
+    other = next((v for v in st.counts if v not in dates), None)
+    if all(ISO_DATE.match(v) for v in dates) and other is not None:   # ISO dates are parsed unless text is among them
+        return f"holds dates and text that is not a date (e.g. {other!r}; clean those values, or pass {drop})"
+    return (f"looks like dates in an unrecognised format (e.g. {next(iter(dates))!r}; write them as ISO 8601, "
+            f"2020-01-31, to use them as dates, or pass {drop})")

@@ -56,11 +56,12 @@ def embed(run: RunArg, data: DataArg = None, out: Annotated[Path, typer.Option("
     import numpy as np
     import torch
 
-    from sslkit.core.embeddings import write_embeddings
+    from sslkit.core.embeddings import check_embeddings_out, write_embeddings
     from sslkit.core.export import load_encoder
     from sslkit.core.runs import Run
     from sslkit.domains.toy.method import ToyRecipe
 
+    check_embeddings_out(out, overwrite)
     cfg = ToyRecipe.model_validate(Run.load(run, "toy").recipe_dict)
     x, labels = _data(cfg, data)
     encoder = load_encoder(run)
