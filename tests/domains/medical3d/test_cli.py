@@ -424,6 +424,101 @@ def test_pretraining_on_all_channels_gives_a_multichannel_encoder_that_finetune_
     assert res.exit_code == 2 and "3-channel images and these have 1" in res.output
 
 
+def test_finetune_on_a_labelled_datalist_uses_its_labels_and_prints_the_run_folder(tiny_run: Path,
+                                                                                    tmp_path: Path) -> None:
+    """A Decathlon datalist as IMAGES trains on its "label" entries, LABELS left out or the same file: the held-out
+    Dice of the same pairs given as folders (its images were read again as their own labels). predict --labels pairs
+    a datalist by its image -> label entries. stdout is the run folder; a fine-tuning run where the pretraining run
+    belongs is refused in one line."""
+    from tests.domains.medical3d.conftest import write_volumes
+
+    data = write_volumes(tmp_path / "d", n=3)
+    dl = data / "dataset.json"
+    dl.write_text(json.dumps({"labels": {"0": "background", "1": "bright"}, "training": [
+        {"image": f"./img/v{i}.nii.gz", "label": f"./lab/v{i}.nii.gz"} for i in range(3)]}))
+    steps = ["--train", "2", "--set", "finetune.steps=2"]
+    res = invoke("finetune", tiny_run, data / "img", data / "lab", *steps, "--out", tmp_path / "folders")
+    assert res.exit_code == 0, res.output
+    assert res.stdout.strip().splitlines()[-1] == str(tmp_path / "folders")
+    folders = json.loads((tmp_path / "folders" / "evaluation.json").read_text())
+    for name, extra in (("alone", []), ("again", [dl])):
+        res = invoke("finetune", tiny_run, dl, *extra, *steps, "--out", tmp_path / name)
+        assert res.exit_code == 0, res.output
+        ev = json.loads((tmp_path / name / "evaluation.json").read_text())
+        assert ev["dice_per_volume"] == {"img/v2.nii.gz": folders["dice_per_volume"]["v2.nii.gz"]}
+        assert ev["class_names"] == ["bright", "class 2"] and ev["label_values"] == [0, 1, 2]
+        assert (tmp_path / name / "predictions" / "img" / "v2.nii.gz").is_file()
+        assert json.loads((tmp_path / name / "manifest.json").read_text())["medical3d"]["skipped_count"] == 0
+    ft = tmp_path / "alone"
+    scored = {}
+    for name, labels in (("folder", data / "lab"), ("datalist", dl)):
+        res = invoke("predict", ft, data / "img" / "v2.nii.gz", "--labels", labels, "--out", tmp_path / f"p-{name}")
+        assert res.exit_code == 0, res.output
+        scored[name] = json.loads((tmp_path / f"p-{name}" / "evaluation.json").read_text())["dice_per_volume"]
+    assert scored["datalist"] == scored["folder"] and list(scored["folder"]) == ["v2.nii.gz"]
+    refusals = [
+        (("finetune", tiny_run, dl, data / "lab", "--out", tmp_path / "r1"), "already pairs every image"),
+        (("finetune", tiny_run, data / "img", "--out", tmp_path / "r2"), "finetune needs LABELS"),
+        (("finetune", tiny_run, data / "img", data / "img", "--out", tmp_path / "r3"), "is given as its own label"),
+        (("finetune", ft, data / "img", data / "lab", "--out", tmp_path / "r4"), "is a fine-tuning run"),
+        (("embed", ft, data / "img", "--out", tmp_path / "r5.parquet"), "is a fine-tuning run"),
+    ]
+    for args, needle in refusals:
+        res = invoke(*args)
+        assert res.exit_code == 2 and needle in res.output and "Traceback" not in res.output, res.output
+        assert len(res.output.strip().splitlines()) == 1 and not args[-1].exists(), res.output
+    assert str(tiny_run) in invoke("embed", ft, data / "img", "--out", tmp_path / "r5.parquet").output
+
+
+def test_outputs_keep_sub_folders_and_names_that_would_clash_are_refused_before_writing(tiny_run: Path,
+                                                                                       tmp_path: Path) -> None:
+    """s1/t1.nii.gz and s2/t1.nii.gz write s1/t1.* and s2/t1.* (once both t1.*), case.001/case.002 keep their dots
+    (once both `case`), folder-per-case labels pair by path; A.nii.gz beside a.nii.gz is refused before any file."""
+    import shutil
+
+    from tests.domains.medical3d.conftest import write_volumes
+
+    data = write_volumes(tmp_path / "d", n=3)
+    cases = tmp_path / "cases"
+    for k in range(3):
+        for kind, folder in (("images", "img"), ("labels", "lab")):
+            (cases / kind / f"case_{k}").mkdir(parents=True, exist_ok=True)
+            shutil.copy(data / folder / f"v{k}.nii.gz", cases / kind / f"case_{k}" / "img.nii.gz")
+    ft = tmp_path / "ft"
+    res = invoke("finetune", tiny_run, cases / "images", cases / "labels", "--train", "2", "--set", "finetune.steps=2",
+                 "--out", ft)
+    assert res.exit_code == 0, res.output
+    assert list(json.loads((ft / "evaluation.json").read_text())["dice_per_volume"]) == ["case_2/img.nii.gz"]
+    assert [p.relative_to(ft / "predictions").as_posix() for p in (ft / "predictions").rglob("*.nii.gz")] == \
+        ["case_2/img.nii.gz"]
+    tree = tmp_path / "tree"
+    for rel, k in (("s1/t1.nii.gz", 0), ("s2/t1.nii.gz", 1), ("case.001.nii.gz", 2), ("case.002.nii.gz", 0)):
+        (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(data / "img" / f"v{k}.nii.gz", tree / rel)
+    res = invoke("predict", ft, tree / "s1", tree / "s2", tree / "case.001.nii.gz", tree / "case.002.nii.gz",
+                 "--out", tmp_path / "p")
+    assert res.exit_code == 0, res.output
+    written = {"s1/t1.nii.gz": 0, "s2/t1.nii.gz": 1, "case.001.nii.gz": 2, "case.002.nii.gz": 0}
+    summary = json.loads((tmp_path / "p" / "volumes.json").read_text())["volumes"]
+    assert {k: v["prediction"] for k, v in summary.items()} == {k: str(tmp_path / "p" / k) for k in written}
+    maps = {k: np.asarray(nib.load(tmp_path / "p" / k).dataobj) for k in written}
+    assert np.array_equal(maps["s1/t1.nii.gz"], maps["case.002.nii.gz"])         # the same image twice
+    assert not np.array_equal(maps["s1/t1.nii.gz"], maps["s2/t1.nii.gz"])
+    res = invoke("predict", ft, tree / "case.001.nii.gz", "--out", tmp_path / "p", "--overwrite")
+    assert res.exit_code == 0, res.output                  # the earlier maps and their emptied folders go
+    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["case.001.nii.gz", "volumes.json"]
+    res = invoke("embed", tiny_run, tree, "--out", tmp_path / "e.parquet", "--grid-dir", tmp_path / "g")
+    assert res.exit_code == 0, res.output
+    assert sorted(p.relative_to(tmp_path / "g").as_posix() for p in (tmp_path / "g").rglob("*.npy")) == \
+        ["case.001.npy", "case.002.npy", "s1/t1.npy", "s2/t1.npy"]
+    shutil.copy(data / "img" / "v1.nii.gz", tree / "s1" / "T1.nii.gz")         # differs from t1.nii.gz in case only
+    for args in (("predict", ft, tree / "s1", "--out", tmp_path / "clash"),
+                 ("embed", tiny_run, tree / "s1", "--out", tmp_path / "clash.parquet", "--grid-dir", tmp_path / "cg")):
+        res = invoke(*args)
+        assert res.exit_code == 2 and "would both be written as" in res.output, res.output
+        assert not any((tmp_path / n).exists() for n in ("clash", "clash.parquet", "cg"))
+
+
 def test_bad_inputs_are_one_line_exit_2(tiny_run: Path, volumes: Path, tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     cases = [
@@ -441,7 +536,7 @@ def test_bad_inputs_are_one_line_exit_2(tiny_run: Path, volumes: Path, tmp_path:
     for i in range(4):
         nib.save(nib.Nifti1Image(np.zeros((20, 32, 32), np.uint8), np.eye(4)), bad / f"v{i}.nii.gz")
     res = invoke("finetune", tiny_run, volumes / "img", bad, "--strict", "--out", tmp_path / "ft")
-    assert res.exit_code == 2 and "does not match image" in res.output
+    assert res.exit_code == 2 and "has shape (20, 32, 32) but image" in res.output
 
 
 def test_one_corrupt_volume_is_skipped_and_counted(volumes: Path, tmp_path: Path) -> None:
@@ -496,6 +591,9 @@ def test_finetune_resume_after_sigterm_matches_uninterrupted(tiny_run: Path, vol
         assert res.exit_code == 2 and message in res.output, res.output
     assert (tmp_path / "cut" / "recipe.yaml").read_text() == recipe
     res = invoke("finetune", tmp_path / "cut", volumes / "img", volumes / "lab", "--out", tiny_run, "--resume")
+    assert res.exit_code == 2 and f"is a fine-tuning run (written by `medical3d finetune`) — finetune needs the " \
+        f"pretraining run it started from, {tiny_run}" in " ".join(res.output.split()), res.output   # RUN, --out swapped
+    res = invoke("finetune", tiny_run, volumes / "img", volumes / "lab", "--out", tiny_run, "--resume")
     assert res.exit_code == 2 and "is a pretraining run" in res.output, res.output
     res = subprocess.run([*args[:-4], "--out", str(tmp_path / "cut"), "--resume"], capture_output=True, text=True,
                          env=ENV)                                  # the run's own settings: no --set needed

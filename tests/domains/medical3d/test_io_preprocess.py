@@ -61,6 +61,39 @@ def test_decathlon_datalist_all_images_for_pretraining_training_pairs_for_finetu
     assert all(v.label is None for v in every)
 
 
+def test_volume_ids_keep_dotted_names_and_sub_folders_and_clashes_get_the_shortest_distinct_path(
+        tmp_path: Path) -> None:
+    """Output names (`volume_stem`): only the volume suffix goes, sub-folders stay, nothing absolute or above the
+    output folder. Clashing ids become the shortest trailing path that tells them apart, not absolute paths."""
+    assert io.volume_stem("case.001.nii.gz") == "case.001" and io.volume_stem("s1/T1.NII.GZ") == "s1/T1"
+    assert io.volume_stem("./imagesTr/a.mha") == "imagesTr/a" and io.volume_stem("/x/../y/b.nrrd") == "x/y/b"
+    vol = np.zeros((4, 4, 4), np.float32)
+    for rel in ["s1/t1.nii.gz", "s2/t1.nii.gz", "case.001.nii.gz", "case.002.nii.gz", "deep/a/x/t2.nii.gz",
+                "deep/b/x/t2.nii.gz"]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        _nii(tmp_path / rel, vol)
+    found = io.find_volumes([tmp_path / "s1", tmp_path / "s2", tmp_path / "case.001.nii.gz",
+                             tmp_path / "case.002.nii.gz", tmp_path / "deep" / "a" / "x", tmp_path / "deep" / "b" / "x"])
+    ids = [v.id for v in found]
+    assert ids == ["s1/t1.nii.gz", "s2/t1.nii.gz", "case.001.nii.gz", "case.002.nii.gz", "a/x/t2.nii.gz",
+                   "b/x/t2.nii.gz"]
+    assert io.output_stems(ids) == ["s1/t1", "s2/t1", "case.001", "case.002", "a/x/t2", "b/x/t2"]
+    dicom = [io.Volume("ser1", Path("/pacs/pat1/ser1"), "1.2"), io.Volume("ser1", Path("/pacs/pat2/ser1"), "1.3"),
+             io.Volume("ct#0", Path("/pacs/ct"), "1.4"), io.Volume("ct#1", Path("/pacs/ct"), "1.5")]
+    assert [v.id for v in io.distinct_ids(dicom)] == ["pat1/ser1", "pat2/ser1", "ct#0", "ct#1"]
+    dl = tmp_path / "list.json"                                       # absolute datalist entries: named by file
+    dl.write_text(json.dumps({"training": [{"image": str(tmp_path / "case.001.nii.gz")}, {"image": "s1/t1.nii.gz"}]}))
+    assert [v.id for v in io.find_volumes([dl])] == ["case.001.nii.gz", "s1/t1.nii.gz"]
+    _nii(tmp_path / "s1" / "T1.nii", vol)                  # t1.nii.gz beside T1.nii: no path tells them apart
+    clash = io.find_volumes([tmp_path / "s1", tmp_path / "s2"])
+    assert [v.id for v in clash] == ["T1.nii", "t1.nii.gz", "s2/t1.nii.gz"]
+    with pytest.raises(UserError, match=r"T1.nii and t1.nii.gz would both be written as t1.nii.gz \(names compared "
+                                        r"ignoring case\) — rename one"):
+        io.output_stems([v.id for v in clash])
+    with pytest.raises(UserError, match="a.nii.gz and a_probabilities.nii.gz would both be written as a_prob"):
+        io.output_stems(["a.nii.gz", "a_probabilities.nii.gz"], (".nii.gz", "_probabilities.nii.gz"))
+
+
 @pytest.mark.parametrize("shape,match", [((8, 8, 8, 3), "4-D"), ((16, 16), "not a 3-D volume")])
 def test_4d_and_2d_inputs_are_errors(tmp_path: Path, shape: tuple, match: str) -> None:
     p = _nii(tmp_path / "x.nii.gz", np.zeros(shape, np.float32))
@@ -94,7 +127,7 @@ def test_channel_setting_reads_one_channel_or_splits_4d_files(tmp_path: Path) ->
     assert np.array_equal(io.read_volume(one[1])[0], four[..., 0])   # a 3-D volume is read as it is
     with pytest.raises(UserError, match="has 3 channels, so data.channel=5 does not exist — use 0..2"):
         io.read_volume(io.select_channels(found, 5, "finetune")[0])
-    assert io.volume_stem("sub/multi.nii.gz#c2") == "multi_c2" and io.volume_stem("series#1") == "series#1"
+    assert io.volume_stem("sub/multi.nii.gz#c2") == "sub/multi_c2" and io.volume_stem("series#1") == "series#1"
     cache = VolumeCache(tmp_path / "cache", Settings(modality="mri", spacing=None))
     keys = {cache.key(v) for v in split[:3]} | {cache.key(found[0])}
     assert len(keys) == 4                                             # every channel has its own cache entry
@@ -374,8 +407,16 @@ def test_probabilities_go_back_to_the_file_grid_finer_than_a_nearest_label_map(t
 
 def test_label_geometry_mismatch_and_bad_file_skipped(volumes: Path, tmp_path: Path) -> None:
     lab = _nii(tmp_path / "lab.nii.gz", np.zeros((30, 32, 32), np.uint8))
-    with pytest.raises(UserError, match="does not match image"):
+    with pytest.raises(UserError, match=r"has shape \(30, 32, 32\) but image .* has \(32, 32, 32\)"):
         VolumeCache(tmp_path / "c", Settings()).get(io.Volume("v", volumes / "img" / "v0.nii.gz", label=lab))
+    shifted = np.eye(4)
+    shifted[:3, 3] = [0.0, 3.0, 4.0]                                  # the same grid, moved 5 mm
+    lab = _nii(tmp_path / "moved.nii.gz", np.zeros((32, 32, 32), np.uint8), shifted)
+    with pytest.raises(UserError, match=r"has the shape of image .* but another affine \(voxels up to 5 mm apart\)"):
+        VolumeCache(tmp_path / "c", Settings()).get(io.Volume("v", volumes / "img" / "v0.nii.gz", label=lab))
+    scaled = _nii(tmp_path / "scaled.nii.gz", np.zeros((32, 32, 32), np.uint8), np.diag([1.0, 1.0, 1.1, 1.0]))
+    with pytest.raises(UserError, match=r"voxels up to 3.1 mm apart"):       # 0.1 mm per slice, 31 slices
+        VolumeCache(tmp_path / "c", Settings()).get(io.Volume("v", volumes / "img" / "v0.nii.gz", label=scaled))
     bad = tmp_path / "bad.nii.gz"
     bad.write_bytes(b"garbage")
     good = io.Volume("v0", volumes / "img" / "v0.nii.gz")

@@ -111,23 +111,21 @@ def embed(run: RunArg, data: DataArgs, out: Annotated[Path, typer.Option("--out"
     import numpy as np
 
     from sslkit.core.distributed import select_device
-    from sslkit.core.embeddings import write_embeddings
-    from sslkit.core.errors import UserError
+    from sslkit.core.embeddings import check_embeddings_out, write_embeddings
     from sslkit.core.export import load_encoder
-    from sslkit.core.runs import Run
     from sslkit.domains.medical3d.finetune import cache_for, check_channels
-    from sslkit.domains.medical3d.io import UNLABELLED_SECTIONS, find_volumes, select_channels, volume_stem
+    from sslkit.domains.medical3d.io import UNLABELLED_SECTIONS, find_volumes, output_stems, select_channels
     from sslkit.domains.medical3d.preprocess import prepare
+    from sslkit.domains.medical3d.recipe import Medical3DRecipe, pretraining_run
     from sslkit.domains.medical3d.transforms import channels_first
-    from sslkit.domains.medical3d.recipe import Medical3DRecipe
 
-    if out.exists() and not overwrite:
-        raise UserError(f"{out} already exists — pass --overwrite or choose another --out")
-    cfg = Medical3DRecipe.model_validate(Run.load(run, "medical3d").recipe_dict)
-    encoder = load_encoder(run).to(target := select_device(device))
-    cache = cache_for(cfg.data)
+    check_embeddings_out(out, overwrite)
+    cfg = Medical3DRecipe.model_validate(pretraining_run(run, "embed").recipe_dict)
     volumes = select_channels(find_volumes(data, UNLABELLED_SECTIONS), cfg.data.channel, "embed")
-    entries, skipped = prepare(volumes, cache, strict)
+    ids = [v.id for v in volumes]
+    stems = dict(zip(ids, output_stems(ids, (".npy",)))) if grid_dir is not None else {}
+    encoder = load_encoder(run).to(target := select_device(device))
+    entries, skipped = prepare(volumes, cache_for(cfg.data), strict)
     check_channels(entries, encoder, f"{run} was pretrained on")
     ids, vectors = [], []
     for npy, meta in entries:
@@ -142,7 +140,7 @@ def embed(run: RunArg, data: DataArgs, out: Annotated[Path, typer.Option("--out"
 
             buf = io.BytesIO()
             np.save(buf, grid)
-            atomic_write_bytes(grid_dir / f"{volume_stem(meta['id'])}.npy", buf.getvalue())
+            atomic_write_bytes(grid_dir / f"{stems[meta['id']]}.npy", buf.getvalue())    # sub-folders made
     write_embeddings(out, ids, np.stack(vectors), extra={"path": [m["source"] for _, m in entries]}, overwrite=overwrite)
     typer.echo(str(out))
 
@@ -158,41 +156,47 @@ def _embed(encoder, image, roi: int):  # noqa: ANN001, ANN202
 
 
 @app.command()
-def finetune(run: RunArg, images: Annotated[Path, typer.Argument(help="Image folder/file (or JSON datalist).")],
-             labels: Annotated[Path, typer.Argument(help="Label folder/file: one label map per image, same grid.")],
+def finetune(run: RunArg, images: Annotated[Path, typer.Argument(help="Image folder/file, or a JSON datalist (its "
+                                                               "\"label\" entries are the labels).")],
+             labels: Annotated[Optional[Path], typer.Argument(
+                 help="Label folder/file: one label map per image, same grid, paired by relative path, then file "
+                 "name, then sorted order; or a JSON datalist naming each image's label. Left out when IMAGES is a "
+                 "labelled datalist.")] = None,
              from_scratch: Annotated[bool, typer.Option("--from-scratch", help="Random encoder instead of RUN's "
                                                         "(the baseline).")] = False,
              train: Annotated[Optional[int], typer.Option("--train", help="Labelled volumes to train on; the rest "
                                                           "are held out (one volume: halves).", min=1)] = None,
              set_: SetOpt = None, out: OutOpt = None, overwrite: OverwriteOpt = False, resume: ResumeOpt = False,
              strict: StrictOpt = False) -> None:
-    """Segmentation with the pretrained encoder + UNETR-style decoder; Dice per class on held-out data; NIfTI predictions."""
+    """Segmentation with the pretrained encoder + UNETR-style decoder; Dice per class on held-out data; NIfTI
+    predictions. Prints the run folder."""
     from sslkit.core.recipes import apply_override, validate_recipe
-    from sslkit.core.runs import Run
     from sslkit.domains.medical3d.finetune import resumed_settings, run_finetune
-    from sslkit.domains.medical3d.io import find_volumes, pair_labels, select_channels
-    from sslkit.domains.medical3d.recipe import Medical3DRecipe
+    from sslkit.domains.medical3d.io import select_channels
+    from sslkit.domains.medical3d.pairing import labelled_volumes
+    from sslkit.domains.medical3d.recipe import Medical3DRecipe, pretraining_run
 
-    base = Run.load(run, "medical3d")
+    base = pretraining_run(run, "finetune")
     raw = base.recipe_dict
     if resume:      # the interrupted run's own fine-tuning settings, then any new --set
         raw["finetune"] = resumed_settings(out, None if from_scratch else base.dir)
     for override in set_ or []:
         apply_override(raw, override, Medical3DRecipe)
     cfg = validate_recipe(Medical3DRecipe, raw, str(base.path("recipe.yaml")))
-    pairs = pair_labels(select_channels(find_volumes([images]), cfg.data.channel, "finetune"), find_volumes([labels]))
-    result = run_finetune(cfg, None if from_scratch else base.dir, pairs, train, out, overwrite, strict, [images, labels],
-                          resume)
-    if result:
-        typer.echo(f"{result['mean_dice']:.4f}")
+    pairs = select_channels(labelled_volumes(images, labels), cfg.data.channel, "finetune")
+    run_dir, result = run_finetune(cfg, None if from_scratch else base.dir, pairs, train, out, overwrite, strict,
+                                   [images] if labels is None else [images, labels], resume)
+    if result:                     # rank 0; the mean Dice is in RUN/evaluation.json
+        typer.echo(str(run_dir))
 
 
 @app.command()
 def predict(run: Annotated[Path, typer.Argument(help="A run folder written by `medical3d finetune`.")],
             images: DataArgs,
             out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the label maps (NIfTI) and volumes.json.")],
-            labels: Annotated[Optional[Path], typer.Option("--labels", help="Label folder/file: also score the "
-                                                           "predictions (Dice, HD95), one label map per image.")] = None,
+            labels: Annotated[Optional[Path], typer.Option("--labels", help="Label folder/file (paired as in "
+                                                           "finetune) or a JSON datalist naming each image's label: "
+                                                           "also score the predictions (Dice, HD95).")] = None,
             tta: Annotated[Optional[bool], typer.Option("--tta/--no-tta", help="Average the 8 mirrorings of each "
                                                         "volume (8× slower); default: the run's finetune.tta.")] = None,
             keep_largest: Annotated[Optional[bool], typer.Option(
@@ -206,12 +210,13 @@ def predict(run: Annotated[Path, typer.Argument(help="A run folder written by `m
     --labels, Dice and HD95 on them (a test set from another site, say)."""
     from sslkit.core.runs import Run
     from sslkit.domains.medical3d.finetune import run_predict
-    from sslkit.domains.medical3d.io import UNLABELLED_SECTIONS, find_volumes, pair_labels, select_channels
+    from sslkit.domains.medical3d.io import UNLABELLED_SECTIONS, find_volumes, select_channels
+    from sslkit.domains.medical3d.pairing import attach_labels
 
     channel = Run.load(run, "medical3d").recipe_dict.get("data", {}).get("channel")
     volumes = select_channels(find_volumes(images, UNLABELLED_SECTIONS), channel, "finetune")
     if labels is not None:
-        volumes = pair_labels(volumes, find_volumes([labels]))
+        volumes = attach_labels(volumes, labels)
     run_predict(run, volumes, out, overwrite, strict, device, tta, keep_largest, probabilities)
     typer.echo(str(out))
 

@@ -107,15 +107,18 @@ def value_lut(values: list[int]) -> np.ndarray | None:
 
 
 def class_names(labels: Path, values: list[int]) -> list[str]:
-    """Names of the foreground label values from a `dataset.json` in the label folder or the folder above it
-    (nnU-Net v2 `{"labels": {"name": value}}` or MSD `{"labels": {"value": "name"}}`); "class v" where none is given."""
+    """Names of the foreground label values from a `dataset.json` in the label folder or the folder above it, or from
+    `labels` itself when it is a JSON datalist (nnU-Net v2 `{"labels": {"name": value}}` or MSD
+    `{"labels": {"value": "name"}}`); "class v" where none is given."""
     names = {v: f"class {v}" for v in values[1:]}
     folder = labels if labels.is_dir() else labels.parent
-    found = next((p for p in (folder / "dataset.json", folder.parent / "dataset.json") if p.is_file()), None)
+    own = [labels] if labels.is_file() and labels.suffix.lower() == ".json" else []     # a datalist (the Decathlon's)
+    found = next((p for p in (*own, folder / "dataset.json", folder.parent / "dataset.json") if p.is_file()), None)
     if found is None:
         return [names[v] for v in values[1:]]
     try:
-        table = json.loads(found.read_text()).get("labels", {})
+        data = json.loads(found.read_text())
+        table = data.get("labels", {}) if isinstance(data, dict) else {}
         pairs = [(int(v), str(k)) if not str(k).isdigit() else (int(k), str(v)) for k, v in table.items()]
     except (ValueError, TypeError, AttributeError) as e:
         raise UserError(f"{found}: cannot read its \"labels\" mapping ({e}) — write it as "
@@ -170,20 +173,23 @@ def resumed_settings(out: Path | None, pretrained: Path | None) -> dict[str, Any
 
 def run_finetune(cfg: Medical3DRecipe, pretrained: Path | None, pairs: list[Volume], n_train: int | None,
                  out: Path | None, overwrite: bool, strict: bool, data_paths: list[Path],
-                 resume: bool = False) -> dict[str, Any]:
-    """Train, predict the held-out part, write predictions and evaluation.json; returns the evaluation. `resume`
-    continues the interrupted run in `out` from its checkpoint (same data split, else refused)."""
+                 resume: bool = False) -> tuple[Path, dict[str, Any]]:
+    """Train, predict the held-out part, write predictions and evaluation.json; returns the run folder and the
+    evaluation (empty on ranks other than 0). `resume` continues the interrupted run in `out` from its checkpoint
+    (same data split, else refused). `data_paths`: IMAGES and LABELS, or a labelled datalist alone."""
     from sslkit.core import distributed
     from sslkit.core.export import load_encoder
     from sslkit.core.loop import fit, seed_everything, use_bf16
     from sslkit.core.runs import Run
     from sslkit.domains.medical3d.datasets import LabelledCrops
+    from sslkit.domains.medical3d.io import output_stems
     from sslkit.domains.medical3d.method import build_encoder
     from sslkit.domains.medical3d.preprocess import prepare
     from sslkit.domains.medical3d.recipe import finetune_train_config
     from sslkit.domains.medical3d.segmentation import Segmenter, SegmentationTask, inflate_input
 
     ft = cfg.finetune
+    output_stems([v.id for v in pairs])         # held-out predictions are written per volume: no two on one file
     cache = cache_for(cfg.data)
     entries, skipped = prepare(pairs, cache, strict)
     channels = input_channels(entries)
@@ -191,7 +197,7 @@ def run_finetune(cfg: Medical3DRecipe, pretrained: Path | None, pairs: list[Volu
     region_classes(ft.regions, values)        # checked before training, used in evaluate
     members, _ = region_layout(ft, values)
     classes, lut = len(values), value_lut(values)
-    names = class_names(data_paths[1], values) if len(data_paths) > 1 else [f"class {v}" for v in values[1:]]
+    names = class_names(data_paths[-1], values)
     train_e, eval_e, train_regions, eval_regions = split(entries, n_train, ft.label_fraction)
     model = cfg.model.model_copy(update={"in_channels": channels})
     rec = FinetuneRecipe(pretrained=str(pretrained) if pretrained else None, data=cfg.data, model=model,
@@ -215,7 +221,8 @@ def run_finetune(cfg: Medical3DRecipe, pretrained: Path | None, pairs: list[Volu
                         f"{split_ids['held_out']}, and {out} trained on {before.get('train')} — give the same "
                         "images, labels and --train")
     run = Run.open(out, domain="medical3d", recipe=rec, data_paths=data_paths, overwrite=overwrite, resume=resume)
-    run.update_manifest(medical3d={"volumes": len(entries), "skipped": skipped, "cache": str(cache.root), **split_ids})
+    run.update_manifest(medical3d={"volumes": len(entries), "skipped_count": len(skipped), "skipped": skipped,
+                                   "cache": str(cache.root), **split_ids})
     segmenter = Segmenter(encoder, classes if members is None else members.shape[1], ft.decoder_channels, channels,
                           prior=None if members is None else REGION_PRIOR)
     if pretrained is not None and ft.transfer_decoder and cfg.alice.recon_decoder == "unet":
@@ -226,9 +233,9 @@ def run_finetune(cfg: Medical3DRecipe, pretrained: Path | None, pairs: list[Volu
     data = LabelledCrops(train_e, ft.roi, ft.samples_per_volume, train_regions, ft.augment, lut)
     result = fit(task, data, rec.train, run, resume=resume)
     if not distributed.is_main():
-        return {}
-    return evaluate(task, run, eval_e, eval_regions, names, values, ft, use_bf16(rec.train.precision, result.device),
-                    result.device)
+        return run.dir, {}
+    return run.dir, evaluate(task, run, eval_e, eval_regions, names, values, ft,
+                             use_bf16(rec.train.precision, result.device), result.device)
 
 
 def evaluate(task: Any, run: Any, eval_e: list, eval_regions: list, names: list[str], values: list[int], ft: Any,
@@ -248,6 +255,7 @@ def evaluate(task: Any, run: Any, eval_e: list, eval_regions: list, names: list[
         region = np.zeros(label.shape, dtype=bool)
         region[x0:x1] = True
         scores[meta["id"]] = score_volume(pred, label, classes, regions, meta["spacing"], region)
+        # under the id's sub-path (predictions/s1/t1.nii.gz); run_finetune refused ids that would share a file
         write_prediction(pred, meta, values, run.path("predictions", f"{volume_stem(meta['id'])}.nii.gz"), probs,
                          paint, ft.keep_largest)
         shown = shown or (image, label, pred, x0, x1)
@@ -431,11 +439,14 @@ def run_predict(run_dir: Path, volumes: list[Volume], out: Path, overwrite: bool
     from sslkit.core.console import print_table
     from sslkit.core.files import atomic_write_text
     from sslkit.core.loop import use_bf16
-    from sslkit.domains.medical3d.io import read_volume, volume_stem, write_nifti
+    from sslkit.domains.medical3d.io import output_stems, read_volume, write_nifti
     from sslkit.domains.medical3d.preprocess import FileGridProbabilities, prepare, spacing_of
 
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UserError(f"{out} is not empty — pass --overwrite or choose another --out")
+    ids = [v.id for v in volumes]
+    stems = dict(zip(ids, output_stems(ids, (".nii.gz", "_probabilities.nii.gz") if save_probabilities else
+                                       (".nii.gz",))))
     segmenter, rec = load_segmenter(run_dir)
     entries, skipped = prepare(volumes, cache_for(rec.data), strict)
     check_channels(entries, segmenter.encoder, f"{run_dir} segments")
@@ -456,7 +467,7 @@ def run_predict(run_dir: Path, volumes: list[Volume], out: Path, overwrite: bool
     ft = rec.finetune if keep_largest is None else rec.finetune.model_copy(update={"keep_largest": keep_largest})
     for npy, meta in entries:
         image, probs, pred = segment(segmenter, npy, ft, device, bf16, tta, paint)
-        path = out / f"{volume_stem(meta['id'])}.nii.gz"
+        path = out / f"{stems[meta['id']]}.nii.gz"
         written = write_prediction(pred, meta, values, path, probs, paint, ft.keep_largest)
         if meta.get("label"):        # scored on the file's own grid, against the label file as given
             truth, affine = read_volume(Path(meta["label_source"]))
@@ -473,7 +484,7 @@ def run_predict(run_dir: Path, volumes: list[Volume], out: Path, overwrite: bool
                                           "ml": {n: c * voxel_ml for n, c in zip(names, counts)}}
         if save_probabilities:
             stacked = np.stack(list(FileGridProbabilities(probs, meta, paint is not None)), axis=-1)
-            prob_path = write_nifti(out / f"{volume_stem(meta['id'])}_probabilities.nii.gz", stacked,
+            prob_path = write_nifti(out / f"{stems[meta['id']]}_probabilities.nii.gz", stacked,
                                     np.asarray(meta["affine"]))
             summary["volumes"][meta["id"]]["probabilities"] = str(prob_path)
     atomic_write_text(out / "volumes.json", json.dumps(summary, indent=2))
@@ -504,9 +515,14 @@ def _remove_earlier_predictions(out: Path) -> None:
                    for k in ("prediction", "probabilities") if k in v]
     except (ValueError, AttributeError, KeyError, TypeError):
         return
+    root = out.resolve()
     for path in earlier + [listing, out / "evaluation.json", out / "segmentation.png"]:
-        if path.parent.resolve() == out.resolve():
+        if root in (path := path.resolve()).parents:       # never anything outside `out`
             path.unlink(missing_ok=True)
+            for folder in path.parents:                     # sub-folders that held only predictions (out/s1/)
+                if folder == root or not folder.is_dir() or any(folder.iterdir()):
+                    break
+                folder.rmdir()
 
 
 def busiest_slices(label: np.ndarray) -> tuple[int, int]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -168,10 +169,7 @@ def find_volumes(paths: list[Path], sections: tuple[str, ...] = ("training",)) -
     if not found:
         raise UserError(f"no volumes found in {', '.join(map(str, paths))} — expected .nii/.nii.gz/.mgz/.nrrd/.mha "
                         "files, DICOM series folders, or a JSON datalist")
-    ids = [v.id for v in found]
-    if len(set(ids)) != len(ids):
-        found = [replace(v, id=str(v.path)) for v in found]
-    return found
+    return distinct_ids(found)
 
 
 def dicom_volumes(folder: Path, name: str, files: list[Path] | None = None) -> list[Volume]:
@@ -212,7 +210,11 @@ def read_datalist(path: Path, sections: tuple[str, ...] = ("training",), unlabel
         if not img.exists():
             raise UserError(f"{path}: entry {i} of '{section}' names {img}, which does not exist — fix the datalist")
         label = e.get("label") if isinstance(e, dict) and not unlabelled else None
-        out.append(Volume(image, img, None, (path.parent / label).resolve() if label else None))
+        lab = (path.parent / label).resolve() if isinstance(label, str) and label else None
+        if lab == img:
+            raise UserError(f"{path}: entry {i} of '{section}': {img} is given as its own label — name the label "
+                            "map in \"label\"")
+        out.append(Volume(re.sub(r"^(\./)+", "", image), img, None, lab))     # the Decathlon writes ./imagesTr/...
     if not out:
         raise UserError(f"{path} lists no images under {' / '.join(repr(k) for k in sections)} — a MONAI datalist "
                         f"needs {{\"{sections[0]}\": [{{\"image\": ...}}]}}")
@@ -379,13 +381,88 @@ def select_channels(volumes: list[Volume], channel: int | str | None, command: s
     return out
 
 
+VOLUME_SUFFIXES = tuple(sorted(NIFTI + ITK, key=len, reverse=True))    # longest first: .nii.gz before .nii
+
+
+def strip_volume_suffix(name: str) -> str:
+    """`name` without its volume suffix (.nii.gz, .nii, .mgz, .nrrd, .mha, ...; any case); other dots stay
+    (`case.001.nii.gz` -> `case.001`)."""
+    low = name.lower()
+    return next((name[:-len(s)] for s in VOLUME_SUFFIXES if low.endswith(s) and len(name) > len(s)), name)
+
+
+def _id_parts(volume_id: str) -> list[str]:
+    """The parts of an id as a relative path: no root, drive, `.` or `..`."""
+    return [p for p in re.split(r"[\\/]+", volume_id) if p not in ("", ".", "..") and not p.endswith(":")]
+
+
 def volume_stem(volume_id: str) -> str:
-    """File-name stem for what is written per volume (predictions, embedding grids): `name`, or `name_cK` for
-    channel K of a split 4-D file."""
+    """Where a volume's outputs go (predictions, embedding grids), relative to the output folder and without a
+    suffix: the id's sub-path with the volume suffix stripped (`s1/t1.nii.gz` -> `s1/t1`, `case.001.nii.gz` ->
+    `case.001`), `name_cK` for channel K of a split 4-D file; never absolute and never above the folder."""
     base, sep, channel = volume_id.rpartition("#c")
     if sep and channel.isdigit():
         return f"{volume_stem(base)}_c{channel}"
-    return Path(volume_id).name.split(".")[0] or "volume"
+    parts = _id_parts(volume_id) or ["volume"]
+    return "/".join([*parts[:-1], strip_volume_suffix(parts[-1]) or "volume"])
+
+
+def output_stems(ids: list[str], suffixes: tuple[str, ...] = (".nii.gz",)) -> list[str]:
+    """`volume_stem` of each id; called before anything is written, it refuses two volumes that would write the same
+    file (`stem + suffix`, compared ignoring case as macOS and Windows file systems do)."""
+    stems = [volume_stem(i) for i in ids]
+    seen: dict[str, str] = {}
+    for vid, stem in zip(ids, stems):
+        for suffix in suffixes:
+            if (other := seen.setdefault(f"{stem}{suffix}".lower(), vid)) != vid:
+                raise UserError(f"{other} and {vid} would both be written as {stem}{suffix} (names compared ignoring "
+                                "case) — rename one of them or move it to its own sub-folder")
+    return stems
+
+
+def _trailing_id(v: Volume, n: int) -> str:
+    """The last `n` parts of the volume's path (plus a DICOM folder's `#k` series index) as an id."""
+    parts = Path(os.path.abspath(v.path)).parts[1:]
+    tail = m.group(0) if v.series is not None and (m := re.search(r"#\d+$", v.id)) else ""
+    return "/".join(parts[-n:]) + tail
+
+
+def distinct_ids(found: list[Volume]) -> list[Volume]:
+    """Volume ids that name distinct outputs: ids that would write the same file (same `volume_stem`, ignoring case)
+    or that are no relative path (an absolute or `..` datalist entry) become the shortest trailing path of their file
+    that tells them apart (`s1/t1.nii.gz`, `s2/t1.nii.gz`). A clash no trailing path resolves (the same file twice,
+    `a.nii` beside `a.nii.gz`) stays; commands that write per-volume files refuse it (`output_stems`)."""
+    def key(vid: str) -> str:
+        return volume_stem(vid).lower()
+
+    counts: dict[str, int] = {}
+    for v in found:
+        counts[key(v.id)] = counts.get(key(v.id), 0) + 1
+    rename = [i for i, v in enumerate(found) if counts[key(v.id)] > 1 or not _is_relative(v.id)]
+    if not rename:
+        return found
+    fixed = {key(v.id) for i, v in enumerate(found) if i not in rename}
+    out, pending = list(found), set(rename)
+    for n in range(1, max(len(Path(os.path.abspath(found[i].path)).parts) for i in rename)):
+        keys = {i: key(_trailing_id(found[i], n)) for i in rename}
+        tally = Counter(keys.values())
+        for i in sorted(pending):
+            if keys[i] not in fixed and tally[keys[i]] == 1:
+                out[i] = replace(found[i], id=_trailing_id(found[i], n))
+                pending.discard(i)
+        if not pending:
+            break
+    taken = fixed | {key(out[i].id) for i in rename if i not in pending}
+    for i in pending:               # nothing tells it apart: the shortest trailing path no other volume has
+        n = next((n for n in range(1, len(Path(os.path.abspath(found[i].path)).parts))
+                  if key(_trailing_id(found[i], n)) not in taken), 1)
+        out[i] = replace(found[i], id=_trailing_id(found[i], n))
+    return out
+
+
+def _is_relative(volume_id: str) -> bool:
+    return not (os.path.isabs(volume_id) or re.match(r"^[A-Za-z]:|^[\\/]", volume_id)
+                or ".." in re.split(r"[\\/]", volume_id))
 
 
 def write_nifti(path: Path, arr: np.ndarray, affine: np.ndarray) -> Path:
@@ -405,18 +482,3 @@ def write_nifti(path: Path, arr: np.ndarray, affine: np.ndarray) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
-
-
-def pair_labels(images: list[Volume], labels: list[Volume]) -> list[Volume]:
-    """Match label volumes to images by file name (else by sorted order when the counts agree)."""
-    def stem(v: Volume) -> str:
-        return v.path.name.split(".")[0].lower()
-
-    by_stem = {stem(lab): lab for lab in labels}
-    matched = [by_stem.get(stem(im)) for im in images]
-    if all(m is not None for m in matched):
-        return [replace(im, label=m.path) for im, m in zip(images, matched)]  # type: ignore[union-attr]
-    if len(images) != len(labels):
-        raise UserError(f"{len(images)} images but {len(labels)} label volumes, and their file names do not match — "
-                        "give one label file per image with the same name (in another folder) or in the same order")
-    return [replace(im, label=lab.path) for im, lab in zip(images, labels)]

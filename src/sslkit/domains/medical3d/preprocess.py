@@ -10,6 +10,7 @@ and a random crop copies only its own voxels.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 from dataclasses import dataclass
@@ -244,10 +245,7 @@ class VolumeCache:
         label = None
         if vol.label is not None:
             label, lab_affine = read_volume(vol.label)
-            if label.shape != arr.shape[:3] or not np.allclose(lab_affine, affine, atol=1e-3):
-                raise UserError(f"label {vol.label} (shape {label.shape}) does not match image {vol.path} "
-                                f"(shape {arr.shape[:3]}) in shape or affine — resample the label onto the image "
-                                "grid")
+            check_label_grid(vol, label.shape, lab_affine, arr.shape[:3], affine)
         out = preprocess(arr, affine, self.settings, label)
         self.root.mkdir(parents=True, exist_ok=True)
         _atomic_npy(npy, out["image"].astype(np.float16))
@@ -257,6 +255,21 @@ class VolumeCache:
         out["meta"].update(_identity(vol))
         _atomic_text(meta_path, json.dumps(out["meta"]))
         return npy, out["meta"]
+
+
+def check_label_grid(vol: Volume, shape: tuple[int, ...], lab_affine: np.ndarray, image_shape: tuple[int, ...],
+                     affine: np.ndarray) -> None:
+    """A label map must lie on its image's voxel grid: the same shape and affine. The refusal says which differs and,
+    for the affine, how far apart (mm) the two grids put the same voxel, at worst (a corner of the grid)."""
+    if shape != image_shape:
+        raise UserError(f"label {vol.label} has shape {shape} but image {vol.path} has {image_shape} — resample "
+                        "the label onto the image grid")
+    if not np.allclose(lab_affine, affine, atol=1e-3):
+        corners = np.array([[*c, 1.0] for c in itertools.product(*[(0, n - 1) for n in shape])])
+        apart = float(np.linalg.norm(corners @ (lab_affine - affine)[:3].T, axis=1).max())
+        raise UserError(f"label {vol.label} has the shape of image {vol.path} but another affine (voxels up to "
+                        f"{apart:.3g} mm apart) — resample the label onto the image grid, or copy the image's "
+                        "header if only the header is off")
 
 
 def _identity(vol: Volume) -> dict[str, Any]:

@@ -1,11 +1,15 @@
 """The medical3d recipe: data preprocessing, encoder, the two SSL methods and fine-tuning settings."""
 from __future__ import annotations
 
-from typing import Literal, Optional, Union
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, Optional, Union
 
 from pydantic import Field, NonNegativeInt, PositiveInt
 
 from sslkit.core.recipes import Recipe, Section, TrainConfig
+
+if TYPE_CHECKING:
+    from sslkit.core.runs import Run
 
 
 class DataConfig(Section):
@@ -137,3 +141,18 @@ def finetune_train_config(base: TrainConfig, ft: FinetuneConfig) -> TrainConfig:
                                    "warmup_steps": ft.warmup_steps, "seed": ft.seed, "schedule": "cosine",
                                    "checkpoint_every": max(1, min(base.checkpoint_every, ft.steps)),
                                    "precision": ft.precision, "log_every": max(1, min(10, ft.steps // 10))})
+
+
+def pretraining_run(run: Path, command: str) -> Run:
+    """The pretraining run that `command` (embed, finetune) reads; a fine-tuning run there is refused, naming the run
+    it was fine-tuned from (its recipe would not validate as a pretraining recipe)."""
+    from sslkit.core.errors import UserError
+    from sslkit.core.runs import Run
+
+    loaded = Run.load(run, "medical3d")
+    if (recipe := loaded.recipe_dict).get("method") == "finetune":
+        origin = recipe.get("pretrained")
+        raise UserError(f"{loaded.dir} is a fine-tuning run (written by `medical3d finetune`) — {command} needs the "
+                        + (f"pretraining run it started from, {origin}" if origin else "folder `medical3d pretrain` "
+                           "wrote (this one was fine-tuned --from-scratch)"))
+    return loaded
