@@ -191,7 +191,8 @@ def test_nan_and_corrupt_files_name_the_file(tmp_path: Path) -> None:
         io.read_volume(bad)
 
 
-def _dicom_series(folder: Path, vol: np.ndarray, uid: str, spacing: float = 2.0) -> None:
+def _dicom_series(folder: Path, vol: np.ndarray, uid: str, spacing: float = 2.0, number: int | None = None,
+                  description: str | None = None) -> None:
     """Write vol (cols, rows, slices) as an axial DICOM series with pydicom."""
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -204,6 +205,8 @@ def _dicom_series(folder: Path, vol: np.ndarray, uid: str, spacing: float = 2.0)
         meta.MediaStorageSOPInstanceUID = generate_uid()
         ds = FileDataset(str(folder / f"{uid}_{k}.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
         ds.SeriesInstanceUID, ds.SOPInstanceUID = uid, meta.MediaStorageSOPInstanceUID
+        if number is not None:
+            ds.SeriesNumber, ds.SeriesDescription = number, description
         ds.Rows, ds.Columns = vol.shape[1], vol.shape[0]
         ds.PixelSpacing = [1.0, 1.0]
         ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
@@ -215,7 +218,7 @@ def _dicom_series(folder: Path, vol: np.ndarray, uid: str, spacing: float = 2.0)
         ds.save_as(str(folder / f"{uid}_{k}.dcm"), enforce_file_format=True)
 
 
-def test_dicom_series_roundtrip_and_several_series(tmp_path: Path) -> None:
+def test_dicom_series_roundtrip_and_several_series(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     vol = np.arange(6 * 5 * 4, dtype=np.int16).reshape(6, 5, 4)
     vol[::-1] = vol  # not symmetric along any axis
     _dicom_series(tmp_path / "ct", vol[:, :, ::-1].copy(), "1.2.3.4")
@@ -224,9 +227,11 @@ def test_dicom_series_roundtrip_and_several_series(tmp_path: Path) -> None:
     arr, affine = io.read_volume(v)
     np.testing.assert_array_equal(arr, vol[:, :, ::-1] - 1024)     # HU = raw + intercept, slices in z order
     np.testing.assert_allclose(np.diag(affine)[:3], [-1.0, -1.0, 2.0])  # LPS -> RAS flips x and y; 2 mm slices
-    _dicom_series(tmp_path / "ct", vol, "1.2.3.5")                   # a second series in the same folder
+    _dicom_series(tmp_path / "ct", vol, "1.2.3.5", number=3, description="T1 MPRAGE")   # a second series in the folder
     found = io.find_volumes([tmp_path / "ct"])
     assert len(found) == 2 and {f.series for f in found} == {"1.2.3.4", "1.2.3.5"}
+    listing = " ".join(capsys.readouterr().err.split())      # listed as a PACS viewer names them
+    assert "#0 4 files, UID …1.2.3.4; #1 series 3 'T1 MPRAGE', 4 files, UID …1.2.3.5" in listing, listing
     assert [f.id for f in io.find_volumes([tmp_path])] == ["ct#0", "ct#1"]       # found below a given folder
     with pytest.raises(UserError, match="holds 2 DICOM series"):
         io.read_dicom(tmp_path / "ct", None)

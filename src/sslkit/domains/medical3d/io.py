@@ -172,13 +172,22 @@ def find_volumes(paths: list[Path], sections: tuple[str, ...] = ("training",)) -
     return distinct_ids(found)
 
 
+def _series_name(first: Path) -> str:
+    """"series 3 'T1 MPRAGE', " from a series' first header (what a PACS viewer shows), or "" when it has neither."""
+    ds = _dcmread(first, headers_only=True)
+    number, text = getattr(ds, "SeriesNumber", None), str(getattr(ds, "SeriesDescription", "") or "").strip()
+    parts = ([f"series {number}"] if number not in (None, "") else []) + ([repr(text)] if text else [])
+    return " ".join(parts) + ", " if parts else ""
+
+
 def dicom_volumes(folder: Path, name: str, files: list[Path] | None = None) -> list[Volume]:
     """One Volume per series in a DICOM folder; several series are listed on stderr."""
     series = _dicom_series(folder, files)
     if len(series) > 1:
         from sslkit.core.console import warn
 
-        listing = "; ".join(f"#{k} {uid} ({len(files)} files)" for k, (uid, files) in enumerate(sorted(series.items())))
+        listing = "; ".join(f"#{k} {_series_name(files[0])}{len(files)} files, UID …{uid[-12:]}"
+                            for k, (uid, files) in enumerate(sorted(series.items())))
         warn(f"{folder} holds {len(series)} DICOM series, each read as its own volume: {listing}")
         return [Volume(f"{name}#{k}", folder, uid) for k, uid in enumerate(sorted(series))]
     return [Volume(name, folder, next(iter(series)))] if series else []
@@ -240,8 +249,9 @@ def _check_array(arr: np.ndarray, where: str, channel: int | None = None) -> np.
                         "data.channel=N to read channel N, --set data.channel=split (pretrain, embed) to read each "
                         "channel as its own volume, or --set data.channel=all to read all of them as the input's channels")
     if arr.ndim not in (3, 4) or min(arr.shape[:3]) < 2:
-        raise UserError(f"{where} has shape {arr.shape}, not a 3-D volume — medical3d needs 3-D volumes "
-                        "(2-D images and single slices are not supported)")
+        raise UserError(f"{where} has shape {arr.shape}, not a 3-D volume — medical3d needs 3-D volumes: give the "
+                        "whole series (a DICOM series folder) or stack the slices into one NIfTI (nibabel: "
+                        "Nifti1Image(np.stack(slices, -1), affine)); 2-D images are not supported")
     arr = np.asarray(arr, dtype=np.float32)
     with np.errstate(invalid="ignore", over="ignore"):  # inf + -inf: NaN is the answer we want, not a warning
         total = arr.sum(dtype=np.float64)
