@@ -2,8 +2,9 @@
 CLI contract: a bad input is still one line on stderr and exit code 2, not one line per rank and a launcher traceback.
 
 Rank 0 writes to this terminal; the other ranks' output is kept in temporary files and shown only when such a rank
-fails on its own. When one rank fails, the others get SIGTERM (they may be waiting in a collective for it), then
-SIGKILL. SIGINT/SIGTERM sent to the launcher are passed on to every rank, so a pre-empted job still checkpoints.
+fails on its own. When one rank fails, the others get a few seconds to fail alike (a bad input fails every rank),
+then SIGTERM (they may wait for it in a collective), then SIGKILL. SIGTERM sent to the launcher is passed on to every
+rank, so a pre-empted job still checkpoints; Ctrl-C reaches them from the terminal.
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ import time
 from typing import IO
 
 INTERRUPTED = 130      # sslkit's exit code after SIGINT/SIGTERM (a checkpoint was written)
-GRACE_SECONDS = 20.0   # how long the other ranks get to stop on their own once one has failed
+SETTLE_SECONDS = 3.0   # once a rank has failed, the time the others get to fail on their own (the same bad input)
+GRACE_SECONDS = 20.0   # then, after SIGTERM, the time they get to stop before SIGKILL
 
 
 def free_port() -> int:
@@ -54,19 +56,20 @@ def launch_local(n: int, args: list[str], program: tuple[str, ...] = (sys.execut
 
     # SIGTERM (a scheduler's pre-emption) is passed on; Ctrl-C already reaches every rank from the terminal
     old = {signal.SIGTERM: signal.signal(signal.SIGTERM, forward), signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN)}
-    culprit, failed_at = None, 0.0
+    culprit, failed_at, stopping = None, 0.0, False
     try:
         while [p.poll() for p in procs].count(None):        # poll every rank (any() would stop at the first)
             if culprit is None:
                 culprit = next((r for r, p in enumerate(procs) if p.returncode not in (None, 0)), None)
-                if culprit is not None:      # the first rank to fail; the others may wait for it in a collective
-                    failed_at = time.monotonic()
-                    forward(signal.SIGTERM)
-            elif time.monotonic() - failed_at > GRACE_SECONDS:
+                failed_at = time.monotonic()
+            elif not stopping and time.monotonic() - failed_at > SETTLE_SECONDS:
+                stopping = True             # the others did not fail alongside it: they may wait for it in a collective
+                forward(signal.SIGTERM)
+            elif time.monotonic() - failed_at > SETTLE_SECONDS + GRACE_SECONDS:
                 for p in procs:
                     if p.poll() is None:
                         p.kill()
-            time.sleep(0.1)
+            time.sleep(0.05)
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)
