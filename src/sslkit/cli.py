@@ -14,6 +14,11 @@ import click
 import typer
 from typer.core import TyperGroup
 
+try:                 # typer ≥ 0.20 parses with its own copy of Click, whose exceptions are not click's
+    from typer._click.exceptions import NoArgsIsHelpError, UsageError
+except ImportError:  # pragma: no cover - older typer on click
+    from click.exceptions import NoArgsIsHelpError, UsageError
+
 from sslkit import __version__
 from sslkit.core.errors import Interrupted, UserError
 
@@ -34,13 +39,21 @@ class SslkitGroup(TyperGroup):
 
     def invoke(self, ctx: click.Context) -> Any:
         ok = False
+        if (runs := sys.modules.get("sslkit.core.runs")) is not None:
+            runs.settle_runs(True)        # forget folders made outside a command (the Python API, an earlier call)
         try:
             result = super().invoke(ctx)
             ok = True
             return result
-        except click.exceptions.Exit as exc:
+        except typer.Exit as exc:
             ok = exc.exit_code == 0
             raise
+        except NoArgsIsHelpError:
+            raise
+        except UsageError as exc:             # a bad option or argument: one line too, not Click's usage block
+            where = exc.ctx.command_path if exc.ctx is not None else "sslkit"
+            typer.echo(f"error: {' '.join(exc.format_message().split()).rstrip('.')} — see `{where} --help`", err=True)
+            raise typer.Exit(2) from None
         except UserError as exc:
             if _DEBUG["on"]:
                 raise
@@ -53,7 +66,7 @@ class SslkitGroup(TyperGroup):
         finally:
             runs = sys.modules.get("sslkit.core.runs")      # not imported: no run folder was replaced
             if runs is not None:
-                runs.settle_replaced(ok)
+                runs.settle_runs(ok)
 
 
 app = typer.Typer(cls=SslkitGroup, no_args_is_help=True, add_completion=False, rich_markup_mode=None,

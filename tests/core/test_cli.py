@@ -37,11 +37,11 @@ def test_unbuilt_domain_says_so_plainly():
 
 
 def test_usage_errors_exit_2_not_as_internal_errors():
-    out = sslkit_cmd("toy", "pretrain", "--no-such-flag")
-    assert out.returncode == 2, (out.returncode, out.stderr)
-    assert "No such option" in out.stderr and "internal error" not in out.stderr
-    missing = sslkit_cmd("recipes", "show")
-    assert missing.returncode == 2 and "Missing argument" in missing.stderr
+    # one line, like every other refusal (not Click's usage block), naming the command's --help
+    _one_line_exit_2(sslkit_cmd("toy", "pretrain", "--no-such-flag"),
+                     "No such option: --no-such-flag — see `sslkit toy pretrain --help`")
+    _one_line_exit_2(sslkit_cmd("recipes", "show"), "Missing argument 'name'")
+    _one_line_exit_2(sslkit_cmd("toy", "evaluate", ".", "--seeds", "0"), "--seeds")
 
 
 def test_version():
@@ -113,8 +113,23 @@ def test_run_folder_is_never_overwritten_without_flag(tmp_path):
     assert fourth.returncode == 2 and "error: loss became nan" in fourth.stderr, fourth.stderr
     assert (run / "checkpoints" / "last.pt").read_bytes() == replaced
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]          # nothing set aside is left behind
+
     # --resume of a finished run says so instead of training zero steps
     _one_line_exit_2(sslkit_cmd("toy", "pretrain", "--out", str(run), "--resume"), "already at step 5")
+    # a resume the checkpoint does not fit is refused and leaves the run as it was, so it can still be resumed
+    files = {f: (run / f).read_bytes() for f in ("recipe.yaml", "manifest.json")}
+    _one_line_exit_2(sslkit_cmd("toy", "pretrain", "--out", str(run), "--resume", "--set", "train.steps=8",
+                                "--set", "model.out_dim=16"), "does not fit")
+    assert {f: (run / f).read_bytes() for f in files} == files
+    assert sslkit_cmd("toy", "pretrain", "--out", str(run), "--resume", "--set", "train.steps=8").returncode == 0
+    # a new run that fails before its first checkpoint leaves no folder behind
+    res = sslkit_cmd("toy", "pretrain", "--out", str(tmp_path / "new"), "--set", "train.lr=1e12",
+                     "--set", "train.clip_grad=null")
+    assert res.returncode == 2 and "loss became nan" in res.stderr and not (tmp_path / "new").exists()
+    # export to a path that is a file
+    (tmp_path / "e.parquet").write_bytes(b"x")
+    _one_line_exit_2(sslkit_cmd("toy", "export", str(run), "--out", str(tmp_path / "e.parquet"), "--overwrite"),
+                     "is a file")
 
 
 def test_corrupt_checkpoint_on_resume(tmp_path):

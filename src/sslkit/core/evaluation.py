@@ -66,7 +66,7 @@ def _check_stratifiable(y: np.ndarray) -> None:
     classes, counts = np.unique(y, return_counts=True)
     small = classes[counts < 2]
     if len(small):
-        raise UserError(f"class {small[0]!r} has only 1 sample; a stratified split needs at least 2 per class "
+        raise UserError(f"class {small[0].item()!r} has only 1 sample; a stratified split needs at least 2 per class "
                         "— drop or merge rare classes")
 
 

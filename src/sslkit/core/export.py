@@ -32,6 +32,9 @@ def export_encoder(encoder: nn.Module, spec: dict[str, Any], out_dir: Path, extr
     import sslkit
 
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"{out_dir} is a file — `export` writes a folder (encoder.safetensors + config.json): give a "
+                        "folder path")
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise UserError(f"{out_dir} already exists — pass --overwrite or choose another --out")
     tmp = temp_dir_beside(out_dir)

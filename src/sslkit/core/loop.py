@@ -216,6 +216,7 @@ def fit(
         optimizer.load_state_dict(state["optimizer"])
         step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         _truncate_metrics(run, step)
+        run.confirm_resume()
     model: nn.Module = core
     if env.is_distributed:
         ids = [device.index] if device.type == "cuda" else None

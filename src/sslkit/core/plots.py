@@ -44,7 +44,7 @@ def loss_curve(records: list[dict[str, Any]], path: Path, title: str = "", terms
         fig, (ax, ax_terms) = plt.subplots(2, 1, figsize=(6, 5.5), dpi=120, sharex=True)
     else:
         fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
-    ax.plot(steps, losses, color="tab:blue", lw=1.5, label="loss")
+    ax.plot(steps, losses, color="tab:blue", lw=1.5, label="loss", marker="o" if len(steps) < 3 else None, ms=4)
     ax.set_ylabel("loss", color="tab:blue")
     lrs = [(r["step"], r["lr"]) for r in records if "lr" in r]
     if lrs:
@@ -54,8 +54,8 @@ def loss_curve(records: list[dict[str, Any]], path: Path, title: str = "", terms
     ax.set_title(title or "training loss")
     ax.grid(alpha=0.3)
     if curves:
-        for t, c in curves.items():
-            ax_terms.plot(*zip(*c), lw=1.3, label=t)
+        for t, c in curves.items():     # a term logged once (a head that starts late) is a marker, not an empty line
+            ax_terms.plot(*zip(*c), lw=1.3, label=t, marker="o" if len(c) < 3 else None, ms=4)
         values = [v for c in curves.values() for _, v in c]
         if min(values) > 0 and max(values) / min(values) > 20:   # over a decade apart
             ax_terms.set_yscale("log")

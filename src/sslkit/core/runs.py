@@ -73,16 +73,25 @@ def _set_aside(folder: Path) -> None:
     _REPLACED[folder] = aside
 
 
-def settle_replaced(ok: bool) -> None:
+_CREATED: list[Path] = []     # run folders this command made
+
+
+def settle_runs(ok: bool) -> None:
     """At the end of a command: delete the run folders --overwrite set aside (`ok`), or, when the command failed,
-    remove the new half-written folder and put the old one back."""
+    remove the new half-written folder and put the old one back; a run folder the failed command made and that holds
+    no checkpoint to resume from (bad input found late, a crash before the first checkpoint) is removed too."""
     for folder, aside in _REPLACED.items():
         if ok:
             shutil.rmtree(aside, ignore_errors=True)
         else:
             shutil.rmtree(folder, ignore_errors=True)
             os.replace(aside, folder)
+    if not ok:
+        for folder in _CREATED:
+            if folder not in _REPLACED and not (folder / "checkpoints" / "last.pt").exists():
+                shutil.rmtree(folder, ignore_errors=True)
     _REPLACED.clear()
+    _CREATED.clear()
 
 
 class Run:
@@ -136,17 +145,32 @@ class Run:
                             "--resume to continue it, or choose another --out")
         distributed.barrier()
         run.created_now = not resume
-        if distributed.is_main():
+        record = (domain, recipe, list(command or sys.argv), list(data_paths))
+        if resume:          # written once fit() has checked the checkpoint against the model (`confirm_resume`)
+            run._pending_resume = record
+        elif distributed.is_main():
             if exists and overwrite:
                 _set_aside(run.dir)
             run.dir.mkdir(parents=True, exist_ok=True)
             (run.dir / "checkpoints").mkdir(exist_ok=True)
-            atomic_write_text(run.dir / "recipe.yaml", recipe_to_yaml(recipe))  # on resume: with any new --set
-            if not resume:
-                (run.dir / "metrics.jsonl").unlink(missing_ok=True)
-            run._write_manifest(domain, recipe, command or sys.argv, data_paths, resume)
+            (run.dir / "metrics.jsonl").unlink(missing_ok=True)
+            run._write_record(*record, resume=False)
+            _CREATED.append(run.dir)
         distributed.barrier()
         return run
+
+    def confirm_resume(self) -> None:
+        """After the checkpoint was loaded into the model: record the resumed recipe (with any new --set) and the
+        resume in the manifest. A resume that fails before this (a recipe the checkpoint does not fit) leaves the run
+        folder as it was, so it can still be resumed with its own recipe."""
+        pending, self._pending_resume = getattr(self, "_pending_resume", None), None
+        if pending is not None and distributed.is_main():
+            self._write_record(*pending, resume=True)
+
+    def _write_record(self, domain: str, recipe: Recipe, command: list[str], data_paths: list[Path],
+                      resume: bool) -> None:
+        atomic_write_text(self.dir / "recipe.yaml", recipe_to_yaml(recipe))
+        self._write_manifest(domain, recipe, command, data_paths, resume)
 
     def _check_resumable(self, recipe: Recipe, data_paths: list[Path]) -> None:
         """--resume continues the same run: the same data (the paths; changed files are only warned about) and a
@@ -174,6 +198,7 @@ class Run:
 
         previous = self.manifest if resume else {}
         manifest = {
+            **previous,        # on resume the domain's facts (volumes, skipped files, …) stay until it updates them
             "domain": domain,
             "method": recipe.method,
             "created": previous.get("created", _dt.datetime.now().isoformat(timespec="seconds")),
