@@ -114,3 +114,14 @@ def test_atomic_writes_get_the_permissions_open_would_give(tmp_path, umask, mode
     assert got == dict.fromkeys(["last.pt", "recipe.yaml", "p.nii.gz", "c.npy", "t.csv", "enc/encoder.safetensors",
                                  "enc/config.json"], mode)
     assert folder == mode | (mode & 0o444) >> 2                # rwx where r: 0755 / 0750, as mkdir gives
+
+
+def test_export_of_a_run_without_a_checkpoint_says_so(tmp_path):
+    from sslkit.core.export import export_from_run
+    from sslkit.core.recipes import Recipe
+    from sslkit.core.runs import Run
+
+    Run.open(tmp_path / "run", domain="toy", recipe=Recipe(domain="toy", method="vicreg"))
+    with pytest.raises(UserError, match="has no checkpoint yet .* pretrain` again with --overwrite"):
+        export_from_run(tmp_path / "run", tmp_path / "out", domain="toy")
+    assert not (tmp_path / "out").exists()

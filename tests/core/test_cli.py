@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -130,6 +131,9 @@ def test_run_folder_is_never_overwritten_without_flag(tmp_path):
     (tmp_path / "e.parquet").write_bytes(b"x")
     _one_line_exit_2(sslkit_cmd("toy", "export", str(run), "--out", str(tmp_path / "e.parquet"), "--overwrite"),
                      "is a file")
+    _one_line_exit_2(sslkit_cmd("toy", "pretrain", "--out", str(tmp_path / "e.parquet")), "is a file")
+    if Path("/proc").is_dir():          # a place nothing can be written (a probe, not os.access: root passes that)
+        _one_line_exit_2(sslkit_cmd("toy", "pretrain", "--out", "/proc/sslkit-run"), "cannot write in /proc")
 
 
 def test_corrupt_checkpoint_on_resume(tmp_path):

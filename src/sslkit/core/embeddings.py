@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from sslkit.core.files import atomic_writer
+from sslkit.core.files import atomic_writer, check_file_out
 from sslkit.core.errors import UserError
 
 FORMAT = "embeddings/1"
@@ -84,14 +84,10 @@ def check_embeddings_out(path: str | Path, overwrite: bool) -> Path:
     """Refuse an `embed --out` that is a folder, is not named .parquet/.pq (the file is Parquet whatever its name
     says), or exists without --overwrite: before any embedding is computed."""
     path = Path(path)
-    if path.is_dir():
-        raise UserError(f"{path} is a folder — give a file path such as {path / 'embeddings.parquet'}")
-    if path.suffix.lower() not in (".parquet", ".pq"):
+    if not path.is_dir() and path.suffix.lower() not in (".parquet", ".pq"):
         raise UserError(f"--out {path}: embeddings are written as Parquet — give a name ending in .parquet "
                         f"(e.g. {path.with_suffix('.parquet')})")
-    if path.exists() and not overwrite:
-        raise UserError(f"{path} already exists — pass --overwrite to replace it")
-    return path
+    return check_file_out(path, overwrite, "embeddings.parquet")
 
 
 def write_embeddings(path: str | Path, ids: Sequence, vectors: Any, *, id_name: str = "id",

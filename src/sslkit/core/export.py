@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from sslkit.core.errors import UserError
-from sslkit.core.files import share_files, temp_dir_beside
+from sslkit.core.files import check_writable, share_files, temp_dir_beside
 
 DOMAINS = ("medical3d", "pathology", "audio", "graph", "lidar", "tabular", "toy")
 
@@ -35,6 +35,7 @@ def export_encoder(encoder: nn.Module, spec: dict[str, Any], out_dir: Path, extr
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"{out_dir} is a file — `export` writes a folder (encoder.safetensors + config.json): give a "
                         "folder path")
+    check_writable(out_dir, "--out")
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise UserError(f"{out_dir} already exists — pass --overwrite or choose another --out")
     tmp = temp_dir_beside(out_dir)
@@ -112,6 +113,9 @@ def export_from_run(run_dir: Path, out_dir: Path, overwrite: bool = False, domai
     from sslkit.core.runs import Run
 
     run = Run.load(run_dir, domain)
+    if not run.checkpoint_path.is_file():
+        raise UserError(f"{run.dir} has no checkpoint yet (pretraining stopped before its first one) — run "
+                        f"`sslkit {run.recipe_dict.get('domain')} pretrain` again with --overwrite --out {run.dir}")
     state = load_checkpoint(run.checkpoint_path)
     if not state.get("encoder_spec"):
         raise UserError(f"{run.checkpoint_path} does not say how to build its encoder — re-run pretrain with this sslkit")

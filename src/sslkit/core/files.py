@@ -71,3 +71,32 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
+
+
+def check_writable(path: Path, what: str) -> None:
+    """Refuse, before any work, a `path` where nothing can be written: its nearest existing folder (missing ones are
+    created on write) must take a new file. A probe, not os.access, which says yes to root and to /proc alike."""
+    from sslkit.core.errors import UserError
+
+    place = Path(path).absolute().parent
+    while not place.exists() and place != place.parent:
+        place = place.parent
+    if not place.is_dir():
+        raise UserError(f"{what} {path}: {place} is a file, not a folder — choose another path")
+    try:
+        tempfile.TemporaryFile(dir=place).close()
+    except OSError as exc:
+        raise UserError(f"{what} {path}: cannot write in {place} ({exc.strerror}) — choose a writable folder") from None
+
+
+def check_file_out(out: Path, overwrite: bool, example: str) -> Path:
+    """An `--out` file: not a folder, not an existing file without --overwrite, and in a writable place."""
+    from sslkit.core.errors import UserError
+
+    out = Path(out)
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder — give a file path such as {out / example}")
+    if out.exists() and not overwrite:
+        raise UserError(f"{out} already exists — pass --overwrite to replace it")
+    check_writable(out, "--out")
+    return out

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from sslkit.core import distributed
-from sslkit.core.files import atomic_write_text
+from sslkit.core.files import atomic_write_text, check_writable
 from sslkit.core.errors import UserError
 from sslkit.core.recipes import Recipe, recipe_to_yaml
 
@@ -130,6 +130,8 @@ class Run:
             out = Path("runs") / f"{domain}-{recipe.method}-{stamp}"
             out = Path(distributed.broadcast_object(str(out)))
         run = cls(Path(out))
+        if run.dir.exists() and not run.dir.is_dir():
+            raise UserError(f"--out {run.dir} is a file — give a folder for the run")
         exists = run.dir.exists() and any(run.dir.iterdir())
         if resume:
             if not run.dir.is_dir():
@@ -143,6 +145,8 @@ class Run:
         elif exists and not overwrite:
             raise UserError(f"run folder {run.dir} already exists — pass --overwrite to replace it, "
                             "--resume to continue it, or choose another --out")
+        else:
+            check_writable(run.dir, "--out")
         distributed.barrier()
         run.created_now = not resume
         record = (domain, recipe, list(command or sys.argv), list(data_paths))

@@ -36,6 +36,9 @@ def test_sample_data_writes_karate_and_sbm(samples: Path) -> None:
     assert (samples / "sbm" / "labels.csv").read_text().startswith("node,label\nn000,")
     res = invoke("sample-data", samples)
     assert res.exit_code == 2 and "--overwrite" in res.output
+    from sslkit.domains.graph.io import load_graph
+
+    assert not any("duplicate" in n for n in load_graph(samples / "sbm")[0].notes)  # each edge listed once
 
 
 def test_pretrain_writes_a_complete_run(sbm_run: Path) -> None:
@@ -179,3 +182,54 @@ def test_bad_input_is_one_line_exit_2(samples: Path, sbm_run: Path, args: list[s
     res = runner.invoke(app, ["graph", *(a.format(s=samples, run=sbm_run) for a in args)])
     assert res.exit_code == 2, res.output
     assert pattern in res.output and "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("override,pattern", [
+    ("model.out_dim=0", "'model.out_dim' has a bad value 0"),
+    ("loss.cluster_warmup=-5", "'loss.cluster_warmup' has a bad value -5"),
+    ("data.structural_dim=0", "structural_dim=0 but the graph has no node features"),
+])
+def test_out_of_range_recipe_values_are_refused_before_training(samples: Path, tmp_path: Path, override: str,
+                                                                pattern: str) -> None:
+    out = tmp_path / "run"
+    res = invoke("pretrain", samples / "karate", *TINY, "-k", "3", "--set", override, "--out", out)
+    assert res.exit_code == 2 and pattern in res.output and "Traceback" not in res.output, res.output
+    assert not out.exists()  # refused up front: no run folder, no training
+
+
+def test_outputs_of_the_wrong_kind_are_refused_up_front(sbm_run: Path, samples: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "d"
+    folder.mkdir()
+    afile = tmp_path / "f"
+    afile.write_text("keep me")
+    cases = [(["cluster", sbm_run, samples / "sbm", "--out", folder, "--overwrite"], "is a folder"),
+             (["cluster", sbm_run, samples / "sbm", "--out", afile / "c.csv"], "is a file, not a folder"),
+             (["embed", sbm_run, samples / "sbm", "--out", afile / "e.parquet"], "is a file, not a folder"),
+             (["sample-data", afile, "--overwrite"], "is a file — give a folder")]
+    if Path("/proc/self").is_dir():  # a place nothing can be written, even by root
+        cases += [(["cluster", sbm_run, samples / "sbm", "--out", "/proc/x.csv"], "cannot write in /proc"),
+                  (["embed", sbm_run, samples / "sbm", "--out", "/proc/x.parquet"], "cannot write in /proc")]
+    for args, pattern in cases:
+        res = invoke(*args)
+        assert res.exit_code == 2 and pattern in res.output and "Traceback" not in res.output, (args, res.output)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "f"] and not any(folder.iterdir())
+    assert afile.read_text() == "keep me"
+
+
+def test_evaluate_without_a_started_head_gives_the_embedding_rows_and_one_note(samples: Path, tmp_path: Path) -> None:
+    run = tmp_path / "early"
+    res = invoke("pretrain", samples / "karate", *TINY, "-k", "2", "--out", run, "--set", "train.steps=5")
+    assert res.exit_code == 0, res.output  # tiny starts the head at step 10
+    res = invoke("evaluate", run, samples / "karate", "--seeds", "1")
+    assert res.exit_code == 0, res.output
+    payload = json.loads((run / "evaluation.json").read_text())
+    assert set(payload["results"]) == {"raw features", "propagated Â^2X (no training)", "scgc-star embeddings"}
+    assert len(payload["notes"]) == 1 and "never started" in payload["notes"][0] and "never started" in res.output
+    assert invoke("cluster", run, samples / "karate", "--out", tmp_path / "c.csv").exit_code == 2  # no q to give
+
+
+def test_a_single_node_class_is_named_by_its_own_label(sbm_run: Path, samples: Path, tmp_path: Path) -> None:
+    lines = (samples / "sbm" / "labels.csv").read_text().splitlines()
+    (tmp_path / "l.csv").write_text("\n".join(lines[:-1] + [lines[-1].split(",")[0] + ",rare"]) + "\n")
+    res = invoke("evaluate", sbm_run, samples / "sbm", "--labels", tmp_path / "l.csv", "--seeds", "1")
+    assert res.exit_code == 2 and "class 'rare' has only 1 labelled node" in res.output, res.output

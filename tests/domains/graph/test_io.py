@@ -106,7 +106,7 @@ def test_missing_paths_and_unsafe_pt(tmp_path: Path) -> None:
     (tmp_path / "evil.pt").write_bytes(pickle.dumps(print))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        with pytest.raises(UserError, match="loads safely"):
+        with pytest.raises(UserError, match="was refused"):
             load_graph(tmp_path / "evil.pt")
     assert not caught, [str(w.message) for w in caught]   # the refusal is the only message: no torch warning
 
@@ -120,3 +120,58 @@ def test_labels_align_and_reject_unknown_nodes(tmp_path: Path) -> None:
     (tmp_path / "bad.csv").write_text("node,label\na,x\nzz,y\n")
     with pytest.raises(UserError, match=r"not in the graph \(zz\)"):
         align_labels(g, tmp_path / "bad.csv")
+
+
+def _junk_pt(path: Path, kind: str) -> None:
+    import pickle
+
+    import torch
+
+    if kind == "plain pickle":  # torch's refusal text runs to paragraphs; it used to be cut at 120 characters
+        path.write_bytes(pickle.dumps({"a": 1}))
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "text":
+        path.write_text("junk\n")
+    elif kind == "truncated zip":
+        path.write_bytes(b"PK\x03\x04garbage")
+    elif kind == "dict":
+        torch.save({"x": torch.ones(2, 2)}, path)
+    else:
+        torch.save({"edge_index": torch.tensor([0, 1, 2])}, path)
+
+
+@pytest.mark.parametrize("kind,pattern", [
+    ("plain pickle", "was refused by torch.load"), ("empty", "not a readable torch.save file"),
+    ("text", "not a readable torch.save file"), ("truncated zip", "not a readable torch.save file"),
+    ("dict", r"holds a dict with keys \['x'\]"), ("flat edge_index", r"'edge_index': \(3,\)"),
+])
+def test_junk_pt_is_one_clean_line_naming_the_file_and_what_was_expected(tmp_path: Path, kind: str, pattern: str) -> None:
+    path = tmp_path / "g.pt"
+    _junk_pt(path, kind)
+    with pytest.raises(UserError, match=pattern) as err:
+        load_graph(path)
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith(str(path)) and "torch.load` fr" not in msg
+    assert msg.endswith("edge list or folder") or "fix the Data object" in msg
+
+
+def test_labels_with_a_single_node_class_name_that_class(tmp_path: Path) -> None:
+    (tmp_path / "e.csv").write_text("a,b\nb,c\nc,d\n")
+    g, _ = load_graph(tmp_path / "e.csv")
+    (tmp_path / "l.csv").write_text("node,label\na,red\nb,red\nc,blue\nd,blue\n")
+    assert align_labels(g, tmp_path / "l.csv", min_per_class=2)[1].tolist() == [1, 1, 0, 0]
+    (tmp_path / "l.csv").write_text("node,label\na,red\nb,red\nc,rare\nd,red\n")
+    assert len(align_labels(g, tmp_path / "l.csv")[0]) == 4  # only evaluate asks for two per class
+    with pytest.raises(UserError, match="class 'rare' has only 1 labelled node"):
+        align_labels(g, tmp_path / "l.csv", min_per_class=2)
+
+
+def test_generated_sbm_lists_each_undirected_edge_once(samples: Path) -> None:
+    from sslkit.domains.graph.samples import sbm
+
+    edges, _, _ = sbm(2000, 4, 10.0, seed=1)
+    assert (edges[:, 0] < edges[:, 1]).all() and len(np.unique(edges, axis=0)) == len(edges)
+    g, _ = load_graph(samples / "sbm")  # the sample-data graph reads back without merging anything
+    assert not any("duplicate" in n for n in g.notes), g.notes
+    assert g.edge_index.shape[1] == 2 * (len((samples / "sbm" / "edges.csv").read_text().splitlines()) - 1)

@@ -25,3 +25,42 @@ def test_wrong_key_and_bad_values_are_user_errors() -> None:
         load_recipe(RECIPE_SCHEMA, "graph", "tiny", ["loss.rr=2"])
     with pytest.raises(UserError):
         load_recipe(RECIPE_SCHEMA, "graph", "tiny", ["loss.tau=-1"])
+
+
+def _sections():  # noqa: ANN202
+    from sslkit.domains.graph.method import GraphData, GraphEmbedding, GraphLoss, GraphModel
+
+    return [(f"{name}.{key}", section) for name, section in (("data", GraphData), ("model", GraphModel),
+            ("loss", GraphLoss), ("embedding", GraphEmbedding)) for key in section.model_fields]
+
+
+@pytest.mark.parametrize("key,section", _sections())
+def test_every_graph_setting_refuses_a_negative_value(key: str, section) -> None:  # noqa: ANN001
+    """A new numeric field without a range fails here: -1 is wrong for every graph setting."""
+    from pydantic import ValidationError
+
+    field = key.split(".")[1]
+    bad = [-1] if field == "hidden" else (-1.0, -1.0) if field.startswith("drop_") else -1
+    with pytest.raises(ValidationError):
+        section.model_validate({field: bad})
+
+
+@pytest.mark.parametrize("override", [
+    "model.out_dim=0", "model.proj_dim=0", "model.hidden=[32,0]", "data.structural_dim=-1", "data.fanout=-1",
+    "loss.cluster_warmup=-5", "loss.beta=-0.1", "loss.noise=-0.1", "loss.kernel_scale=0", "loss.temperature=0",
+    "loss.drop_edge=[0.2,1.5]", "loss.drop_feature=[-0.1,0.4]", "loss.centroid_lr_mult=-1", "clusters=1",
+])
+def test_out_of_range_values_are_refused_with_the_key_named(override: str) -> None:
+    key = override.split("=")[0]
+    with pytest.raises(UserError, match=rf"recipe key '{key}' has a bad value"):
+        load_recipe(RECIPE_SCHEMA, "graph", "tiny", [override])
+
+
+def test_structural_dim_zero_is_refused_only_on_a_graph_without_features(samples) -> None:  # noqa: ANN001
+    from sslkit.domains.graph.batches import prepare_inputs
+    from sslkit.domains.graph.io import load_graph
+
+    cfg = load_recipe(RECIPE_SCHEMA, "graph", "tiny", ["data.structural_dim=0"])
+    assert prepare_inputs(load_graph(samples / "sbm")[0], cfg, quiet=True).x.shape[1] == 8  # features given: unused
+    with pytest.raises(UserError, match="structural_dim=0 but the graph has no node features"):
+        prepare_inputs(load_graph(samples / "karate")[0], cfg, quiet=True)

@@ -75,12 +75,14 @@ def test_nan_points_and_empty_frames_are_counted_not_fatal(sim_seq, tmp_path):
         pts = np.fromfile(f, dtype=np.float32).reshape(-1, 4)
         if i == 2:
             pts[:5, 0] = np.nan
+            pts[5:8, 1] = 5e4       # a few out-of-range points are dropped, not fatal
         (seq / f.name).write_bytes(pts.tobytes())
     (seq / "000099.bin").write_bytes(b"")
     res = run_cli("pseudo-label", seq, "-r", "tiny", "--out", tmp_path / "out", "--json")
     assert res.returncode == 0, res.stderr
     summary = json.loads(res.stdout.strip().splitlines()[-1])
     assert summary["nonfinite_points_dropped"] == 5 and summary["empty_frames_skipped"] == 1
+    assert summary["out_of_range_points_dropped"] == 3 and summary["frames_with_out_of_range"] == 1
     assert summary["frames"] == 12
 
 
@@ -156,3 +158,112 @@ def test_pretrain_under_torchrun_two_processes(sim_seq, tmp_path):
     assert records[-1]["step"] == 2
     assert len(list((out / "pseudo_labels" / "combined" / "label_2").glob("*.txt"))) == 12   # the teachers ran
     assert (out / "encoder" / "encoder.safetensors").is_file()
+
+
+def random_frames(folder, n: int = 10, points: int = 3000):  # noqa: ANN001, ANN201
+    """`n` .bin files of random bytes, each a multiple of 16 bytes: not frames, though they parse as float32."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(3)
+    for i in range(n):
+        (folder / f"{i:06d}.bin").write_bytes(rng.bytes(16 * points))
+    return folder
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_garbage_frames_are_refused_without_numpy_warnings(student_run, tmp_path):
+    garbage = random_frames(tmp_path / "garbage")
+    res = run_cli("pseudo-label", garbage, "-r", "tiny", "--out", tmp_path / "pl")
+    one_line_exit_2(res, "000000.bin")
+    assert "does not look like a KITTI float32 x, y, z, intensity frame" in res.stderr
+    assert "RuntimeWarning" not in res.stderr and not (tmp_path / "pl").exists()
+    one_line_exit_2(run_cli("detect", student_run, garbage, "--out", tmp_path / "det"), "does not look like a KITTI")
+    one_line_exit_2(run_cli("render", garbage / "000003.bin", "--out", tmp_path / "b.png"), "does not look like a KITTI")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["garbage"]
+
+
+def test_detect_failing_part_way_leaves_no_staging_folder(sim_seq, student_run, tmp_path):
+    frames = tmp_path / "frames"
+    shutil.copytree(sim_seq / "velodyne", frames)
+    det = tmp_path / "det9"
+    assert run_cli("detect", student_run, frames, "--out", det).returncode == 0
+    before = {p.name: p.read_bytes() for p in (det / "label_2").iterdir()}
+    # a truncated last frame is refused before any work; a garbage one fails after the first frames are written
+    (frames / "000011.bin").write_bytes((sim_seq / "velodyne" / "000011.bin").read_bytes()[:1000])
+    one_line_exit_2(run_cli("detect", student_run, frames, "--out", tmp_path / "new"), "not a multiple of 16")
+    random_frames(tmp_path / "garbage", 1)
+    shutil.copy(tmp_path / "garbage" / "000000.bin", frames / "000011.bin")
+    for args in (["--out", tmp_path / "new"], ["--out", det, "--overwrite"]):
+        one_line_exit_2(run_cli("detect", student_run, frames, *args), "000011.bin")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["det9", "frames", "garbage"]   # no .det9.tmp, no .new.tmp
+    assert {p.name: p.read_bytes() for p in (det / "label_2").iterdir()} == before       # the old output survives
+
+
+def test_staged_output_is_removed_on_any_failure(tmp_path):
+    from sslkit.domains.lidar.cli import _staged
+
+    with pytest.raises(KeyboardInterrupt):
+        with _staged(tmp_path / "out") as tmp:
+            (tmp / "half.txt").write_text("x")
+            raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
+    with _staged(tmp_path / "out") as tmp:
+        (tmp / "done.txt").write_text("x")
+    assert [p.name for p in tmp_path.iterdir()] == ["out"] and (tmp_path / "out" / "done.txt").is_file()
+
+
+def test_outputs_of_the_wrong_kind_are_refused_up_front(sim_seq, pseudo, student_run, tmp_path):
+    folder, file = tmp_path / "folder", tmp_path / "fr.parquet"
+    folder.mkdir()
+    file.write_text("keep me")
+    res = run_cli("evaluate", pseudo / "combined", sim_seq / "label_2", "--out", folder)
+    one_line_exit_2(res, "is a folder")
+    assert "BEV" not in res.stdout + res.stderr          # refused before the table, not after it
+    frame = sim_seq / "velodyne" / "000001.bin"
+    one_line_exit_2(run_cli("render", frame, "--out", folder, "--overwrite"), "is a folder")
+    one_line_exit_2(run_cli("render", frame, "--out", file / "bev.png"), "is a file")
+    one_line_exit_2(run_cli("detect", student_run, sim_seq, "--out", file, "--overwrite"), "is a file")
+    one_line_exit_2(run_cli("pseudo-label", sim_seq, "-r", "tiny", "--out", file, "--overwrite"), "is a file")
+    one_line_exit_2(run_cli("simulate", file, "--frames", "1", "--overwrite"), "is a file")
+    assert file.read_text() == "keep me" and list(folder.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder", "fr.parquet"]
+
+
+def test_evaluate_without_matching_frames_is_an_error_and_unscored_predictions_warn(sim_seq, pseudo, tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(pseudo / "combined" / "label_2" / "000001.txt", other / "cam_0001.txt")
+    one_line_exit_2(run_cli("evaluate", other, sim_seq / "label_2", "--out", tmp_path / "e.json"), "none of the 1 prediction")
+    assert not (tmp_path / "e.json").exists()
+    res = run_cli("evaluate", pseudo / "combined" / "pcdet", sim_seq / "label_2", "--out", tmp_path / "e.json")
+    assert res.returncode == 0 and "carry no scores" in res.stderr and "without a ranking" in res.stderr, res.stderr
+    assert json.loads((tmp_path / "e.json").read_text())["scored"] is False
+    res = run_cli("evaluate", pseudo / "combined", sim_seq / "label_2", "--out", tmp_path / "e.json")
+    assert res.returncode == 0 and "no scores" not in res.stderr, res.stderr
+    assert json.loads((tmp_path / "e.json").read_text())["scored"] is True
+
+
+def test_run_without_checkpoint_does_not_suggest_resume(student_run, sim_seq, tmp_path):
+    run = tmp_path / "unfinished"
+    run.mkdir()
+    shutil.copy(student_run / "recipe.yaml", run / "recipe.yaml")
+    res = run_cli("detect", run, sim_seq, "--out", tmp_path / "det")
+    one_line_exit_2(res, "has no checkpoint")
+    assert "--resume" not in res.stderr
+
+
+def test_render_legend_uses_the_title_words(sim_seq, pseudo, tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    seen = {}
+    save = matplotlib.figure.Figure.savefig
+
+    def spy(fig, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        ax = fig.axes[0]
+        seen["title"], seen["legend"] = ax.get_title(), [t.get_text() for t in ax.get_legend().get_texts()]
+        return save(fig, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", spy)
+    res = run_cli("render", sim_seq / "velodyne" / "000004.bin", "--gt", sim_seq, "--labels", pseudo, "--out", tmp_path / "b.png")
+    assert res.returncode == 0, res.stderr
+    assert seen["legend"] == ["truth", "labels"]
+    assert all(word in seen["title"] for word in seen["legend"]), seen

@@ -114,5 +114,32 @@ def test_readers_and_bad_frames(tmp_path):
         read_frame(tmp_path / "bad.bin")
     with pytest.raises(UserError, match="mixes frame formats"):
         list_frames(tmp_path)
-    cleaned, dropped = clean_frame(np.array([[1, 2, 3, 0], [np.nan, 0, 0, 0], [np.inf, 1, 1, 1]], np.float32))
-    assert dropped == 2 and len(cleaned) == 1
+    cleaned, dropped, far = clean_frame(np.array([[1, 2, 3, 0], [np.nan, 0, 0, 0], [np.inf, 1, 1, 1]], np.float32))
+    assert dropped == 2 and far == 0 and len(cleaned) == 1
+
+
+def test_out_of_range_points_are_dropped_and_garbage_frames_refused(tmp_path):
+    pts = np.array([[1, 2, -3, 0.5], [4, 5, -6, 0.1], [2e3, 0, 0, 0], [0, 0, -1e9, 0], [1, 1, 1, 1e7]], np.float32)
+    cleaned, bad, far = clean_frame(np.concatenate([pts, pts[:2], pts[:2]]))
+    assert (bad, far) == (0, 3) and len(cleaned) == 6 and np.abs(cleaned[:, :3]).max() < 10
+    # mostly NaN is an organised cloud's missing returns, not garbage: kept
+    holes = np.concatenate([pts[:2], np.full((50, 4), np.nan, np.float32)])
+    assert clean_frame(holes)[0].shape == (2, 4)
+    # random bytes read as float32: most finite values are astronomically large
+    (tmp_path / "rand.bin").write_bytes(np.random.default_rng(0).bytes(16 * 4000))
+    with pytest.raises(UserError, match=r"rand\.bin: .* does not look like a KITTI float32 x, y, z, intensity frame"):
+        clean_frame(read_frame(tmp_path / "rand.bin"), tmp_path / "rand.bin")
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_npy_beyond_float32_reads_without_numpy_warnings(tmp_path):
+    np.save(tmp_path / "big.npy", np.array([[1e300, 0, 0], [1, 2, 3], [4, 5, 6]]))
+    cleaned, bad, far = clean_frame(read_frame(tmp_path / "big.npy"))
+    assert bad == 1 and len(cleaned) == 2
+
+
+def test_truncated_bin_is_refused_when_listing(tmp_path):
+    write_bin(tmp_path / "000000.bin", np.zeros((4, 4), np.float32))
+    (tmp_path / "000001.bin").write_bytes(b"\0" * 40)
+    with pytest.raises(UserError, match=r"000001\.bin: 40 bytes is not a multiple of 16"):
+        list_frames(tmp_path)

@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import Dataset
 
 from sslkit.core.console import warn
+from sslkit.core.errors import UserError
 from sslkit.domains.graph.io import Graph
 from sslkit.domains.graph.method import GraphRecipe
 from sslkit.domains.graph.model import sparse_csr
@@ -40,6 +41,9 @@ def prepare_inputs(graph: Graph, recipe: GraphRecipe, quiet: bool = False) -> In
     a_sym = adjacency(graph.edge_index, graph.edge_weight, n, "sym")
     structural = graph.x is None
     if structural:
+        if data.structural_dim < 1:
+            raise UserError("data.structural_dim=0 but the graph has no node features, so the encoder's only inputs are "
+                            "the structural features — set data.structural_dim to 1 or more (default 32) or pass --features")
         if not quiet:
             warn(f"the graph has no node features — using {data.structural_dim} structural features "
                  "(log-degree + random-walk diffusions); pass --features for better results")

@@ -67,9 +67,12 @@ def pretrain(graph: GraphArg, features: FeaturesOpt = None, recipe: RecipeOpt = 
 
     cfg = resolve_recipe(GraphRecipe, "graph", recipe, set_ or [], out, resume)
     g, _ = _graph(graph, features, quiet=not distributed.is_main())
+    check_clusters(clusters if clusters is not None else cfg.clusters, g.num_nodes)  # before the recipe's own K >= 2
     if clusters is not None:
         cfg.clusters = clusters
-    check_clusters(cfg.clusters, g.num_nodes)
+    if cfg.method == "grace" and not cfg.model.hidden:
+        raise UserError("model.hidden is empty but the GRACE baseline's GCN needs a hidden width — "
+                        "set e.g. --set model.hidden=[256]")
     if cfg.method != "grace" and cfg.clusters is None:
         raise UserError(f"{cfg.method} learns K clusters — pass --clusters K (2 <= K <= {g.num_nodes})")
     inputs = prepare_inputs(g, cfg, quiet=not distributed.is_main())
@@ -113,21 +116,16 @@ def _cluster_plot(run_dir: Path, graph, cfg, inputs) -> None:  # noqa: ANN001
         k = cfg.clusters or 8
         colour, how = KMeans(k, n_init=4, random_state=0).fit_predict(emb), "k-means"
     else:
-        try:
-            colour, how = soft_assign(run_dir, z).argmax(1), "learned soft assignment"
-        except Exception:  # noqa: BLE001 — the head may not have started; the plot is optional, the run is not
-            colour, how = None, "no clusters yet"
+        q = soft_assign(run_dir, z, missing_ok=True)  # None: the head never started
+        colour, how = (None, "no clusters yet") if q is None else (q.argmax(1), "learned soft assignment")
     embedding_map(emb, colour, run_dir / "plots" / "clusters.png", title=f"{cfg.method} embeddings ({how})")
 
 
-def _encode_graph(run: Path, graph: Path, features: Path | None, out: Path, overwrite: bool,  # noqa: ANN202
+def _encode_graph(run: Path, graph: Path, features: Path | None,  # noqa: ANN202
                   pca_variance: float | None = None):
-    """(graph, raw encoder outputs, the run's recipe) for `embed` and `cluster`, after refusing to overwrite `out`."""
-    from sslkit.core.errors import UserError
+    """(graph, raw encoder outputs, the run's recipe) for `embed` and `cluster`."""
     from sslkit.domains.graph.clustering import encode, run_inputs
 
-    if out.exists() and not overwrite:
-        raise UserError(f"{out} already exists — pass --overwrite to replace it")
     cfg = _recipe(run, pca_variance)
     g, _ = _graph(graph, features, quiet=True)
     return g, encode(run, g, cfg, run_inputs(run, g, cfg)), cfg
@@ -142,7 +140,7 @@ def embed(run: RunArg, graph: GraphArg, out: FileOut = Path("embeddings.parquet"
     from sslkit.domains.graph.clustering import node_embedding
 
     check_embeddings_out(out, overwrite)
-    g, z, cfg = _encode_graph(run, graph, features, out, overwrite, pca_variance)
+    g, z, cfg = _encode_graph(run, graph, features, pca_variance)
     write_embeddings(out, g.ids.tolist(), node_embedding(z, cfg.embedding.pca_variance), overwrite=overwrite)
     typer.echo(str(out))
 
@@ -153,10 +151,11 @@ def cluster(run: RunArg, graph: GraphArg, out: FileOut = Path("clusters.csv"), f
     """Node id -> learned cluster, with the soft-assignment confidence (max_j q_ij), as CSV."""
     import pandas as pd
 
-    from sslkit.core.files import atomic_write_text
+    from sslkit.core.files import atomic_write_text, check_file_out
     from sslkit.domains.graph.clustering import soft_assign
 
-    g, z, _ = _encode_graph(run, graph, features, out, overwrite)
+    check_file_out(out, overwrite, "clusters.csv")
+    g, z, _ = _encode_graph(run, graph, features)
     q = soft_assign(run, z)
     df = pd.DataFrame({"node": g.ids, "cluster": q.argmax(1), "confidence": q.max(1).round(6)})
     atomic_write_text(out, df.to_csv(index=False))
@@ -182,17 +181,23 @@ def evaluate(run: RunArg, graph: GraphArg, labels: Annotated[Optional[Path], typ
     labels = labels or found
     if labels is None:
         raise UserError("no labels — pass --labels node_labels.csv (columns node,label)")
-    idx, y = align_labels(g, labels)
+    idx, y = align_labels(g, labels, min_per_class=2)
     if len(idx) < g.num_nodes:
         warn(f"{g.num_nodes - len(idx)} node(s) have no label; evaluating the {len(idx)} labelled ones")
     z = encode(run, g, cfg, run_inputs(run, g, cfg))
-    q = soft_assign(run, z) if cfg.method != "grace" else None
+    q = soft_assign(run, z, missing_ok=True) if cfg.method != "grace" else None
+    notes = []
+    if cfg.method != "grace" and q is None:
+        notes.append(f"the clustering head never started (loss.cluster_warmup {cfg.loss.cluster_warmup} >= train.steps "
+                     f"{cfg.train.steps}), so the {cfg.method} soft-assignment row is left out; the embedding rows "
+                     "are computed — pretrain longer or lower loss.cluster_warmup for it")
+        warn(notes[-1])
     rows = evaluate_all(g, cfg, z, q, idx, y, tuple(range(seeds)))
     columns, table = metrics_table_rows(rows)
     print_table(f"graph evaluation: {len(idx)} labelled nodes, {int(y.max()) + 1} classes, {seeds} seeds "
                 "(k-means / soft assignment: acc nmi ari f1; probe_acc: logistic regression)", columns, table)
     payload = {"run": str(run), "labels": str(labels), "seeds": seeds, "pca_variance": cfg.embedding.pca_variance,
-               "results": {name: {m: list(v) for m, v in res.items()} for name, res in rows.items()}}
+               "notes": notes, "results": {name: {m: list(v) for m, v in res.items()} for name, res in rows.items()}}
     atomic_write_text(Path(run) / "evaluation.json", json.dumps(payload, indent=2))
     if json_out:
         typer.echo(json.dumps(payload))
@@ -206,7 +211,9 @@ def sample_data(out: Annotated[Path, typer.Argument(help="Folder to write the sa
                 overwrite: OverwriteOpt = False) -> None:
     """Write Zachary's karate club (networkx; no features, club labels) and a small generated
     stochastic-block-model graph with noisy features, each as edges.csv (+ features.csv) + labels.csv."""
+    from sslkit.core.files import check_writable
     from sslkit.domains.graph.samples import write_samples
 
+    check_writable(out, "sample-data")
     for path in write_samples(out, overwrite=overwrite):
         typer.echo(str(path))

@@ -71,16 +71,18 @@ def node_embedding(z: np.ndarray, pca_variance: float | None) -> np.ndarray:
     return unit_rows(z @ dirs[:, :keep].astype(np.float32))
 
 
-def soft_assign(run_dir: Path, z: np.ndarray) -> np.ndarray:
-    """q (N, K) from the run's learned centroids; an error for GRACE runs or a head that never started."""
+def soft_assign(run_dir: Path, z: np.ndarray, missing_ok: bool = False) -> np.ndarray | None:
+    """q (N, K) from the run's learned centroids. A GRACE run or a head that never started is an error, or None with
+    `missing_ok` (evaluate and the cluster map still have the embeddings to show)."""
     from sslkit.core.checkpoint import load_checkpoint
     from sslkit.core.runs import Run
 
     run = Run.load(run_dir, "graph")
     state = load_checkpoint(run.checkpoint_path)["model"]
     if "centroids" not in state or not bool(state.get("ready", torch.tensor(False))):
-        method = run.recipe_dict.get("method")
-        if method == "grace":
+        if missing_ok:
+            return None
+        if run.recipe_dict.get("method") == "grace":
             raise UserError(f"{run_dir} is a GRACE run, which has no clustering head — use `evaluate` (k-means) "
                             "or pretrain with --recipe scgc-star")
         raise UserError(f"{run_dir}: the clustering head never started (loss.cluster_warmup >= train.steps) — "

@@ -6,6 +6,7 @@ Every reader returns plain numpy/scipy objects keyed by the user's own node ids;
 """
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -230,18 +231,29 @@ def read_pyg(path: Path) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | No
 
     from sslkit.core.checkpoint import load_weights_only
 
+    expected = "expected a PyG Data(x=..., edge_index=...) saved with torch.save, or give an edge list or folder"
     try:
         with torch.serialization.safe_globals([Data, DataEdgeAttr, DataTensorAttr, GlobalStorage]):
             obj = load_weights_only(path)
-    except Exception as exc:  # noqa: BLE001 — unpickling errors come in many types; all mean "not a safe Data file"
-        raise UserError(f"{path} is not a PyG Data file that loads safely ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0][:120]}) — save `Data(x=..., edge_index=...)` with torch.save") from None
-    if isinstance(obj, dict):
+    except pickle.UnpicklingError:  # torch's own text runs to paragraphs: say it in our words
+        raise UserError(f"{path} was refused by torch.load(weights_only=True): not a torch.save file, or it holds "
+                        f"objects other than tensors and a PyG Data — {expected}") from None
+    except Exception:  # noqa: BLE001 — truncated zips, stray bytes, empty files fail in many types; all mean the same
+        raise UserError(f"{path} is not a readable torch.save file (empty, truncated or another format) — "
+                        f"{expected}") from None
+    if isinstance(obj, dict) and "edge_index" in obj and all(isinstance(k, str) for k in obj):
         obj = Data(**obj)
     if not isinstance(obj, Data) or obj.edge_index is None:
-        raise UserError(f"{path} holds a {type(obj).__name__}, not a PyG Data with edge_index")
-    ei = obj.edge_index.numpy().astype(np.int64)
-    x = obj.x.numpy().astype(np.float32) if obj.x is not None else None
+        what = f"a dict with keys {sorted(map(str, obj))[:5]}" if isinstance(obj, dict) else f"a {type(obj).__name__}"
+        raise UserError(f"{path} holds {what}, not a graph with edge_index — {expected}")
+    ei, x = obj.edge_index, obj.x
+    ei_ok = torch.is_tensor(ei) and ei.dim() == 2 and ei.shape[0] == 2
+    if not ei_ok or not (x is None or torch.is_tensor(x) and x.dim() == 2):
+        shape = {k: tuple(v.shape) if torch.is_tensor(v) else type(v).__name__ for k, v in (("edge_index", ei), ("x", x))}
+        raise UserError(f"{path}: Data has shapes {shape}; expected tensors edge_index (2, E) and x (N, D) — "
+                        "fix the Data object")
+    ei = ei.numpy().astype(np.int64)
+    x = x.numpy().astype(np.float32) if x is not None else None
     y = obj.y.numpy() if getattr(obj, "y", None) is not None else None
     if x is not None:
         _check_finite(x, np.arange(len(x)), path)
@@ -366,8 +378,9 @@ def _features_by_position(features: Path, n: int, graph: Path) -> np.ndarray:
     return x
 
 
-def align_labels(graph: Graph, path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(node indices (M,), integer labels (M,)) for the labelled nodes; unknown ids are an error."""
+def align_labels(graph: Graph, path: Path, min_per_class: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(node indices (M,), integer labels (M,)) for the labelled nodes; unknown ids are an error, and so is a class
+    with fewer than `min_per_class` nodes, named by the file's own label (the codes mean nothing to the user)."""
     ids, labels = read_labels(path)
     keys = graph.ids
     if ids.dtype != keys.dtype:
@@ -378,5 +391,9 @@ def align_labels(graph: Graph, path: Path) -> tuple[np.ndarray, np.ndarray]:
         missing = ids[idx < 0]
         raise UserError(f"labels file {path}: {len(missing)} node id(s) are not in the graph ({_few(missing)}) — "
                         "remove them or pass the matching graph")
-    _, codes = np.unique(labels, return_inverse=True)
+    names, codes, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    if (counts < min_per_class).any():
+        i = int(np.argmin(counts))
+        raise UserError(f"labels file {path}: class '{names[i]}' has only {counts[i]} labelled node(s); evaluation "
+                        f"needs at least {min_per_class} per class (stratified probe split) — drop or merge rare classes")
     return idx, codes.astype(np.int64)

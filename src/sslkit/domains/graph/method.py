@@ -9,7 +9,7 @@ feature-masked views.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
@@ -23,16 +23,18 @@ from sslkit.core.recipes import Recipe, Section
 from sslkit.domains.graph.model import GCNEncoder, SCGCEncoder, sparse_csr
 
 METHODS = ("scgc-star", "scgc", "grace")
+Width = Annotated[int, Field(ge=1)]
+Probability = Annotated[float, Field(ge=0, le=1)]
 
 
 class GraphData(Section):
     feature_norm: Literal["row", "standard", "none"] = "row"  # row: bag-of-words rows sum to 1
     hops: int | None = None            # low-pass propagation Â^hops X for SCGC; None = chosen from structure
     input_norm: Literal["l2", "none"] = "l2"  # SCGC: unit-length rows of Â^hops X (cosine geometry)
-    structural_dim: int = 32           # width of structural features when the graph has none
+    structural_dim: int = Field(32, ge=0)  # width of structural features when the graph has none (where 0 is refused)
     full_batch: Literal["auto"] | bool = "auto"
-    full_batch_max_nodes: int = 8000  # auto: full batch up to this many nodes, node mini-batches above
-    fanout: int = 4                    # mini-batches: random neighbours added per seed node
+    full_batch_max_nodes: int = Field(8000, ge=0)  # auto: full batch up to this many nodes, node mini-batches above
+    fanout: int = Field(4, ge=0)       # mini-batches: random neighbours added per seed node
 
     @field_validator("hops")
     @classmethod
@@ -43,26 +45,26 @@ class GraphData(Section):
 
 
 class GraphModel(Section):
-    hidden: list[int] = Field(default_factory=lambda: [500, 500, 2000])  # SCGC MLP widths; GRACE: GCN hidden = hidden[0]
-    out_dim: int = 10
+    hidden: list[Width] = Field(default_factory=lambda: [500, 500, 2000])  # SCGC MLP widths ([]: linear); GRACE: hidden[0]
+    out_dim: int = Field(10, ge=1)
     branches: Literal[1, 2] = 1  # SCGC: 2 = two unshared encoders (two views), their normalised outputs averaged
-    proj_dim: int = 128  # GRACE projection head
+    proj_dim: int = Field(128, ge=1)  # GRACE projection head
 
 
 class GraphLoss(Section):
     objective: Literal["infonce", "mse"] = "infonce"  # SCGC's L_NC, or the MSE between cross-view cosines and the mask
-    alpha: float = 1.0        # weight of the neighbour loss (either objective)
-    noise: float = 0.0        # mse: σ of Gaussian noise on the second view's normalised embedding
-    beta: float = 0.1         # weight of KL(P‖Q)
+    alpha: float = Field(1.0, ge=0)  # weight of the neighbour loss (either objective)
+    noise: float = Field(0.0, ge=0)  # mse: σ of Gaussian noise on the second view's normalised embedding
+    beta: float = Field(0.1, ge=0)   # weight of KL(P‖Q)
     r: int = 1                # mask order
     tau: float = 0.25         # multiplies the cosine similarity (an inverse temperature), as in SCGC
-    recon_weight: float = 1.0  # SCGC (not SCGC*) MSE reconstruction
-    cluster_warmup: int = 50  # steps of contrastive-only training before k-means sets the centroids
-    centroid_lr_mult: float = 1.0  # the centroids' lr relative to the encoder's (Adam ignores β's scale)
+    recon_weight: float = Field(1.0, ge=0)  # SCGC (not SCGC*) MSE reconstruction
+    cluster_warmup: int = Field(50, ge=0)   # steps of contrastive-only training before k-means sets the centroids
+    centroid_lr_mult: float = Field(1.0, ge=0)  # the centroids' lr relative to the encoder's (Adam ignores β's scale)
     kernel_scale: float = Field(1.0, gt=0)  # Student-t q ∝ (1 + scale·d²)^-1; >1 sharpens q on unit-length embeddings
-    drop_edge: tuple[float, float] = (0.2, 0.4)     # GRACE
-    drop_feature: tuple[float, float] = (0.3, 0.4)  # GRACE
-    temperature: float = 0.4                        # GRACE NT-Xent temperature
+    drop_edge: tuple[Probability, Probability] = (0.2, 0.4)     # GRACE
+    drop_feature: tuple[Probability, Probability] = (0.3, 0.4)  # GRACE
+    temperature: float = Field(0.4, gt=0)                       # GRACE NT-Xent temperature
 
     @field_validator("tau")
     @classmethod
@@ -90,7 +92,7 @@ class GraphEmbedding(Section):
 class GraphRecipe(Recipe):
     domain: Literal["graph"] = "graph"
     method: Literal["scgc-star", "scgc", "grace"] = "scgc-star"
-    clusters: int | None = None  # K of the clustering head (set with --clusters)
+    clusters: int | None = Field(None, ge=2)  # K of the clustering head (set with --clusters)
     data: GraphData = Field(default_factory=GraphData)
     model: GraphModel = Field(default_factory=GraphModel)
     loss: GraphLoss = Field(default_factory=GraphLoss)

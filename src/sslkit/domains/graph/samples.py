@@ -16,7 +16,9 @@ def sbm(n: int, blocks: int, mean_degree: float, p_in: float = 0.8, feat_dim: in
     """(edges (E, 2) int64, features (N, feat_dim) float32, labels (N,)) of a planted-partition graph.
 
     Each node draws ~mean_degree/2 edge ends; a fraction p_in land in its own block. Features are
-    block means plus Gaussian noise of scale `noise`, so features alone cluster only partly.
+    block means plus Gaussian noise of scale `noise`, so features alone cluster only partly. Each undirected
+    edge is listed once (src < dst, sorted), no self-loops: repeated draws would read back as duplicate
+    listings, which load_graph merges and reports.
     """
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, blocks, size=n)
@@ -29,8 +31,9 @@ def sbm(n: int, blocks: int, mean_degree: float, p_in: float = 0.8, feat_dim: in
     b = labels[src[same]]
     lo, hi = starts[b], starts[b + 1]
     dst[same] = order[lo + (rng.random(same.sum()) * (hi - lo)).astype(np.int64)]
-    keep = src != dst
-    edges = np.stack([src[keep], dst[keep]], axis=1).astype(np.int64)
+    u, v = np.minimum(src, dst), np.maximum(src, dst)
+    key = np.unique((u * n + v)[u != v])
+    edges = np.stack([key // n, key % n], axis=1).astype(np.int64)
     means = rng.normal(0.0, 1.0, size=(blocks, feat_dim))
     x = (means[labels] + noise * rng.normal(size=(n, feat_dim))).astype(np.float32)
     return edges, x, labels
@@ -42,9 +45,14 @@ def write_samples(out: Path, overwrite: bool = False) -> list[Path]:
     import pandas as pd
 
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} is a file — give a folder to write the sample graphs into (created if missing)")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UserError(f"{out} already exists and is not empty — pass --overwrite or choose another folder")
-    tmp = temp_dir_beside(out)
+    try:
+        tmp = temp_dir_beside(out)
+    except OSError as exc:
+        raise UserError(f"cannot create {out} ({exc.strerror}) — choose a writable folder") from None
     try:
         karate = nx.karate_club_graph()
         (tmp / "karate").mkdir()

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Iterator, Optional
 
 import typer
 
@@ -17,10 +18,49 @@ StudentRecipe = Annotated[str, typer.Option("--recipe", "-r", help="Shipped reci
 
 
 def _refuse_existing(path: Path, overwrite: bool) -> None:
+    """A folder output: refuse a file in its place (--overwrite would swap the user's file for a folder)
+    and a non-empty folder without --overwrite."""
     from sslkit.core.errors import UserError
 
-    if path.exists() and (path.is_file() or any(path.iterdir())) and not overwrite:
+    _refuse_file_in_path(path.parent)
+    if path.is_file():
+        raise UserError(f"{path} is a file, but this output is a folder — choose another path")
+    if path.exists() and any(path.iterdir()) and not overwrite:
         raise UserError(f"{path} already exists — pass --overwrite to replace it or choose another output")
+
+
+def _refuse_file_in_path(folder: Path) -> None:
+    from sslkit.core.errors import UserError
+
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise UserError(f"{existing} is a file, so nothing can be written under it — choose another output path")
+
+
+def _check_file_out(path: Path, example: str) -> None:
+    """A file output (PNG, JSON): refuse a folder in its place up front, before any work."""
+    from sslkit.core.errors import UserError
+
+    if path.is_dir():
+        raise UserError(f"{path} is a folder — give a file path such as {path / example}")
+    _refuse_file_in_path(path.parent)
+
+
+@contextmanager
+def _staged(out: Path) -> Iterator[Path]:
+    """A hidden `.OUT.tmp/` to write into; moved over OUT when the block succeeds, removed on any failure
+    (a bad frame part-way, Ctrl-C), so neither half-written output nor the staging folder is left behind."""
+    import shutil
+
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        yield tmp
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _replace_dir(tmp: Path, final: Path) -> None:
@@ -56,12 +96,8 @@ def simulate(out: Annotated[Path, typer.Argument(help="Folder to write velodyne/
     if beams not in SENSORS:
         raise UserError(f"--beams {beams} is not simulated — use 32 or 64")
     _refuse_existing(out, overwrite)
-    tmp = out.with_name(f".{out.name}.tmp")
-    import shutil
-
-    shutil.rmtree(tmp, ignore_errors=True)
-    stats = run_sim(tmp, frames, beams, seed)
-    _replace_dir(tmp, out)
+    with _staged(out) as tmp:
+        stats = run_sim(tmp, frames, beams, seed)
     info(f"simulated {stats['frames']} frames, {stats['mean_points']:.0f} points/frame, boxes {stats['boxes']}")
     typer.echo(str(out))
 
@@ -74,8 +110,6 @@ def pseudo_label(frames: FramesArg,
                  gt: Annotated[Optional[Path], typer.Option("--gt", help="True labels: also score every teacher and the merge.")] = None,
                  overwrite: OverwriteOpt = False, json_out: JsonOpt = False) -> None:
     """Label frames with statistical teachers (background model, clustering, box fitting, size rules) and merge them."""
-    import shutil
-
     from sslkit.core.console import info, print_table, warn
     from sslkit.core.errors import UserError
     from sslkit.core.recipes import load_recipe
@@ -87,6 +121,9 @@ def pseudo_label(frames: FramesArg,
     if teachers is not None and teachers > len(cfg.teachers):
         raise UserError(f"--teachers {teachers}: the recipe defines {len(cfg.teachers)} teachers — "
                         "lower --teachers or add teachers to a copy of the recipe")
+    if teachers is not None and cfg.merge.rule == "vote" and teachers < cfg.merge.min_votes:
+        raise UserError(f"--teachers {teachers} is fewer than merge.min_votes={cfg.merge.min_votes}, so no box would "
+                        f"be kept — raise --teachers or pass --set merge.min_votes={teachers}")
     files = list_frames(frames)
     _refuse_existing(out, overwrite)
     truth = _read_label_set(gt, [f.stem for f in files]) if gt is not None else None
@@ -98,10 +135,6 @@ def pseudo_label(frames: FramesArg,
     per_teacher, merged, timing = pl.run_teachers(seq, cfg, teachers)
     names = [f.stem for f in kept]
     tnames = [c.name for c in cfg.teachers[: len(per_teacher)]]
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    pl.write_label_sets(tmp, names, per_teacher, merged, tnames)
     payload = pl.summary(names, per_teacher, merged, tnames, timing, counts, cfg.merge.rule)
     rows = [[t["name"], f"{t['frames_per_s']:.1f}", f"{t['points_per_s'] / 1e6:.2f}", f"{t['background_s']:.2f}",
              json.dumps(payload["teachers"][t["name"]])] for t in timing["teachers"]]
@@ -116,8 +149,9 @@ def pseudo_label(frames: FramesArg,
         scores = {k: evaluate_sets(v, {n: truth[n] for n in names}) for k, v in sets.items()}
         payload["ap_vs_truth"] = scores
         _ap_table("teachers vs truth (BEV AP, R40)", scores)
-    pl.dump(tmp / "summary.json", payload)
-    _replace_dir(tmp, out)
+    with _staged(out) as tmp:
+        pl.write_label_sets(tmp, names, per_teacher, merged, tnames)
+        pl.dump(tmp / "summary.json", payload)
     info(f"labels in {out}/<teacher>/ and {out}/combined/ (label_2 = KITTI-style, pcdet = OpenPCDet)")
     typer.echo(json.dumps(payload) if json_out else str(out))
 
@@ -218,10 +252,14 @@ def pretrain(frames: FramesArg,
 
 def _load_student(run: Path):  # noqa: ANN202
     from sslkit.core.checkpoint import check_compatible, load_checkpoint
+    from sslkit.core.errors import UserError
     from sslkit.core.runs import Run
     from sslkit.domains.lidar.method import LidarRecipe, StudentDetector
 
     r = Run.load(run, "lidar")
+    if not r.checkpoint_path.is_file():  # core's own message speaks of --resume, which detect/embed do not have
+        raise UserError(f"{r.dir} has no checkpoint ({r.checkpoint_path.name}): its training stopped before the first "
+                        f"one — train it with `sslkit lidar train-student ... --out {r.dir} --overwrite`")
     cfg = LidarRecipe.model_validate(r.recipe_dict)
     model = StudentDetector(cfg.model)
     state = load_checkpoint(r.checkpoint_path)
@@ -239,7 +277,7 @@ def _frame_batches(files: list[Path], cfg, size: int = 4):  # noqa: ANN001, ANN2
     m = cfg.model
     for i in range(0, len(files), size):
         chunk = files[i:i + size]
-        pts = [crop(clean_frame(read_frame(f))[0], m.x_range, m.y_range, m.z_range) for f in chunk]
+        pts = [crop(clean_frame(read_frame(f), f)[0], m.x_range, m.y_range, m.z_range) for f in chunk]
         batch = torch.cat([torch.cat([torch.full((len(p), 1), float(j)), torch.from_numpy(p)], 1) for j, p in enumerate(pts)])
         yield chunk, batch
 
@@ -249,8 +287,6 @@ def detect(run: RunArg, frames: FramesArg,
            out: Annotated[Path, typer.Option("--out", "-o", help="Folder for label_2/ and pcdet/ predictions.")],
            overwrite: OverwriteOpt = False) -> None:
     """Run a trained student on frames; writes KITTI-style and OpenPCDet labels with scores."""
-    import shutil
-
     import torch
 
     from sslkit.core.console import info
@@ -260,18 +296,15 @@ def detect(run: RunArg, frames: FramesArg,
     model, cfg = _load_student(run)
     files = list_frames(frames)
     _refuse_existing(out, overwrite)
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "label_2").mkdir(parents=True)
-    (tmp / "pcdet").mkdir()
     n = 0
-    with torch.no_grad():
+    with _staged(out) as tmp, torch.no_grad():
+        (tmp / "label_2").mkdir()
+        (tmp / "pcdet").mkdir()
         for chunk, batch in _frame_batches(files, cfg):
             for f, boxes in zip(chunk, model.detect(batch, len(chunk))):
                 write_kitti(tmp / "label_2" / f"{f.stem}.txt", boxes)
                 write_pcdet(tmp / "pcdet" / f"{f.stem}.txt", boxes)
                 n += len(boxes)
-    _replace_dir(tmp, out)
     info(f"{n} boxes in {len(files)} frames")
     typer.echo(str(out))
 
@@ -283,21 +316,34 @@ def evaluate(pred: Annotated[Path, typer.Argument(help="Predicted labels (folder
              json_out: JsonOpt = False) -> None:
     """KITTI-style AP (BEV and 3D; IoU 0.7 Car, 0.5 Pedestrian/Cyclist; 40 recall points) per class."""
     from sslkit.core.console import warn
+    from sslkit.core.errors import UserError
+    from sslkit.domains.lidar.labels import label_files, read_labels_scored
     from sslkit.domains.lidar.metrics import evaluate_sets
     from sslkit.domains.lidar.pseudolabel import dump
 
+    target = out or _labels_dir(pred).with_name(_labels_dir(pred).name + ".evaluation.json")
+    _check_file_out(target, "evaluation.json")
     truth = _read_label_set(gt, None)
-    preds = _read_label_set(pred, None)
+    read = {n: read_labels_scored(p) for n, p in label_files(_labels_dir(pred)).items()}
+    preds = {n: boxes for n, (boxes, _) in read.items()}
+    if not set(preds) & set(truth):
+        raise UserError(f"none of the {len(preds)} prediction files matches a ground-truth frame (predictions are "
+                        f"named like {next(iter(preds))}.txt, ground truth like {next(iter(truth))}.txt) — "
+                        "pass predictions and labels of the same frames")
     extra = sorted(set(preds) - set(truth))
     if extra:
         warn(f"{len(extra)} predicted frames have no ground truth (first: {extra[0]}) — skipped")
     missing = sorted(set(truth) - set(preds))
     if missing:
         warn(f"{len(missing)} ground-truth frames have no prediction file (first: {missing[0]}) — counted as empty")
+    unscored = sum(1 for n in set(preds) & set(truth) if read[n][0] and not read[n][1])
+    if unscored:
+        warn(f"{unscored} prediction files carry no scores (OpenPCDet text or 15-field KITTI lines) — AP is computed "
+             "without a ranking (every box scored 1.0); for a ranked AP give scored ones (detect's label_2/ has them)")
     scores = evaluate_sets(preds, truth)
     _ap_table(f"{pred} vs {gt} ({len(truth)} frames, BEV/3D AP R40)", {pred.name or str(pred): scores})
-    target = out or _labels_dir(pred).with_name(_labels_dir(pred).name + ".evaluation.json")
-    payload = {"pred": str(pred), "gt": str(gt), "frames": len(truth), "ap": scores}
+    payload = {"pred": str(pred), "gt": str(gt), "frames": len(truth), "scored": not unscored, "ap": scores}
+    target.parent.mkdir(parents=True, exist_ok=True)
     dump(target, payload)
     typer.echo(json.dumps(payload) if json_out else str(target))
 
@@ -305,16 +351,17 @@ def evaluate(pred: Annotated[Path, typer.Argument(help="Predicted labels (folder
 @app.command()
 def render(frame: Annotated[Path, typer.Argument(help="One frame file.")],
            out: Annotated[Path, typer.Option("--out", "-o", help="PNG to write.")],
-           labels: Annotated[Optional[Path], typer.Option("--labels", help="Predicted labels: a .txt file or a folder (red).")] = None,
+           labels: Annotated[Optional[Path], typer.Option("--labels", help="Labels to compare (pseudo-labels or detections): a .txt file or a folder (red).")] = None,
            gt: Annotated[Optional[Path], typer.Option("--gt", help="True labels: a .txt file or a folder (white).")] = None,
            overwrite: OverwriteOpt = False) -> None:
-    """Bird's-eye-view PNG of a frame with true (white) and predicted (red) boxes."""
+    """Bird's-eye-view PNG of a frame with true (white) and --labels (red) boxes."""
     from sslkit.core.errors import UserError
     from sslkit.domains.lidar.io import clean_frame, list_frames, read_frame
     from sslkit.domains.lidar.labels import read_labels
     from sslkit.domains.lidar.render import render_bev
 
     files = list_frames(frame)
+    _check_file_out(out, "bev.png")
     if out.exists() and not overwrite:
         raise UserError(f"{out} already exists — pass --overwrite or choose another --out")
 
@@ -328,7 +375,7 @@ def render(frame: Annotated[Path, typer.Argument(help="One frame file.")],
             raise UserError(f"no label file {p} for frame {files[0].name} — pass the matching label file or folder")
         return read_labels(p)
 
-    pts = clean_frame(read_frame(files[0]))[0]
+    pts = clean_frame(read_frame(files[0]), files[0])[0]
     render_bev(pts, out, boxes(gt), boxes(labels), title=f"{files[0].name}: truth white, labels red")
     typer.echo(str(out))
 

@@ -39,8 +39,14 @@ def write_pcdet(path: Path, boxes: list[Box]) -> None:
 
 
 def read_labels(path: Path) -> list[Box]:
-    """Boxes from one KITTI-style (15/16 fields) or OpenPCDet (8 fields) text file."""
-    boxes = []
+    """Boxes from one KITTI-style (15/16 fields) or OpenPCDet (8 fields) text file; score 1.0 where none is given."""
+    return read_labels_scored(path)[0]
+
+
+def read_labels_scored(path: Path) -> tuple[list[Box], bool]:
+    """`read_labels` plus whether every box carried a score (16-field KITTI lines): without scores, AP
+    has no ranking to sweep."""
+    boxes, scored = [], True
     for n, raw in enumerate(path.read_text().splitlines(), 1):
         f = raw.split()
         if not f:
@@ -49,10 +55,12 @@ def read_labels(path: Path) -> list[Box]:
             if len(f) in (15, 16):
                 h, w, l, x, y, zb, yaw = map(float, f[8:15])
                 score = float(f[15]) if len(f) == 16 else 1.0
+                scored &= len(f) == 16
                 box = Box(x, y, zb + h / 2, l, w, h, yaw, f[0], score)
             elif len(f) == 8:
                 x, y, z, l, w, h, yaw = map(float, f[:7])
                 box = Box(x, y, z, l, w, h, yaw, f[7], 1.0)
+                scored = False
             else:
                 raise ValueError(f"{len(f)} fields")
         except ValueError as exc:
@@ -61,7 +69,7 @@ def read_labels(path: Path) -> list[Box]:
         if not all(math.isfinite(v) for v in box.array()):
             raise UserError(f"{path}:{n}: NaN/inf in a label — fix that line")
         boxes.append(box)
-    return boxes
+    return boxes, scored
 
 
 def label_files(folder: Path) -> dict[str, Path]:

@@ -11,7 +11,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 from torch import nn
 
 from sslkit.core.export import encoder_spec
@@ -32,26 +32,78 @@ class BackgroundConfig(Section):
     max_frames: int = Field(200, ge=2, description="frames sampled (evenly) to build it")
 
 
+Range = tuple[float, float]
+MAX_PILLARS = 2048  # per side: a finer grid holds GBs of features per frame
+
+
 class StudentModel(Section):
-    x_range: tuple[float, float] = (-51.2, 51.2)
-    y_range: tuple[float, float] = (-6.4, 25.6)
-    z_range: tuple[float, float] = (-8.0, 0.0)
-    pillar: float = 0.32
-    channels: int = 32
-    head_hidden: int = 64
-    max_objects: int = 64
+    x_range: Range = (-51.2, 51.2)
+    y_range: Range = (-6.4, 25.6)
+    z_range: Range = (-8.0, 0.0)
+    pillar: float = Field(0.32, gt=0, description="pillar edge (m); at least 2 and at most 2048 pillars per side")
+    channels: int = Field(32, ge=1)
+    head_hidden: int = Field(64, ge=1)
+    max_objects: int = Field(64, ge=1, description="objects per frame that get a regression target")
     flip: bool = True
-    reg_weight: float = 2.0
-    score_threshold: float = 0.2
-    nms_iou: float = 0.2
+    reg_weight: float = Field(2.0, ge=0)
+    score_threshold: float = Field(0.2, ge=0, lt=1, description="heatmap peaks (sigmoid) below this are not boxes")
+    nms_iou: float = Field(0.2, gt=0, le=1)
+
+    @field_validator("x_range", "y_range", "z_range")
+    @classmethod
+    def _range(cls, v: Range, info: ValidationInfo) -> Range:
+        """A side of the detection region (m): finite and low < high (a reversed range makes a negative grid)."""
+        lo, hi = v
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            default = list(cls.model_fields[info.field_name].default)
+            raise ValueError(f"model.{info.field_name} must be [low, high] in metres with low < high, e.g. {default}")
+        return v
+
+    @field_validator("pillar")
+    @classmethod
+    def _pillar(cls, v: float, info: ValidationInfo) -> float:
+        """The grid is round(extent / pillar) per side: 0 or 1 pillars break the CNN, huge grids exhaust memory."""
+        for axis in ("x_range", "y_range"):
+            if axis not in info.data:  # the range itself was refused; that error is reported
+                continue
+            lo, hi = info.data[axis]
+            n = round((hi - lo) / v)
+            if n < 2:
+                raise ValueError(f"model.pillar={v} gives {n} pillar(s) across model.{axis} ({hi - lo:g} m) — "
+                                 f"use at most {(hi - lo) / 2:g} m")
+            if n > MAX_PILLARS:
+                raise ValueError(f"model.pillar={v} makes {n} pillars across model.{axis} — use at least "
+                                 f"{(hi - lo) / MAX_PILLARS:.3g} m or narrow the range")
+        return v
 
 
 class LidarRecipe(Recipe):
     method: Literal["dinostar"] = "dinostar"
     background: BackgroundConfig = Field(default_factory=BackgroundConfig)
-    teachers: list[TeacherConfig] = Field(default_factory=lambda: [TeacherConfig(name="t1")])
+    teachers: list[TeacherConfig] = Field(default_factory=lambda: [TeacherConfig(name="t1")], min_length=1)
     merge: MergeConfig = Field(default_factory=MergeConfig)
     model: StudentModel = Field(default_factory=StudentModel)
+
+    @field_validator("teachers")
+    @classmethod
+    def _teachers(cls, v: list[TeacherConfig]) -> list[TeacherConfig]:
+        """Teacher names are output folders beside combined/: they must differ from each other and from it."""
+        names = [t.name for t in v]
+        if "combined" in names:
+            raise ValueError("teacher name 'combined' is reserved for the merged labels — rename that teacher")
+        dup = next((n for n in names if names.count(n) > 1), None)
+        if dup is not None:
+            raise ValueError(f"teacher name '{dup}' is used twice — give each teacher its own name")
+        return v
+
+    @field_validator("merge")
+    @classmethod
+    def _merge(cls, v: MergeConfig, info: ValidationInfo) -> MergeConfig:
+        n = len(info.data.get("teachers") or [])
+        if n and v.rule == "vote" and v.min_votes > n:
+            raise ValueError(f"merge.min_votes={v.min_votes} needs more than the {n} teachers, so no box would be "
+                             f"kept — lower it to at most {n} or add teachers")
+        return v
 
 
 RECIPE_SCHEMA = LidarRecipe

@@ -9,21 +9,27 @@ import numpy as np
 
 from sslkit.core.errors import UserError
 from sslkit.domains.lidar.boxes import Box
-from sslkit.domains.lidar.io import clean_frame, read_frame
+from sslkit.domains.lidar.io import MAX_COORD, clean_frame, read_frame
 from sslkit.domains.lidar.teachers import Teacher, merge_teachers
 
 
 def load_sequence(files: list[Path]) -> tuple[list[Path], list[np.ndarray], dict[str, int], list[str]]:
-    """Read and clean frames; empty frames are skipped and NaN/inf points dropped (both counted)."""
+    """Read and clean frames; empty frames are skipped and invalid points dropped (all counted).
+    A frame that is mostly out-of-range values is not a frame: `clean_frame` refuses it (UserError)."""
     kept, frames, notes = [], [], []
-    counts = {"frames_read": 0, "empty_frames_skipped": 0, "nonfinite_points_dropped": 0, "frames_with_nonfinite": 0}
+    counts = {"frames_read": 0, "empty_frames_skipped": 0, "nonfinite_points_dropped": 0, "frames_with_nonfinite": 0,
+              "out_of_range_points_dropped": 0, "frames_with_out_of_range": 0}
     for f in files:
-        pts, bad = clean_frame(read_frame(f))
+        pts, bad, far = clean_frame(read_frame(f), f)
         counts["frames_read"] += 1
         if bad:
             counts["nonfinite_points_dropped"] += bad
             counts["frames_with_nonfinite"] += 1
             notes.append(f"{f.name}: dropped {bad} NaN/inf points")
+        if far:
+            counts["out_of_range_points_dropped"] += far
+            counts["frames_with_out_of_range"] += 1
+            notes.append(f"{f.name}: dropped {far} points beyond ±{MAX_COORD:g} m or with absurd intensity")
         if len(pts) == 0:
             counts["empty_frames_skipped"] += 1
             notes.append(f"{f.name}: empty frame skipped")

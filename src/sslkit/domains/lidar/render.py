@@ -1,4 +1,4 @@
-"""Bird's-eye-view pictures: points coloured by height, true boxes white, predicted boxes red."""
+"""Bird's-eye-view pictures: points coloured by height, true boxes white, the compared labels red."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,6 +10,8 @@ from sslkit.domains.lidar.boxes import Box, bev_corners
 
 def render_bev(points: np.ndarray, path: Path, gt: list[Box] = (), pred: list[Box] = (), title: str = "",
                extent: tuple[float, float, float, float] | None = None) -> Path:
+    """`pred` are whatever is compared with the truth (pseudo-labels or detections): the legend says "labels",
+    as the CLI's title and --labels option do."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -24,7 +26,7 @@ def render_bev(points: np.ndarray, path: Path, gt: list[Box] = (), pred: list[Bo
     p = points[m]
     lo, hi = np.percentile(p[:, 2], [2, 98]) if len(p) else (0.0, 1.0)
     ax.scatter(p[:, 0], p[:, 1], s=0.5, c=p[:, 2], cmap="turbo", vmin=lo, vmax=hi, linewidths=0, alpha=0.8)
-    for boxes, colour, label in ((gt, "white", "truth"), (pred, "red", "predicted")):
+    for boxes, colour, label in ((gt, "white", "truth"), (pred, "red", "labels")):
         first = True
         for b in boxes:
             if b.cls == "DontCare":

@@ -26,17 +26,17 @@ PRIORS = {"Car": ((4.45, 1.8, 1.58), (0.5, 0.2, 0.2)),
 
 
 class TeacherConfig(Section):
-    name: str = "t"
-    voxel: float = Field(0.3, gt=0, description="background voxel edge (m)")
+    name: str = Field("t", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="also its output folder name")
+    voxel: float = Field(0.3, ge=0.01, description="background voxel edge (m); keys pack ±1000 m / voxel in 21 bits")
     bg_min_frac: float = Field(0.2, gt=0, le=1, description="occupied in >= this fraction of frames = background")
     bg_dilate: bool = True
     cluster: Literal["grid", "dbscan"] = "grid"
-    cell: float = Field(0.4, gt=0, description="BEV grid cell (grid) or DBSCAN eps (m)")
-    smear: float = Field(0.03, ge=0, description="grid clustering joins points along their bearing within ± this x range / 2")
+    cell: float = Field(0.4, ge=0.05, description="BEV grid cell (grid) or DBSCAN eps (m); the grid is dense")
+    smear: float = Field(0.03, ge=0, le=0.5, description="grid clustering joins points along their bearing within ± this x range / 2")
     min_points: int = Field(8, ge=1)
     fit: Literal["lshape", "minarea"] = "lshape"
     angle_step_deg: float = Field(1.0, gt=0, le=15)
-    max_range: float = Field(80.0, gt=0)
+    max_range: float = Field(80.0, gt=0, le=1000, description="points beyond this BEV range (m) are ignored")
 
 
 def voxel_keys(xyz: np.ndarray, size: float) -> np.ndarray:
