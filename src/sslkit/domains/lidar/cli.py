@@ -37,15 +37,6 @@ def _refuse_file_in_path(folder: Path) -> None:
         raise UserError(f"{existing} is a file, so nothing can be written under it — choose another output path")
 
 
-def _check_file_out(path: Path, example: str) -> None:
-    """A file output (PNG, JSON): refuse a folder in its place up front, before any work."""
-    from sslkit.core.errors import UserError
-
-    if path.is_dir():
-        raise UserError(f"{path} is a folder — give a file path such as {path / example}")
-    _refuse_file_in_path(path.parent)
-
-
 @contextmanager
 def _staged(out: Path) -> Iterator[Path]:
     """A hidden `.OUT.tmp/` to write into; moved over OUT when the block succeeds, removed on any failure
@@ -317,12 +308,13 @@ def evaluate(pred: Annotated[Path, typer.Argument(help="Predicted labels (folder
     """KITTI-style AP (BEV and 3D; IoU 0.7 Car, 0.5 Pedestrian/Cyclist; 40 recall points) per class."""
     from sslkit.core.console import warn
     from sslkit.core.errors import UserError
+    from sslkit.core.files import check_file_out
     from sslkit.domains.lidar.labels import label_files, read_labels_scored
     from sslkit.domains.lidar.metrics import evaluate_sets
     from sslkit.domains.lidar.pseudolabel import dump
 
     target = out or _labels_dir(pred).with_name(_labels_dir(pred).name + ".evaluation.json")
-    _check_file_out(target, "evaluation.json")
+    check_file_out(target, True, "evaluation.json")      # the evaluation JSON is replaced, as documented
     truth = _read_label_set(gt, None)
     read = {n: read_labels_scored(p) for n, p in label_files(_labels_dir(pred)).items()}
     preds = {n: boxes for n, (boxes, _) in read.items()}
@@ -356,14 +348,13 @@ def render(frame: Annotated[Path, typer.Argument(help="One frame file.")],
            overwrite: OverwriteOpt = False) -> None:
     """Bird's-eye-view PNG of a frame with true (white) and --labels (red) boxes."""
     from sslkit.core.errors import UserError
+    from sslkit.core.files import check_file_out
     from sslkit.domains.lidar.io import clean_frame, list_frames, read_frame
     from sslkit.domains.lidar.labels import read_labels
     from sslkit.domains.lidar.render import render_bev
 
     files = list_frames(frame)
-    _check_file_out(out, "bev.png")
-    if out.exists() and not overwrite:
-        raise UserError(f"{out} already exists — pass --overwrite or choose another --out")
+    check_file_out(out, overwrite, "bev.png")
 
     def boxes(p: Path | None) -> list:
         if p is None:
