@@ -50,6 +50,7 @@ def loss_curve(records: list[dict[str, Any]], path: Path, title: str = "", terms
     if lrs:
         ax2 = ax.twinx()
         ax2.plot(*zip(*lrs), color="tab:gray", lw=1, ls="--")
+        ax2.set_ylim(bottom=0)         # from 0: a constant rate is a flat line, not one magnified into a range
         ax2.set_ylabel("learning rate", color="tab:gray")
     ax.set_title(title or "training loss")
     ax.grid(alpha=0.3)
