@@ -90,6 +90,9 @@ def test_bad_input_gets_one_line_and_exit_2(tmp_path):
     # recipe values out of range are refused before a run folder (default: runs/...) is made
     _one_line_exit_2(sslkit_cmd("toy", "pretrain", "--set", "train.steps=0", cwd=tmp_path), "train.steps")
     _one_line_exit_2(sslkit_cmd("toy", "pretrain", "--set", "train.batch_size=0", cwd=tmp_path), "train.batch_size")
+    if not torch.backends.mps.is_available():
+        _one_line_exit_2(sslkit_cmd("toy", "pretrain", "--set", "train.device=mps", cwd=tmp_path), "MPS")
+    _one_line_exit_2(sslkit_cmd("toy", "pretrain", "--set", "train.device=banana", cwd=tmp_path), "not a device")
     assert not (tmp_path / "runs").exists()
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -112,6 +115,7 @@ def test_run_folder_is_never_overwritten_without_flag(tmp_path):
     fourth = sslkit_cmd("toy", "pretrain", "--out", str(run), "--set", "train.steps=5", "--set", "train.lr=1e12",
                         "--set", "train.clip_grad=null", "--overwrite")
     assert fourth.returncode == 2 and "error: loss became nan" in fourth.stderr, fourth.stderr
+    assert "the run --overwrite was to replace is put back" in fourth.stderr      # not "the checkpoint is kept"
     assert (run / "checkpoints" / "last.pt").read_bytes() == replaced
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]          # nothing set aside is left behind
 

@@ -201,6 +201,12 @@ def test_resume_refuses_other_data_and_warns_when_files_changed(tmp_path, capsys
     assert "changed since" in capsys.readouterr().err
 
 
+def test_warmup_longer_than_the_run_is_warned(tmp_path, capsys):
+    _train(tmp_path / "w", train={"steps": 4, "warmup_steps": 10})
+    err = " ".join(capsys.readouterr().err.split())
+    assert "train.warmup_steps=10 is not below train.steps=4: the learning rate never reaches train.lr" in err
+
+
 def test_launcher_reports_a_failing_rank_and_stops_the_others(capfd):
     """Rank 1 refuses its input while rank 0 would wait a minute: rank 1's line is shown, rank 0 is stopped."""
     from sslkit.core.launch import launch_local

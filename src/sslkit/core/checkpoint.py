@@ -37,12 +37,9 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         raise UserError(f"checkpoint {path} does not exist — check the run folder or start without --resume")
     try:
         state = load_weights_only(path, map_location)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
-        raise UserError(
-            f"checkpoint {path} was refused: it holds objects that are not plain tensors/containers "
-            f"({first[:120]}) — only load checkpoints written by sslkit"
-        ) from None
+    except pickle.UnpicklingError:
+        raise UserError(f"checkpoint {path} was refused: it holds pickled objects (code), not only tensors, and sslkit "
+                        "never loads those — only load checkpoints written by sslkit") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
         raise UserError(f"checkpoint {path} is corrupt or truncated ({type(exc).__name__}) — "
                         "delete it and resume from an earlier copy, or start again with --overwrite") from None

@@ -73,7 +73,15 @@ def select_device(spec: str = "auto") -> torch.device:
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    device = torch.device(spec)
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise UserError(f"train.device={spec} is not a device name — use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserError(f"train.device={spec} but MPS (Apple GPU) is not available here — use --set train.device=auto "
+                        "or cpu")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"train.device={spec} is not supported — use auto, cpu, cuda, cuda:N or mps")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"train.device={spec} but CUDA is not available here — use --set train.device=auto or cpu")
     if device.type == "cuda" and device.index is None:

@@ -201,6 +201,11 @@ def fit(
         run.discard_if_empty()
         raise
     base_lr = train.lr * (train.batch_size / train.lr_scale_batch if train.lr_scale_batch else 1.0)
+    if train.warmup_steps >= train.steps and train.lr > 0:
+        from sslkit.core.console import warn
+
+        warn(f"train.warmup_steps={train.warmup_steps} is not below train.steps={train.steps}: the learning rate never "
+             f"reaches train.lr — scale --set train.warmup_steps=N down with train.steps")
 
     method.to(device)
     if train.sync_batchnorm and env.is_distributed:
@@ -274,8 +279,12 @@ def fit(
                     bad = f"gradient norm became {float(grad_norm)} at step {step + 1}"
                 if _any_rank(bad is not None, device):
                     run.log({"step": step + 1, "event": "non-finite", "detail": bad or "on another rank"})
-                    kept = f"the last good checkpoint ({run.checkpoint_path}) is kept" if run.checkpoint_path.exists() \
-                        else "no checkpoint was written before it"
+                    if run.replacing:
+                        kept = f"the run --overwrite was to replace is put back in {run.dir}, unchanged"
+                    elif run.checkpoint_path.exists():
+                        kept = f"the last good checkpoint ({run.checkpoint_path}) is kept"
+                    else:
+                        kept = "no checkpoint was written before it"
                     raise UserError(f"{bad or f'non-finite values on another rank at step {step + 1}'}; {kept} — "
                                     "lower train.lr, set train.clip_grad, use --set train.precision=fp32, or check the data for NaN/Inf")
                 lr = lr_at(step, train, base_lr)

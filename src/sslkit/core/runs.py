@@ -101,6 +101,11 @@ class Run:
         self.dir = Path(path)
         self.created_now = False
 
+    @property
+    def replacing(self) -> bool:
+        """True while this run stands in for one --overwrite set aside (put back if the command fails)."""
+        return self.dir in _REPLACED
+
     def discard_if_empty(self) -> None:
         """Remove a folder this process just created when training failed before any checkpoint."""
         if self.created_now and distributed.is_main() and not self.checkpoint_path.exists():
@@ -190,8 +195,10 @@ class Run:
             if now["sha256"] != before.get("sha256"):
                 from sslkit.core.console import warn
 
-                warn(f"the data under {', '.join(now['paths'])} changed since {self.dir} was started "
-                     f"({before.get('files')} → {now['files']} files); resuming on it as it is now")
+                count = (f"{before.get('files')} → {now['files']} files" if before.get("files") != now["files"]
+                         else "file sizes or modification times")
+                warn(f"the data under {', '.join(now['paths'])} changed since {self.dir} was started ({count}); "
+                     "resuming on it as it is now")
         step = load_checkpoint(self.checkpoint_path)["step"]
         if step >= recipe.train.steps:
             raise UserError(f"--resume: {self.dir} is already at step {step} of train.steps={recipe.train.steps} — "
