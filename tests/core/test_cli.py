@@ -169,6 +169,8 @@ def test_toy_end_to_end_pretrain_embed_evaluate_export(tmp_path):
     res = json.loads(ev.stdout)
     # the pretrained encoder must organise the clusters better than chance (8 classes -> 0.125)
     assert res["embeddings"]["knn_acc"][0] > 0.5
+    ev = sslkit_cmd("toy", "evaluate", str(run), "--seeds", "1")          # without --json: the report's path
+    assert ev.returncode == 0 and ev.stdout.strip() == str(run / "evaluation.json"), ev.stdout
     exp = sslkit_cmd("toy", "export", str(run), "--out", str(tmp_path / "exported"))
     assert exp.returncode == 0, exp.stderr
     import sslkit

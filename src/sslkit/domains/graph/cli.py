@@ -199,8 +199,7 @@ def evaluate(run: RunArg, graph: GraphArg, labels: Annotated[Optional[Path], typ
     payload = {"run": str(run), "labels": str(labels), "seeds": seeds, "pca_variance": cfg.embedding.pca_variance,
                "notes": notes, "results": {name: {m: list(v) for m, v in res.items()} for name, res in rows.items()}}
     atomic_write_text(Path(run) / "evaluation.json", json.dumps(payload, indent=2))
-    if json_out:
-        typer.echo(json.dumps(payload))
+    typer.echo(json.dumps(payload) if json_out else str(Path(run) / "evaluation.json"))
 
 
 add_export_command(app, "graph")

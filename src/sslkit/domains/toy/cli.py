@@ -100,8 +100,7 @@ def evaluate(run: RunArg, seeds: SeedsOpt = 5, json_out: JsonOpt = False) -> Non
     from sslkit.core.files import atomic_write_text
 
     atomic_write_text(r.path("evaluation.json"), json.dumps(payload, indent=2))
-    if json_out:
-        typer.echo(json.dumps(payload))
+    typer.echo(json.dumps(payload) if json_out else str(r.path("evaluation.json")))
 
 
 add_export_command(app, "toy")
