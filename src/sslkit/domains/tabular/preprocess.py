@@ -309,7 +309,15 @@ def fit_preprocessor(batches: Iterable[Any], *, skip: dict[str, str], categorica
             arr = _column(batch, name)
             st.rows += len(arr)
             st.nulls += arr.null_count
-            if _is_text(arr.type) and name not in categorical:   # numbers written as text, or with stray words
+            if _is_text(arr.type) and name not in categorical and _no_numbers(arr):   # plain text: no number in it
+                if present := len(arr) - arr.null_count:
+                    st.words += present
+                    if st.example is None:
+                        i = int(np.flatnonzero(np.asarray(arr.is_valid()))[0])
+                        st.example = (_cell(arr, i), n_rows + i + 1)
+                if st.kind == "text":
+                    _count_text(st, arr, max_categories)
+            elif _is_text(arr.type) and name not in categorical:   # numbers written as text, or with stray words
                 values, bad = text_numbers(arr)
                 if bad.any():
                     st.words += int(bad.sum())
@@ -396,6 +404,15 @@ def _sample_numeric(st: _Stats, values: np.ndarray, sample_rows: int, rng: np.ra
         pooled = np.concatenate(st.sample)
         st.sample = [rng.choice(pooled, sample_rows, replace=False)]
         st.sampled = sample_rows
+
+
+def _no_numbers(arr: Any) -> bool:
+    """True when no value of a text array reads as a number; checked on its distinct values, so that the usual text
+    column (a few categories) costs one value count, not a pattern match per row."""
+    import pyarrow.compute as pc
+
+    distinct = pc.unique(as_text(arr).drop_null())
+    return not len(distinct) or not pc.any(pc.match_substring_regex(distinct, NUMBER)).as_py()
 
 
 def _count_text(st: _Stats, arr: Any, max_categories: int) -> None:
