@@ -97,7 +97,9 @@ def test_finetune_writes_dice_and_predictions_on_input_grid(tiny_run: Path, tmp_
     ev = json.loads((tmp_path / "ft" / "evaluation.json").read_text())
     assert list(ev["dice_per_volume"]) == ["v2.nii.gz"] and len(ev["dice_per_class"]) == 2
     assert list(ev["hd95_mm_per_volume"]) == ["v2.nii.gz"] and len(ev["hd95_mm_per_class"]) == 2
-    assert "held-out HD95 (mm)" in res.output
+    assert "held-out HD95 (mm)" in res.output and "(right half)" not in res.output
+    assert "split: training on 2 labelled volumes (v0.nii.gz, v1.nii.gz), scoring 1 labelled volume held out " \
+        "(v2.nii.gz)" in res.output and ev["split"]["by"] == "volume"
     assert ev["class_names"] == ["sphere", "class 2"] and "sphere" in res.output
     pred = nib.load(tmp_path / "ft" / "predictions" / "v2.nii.gz")
     src = nib.load(data / "img" / "v2.nii.gz")
@@ -552,6 +554,68 @@ def test_one_corrupt_volume_is_skipped_and_counted(volumes: Path, tmp_path: Path
     assert [s["id"] for s in skipped] == ["corrupt.nii.gz"]
     strict = invoke(*args[:-1], tmp_path / "run2", "--strict")
     assert strict.exit_code == 2 and "corrupt.nii.gz" in strict.output
+
+
+def _lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line.strip()]
+
+
+def test_when_no_volume_is_usable_the_reason_is_one_error_line(tiny_run: Path, volumes: Path, tmp_path: Path) -> None:
+    """A lone bad volume: its reason once, as the error, not also as a `skipping` warning above it; several: the first
+    reason and the others' names."""
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    nan = np.ones((20, 20, 20), np.float32)
+    nan[0, 0, 0] = np.nan
+    nib.save(nib.Nifti1Image(nan, np.eye(4)), bad / "nan.nii.gz")
+    nib.save(nib.Nifti1Image(np.ones((20, 20), np.float32), np.eye(4)), bad / "flat.nii.gz")
+    nib.save(nib.Nifti1Image(np.ones((20, 20, 20, 3), np.float32), np.eye(4)), bad / "fourd.nii.gz")
+    (bad / "garbage.nii.gz").write_bytes(b"\x1f\x8b junk")
+    for name, needle in (("nan", "NaN"), ("flat", "not a 3-D volume"), ("fourd", "is 4-D"),
+                         ("garbage", "not a readable NIfTI")):
+        res = invoke("pretrain", bad / f"{name}.nii.gz", "-r", "tiny", "--out", tmp_path / f"r-{name}")
+        assert res.exit_code == 2 and needle in res.output, res.output
+        assert _lines(res.output) == [_lines(res.output)[0]] and res.output.startswith("error: "), res.output
+    res = invoke("pretrain", bad, "-r", "tiny", "--out", tmp_path / "r-all")
+    assert res.exit_code == 2 and len(_lines(res.output)) == 1, res.output
+    assert "none of the 4 volumes could be read" in res.output and "(and 3 more: " in res.output
+    lab = tmp_path / "lab"
+    lab.mkdir()
+    nib.save(nib.Nifti1Image(np.zeros((20, 32, 32), np.uint8), np.eye(4)), lab / "v0.nii.gz")
+    res = invoke("finetune", tiny_run, volumes / "img" / "v0.nii.gz", lab / "v0.nii.gz", "--out", tmp_path / "ft")
+    assert res.exit_code == 2 and "has shape (20, 32, 32) but image" in res.output
+    assert len(_lines(res.output)) == 1 and "skipping" not in res.output, res.output
+
+
+def test_finetune_on_one_volume_says_it_trains_on_the_left_half_and_scores_the_right(tiny_run: Path,
+                                                                                    tmp_path: Path) -> None:
+    """One labelled volume is both the training and the held-out volume: the split line, the table row, the
+    manifest and evaluation.json say which half is which, so it does not read as leakage."""
+    from tests.domains.medical3d.conftest import write_volumes
+
+    data = write_volumes(tmp_path / "d", n=1)
+    res = invoke("finetune", tiny_run, data / "img", data / "lab", "--out", tmp_path / "ft")
+    assert res.exit_code == 0, res.output
+    said = [line for line in res.output.splitlines() if line.startswith("split: ")]
+    assert said == ["split: one labelled volume, v0.nii.gz, in halves along RAS x (32 voxels after preprocessing): "
+                    "training on its left half, scoring its right half (x voxels 16–31), whose labels training "
+                    "never uses"], res.output
+    assert res.output.index("split: ") < res.output.index("held-out Dice")
+    assert "v0.nii.gz (right half)" in res.output
+    ev = json.loads((tmp_path / "ft" / "evaluation.json").read_text())
+    assert list(ev["dice_per_volume"]) == ["v0.nii.gz"]                       # keys stay the ids
+    assert ev["split"] == {"train": ["v0.nii.gz"], "held_out": ["v0.nii.gz"], "by": "halves along RAS x",
+                           "train_x": [0, 16], "held_out_x": [16, 32]}
+    manifest = json.loads((tmp_path / "ft" / "manifest.json").read_text())["medical3d"]
+    assert manifest["by"] == "halves along RAS x" and manifest["held_out_x"] == [16, 32]
+
+
+def test_sample_data_says_what_it_wrote_in_words(tmp_path: Path) -> None:
+    res = invoke("sample-data", tmp_path / "s", "--subjects", "1", "--synthetic", "2", "--size", "16",
+                 "--lesions", "0")
+    assert res.exit_code == 0, res.output
+    assert f"wrote 1 labelled MRI, 1 unlabelled subject, 2 synthetic volumes, 0 lesions under {tmp_path / 's'}" \
+        in res.output and "{" not in res.output
 
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}

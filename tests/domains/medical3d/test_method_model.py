@@ -246,6 +246,9 @@ def test_single_volume_split_label_fraction_is_a_slab_in_the_training_half() -> 
         _, _, [(lo, hi)], held_f = split(entry, None, frac)
         assert held_f == held and hi - lo == width and 0 <= lo and hi <= 40
         assert abs((lo + hi) / 2 - 20) <= 1          # centred in the training half
+    odd = [(Path("v.nii.gz"), {"shape": (35, 64, 64)})]            # 0.5 × 35 rounds to 18, one slice past the middle
+    _, _, [(lo, hi)], [(h0, _)] = split(odd, None)
+    assert (lo, hi) == (0, 17) and h0 == 17
 
 
 def test_finetune_augmentation_keeps_image_and_label_aligned(tmp_path) -> None:  # noqa: ANN001

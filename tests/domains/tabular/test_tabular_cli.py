@@ -74,7 +74,8 @@ def test_embed_unseen_category_and_column_mismatch(tiny_run, tmp_path):
 def test_evaluate_prints_table_and_writes_json(tiny_run, adult_csv):
     res = run_cli("evaluate", tiny_run, adult_csv, "--target", "income", "--seeds", "2", "--models", "linear,hgb")
     assert res.returncode == 0, res.stderr
-    assert "raw+embeddings" in res.stderr and "accuracy" in res.stderr
+    assert "raw+embeddings" in res.stderr and "accuracy" in res.stderr and "2 seeds" in res.stderr
+    assert res.stdout.strip() == str(tiny_run / "evaluation.json")             # the report's path, as embed/export print theirs
     report = json.loads((tiny_run / "evaluation.json").read_text())
     assert report["task"] == "classification" and report["seeds"] == 2
     for key in ("raw / linear", "embeddings / hgb", "raw+embeddings / linear"):
@@ -125,7 +126,7 @@ def test_evaluate_with_few_labels(tiny_run, adult_csv):
     res = run_cli("evaluate", tiny_run, adult_csv, "--target", "income", "--seeds", "2", "--models", "linear",
                   "--label-fraction", "0.25")
     assert res.returncode == 0, res.stderr
-    assert "0.25 of the training labels" in res.stderr
+    assert "0.25 of the training labels: 120 labelled training rows per seed" in " ".join(res.stderr.split())
     report = json.loads((tiny_run / "evaluation.json").read_text())
     assert report["label_fraction"] == 0.25
     assert {s["train_rows"] for s in report["results"]["embeddings / linear"]["settings"]} == {120}   # 25% of 480
@@ -371,9 +372,30 @@ def test_evaluate_target_messages_print_plain_values(tiny_run, tmp_path):
 
 
 def test_resume_without_a_run_folder_says_so(adult_csv, tmp_path):
-    res = run_cli("pretrain", adult_csv, "--out", tmp_path / "nothere", "--resume", "-r", "tiny")
+    res = run_cli("pretrain", adult_csv, "--target", "income", "--id", "id", "--drop", "fnlwgt", "--resume", "-r", "tiny",
+                  "--set", "train.steps=5", "--out", tmp_path / "nothere")
     _one_line_exit_2(res, f"there is no run folder {tmp_path / 'nothere'} to resume — start the run without --resume")
+    # the hint keeps every option given (pasted without --target, it would train on the label)
+    assert (f"(sslkit tabular pretrain {adult_csv} --target income --id id --drop fnlwgt --recipe tiny "
+            f"--set train.steps=5 --out {tmp_path / 'nothere'})") in res.stderr
     assert not (tmp_path / "nothere").exists()
+
+
+def test_restart_hint_repeats_the_recorded_command(tmp_path, monkeypatch):
+    import os
+    from types import SimpleNamespace
+
+    from sslkit.domains.tabular.inference import pretrain_again
+
+    argv = ["/venv/bin/sslkit", "tabular", "pretrain", "my data.csv", "--target", "income", "--id", "id", "--out", "runs/a"]
+    run = SimpleNamespace(dir=tmp_path, manifest={"command": argv, "cwd": os.getcwd(), "data": {"paths": ["/d/my data.csv"]}})
+    assert pretrain_again(run, resume=False) == ("`sslkit tabular pretrain 'my data.csv' --target income --id id "
+                                                 "--out runs/a --overwrite`")
+    assert pretrain_again(run, resume=True) == f"`sslkit tabular pretrain '/d/my data.csv' --resume --out {tmp_path}`"
+    run.manifest["cwd"] = "/elsewhere"                                         # relative paths: from where it ran
+    assert pretrain_again(run, resume=False).startswith("`cd /elsewhere && sslkit tabular pretrain 'my data.csv'")
+    run.manifest["command"] = ["pytest"]                                       # no command to repeat: say what to keep
+    assert "--target, --id and --drop" in pretrain_again(run, resume=False)
 
 
 def test_unfinished_run_embed_says_how_to_complete_it_and_export_keeps_the_preprocessing(tiny_run, adult_csv, tmp_path):
@@ -398,7 +420,9 @@ def test_unfinished_run_embed_says_how_to_complete_it_and_export_keeps_the_prepr
     pre = Preprocessor.from_dict(enc.sslkit_config["extra"]["preprocess"])  # usable on its own, as a finished export
     assert embed_rows(enc, encode_table(pre, adult_csv)).shape == (600, enc.out_dim)
     (cut / "checkpoints" / "last.pt").unlink()
-    _one_line_exit_2(run_cli("embed", cut, adult_csv, "--out", tmp_path / "e.parquet"), "start it again with")
+    res = run_cli("embed", cut, adult_csv, "--out", tmp_path / "e.parquet")
+    _one_line_exit_2(res, "start it again with")
+    assert "--target income --id id" in res.stderr and "--out" in res.stderr and "--overwrite`" in res.stderr
 
 
 def test_help_names_every_recipe_and_table_format():
@@ -422,8 +446,20 @@ def test_evaluate_report_keeps_earlier_results(tiny_run, adult_csv, tmp_path):
     res = run_cli("evaluate", tiny_run, adult_csv, "--target", "income", "--seeds", "1", "--models", "linear",
                   "--report", report)
     assert res.returncode == 0, res.stderr
+    assert "1 seed)" in " ".join(res.stderr.split()) and "±" not in res.stderr  # one seed: no spread to show
+    assert res.stdout.strip() == str(report)
     got = json.loads(report.read_text())
     assert got["target"] == "income" and got["data"] == str(adult_csv) and "embeddings / linear" in got["results"]
     assert (default.read_text() if default.is_file() else None) == before   # the run's own report is untouched
     _one_line_exit_2(run_cli("evaluate", tiny_run, adult_csv, "--target", "income", "--report", tmp_path),
                      "is a folder")
+
+
+def test_evaluate_says_how_embeddings_compare_with_the_raw_models(tiny_run, adult_csv, tmp_path):
+    report = tmp_path / "mlp.json"
+    res = run_cli("evaluate", tiny_run, adult_csv, "--target", "income", "--seeds", "1", "--models", "mlp,hgb",
+                  "--report", report, "--json")
+    assert res.returncode == 0, res.stderr
+    got = json.loads(res.stdout)                                               # --json: the report itself, not its path
+    assert got == json.loads(report.read_text())
+    assert got["note"].startswith("the MLP on embeddings") and got["note"] in " ".join(res.stderr.split())

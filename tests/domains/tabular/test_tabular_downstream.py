@@ -144,3 +144,30 @@ def test_label_fraction_trains_on_the_same_stratified_subset_for_every_feature_s
     check_label_fraction(y, 0.05, "classification", fixed_test=False)                # ~19 rows of the rarer class
     with pytest.raises(UserError, match="--label-fraction 0.01 leaves about"):
         check_label_fraction(y, 0.01, "classification", fixed_test=False)
+
+
+def _results(emb: float, mlp: float, hgb: float, metric: str = "accuracy", seeds: int = 2) -> dict:
+    return {k: {metric: [v, 0.01], "per_seed": [{}] * seeds, "settings": [{"train_rows": 120}] * seeds}
+            for k, v in (("embeddings / mlp", emb), ("raw / mlp", mlp), ("raw / hgb", hgb))}
+
+
+def test_comparison_note_reads_the_table():
+    from sslkit.domains.tabular.evaluation_report import comparison_note
+
+    note = comparison_note(_results(0.86, 0.84, 0.87), "classification")
+    assert note.startswith("the MLP on embeddings beats the MLP on raw features but not HistGradientBoosting")
+    assert "common on tables" in note and "0.8600 vs raw MLP 0.8400 and raw HistGradientBoosting 0.8700" in note
+    assert "beats both" in comparison_note(_results(0.88, 0.84, 0.87), "classification")
+    assert "does not beat the MLP on raw" in comparison_note(_results(0.84, 0.84, 0.87), "classification")
+    assert "beats both" in comparison_note(_results(0.5, 0.7, 0.6, "rmse"), "regression")   # lower RMSE is better
+    assert comparison_note({"raw / linear": {"accuracy": [0.8, 0.0]}}, "classification") is None   # --models linear
+
+
+def test_result_rows_show_no_spread_for_one_seed():
+    from sslkit.domains.tabular.evaluation_report import labelled_rows, result_rows
+
+    _, rows = result_rows(_results(0.86, 0.84, 0.87, seeds=1), "classification")
+    assert rows[0] == ["embeddings", "mlp", "0.8600"]
+    _, rows = result_rows(_results(0.86, 0.84, 0.87), "classification")
+    assert rows[0] == ["embeddings", "mlp", "0.8600 ± 0.0100"]
+    assert labelled_rows(_results(0.86, 0.84, 0.87)) == "120"

@@ -238,12 +238,12 @@ def sample_data(out: Annotated[Path, typer.Argument(help="Folder to write the sa
     synthetic lesions with BraTS-style nested labels."""
     from sslkit.core.console import info
     from sslkit.core.errors import UserError
-    from sslkit.domains.medical3d.samples import write_sample_data
+    from sslkit.domains.medical3d.samples import describe_counts, write_sample_data
 
     if resolution not in (1, 2):
         raise UserError(f"--resolution {resolution} is not offered — use 1 or 2 (mm)")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UserError(f"{out} is not empty — pass --overwrite or choose another folder")
     counts = write_sample_data(out, resolution, subjects, synthetic, size, lesions=lesions)
-    info(f"wrote {counts} under {out}")
+    info(f"wrote {describe_counts(counts)} under {out}")
     typer.echo(str(out))

@@ -39,14 +39,14 @@ def split(entries: list[tuple[Path, dict]], n_train: int | None,
           label_fraction: float = 0.5) -> tuple[list, list, list | None, list]:
     """(train entries, eval entries, train X-regions or None, eval X-regions) — a single volume is split in halves.
 
-    With one labelled volume the left half along RAS x (the right hemisphere of a brain) trains and
-    the other half is held out; `label_fraction` < 0.5 trains on a slab of that share of the x extent,
+    With one labelled volume the left half along RAS x (low x after reorientation: the patient's left) trains and
+    the right half is held out; `label_fraction` < 0.5 trains on a slab of that share of the x extent,
     centred in the training half (fewer labels, same held-out half). With several volumes, the first
     `n_train` train and the rest are held out.
     """
     if len(entries) == 1:
         x = entries[0][1]["shape"][0]
-        width = max(1, round(label_fraction * x))
+        width = min(max(1, round(label_fraction * x)), x // 2)  # 0.5 × 35 rounds to 18: one slice past x // 2
         lo = max(0, min(x // 2 - width, x // 4 - width // 2))
         return entries, entries, [(lo, lo + width)], [(x // 2, x)]
     n = n_train if n_train is not None else max(1, len(entries) // 2)
@@ -54,6 +54,28 @@ def split(entries: list[tuple[Path, dict]], n_train: int | None,
         raise UserError(f"--train {n} leaves no held-out volume among {len(entries)} — use 1..{len(entries) - 1}")
     held = entries[n:]
     return entries[:n], held, None, [(0, e[1]["shape"][0]) for e in held]
+
+
+def split_summary(train_e: list, eval_e: list, train_regions: list | None) -> tuple[str, dict[str, Any]]:
+    """(info line, record) of what trains and what is scored: with one labelled volume it is both the training and
+    the held-out volume, which reads as leakage unless it says that the left half along RAS x trains and the right
+    half is scored. The record (manifest, evaluation.json) holds the ids and, for halves, the voxel ranges."""
+    def listing(ids: list[str]) -> str:
+        return ", ".join(ids[:4]) + (f", … {len(ids)} in all" if len(ids) > 4 else "")
+
+    def volumes(n: int) -> str:
+        return f"{n} labelled volume{'' if n == 1 else 's'}"
+
+    ids = {"train": [m["id"] for _, m in train_e], "held_out": [m["id"] for _, m in eval_e]}
+    if train_regions is None:
+        return (f"split: training on {volumes(len(train_e))} ({listing(ids['train'])}), scoring "
+                f"{volumes(len(eval_e))} held out ({listing(ids['held_out'])})"), {**ids, "by": "volume"}
+    (lo, hi), x = train_regions[0], eval_e[0][1]["shape"][0]
+    part = "its left half" if (lo, hi) == (0, x // 2) else f"a slab of its left half (x voxels {lo}–{hi - 1})"
+    record = {**ids, "by": "halves along RAS x", "train_x": [lo, hi], "held_out_x": [x // 2, x]}
+    return (f"split: one labelled volume, {ids['train'][0]}, in halves along RAS x ({x} voxels after "
+            f"preprocessing): training on {part}, scoring its right half (x voxels {x // 2}–{x - 1}), whose labels "
+            "training never uses"), record
 
 
 def input_channels(entries: list[tuple[Path, dict]]) -> int:
@@ -178,6 +200,7 @@ def run_finetune(cfg: Medical3DRecipe, pretrained: Path | None, pairs: list[Volu
     evaluation (empty on ranks other than 0). `resume` continues the interrupted run in `out` from its checkpoint
     (same data split, else refused). `data_paths`: IMAGES and LABELS, or a labelled datalist alone."""
     from sslkit.core import distributed
+    from sslkit.core.console import info
     from sslkit.core.export import load_encoder
     from sslkit.core.loop import fit, seed_everything, use_bf16
     from sslkit.core.runs import Run
@@ -214,15 +237,16 @@ def run_finetune(cfg: Medical3DRecipe, pretrained: Path | None, pairs: list[Volu
                         f"twice it — e.g. --set finetune.roi={max(2, round(ft.roi / encoder.stride)) * encoder.stride}")
     if inflate_input(encoder, channels) > 1:   # a 1-channel encoder (pretrained on split channels) is widened
         spec = {**spec, "kwargs": {**spec["kwargs"], "in_channels": channels}}
-    split_ids = {"train": [m["id"] for _, m in train_e], "held_out": [m["id"] for _, m in eval_e]}
+    said, split_ids = split_summary(train_e, eval_e, train_regions)
     before = Run(out).manifest.get("medical3d", {}) if resume and out is not None else {}
-    if resume and any(before.get(k) != v for k, v in split_ids.items()):
+    if resume and any(before.get(k) != split_ids[k] for k in ("train", "held_out")):
         raise UserError(f"--resume: these labelled volumes split into training {split_ids['train']} and held-out "
                         f"{split_ids['held_out']}, and {out} trained on {before.get('train')} — give the same "
                         "images, labels and --train")
     run = Run.open(out, domain="medical3d", recipe=rec, data_paths=data_paths, overwrite=overwrite, resume=resume)
     run.update_manifest(medical3d={"volumes": len(entries), "skipped_count": len(skipped), "skipped": skipped,
                                    "cache": str(cache.root), **split_ids})
+    info(said)
     segmenter = Segmenter(encoder, classes if members is None else members.shape[1], ft.decoder_channels, channels,
                           prior=None if members is None else REGION_PRIOR)
     if pretrained is not None and ft.transfer_decoder and cfg.alice.recon_decoder == "unet":
@@ -235,13 +259,14 @@ def run_finetune(cfg: Medical3DRecipe, pretrained: Path | None, pairs: list[Volu
     if not distributed.is_main():
         return run.dir, {}
     return run.dir, evaluate(task, run, eval_e, eval_regions, names, values, ft,
-                             use_bf16(rec.train.precision, result.device), result.device)
+                             use_bf16(rec.train.precision, result.device), result.device, split_ids)
 
 
 def evaluate(task: Any, run: Any, eval_e: list, eval_regions: list, names: list[str], values: list[int], ft: Any,
-             bf16: bool, device: torch.device) -> dict[str, Any]:
+             bf16: bool, device: torch.device, split_record: dict[str, Any] | None = None) -> dict[str, Any]:
     """Held-out Dice per foreground class `names` (classes 1..K-1, label `values[1:]`), NIfTI predictions in the
-    label files' values, evaluation.json, overlay."""
+    label files' values, evaluation.json (`split_record` as its `split`, see `split_summary`), overlay. A volume
+    scored on its right half only is shown as "<id> (right half)"; its evaluation.json keys stay the id."""
     from sslkit.core.files import atomic_write_text
     from sslkit.domains.medical3d.io import volume_stem
 
@@ -259,7 +284,11 @@ def evaluate(task: Any, run: Any, eval_e: list, eval_regions: list, names: list[
         write_prediction(pred, meta, values, run.path("predictions", f"{volume_stem(meta['id'])}.nii.gz"), probs,
                          paint, ft.keep_largest)
         shown = shown or (image, label, pred, x0, x1)
-    payload = scores_payload(scores, names, values, ft.regions, "held-out")
+    halves = split_record is not None and split_record.get("by", "").startswith("halves")
+    shown_as = {k: f"{k} (right half)" for k in scores} if halves else None
+    payload = scores_payload(scores, names, values, ft.regions, "held-out", shown_as)
+    if split_record is not None:
+        payload["split"] = split_record
     atomic_write_text(run.path("evaluation.json"), json.dumps(payload, indent=2))
     if shown is not None:
         overlay(*shown, run.path("plots", "segmentation.png"))
@@ -289,9 +318,9 @@ def class_map(meta: dict[str, Any], lut: np.ndarray | None) -> np.ndarray:
 
 
 def score_report(per_volume: dict[str, list[float]], hd95: dict[str, list[float]], names: list[str],
-                 title: str) -> dict[str, Any]:
-    """Print the Dice and HD95 tables (a row per volume, a column per class or region `names`, with means) and return
-    their part of evaluation.json."""
+                 title: str, shown_as: dict[str, str] | None = None) -> dict[str, Any]:
+    """Print the Dice and HD95 tables (a row per volume, named by `shown_as` where given, a column per class or region
+    `names`, with means) and return their part of evaluation.json."""
     from sslkit.core.console import print_table
 
     with warnings.catch_warnings():      # a class missing from every volume: NaN, not a warning
@@ -299,7 +328,8 @@ def score_report(per_volume: dict[str, list[float]], hd95: dict[str, list[float]
         mean = np.nanmean(np.array(list(per_volume.values()), dtype=float), axis=0)
         hd_mean = np.nanmean(np.array(list(hd95.values()), dtype=float), axis=0)
         for name, table, avg, fmt in (("Dice", per_volume, mean, "{:.3f}"), ("HD95 (mm)", hd95, hd_mean, "{:.1f}")):
-            rows = [[vid, *[fmt.format(x) for x in v], fmt.format(np.nanmean(v))] for vid, v in table.items()]
+            rows = [[(shown_as or {}).get(vid, vid), *[fmt.format(x) for x in v], fmt.format(np.nanmean(v))]
+                    for vid, v in table.items()]
             rows.append(["mean", *[fmt.format(x) for x in avg], fmt.format(np.nanmean(avg))])
             print_table(f"{title} {name}", ["volume", *names, "mean"], rows)
         return {"dice_per_volume": per_volume, "dice_per_class": mean.tolist(), "mean_dice": float(np.nanmean(mean)),
@@ -368,14 +398,16 @@ def score_volume(pred: np.ndarray, label: np.ndarray, classes: int, regions: dic
 
 
 def scores_payload(scores: dict[str, tuple[list[float], ...]], names: list[str], values: list[int],
-                   regions: dict[str, list[int]], title: str) -> dict[str, Any]:
-    """Print the class (and region) tables of per-volume `score_volume` results; the evaluation.json payload."""
-    payload = score_report({k: v[0] for k, v in scores.items()}, {k: v[1] for k, v in scores.items()}, names, title)
+                   regions: dict[str, list[int]], title: str, shown_as: dict[str, str] | None = None) -> dict[str, Any]:
+    """Print the class (and region) tables of per-volume `score_volume` results (rows named as in `score_report`);
+    the evaluation.json payload."""
+    payload = score_report({k: v[0] for k, v in scores.items()}, {k: v[1] for k, v in scores.items()}, names, title,
+                           shown_as)
     payload.update(classes=len(values), class_names=names, label_values=values)
     if regions:
         payload["regions"] = {"members": regions, **score_report(
             {k: v[2] for k, v in scores.items()}, {k: v[3] for k, v in scores.items()}, list(regions),
-            f"{title} (regions)")}
+            f"{title} (regions)", shown_as)}
     return payload
 
 

@@ -292,7 +292,10 @@ def _atomic_text(path: Path, text: str) -> None:
 
 
 def prepare(volumes: list[Volume], cache: VolumeCache, strict: bool) -> tuple[list[tuple[Path, dict]], list[dict]]:
-    """Preprocess (or find in the cache) every volume; a bad one is skipped and reported unless `strict`."""
+    """Preprocess (or find in the cache) every volume; a bad one is skipped and reported unless `strict`.
+
+    Skips are warned about only when some volume is usable: when none is, the command stops with one error line
+    (a lone volume's own reason, or the first reason and the count), not each reason again as a warning above it."""
     from sslkit.core.console import warn
 
     ok, skipped = [], []
@@ -302,11 +305,16 @@ def prepare(volumes: list[Volume], cache: VolumeCache, strict: bool) -> tuple[li
         except UserError as exc:
             if strict:
                 raise
-            warn(f"skipping {vol.id}: {exc}")
             skipped.append({"id": vol.id, "path": str(vol.path), "reason": str(exc)})
     if not ok:
-        raise UserError(f"none of the {len(volumes)} volumes could be read (first problem: "
-                        f"{skipped[0]['reason'] if skipped else 'none'}) — check the files")
+        if len(skipped) <= 1:
+            raise UserError(skipped[0]["reason"] if skipped else "no volumes to read — give volume files or folders")
+        others = [s["id"] for s in skipped[1:]]
+        listing = ", ".join(others[:3]) + (", …" if len(others) > 3 else "")
+        raise UserError(f"none of the {len(volumes)} volumes could be read — first, {skipped[0]['reason']} (and "
+                        f"{len(others)} more: {listing})")
+    for s in skipped:
+        warn(f"skipping {s['id']}: {s['reason']}")
     check_modality([meta for _, meta in ok], cache.settings.modality)
     return ok, skipped
 

@@ -116,3 +116,14 @@ def write_sample_data(out: Path, resolution: int = 2, subjects: int = 6, synthet
         write_nifti(out / "synthetic" / "labels" / f"vol_{i:02d}.nii.gz", seg.astype(np.uint8), np.eye(4))
     return {"mri_labelled": 1, "mri_unlabelled": subjects, "synthetic": synthetic,
             "lesions": write_lesions(out / "lesions", lesions, size, seed)}
+
+
+def describe_counts(counts: dict[str, int]) -> str:
+    """`write_sample_data`'s counts as the words `sample-data` prints ("1 labelled MRI, 6 unlabelled subjects, ...")."""
+    def n(k: int, one: str, many: str) -> str:
+        return f"{k} {one if k == 1 else many}"
+
+    return ", ".join([n(counts["mri_labelled"], "labelled MRI", "labelled MRIs"),
+                      n(counts["mri_unlabelled"], "unlabelled subject", "unlabelled subjects"),
+                      n(counts["synthetic"], "synthetic volume", "synthetic volumes"),
+                      n(counts["lesions"], "lesion", "lesions")])

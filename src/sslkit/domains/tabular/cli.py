@@ -38,9 +38,9 @@ def _encoder(run, pool: str | None):  # noqa: ANN001, ANN202
     if not run.path("encoder", "config.json").is_file():
         if run.checkpoint_path.is_file():
             raise UserError(f"{run.dir} is an unfinished run (a checkpoint but no encoder/ yet) — complete it with "
-                            f"`{pretrain_again(run, resume=True)}`")
+                            f"{pretrain_again(run, resume=True)}")
         raise UserError(f"{run.dir} holds no encoder and no checkpoint (pretraining stopped before its first "
-                        f"checkpoint) — start it again with `{pretrain_again(run, resume=False)}`")
+                        f"checkpoint) — start it again with {pretrain_again(run, resume=False)}")
     encoder = load_encoder(run.dir)
     if pool is not None:
         if not hasattr(encoder, "pool"):
@@ -49,6 +49,16 @@ def _encoder(run, pool: str | None):  # noqa: ANN001, ANN202
             raise UserError(f"--pool {pool}: choose mean, mean_reg or flatten")
         encoder.pool = pool
     return encoder
+
+
+def _pretrain_command(data: Path, *options: tuple[str, object]) -> str:
+    """`sslkit tabular pretrain DATA` with the options given (None and False left out, a list repeated), shell-quoted:
+    a hint to paste must keep --target/--id/--drop, which decide what is a feature, or it trains on the label."""
+    words = ["sslkit", "tabular", "pretrain", str(data)]
+    for flag, value in options:
+        for v in value if isinstance(value, list) else [value]:
+            words += [flag] if v is True else [] if v is None or v is False else [flag, str(v)]
+    return shlex.join(words)
 
 
 def _fit_preprocessing(data: Path, cfg, skip: dict[str, str], categorical: list[str], numeric: list[str]):  # noqa: ANN001, ANN202
@@ -111,8 +121,12 @@ def pretrain(
         if out is None:
             raise UserError("--resume needs --out pointing at the run folder to continue")
         if not Path(out).is_dir():
+            start = _pretrain_command(data, ("--target", target), ("--id", id_col), ("--drop", drop),
+                                      ("--categorical", categorical), ("--numeric", numeric),
+                                      ("--recipe", None if recipe == "t-jepa" else recipe), ("--set", set_ or []),
+                                      ("--devices", devices if devices > 1 else None), ("--out", out))
             raise UserError(f"--resume: there is no run folder {out} to resume — start the run without --resume "
-                            f"(sslkit tabular pretrain {shlex.quote(str(data))} --out {shlex.quote(str(out))})")
+                            f"({start})")
         pre = Preprocessor.load(Path(out) / "preprocess.json")
     else:
         pre = _fit_preprocessing(data, cfg, skip, categorical, numeric)
@@ -219,7 +233,8 @@ def evaluate(
     from sslkit.core.console import info, print_table, warn
     from sslkit.core.errors import UserError
     from sslkit.core.runs import Run
-    from sslkit.domains.tabular.evaluation_report import evaluation_plots, load_labelled, result_rows
+    from sslkit.domains.tabular.evaluation_report import (comparison_note, evaluation_plots, labelled_rows, load_labelled,
+                                                         result_rows)
 
     if task not in (None, "classification", "regression"):
         raise UserError(f"--task {task}: choose classification or regression")
@@ -250,8 +265,13 @@ def evaluate(
     results = run_evaluation(train_sets, y, task, range(seeds), test=test_pack, models=chosen, jobs=jobs,
                              label_fraction=label_fraction)
     columns, rows = result_rows(results, task)
+    few = f"{labelled}: {labelled_rows(results)} labelled training rows per seed" if labelled else ""
     print_table(f"tabular evaluation: {r.recipe_dict['method']} embeddings, target '{target}' "
-                f"({'test table' if test else '20% held out'}, {seeds} seeds{labelled})", columns, rows)
+                f"({'test table' if test else '20% held out'}, {seeds} seed{'s' if seeds != 1 else ''}{few})",
+                columns, rows)
+    note = comparison_note(results, task)
+    if note:
+        info(note)
     payload = {"pool": getattr(encoder, "pool", None), "task": task, "target": target, "seeds": seeds,
                "n_rows": int(len(y)), "data": str(data), "test": str(test) if test else None, "label_fraction": label_fraction,
                "mlp": {"hidden": list(MLP_HIDDEN), "grid": list(MLP_GRID), "max_epochs": MLP_EPOCHS,
@@ -260,12 +280,11 @@ def evaluate(
                                      f"k in {list(HGB_EMBED_COMPONENTS)} chosen on a validation split of train)"},
                **({"raw-ple": "raw features, each numeric column as its piecewise-linear code over the encoder's bins "
                              "(linear and MLP only)"} if "raw-ple" in train_sets else {}),
-               "results": results}
+               "note": note, "results": results}
     atomic_write_text(report, json.dumps(payload, indent=2))
     evaluation_plots(r, train_sets["embeddings"].dense, y, results, task, target, label_fraction, classes)
     info(f"wrote {report} and {r.path('plots')}")
-    if json_out:
-        typer.echo(json.dumps(payload))
+    typer.echo(json.dumps(payload) if json_out else str(report))
 
 
 def _unfinished_extra(run, encoder) -> dict:  # noqa: ANN001

@@ -86,13 +86,40 @@ def load_labelled(run: Any, encoder: nn.Module, data: Path, target: str, task: s
 
 
 def result_rows(results: dict[str, dict[str, Any]], task: str) -> tuple[list[str], list[list[str]]]:
+    """The table's cells: mean ± std over seeds, or the bare value for one seed (its std of 0 measures nothing)."""
     metrics = ["accuracy", "auc"] if task == "classification" else ["rmse", "r2"]
     metrics = [m for m in metrics if any(m in e for e in results.values())]
     rows = []
     for name, entry in results.items():
         feats, model = name.split(" / ")
-        rows.append([feats, model, *(f"{entry[m][0]:.4f} ± {entry[m][1]:.4f}" if m in entry else "-" for m in metrics)])
+        one = len(entry["per_seed"]) == 1
+        rows.append([feats, model, *("-" if m not in entry else f"{entry[m][0]:.4f}" if one else
+                                     f"{entry[m][0]:.4f} ± {entry[m][1]:.4f}" for m in metrics)])
     return ["features", "model", *metrics], rows
+
+
+def labelled_rows(results: dict[str, dict[str, Any]]) -> str:
+    """How many labelled training rows each seed's models were fitted on ("120", or "118–121" if seeds differ)."""
+    counts = sorted({s["train_rows"] for e in results.values() for s in e["settings"]})
+    return f"{counts[0]:,}" if len(counts) == 1 else f"{counts[0]:,}–{counts[-1]:,}"
+
+
+def comparison_note(results: dict[str, dict[str, Any]], task: str) -> str | None:
+    """The line under the table that reads it: the MLP on embeddings against the raw MLP (what pretraining should
+    beat) and against HistGradientBoosting on raw features (the strong baseline on tables); means over seeds.
+    None when the models needed were not run."""
+    metric, sign = ("accuracy", 1.0) if task == "classification" else ("rmse", -1.0)
+    keys = ("embeddings / mlp", "raw / mlp", "raw / hgb")
+    if not all(metric in results.get(k, {}) for k in keys):
+        return None
+    emb, mlp, hgb = (results[k][metric][0] for k in keys)
+    scores = f"{metric} {emb:.4f} vs raw MLP {mlp:.4f} and raw HistGradientBoosting {hgb:.4f}"
+    if sign * (emb - mlp) <= 0:
+        return f"the MLP on embeddings does not beat the MLP on raw features ({scores})"
+    if sign * (emb - hgb) <= 0:
+        return ("the MLP on embeddings beats the MLP on raw features but not HistGradientBoosting on them, which is "
+                f"common on tables ({scores})")
+    return f"the MLP on embeddings beats both the MLP and HistGradientBoosting on raw features ({scores})"
 
 
 def evaluation_plots(run: Any, z: np.ndarray, y: np.ndarray, results: dict[str, dict[str, Any]], task: str,

@@ -85,12 +85,22 @@ def id_problems(ids: np.ndarray) -> tuple[int, int]:
 
 
 def pretrain_again(run: Any, resume: bool) -> str:
-    """The command that completes (`resume`) or restarts an unfinished run, with its table from the manifest."""
+    """How to complete (`resume`) or restart an unfinished run, for an error message. Resuming reuses the run's recipe
+    and preprocessing, so its table and folder suffice; a restart fits the preprocessing again, so it must repeat
+    the recorded command (its --target/--id/--drop decide the features, or the label becomes one), with --overwrite."""
+    import os
     import shlex
 
-    data = ((run.manifest.get("data") or {}).get("paths") or ["DATA"])[0]
-    again = "--resume" if resume else "--overwrite"
-    return f"sslkit tabular pretrain {shlex.quote(data)} {again} --out {shlex.quote(str(run.dir))}"
+    if resume:
+        data = ((run.manifest.get("data") or {}).get("paths") or ["DATA"])[0]
+        return f"`sslkit tabular pretrain {shlex.quote(data)} --resume --out {shlex.quote(str(run.dir))}`"
+    argv = [str(a) for a in run.manifest.get("command") or []]
+    at = next((i for i in range(len(argv) - 1) if argv[i: i + 2] == ["tabular", "pretrain"]), None)
+    if at is None:
+        return "the `sslkit tabular pretrain` command that started it (the same --target, --id and --drop), with --overwrite"
+    words = ["sslkit", "tabular", "pretrain", *(a for a in argv[at + 2:] if a not in ("--resume", "--overwrite")), "--overwrite"]
+    cwd = run.manifest.get("cwd")
+    return f"`{f'cd {shlex.quote(cwd)} && ' if cwd and cwd != os.getcwd() else ''}{shlex.join(words)}`"
 
 
 def encoder_extra(pre: Preprocessor, method: str, encoder: Any) -> dict[str, Any]:
