@@ -34,8 +34,25 @@ DOMAINS = {
 _DEBUG = {"on": False}
 
 
+def _usage_error(exc: Exception) -> None:
+    """A Click usage error as one `error:` line naming the command's --help, exit code 2."""
+    ctx = getattr(exc, "ctx", None)
+    where = ctx.command_path if ctx is not None else "sslkit"
+    message = " ".join(exc.format_message().split()).rstrip(".")  # type: ignore[attr-defined]
+    typer.echo(f"error: {message} — see `{where} --help`", err=True)
+    raise typer.Exit(2) from None
+
+
 class SslkitGroup(TyperGroup):
-    """Turns UserError into one line on stderr with exit code 2 (tracebacks only with --debug)."""
+    """Turns UserError and usage errors into one line on stderr with exit code 2 (tracebacks only with --debug)."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any) -> Any:
+        try:                                  # the root's own options (`sslkit --nope`) are parsed here
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except NoArgsIsHelpError:
+            raise
+        except UsageError as exc:
+            _usage_error(exc)
 
     def invoke(self, ctx: click.Context) -> Any:
         ok = False
@@ -51,9 +68,7 @@ class SslkitGroup(TyperGroup):
         except NoArgsIsHelpError:
             raise
         except UsageError as exc:             # a bad option or argument: one line too, not Click's usage block
-            where = exc.ctx.command_path if exc.ctx is not None else "sslkit"
-            typer.echo(f"error: {' '.join(exc.format_message().split()).rstrip('.')} — see `{where} --help`", err=True)
-            raise typer.Exit(2) from None
+            _usage_error(exc)
         except UserError as exc:
             if _DEBUG["on"]:
                 raise

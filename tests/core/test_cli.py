@@ -42,6 +42,8 @@ def test_usage_errors_exit_2_not_as_internal_errors():
     _one_line_exit_2(sslkit_cmd("toy", "pretrain", "--no-such-flag"),
                      "No such option: --no-such-flag — see `sslkit toy pretrain --help`")
     _one_line_exit_2(sslkit_cmd("recipes", "show"), "Missing argument 'name'")
+    _one_line_exit_2(sslkit_cmd("--nope"), "No such option: --nope — see `sslkit --help`")        # the root's own
+    _one_line_exit_2(sslkit_cmd("nosuchdomain"), "No such command 'nosuchdomain'")
     _one_line_exit_2(sslkit_cmd("toy", "evaluate", ".", "--seeds", "0"), "--seeds")
 
 
