@@ -128,7 +128,9 @@ def test_run_folder_is_never_overwritten_without_flag(tmp_path):
     _one_line_exit_2(sslkit_cmd("toy", "pretrain", "--out", str(run), "--resume", "--set", "train.steps=8",
                                 "--set", "model.out_dim=16"), "does not fit")
     assert {f: (run / f).read_bytes() for f in files} == files
-    assert sslkit_cmd("toy", "pretrain", "--out", str(run), "--resume", "--set", "train.steps=8").returncode == 0
+    resumed = sslkit_cmd("toy", "pretrain", "--out", str(run), "--resume", "--set", "train.steps=8", "-r", "tiny")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "--recipe is not read with --resume" in " ".join(resumed.stderr.split())   # said, not silently ignored
     # a new run that fails before its first checkpoint leaves no folder behind
     res = sslkit_cmd("toy", "pretrain", "--out", str(tmp_path / "new"), "--set", "train.lr=1e12",
                      "--set", "train.clip_grad=null")

@@ -6,6 +6,7 @@ rejected with the valid ones listed; overrides are type-checked by the same mode
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -184,4 +185,9 @@ def resolve_recipe(schema: type[R], domain: str, name_or_path: str, overrides: l
     so a default --recipe on the command line cannot silently change a resumed run."""
     if not resume or out is None or not (Path(out) / "recipe.yaml").is_file():
         return load_recipe(schema, domain, name_or_path, overrides)
+    if any(a in ("--recipe", "-r") or a.startswith("--recipe=") for a in sys.argv[1:]):
+        from sslkit.core.console import warn
+
+        warn(f"--recipe is not read with --resume: {out} continues with its own recipe.yaml (change a setting with "
+             "--set key=value)")
     return load_recipe(schema, domain, str(Path(out) / "recipe.yaml"), overrides)
