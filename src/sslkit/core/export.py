@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from sslkit.core.errors import UserError
-from sslkit.core.files import check_writable, share_files, temp_dir_beside
+from sslkit.core.files import check_dir_out, share_files, temp_dir_beside
 
 DOMAINS = ("medical3d", "pathology", "audio", "graph", "lidar", "tabular", "toy")
 
@@ -32,12 +32,7 @@ def export_encoder(encoder: nn.Module, spec: dict[str, Any], out_dir: Path, extr
     import sslkit
 
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"{out_dir} is a file — `export` writes a folder (encoder.safetensors + config.json): give a "
-                        "folder path")
-    check_writable(out_dir, "--out")
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise UserError(f"{out_dir} already exists — pass --overwrite or choose another --out")
+    check_dir_out(out_dir, overwrite)
     tmp = temp_dir_beside(out_dir)
     try:
         tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in encoder.state_dict().items()}

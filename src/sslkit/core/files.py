@@ -100,3 +100,17 @@ def check_file_out(out: Path, overwrite: bool, example: str) -> Path:
         raise UserError(f"{out} already exists — pass --overwrite to replace it")
     check_writable(out, "--out")
     return out
+
+
+def check_dir_out(out: Path, overwrite: bool, what: str = "--out") -> Path:
+    """A folder output: not a file (--overwrite would swap the user's file for a folder), not a non-empty folder
+    without --overwrite, and in a writable place."""
+    from sslkit.core.errors import UserError
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{what} {out} is a file, but this output is a folder — give a folder path")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise UserError(f"{out} already exists — pass --overwrite to replace it, or choose another {what}")
+    check_writable(out, what)
+    return out

@@ -18,23 +18,10 @@ StudentRecipe = Annotated[str, typer.Option("--recipe", "-r", help="Shipped reci
 
 
 def _refuse_existing(path: Path, overwrite: bool) -> None:
-    """A folder output: refuse a file in its place (--overwrite would swap the user's file for a folder)
-    and a non-empty folder without --overwrite."""
-    from sslkit.core.errors import UserError
+    """A folder output (core's one check for every domain)."""
+    from sslkit.core.files import check_dir_out
 
-    _refuse_file_in_path(path.parent)
-    if path.is_file():
-        raise UserError(f"{path} is a file, but this output is a folder — choose another path")
-    if path.exists() and any(path.iterdir()) and not overwrite:
-        raise UserError(f"{path} already exists — pass --overwrite to replace it or choose another output")
-
-
-def _refuse_file_in_path(folder: Path) -> None:
-    from sslkit.core.errors import UserError
-
-    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
-    if existing is not None and not existing.is_dir():
-        raise UserError(f"{existing} is a file, so nothing can be written under it — choose another output path")
+    check_dir_out(path, overwrite)
 
 
 @contextmanager

@@ -229,7 +229,7 @@ def evaluate(
 ) -> None:
     """Downstream models on raw features vs embeddings vs both (mean ± std over seeds); JSON in the run folder
     (or --report)."""
-    from sslkit.core.files import atomic_write_text
+    from sslkit.core.files import atomic_write_text, check_file_out
     from sslkit.core.console import info, print_table, warn
     from sslkit.core.errors import UserError
     from sslkit.core.runs import Run
@@ -243,8 +243,8 @@ def evaluate(
         raise UserError(f"--models {models}: choose from linear, mlp, hgb (comma-separated)")
     if not 0.0 < label_fraction <= 1.0:
         raise UserError(f"--label-fraction {label_fraction}: give a share of the training rows in (0, 1]")
-    if report is not None and report.is_dir():
-        raise UserError(f"--report {report} is a folder — give a file such as {report / 'evaluation.json'}")
+    if report is not None:
+        check_file_out(report, True, "evaluation.json")        # replaced if it exists, as documented
     r = Run.load(run, "tabular")
     report = report or r.path("evaluation.json")
     encoder = _encoder(r, pool)
