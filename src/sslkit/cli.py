@@ -24,8 +24,8 @@ from sslkit.core.errors import Interrupted, UserError
 
 DOMAINS = {
     "medical3d": "3D CT/MRI volumes: Alice-style and SwinUNETR-SSL pretraining, few-label fine-tuning.",
-    "pathology": "Whole-slide pathology images (not built yet).",
-    "audio": "Audio: masked spectrogram modelling (not built yet).",
+    "pathology": "Whole-slide pathology: tiling, DINO/SimCLR tile pretraining, tile and slide embeddings, attention MIL.",
+    "audio": "Audio: SSAMBA (bidirectional Mamba) / SSAST masked-spectrogram pretraining and TERA.",
     "graph": "Graphs: SCGC/SCGC* node embeddings and clustering, GRACE baseline.",
     "lidar": "Roadside LiDAR: simulate, pseudo-label with statistical teachers, train a student detector.",
     "tabular": "Tables: T-JEPA pretraining with SCARF as baseline.",
@@ -40,6 +40,17 @@ def _usage_error(exc: Exception) -> None:
     where = ctx.command_path if ctx is not None else "sslkit"
     message = " ".join(exc.format_message().split()).rstrip(".")  # type: ignore[attr-defined]
     typer.echo(f"error: {message} — see `{where} --help`", err=True)
+    raise typer.Exit(2) from None
+
+
+def _missing_module(module: str, command: str | None) -> None:
+    """A library a command needs is not installed: one line naming the install that brings it, exit code 2."""
+    from sslkit.dependencies import DOMAINS as WITH_EXTRAS, distribution, domain_of_module, install_hint
+
+    domain = command if command in WITH_EXTRAS else domain_of_module(module)
+    where = f"sslkit {command}" if command else "sslkit"
+    typer.echo(f"error: {where} needs the Python package '{distribution(module.split('.')[0])}' (module "
+               f"'{module}'), which is not installed — {install_hint(domain)}", err=True)
     raise typer.Exit(2) from None
 
 
@@ -74,6 +85,10 @@ class SslkitGroup(TyperGroup):
                 raise
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
+        except ModuleNotFoundError as exc:    # an optional library is missing: say which extra brings it
+            if _DEBUG["on"] or not exc.name or exc.name.split(".")[0] == "sslkit":
+                raise
+            _missing_module(exc.name, ctx.invoked_subcommand)
         except Interrupted as exc:
             ok = True           # the new run holds a checkpoint to --resume from; the run it replaced is not wanted
             typer.echo(str(exc), err=True)

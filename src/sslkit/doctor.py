@@ -7,14 +7,8 @@ import platform
 import sys
 from typing import Any
 
-EXTRAS: dict[str, list[str]] = {
-    "medical3d": ["monai", "nibabel", "nilearn", "einops", "pydicom", "gdcm", "itk"],
-    "pathology": ["openslide", "tifffile", "imagecodecs"],
-    "audio": ["torchaudio", "soundfile"],
-    "graph": ["torch_geometric", "networkx"],
-    "lidar": ["open3d"],
-    "tabular": ["pyarrow", "pandas", "openpyxl"],
-}
+from sslkit.dependencies import DOMAINS, doctor_modules, install_hint
+
 # Known system-library gaps and their Debian fixes.
 APT_HINTS = {"libusb-1.0": "apt-get install libusb-1.0-0", "libgomp": "apt-get install libgomp1",
              "libGL": "apt-get install libgl1"}
@@ -53,13 +47,13 @@ def collect() -> dict[str, Any]:
         "cpu_threads": torch.get_num_threads(),
         "domains": {},
     }
-    for domain, modules in EXTRAS.items():
-        results = {m: _check(m) for m in modules}
+    for domain in DOMAINS:
+        results = {m: _check(m) for m in doctor_modules(domain)}
         missing = [m for m, (ok, _) in results.items() if not ok]
         info["domains"][domain] = {
             "ok": not missing,
             "modules": {m: v for m, (_, v) in results.items()},
-            "install": f"pip install 'sslkit[{domain}]'" if missing else "",
+            "install": install_hint(domain) if missing else "",
         }
     return info
 
