@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.stamp-$(shell cat pyproject.toml constraints.txt scripts/system-deps.sh | sha1sum | cut -c1-12)
 OUT    ?= demo-out
 
-.PHONY: setup test demo bench clean check-extras
+.PHONY: setup test demo bench clean check-extras gpu-check
 
 setup: $(STAMP)
 
@@ -31,6 +31,9 @@ demo: $(STAMP)
 bench: $(STAMP)   # the core benchmarks; domain ones take minutes each: run them one by one (README, Benchmarks)
 	$(BIN)/python benchmarks/loop_overhead.py
 	$(BIN)/python benchmarks/cpu_efficiency.py
+
+gpu-check: $(STAMP)   # on a GPU machine: every CUDA test + a bf16 pretraining table per domain (< 8 min)
+	bash scripts/gpu-check.sh
 
 check-extras:   # each domain's extra alone in a fresh venv: --help, doctor, sample-data → pretrain → embed (~10 min)
 	bash scripts/check-extras.sh

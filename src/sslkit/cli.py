@@ -97,6 +97,8 @@ class SslkitGroup(TyperGroup):
             runs = sys.modules.get("sslkit.core.runs")      # not imported: no run folder was replaced
             if runs is not None:
                 runs.settle_runs(ok)
+            if (dist := sys.modules.get("sslkit.core.distributed")) is not None:
+                dist.finish(ok)                 # ranks leave together, the process group ended before exit
 
 
 app = typer.Typer(cls=SslkitGroup, no_args_is_help=True, add_completion=False, rich_markup_mode=None,

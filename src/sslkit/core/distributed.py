@@ -183,3 +183,22 @@ def all_reduce_max(x: torch.Tensor) -> torch.Tensor:
 def cleanup() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def finish(ok: bool) -> None:
+    """End a command's process group while the interpreter is whole, every rank together.
+
+    Without it, a rank that finishes first (rank 1, while rank 0 still exports the encoder) exits with gloo work
+    objects still holding tensors; freeing them during interpreter finalization takes the GIL after it is gone and
+    aborts the process (SIGABRT, seen as a flaky two-process test). So: on success every rank waits for the others
+    (the barrier), drops what still refers to the group (the DDP wrapper and its reducer, via gc), then destroys the
+    group. On failure no barrier: the others may be stuck or gone; the launcher stops them.
+    """
+    if not dist.is_initialized():
+        return
+    import gc
+
+    if ok:
+        dist.barrier()
+    gc.collect()
+    dist.destroy_process_group()
