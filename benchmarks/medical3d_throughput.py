@@ -56,8 +56,8 @@ def arm_sslkit(paths: list[Path], a: argparse.Namespace) -> list[float]:
 
     from sslkit.core.loop import use_bf16
     from sslkit.domains.medical3d.datasets import CrossVolumePairs
-    from sslkit.domains.medical3d.finetune import settings_from
-    from sslkit.domains.medical3d.io import find_volumes
+    from sslkit.domains.medical3d.preprocess import settings_from
+    from sslkit.domains.medical3d.discover import find_volumes
     from sslkit.domains.medical3d.preprocess import VolumeCache, prepare
 
     torch.manual_seed(0)

@@ -35,7 +35,7 @@ def split_adult(folder: Path) -> tuple[Path, Path]:
     import numpy as np
     from sklearn.model_selection import train_test_split
 
-    from sslkit.domains.tabular.io import read_adult, write_csv_atomic
+    from sslkit.domains.tabular.samples import read_adult, write_csv_atomic
 
     table = read_adult()
     y = np.array(table.column("income").to_pylist())

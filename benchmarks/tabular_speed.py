@@ -37,8 +37,8 @@ def matmul_gflops(dtype: torch.dtype, n: int = 1024, reps: int = 20) -> float:
 
 
 def adult_arrays(recipe):  # noqa: ANN001, ANN201
-    from sslkit.domains.tabular.io import read_adult
-    from sslkit.domains.tabular.preprocess import fit_preprocessor
+    from sslkit.domains.tabular.samples import read_adult
+    from sslkit.domains.tabular.preprocess_fit import fit_preprocessor
 
     table = read_adult()
     pre = fit_preprocessor(table.to_batches(), skip={"id": "id", "income": "target"}, categorical=[], numeric=[],
@@ -103,7 +103,7 @@ def sslkit_fit(recipe, pre, data, steps: int, precision: str) -> float:  # noqa:
     recipe.train.precision = precision
     with tempfile.TemporaryDirectory() as tmp:
         run = Run.open(Path(tmp) / "run", domain="tabular", recipe=recipe, command=["bench"])
-        from sslkit.domains.tabular.io import read_adult
+        from sslkit.domains.tabular.samples import read_adult
 
         write_cache(read_adult().to_batches(), pre, run.path("cache"))
         rows = EncodedRows(run.path("cache"))

@@ -94,7 +94,7 @@ def test_atomic_writes_get_the_permissions_open_would_give(tmp_path, umask, mode
     from sslkit.core.files import atomic_write_text
     from sslkit.domains.medical3d.io import write_nifti
     from sslkit.domains.medical3d.preprocess import _atomic_npy
-    from sslkit.domains.tabular.io import write_csv_atomic
+    from sslkit.domains.tabular.samples import write_csv_atomic
 
     before = os.umask(umask)
     files._umask.cache_clear()

@@ -49,7 +49,13 @@ def test_hand_made_six_sample_case():
     # ARI by hand: contingency [[2,1],[0,3]]; sum C(nij,2)=4, rows 6, cols 7, C(6,2)=15
     # expected = 6*7/15 = 2.8, max = 6.5 -> (4-2.8)/(6.5-2.8)
     assert m["ari"] == pytest.approx(1.2 / 3.7)
-    assert 0.0 < m["nmi"] < 1.0
+    # NMI by hand (natural log, arithmetic mean of the entropies, as sklearn's default):
+    # joint p(t,c) = (0,1): 2/6, (0,0): 1/6, (1,0): 3/6; p(t) = 1/2, 1/2; p(c=0) = 2/3, p(c=1) = 1/3
+    # MI = 1/3 ln2 - 1/6 ln2 + 1/2 ln(3/2);  H(t) = ln2;  H(c) = ln3 - 2/3 ln2
+    ln2, ln3 = math.log(2), math.log(3)
+    mi = ln2 / 6 + 0.5 * math.log(1.5)
+    assert m["nmi"] == pytest.approx(mi / ((ln2 + ln3 - 2 / 3 * ln2) / 2))
+    assert m["nmi"] == pytest.approx(0.4787, abs=1e-4)
 
 
 def test_more_clusters_than_classes_counts_extra_cluster_as_wrong():

@@ -135,6 +135,14 @@ def test_sigterm_checkpoints_and_resume_finishes(tmp_path):
     assert "stopped by SIGTERM" in err and "--resume" in err
     ckpt = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     assert 0 < ckpt["step"] < 100000
+    # and the resume finishes: the run ends at its final step, each step logged once, in order
+    final = ckpt["step"] + 3
+    res = subprocess.run([*cmd, "--resume", "--set", f"train.steps={final}"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["step"] == final
+    steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
+    assert steps == list(range(1, final + 1))
+    assert (out / "encoder" / "encoder.safetensors").is_file()
 
 
 def _toy(out: Path, extra: list[str], nproc: int = 1) -> subprocess.CompletedProcess:
@@ -226,6 +234,15 @@ def test_tensorboard_events_are_written_when_asked(tmp_path):
     _train(tmp_path / "tb", train={"steps": 10, "tensorboard": True})
     events = list((tmp_path / "tb" / "tensorboard").glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 100
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tmp_path / "tb" / "tensorboard"))
+    acc.Reload()
+    logged = [(r["step"], r["loss"]) for r in Run(tmp_path / "tb").metrics()]
+    read = [(e.step, e.value) for e in acc.Scalars("loss")]
+    assert [s for s, _ in read] == [s for s, _ in logged] == [5, 10]
+    assert [v for _, v in read] == pytest.approx([v for _, v in logged], rel=1e-6)
+    assert {"lr", "grad_norm", "x_mean"} <= set(acc.Tags()["scalars"])
 
 
 def test_lars_and_infinite_schedule_train(tmp_path):

@@ -17,9 +17,18 @@ FORMAT = 1
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Replace `path` atomically. When the disk is full (or the folder read-only), the previous checkpoint stays
+    whole and the UserError says so and how to go on from it."""
+    path = Path(path)
     buf = io.BytesIO()
     torch.save({"format": FORMAT, **state}, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    if path.is_file():
+        todo = (f"the previous checkpoint is intact; free some space, then continue with "
+                f"`--resume --out {run}` (same command)")
+    else:
+        todo = "no checkpoint was written; free some space (or choose another --out) and run the command again"
+    atomic_write_bytes(path, buf.getvalue(), todo=todo)
 
 
 def load_weights_only(path: Path, map_location: str | torch.device = "cpu") -> Any:

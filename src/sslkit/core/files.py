@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Iterator
@@ -48,24 +50,78 @@ def share_files(folder: Path) -> None:
             os.chmod(f, _file_mode())
 
 
+# Write failures that come from the machine, not from sslkit: the user can act on them, so they are one line naming
+# the file and what to do (exit code 2), never "internal error".
+ENVIRONMENT_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+                      errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+                      errno.EPERM: "operation not permitted"}
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def free_space(path: Path) -> str:
+    """ "12.3 GB free on /mnt/runs" for the filesystem holding `path` (its nearest existing folder)."""
+    place = Path(path).absolute()
+    while not place.exists() and place != place.parent:
+        place = place.parent
+    try:
+        return f"{_size(shutil.disk_usage(place).free)} free on {place}"
+    except OSError:
+        return f"free space on {place} unknown"
+
+
+def environment_error(exc: BaseException, path: Path | None = None, todo: str | None = None) -> str | None:
+    """The one-line message for an OSError the user can fix (full disk, quota, read-only filesystem, permissions),
+    or None for any other error. `todo` replaces the default advice (run the command again)."""
+    if not isinstance(exc, OSError) or exc.errno not in ENVIRONMENT_ERRNOS:
+        return None
+    where = path if path is not None else exc.filename
+    what = ENVIRONMENT_ERRNOS[exc.errno]
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"cannot write {where}: {what} ({free_space(Path(where or '.'))}) — "
+                f"{todo or 'free some space (or write elsewhere) and run the command again'}")
+    return f"cannot write {where}: {what} — {todo or 'write to a folder you can write in, or fix its permissions'}"
+
+
 @contextlib.contextmanager
-def atomic_writer(path: Path) -> Iterator[BinaryIO]:
-    """A binary file handle whose content replaces `path` only when the block finishes without error."""
-    fd, tmp = temp_beside(path)
+def atomic_writer(path: Path, todo: str | None = None) -> Iterator[BinaryIO]:
+    """A binary file handle whose content replaces `path` only when the block finishes without error. A full disk,
+    a read-only filesystem or a permission error is a UserError naming `path` (and `todo`, what to do then); the
+    file that was at `path` is left as it was."""
+    try:
+        fd, tmp = temp_beside(path)
+    except OSError as exc:
+        _reraise(exc, path, todo)
+        raise
     try:
         with os.fdopen(fd, "wb") as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        _reraise(exc, path, todo)
         raise
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def _reraise(exc: BaseException, path: Path, todo: str | None) -> None:
+    from sslkit.core.errors import UserError
+
+    message = environment_error(exc, path, todo)
+    if message is not None:
+        raise UserError(message) from exc
+
+
+def atomic_write_bytes(path: Path, data: bytes, todo: str | None = None) -> None:
     """Write to a temp file in the same folder, fsync, then rename over `path`."""
-    with atomic_writer(path) as fh:
+    with atomic_writer(path, todo) as fh:
         fh.write(data)
 
 

@@ -159,8 +159,13 @@ def _any_rank(flag: bool, device: torch.device) -> bool:
     return bool(t.item() > 0)
 
 
-def _plan(train: TrainConfig, n_items: int, world: int) -> tuple[int, int, int]:
-    """(micro batch per rank, accumulation steps, usable micro-batches per epoch per rank)."""
+def _plan(train: TrainConfig, n_items: int, world: int, full_batch: bool = False) -> tuple[int, int, int]:
+    """(micro batch per rank, accumulation steps, usable micro-batches per epoch per rank); a full-batch dataset is
+    one item that every rank trains on at every step, whatever `train.batch_size` says."""
+    if full_batch:
+        if n_items != 1:
+            raise ValueError(f"fit(full_batch=True) takes a dataset of one item (the whole data), not {n_items}")
+        return 1, 1, 1
     micro = train.micro_batch_size or max(1, train.batch_size // world)
     if train.batch_size % (micro * world):
         raise UserError(f"train.batch_size={train.batch_size} is not a multiple of micro batch {micro} × {world} "
@@ -183,6 +188,7 @@ def fit(
     resume: bool = False,
     until: int | None = None,
     shuffle: bool = True,
+    full_batch: bool = False,
 ) -> FitResult:
     """Train `method` (forward(batch) -> (loss, metrics)) on `dataset` for `train.steps` optimizer steps.
 
@@ -190,17 +196,21 @@ def fit(
     `param_groups()`, and `loss_terms` (names of metrics drawn under the loss in `plots/loss.png`).
 
     `until` stops early at that step after writing a checkpoint (time-boxed jobs, resume tests).
+
+    `full_batch`: `dataset` holds one item, the whole data (a graph); every process trains on that item at every
+    step (one step = one epoch), without a sampler or loader workers, and `train.batch_size` /
+    `micro_batch_size` / `lr_scale_batch` are not read. The batch is the item itself, or `collate_fn([item])`.
     """
     t_start = time.perf_counter()
     device = distributed.select_device(train.device)
     env = distributed.init_distributed(device)
     bf16 = use_bf16(train.precision, device)
     try:
-        micro, accum, per_epoch = _plan(train, len(dataset), env.world_size)  # type: ignore[arg-type]
+        micro, accum, per_epoch = _plan(train, len(dataset), env.world_size, full_batch)  # type: ignore[arg-type]
     except UserError:
         run.discard_if_empty()
         raise
-    base_lr = train.lr * (train.batch_size / train.lr_scale_batch if train.lr_scale_batch else 1.0)
+    base_lr = train.lr * (train.batch_size / train.lr_scale_batch if train.lr_scale_batch and not full_batch else 1.0)
     if train.warmup_steps >= train.steps and train.lr > 0:
         from sslkit.core.console import warn
 
@@ -247,11 +257,14 @@ def fit(
     with _StopSignals() as signals, progress:
         while step < stop_at:
             items.epoch = epoch
-            sampler = ShardedSampler(len(items), env.rank, env.world_size, train.seed, epoch, batch_in_epoch * micro, shuffle)
-            loader = DataLoader(items, batch_size=micro, sampler=sampler, drop_last=True, collate_fn=collate_fn,
-                                num_workers=train.num_workers, pin_memory=device.type == "cuda",
-                                persistent_workers=False)
-            it = iter(loader)
+            if full_batch:      # the one item, on every rank: no sampler, no workers started for one item per step
+                it: Iterator[Any] = (collate_fn([items[0]]) if collate_fn is not None else items[0] for _ in range(1))
+            else:
+                sampler = ShardedSampler(len(items), env.rank, env.world_size, train.seed, epoch, batch_in_epoch * micro,
+                                         shuffle)
+                it = iter(DataLoader(items, batch_size=micro, sampler=sampler, drop_last=True, collate_fn=collate_fn,
+                                     num_workers=train.num_workers, pin_memory=device.type == "cuda",
+                                     persistent_workers=False))
             while step < stop_at and batch_in_epoch < per_epoch:
                 t0 = time.perf_counter()
                 wait = 0.0
@@ -302,6 +315,8 @@ def fit(
                     record = {"step": step, "epoch": epoch, "loss": loss_sum, "lr": lr,
                               "samples_per_s": samples_per_step / max(dt, 1e-9), "data_wait": wait / max(dt, 1e-9),
                               "grad_norm": float(grad_norm), **metric_sums}
+                    if device.type == "cuda":     # peak since the start, for `make gpu-check` and for sizing a run
+                        record["gpu_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
                     run.log(record)
                     if writer is not None:
                         for name, v in record.items():

@@ -3,10 +3,12 @@
     runs/<name>/
       recipe.yaml  manifest.json  metrics.jsonl
       checkpoints/last.pt  encoder/{encoder.safetensors,config.json}  plots/loss.png
+      .sslkit-lock       held (flock) by the one command writing the run: pid, host, start time, command
 """
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import hashlib
 import json
 import os
@@ -15,12 +17,12 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
 from sslkit.core import distributed
-from sslkit.core.files import atomic_write_text, check_writable
+from sslkit.core.files import atomic_write_text, check_writable, environment_error
 from sslkit.core.errors import UserError
 from sslkit.core.recipes import Recipe, recipe_to_yaml
 
@@ -75,6 +77,90 @@ def _set_aside(folder: Path) -> None:
 
 _CREATED: list[Path] = []     # run folders this command made
 
+# One command writes a run at a time: an advisory flock on `<run>/.sslkit-lock`, taken by rank 0 before anything is
+# checked or written and held until the command ends. The kernel drops it when the process exits in any way (kill -9
+# included), so a lock is never stale; the file's text (pid, host, start, command) only names the holder.
+LOCK_NAME = ".sslkit-lock"
+_LOCKS: dict[Path, int] = {}  # resolved run folder -> fd of its lock file, held by this process
+
+
+def _holder(lock: Path) -> str:
+    """Who holds `lock`, from the text it wrote: "pid 123 on host (since 12:00:01: sslkit toy pretrain ...)"."""
+    try:
+        info = json.loads(lock.read_text() or "{}")
+    except (OSError, ValueError):
+        info = {}
+    if not info.get("pid"):
+        return "another process"
+    since = f"since {info['started']}: " if info.get("started") else ""
+    return f"pid {info['pid']} on {info.get('host', 'an unknown host')} ({since}{info.get('command', 'sslkit')})"
+
+
+def lock_run(folder: Path) -> str | None:
+    """Take the run folder's lock for this process, or return why not (a one-line message naming the holder).
+
+    Held until `release_locks` (the end of the command) or the process's exit. A filesystem without flock (some
+    network mounts) is warned about and the run goes on unlocked rather than not at all."""
+    try:
+        import fcntl
+    except ImportError:                   # no flock on this platform (Windows): nothing to hold
+        return None
+
+    key = Path(folder).resolve()
+    if key in _LOCKS:                     # this process has it already (the Python API opening a run twice)
+        return None
+    lock = key / LOCK_NAME
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        return f"cannot write in run folder {folder} ({exc.strerror}) — fix its permissions or choose another --out"
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return (f"run folder {folder} is in use by {_holder(lock)} — wait for it to end, or stop it (Ctrl-C or "
+                    f"kill; its last checkpoint is kept) and continue with --resume; use another --out for a separate run")
+        from sslkit.core.console import warn
+
+        warn(f"cannot lock run folder {folder} ({exc.strerror}): make sure no other command writes into it")
+        return None
+    info = {"pid": os.getpid(), "host": platform.node(), "started": _dt.datetime.now().isoformat(timespec="seconds"),
+            "command": " ".join(["sslkit", *sys.argv[1:]])[:300]}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(info).encode(), 0)
+    _LOCKS[key] = fd
+    return None
+
+
+def release_locks() -> None:
+    """Drop the run-folder locks this process holds (the end of a command)."""
+    for fd in _LOCKS.values():
+        try:
+            os.close(fd)        # closing the only descriptor releases the flock
+        except OSError:
+            pass
+    _LOCKS.clear()
+
+
+def _lock_everywhere(folder: Path, recheck: Callable[[], str | None] | None = None) -> None:
+    """Rank 0 takes the lock (then runs `recheck` under it); every rank stops with its refusal (the others never
+    touch the lock file)."""
+    refusal = (lock_run(folder) or (recheck() if recheck else None)) if distributed.is_main() else None
+    refusal = distributed.broadcast_object(refusal)
+    if refusal:
+        raise UserError(str(refusal))
+
+
+def _exists_message(folder: Path) -> str:
+    return (f"run folder {folder} already exists — pass --overwrite to replace it, --resume to continue it, "
+            "or choose another --out")
+
+
+def _run_files(folder: Path) -> list[Path]:
+    """What a run folder holds besides its lock file (an empty list: a new run may go there)."""
+    return [p for p in folder.iterdir() if p.name != LOCK_NAME] if folder.is_dir() else []
+
 
 def settle_runs(ok: bool) -> None:
     """At the end of a command: delete the run folders --overwrite set aside (`ok`), or, when the command failed,
@@ -92,6 +178,7 @@ def settle_runs(ok: bool) -> None:
                 shutil.rmtree(folder, ignore_errors=True)
     _REPLACED.clear()
     _CREATED.clear()
+    release_locks()
 
 
 class Run:
@@ -137,10 +224,12 @@ class Run:
         run = cls(Path(out))
         if run.dir.exists() and not run.dir.is_dir():
             raise UserError(f"--out {run.dir} is a file — give a folder for the run")
-        exists = run.dir.exists() and any(run.dir.iterdir())
+        if resume and not run.dir.is_dir():
+            raise UserError(f"--resume: there is no run folder {run.dir} — start the run without --resume")
+        if run.dir.is_dir():        # before any check: another command may be writing it right now
+            _lock_everywhere(run.dir)
+        exists = bool(_run_files(run.dir))
         if resume:
-            if not run.dir.is_dir():
-                raise UserError(f"--resume: there is no run folder {run.dir} — start the run without --resume")
             if not run.checkpoint_path.is_file():
                 raise UserError(f"--resume: no checkpoint at {run.checkpoint_path} — start a new run without --resume")
             saved = run.recipe_dict
@@ -148,8 +237,7 @@ class Run:
                 raise UserError(f"--resume: {run.dir} is a {saved.get('domain')} run, not {domain} — pick a {domain} run")
             run._check_resumable(recipe, data_paths)
         elif exists and not overwrite:
-            raise UserError(f"run folder {run.dir} already exists — pass --overwrite to replace it, "
-                            "--resume to continue it, or choose another --out")
+            raise UserError(_exists_message(run.dir))
         else:
             check_writable(run.dir, "--out")
         distributed.barrier()
@@ -157,14 +245,21 @@ class Run:
         record = (domain, recipe, list(command or sys.argv), list(data_paths))
         if resume:          # written once fit() has checked the checkpoint against the model (`confirm_resume`)
             run._pending_resume = record
-        elif distributed.is_main():
-            if exists and overwrite:
-                _set_aside(run.dir)
-            run.dir.mkdir(parents=True, exist_ok=True)
-            (run.dir / "checkpoints").mkdir(exist_ok=True)
-            (run.dir / "metrics.jsonl").unlink(missing_ok=True)
-            run._write_record(*record, resume=False)
-            _CREATED.append(run.dir)
+        else:
+            if distributed.is_main():
+                if exists and overwrite:
+                    _set_aside(run.dir)
+                run.dir.mkdir(parents=True, exist_ok=True)
+                aside = _REPLACED.get(run.dir)
+                if aside is not None and (aside / LOCK_NAME).exists():
+                    os.replace(aside / LOCK_NAME, run.dir / LOCK_NAME)   # the held lock comes along with it
+            # a new folder, or one a racing command filled between the check above and now
+            _lock_everywhere(run.dir, lambda: _exists_message(run.dir) if not exists and _run_files(run.dir) else None)
+            if distributed.is_main():
+                (run.dir / "checkpoints").mkdir(exist_ok=True)
+                (run.dir / "metrics.jsonl").unlink(missing_ok=True)
+                run._write_record(*record, resume=False)
+                _CREATED.append(run.dir)
         distributed.barrier()
         return run
 
@@ -262,8 +357,16 @@ class Run:
 
     def log(self, record: dict[str, Any]) -> None:
         if distributed.is_main():
-            with open(self.dir / "metrics.jsonl", "a") as fh:
-                fh.write(json.dumps(record) + "\n")
+            try:
+                with open(self.dir / "metrics.jsonl", "a") as fh:
+                    fh.write(json.dumps(record) + "\n")
+            except OSError as exc:
+                message = environment_error(exc, self.dir / "metrics.jsonl",
+                                            f"free some space, then continue from the last checkpoint with "
+                                            f"`--resume --out {self.dir}` (same command)")
+                if message is None:
+                    raise
+                raise UserError(message) from exc
 
     def metrics(self) -> list[dict[str, Any]]:
         path = self.dir / "metrics.jsonl"

@@ -1,6 +1,8 @@
 """Every registered encoder and both objectives: shapes, finite gradients, the clustering head's start."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -122,6 +124,41 @@ def test_grace_views_differ_and_loss_is_finite() -> None:
     loss, _ = m({"x": torch.randn(12, 6), "edge_index": ei})
     loss.backward()
     assert torch.isfinite(loss)
+
+
+def _grace_reference(z1: torch.Tensor, z2: torch.Tensor, tau: float) -> float:
+    """GRACE's objective (Zhu et al. 2020, eq. 1-2) by loops in float64: for anchor u_i, the positive v_i against
+    every v_k (k != i, other view) and u_k (k != i, same view); averaged over both views as anchors."""
+    u, v = [torch.nn.functional.normalize(z.double(), dim=1) for z in (z1, z2)]
+    n, total = len(u), 0.0
+    for a, b in ((u, v), (v, u)):
+        for i in range(n):
+            pos = math.exp(float(a[i] @ b[i]) / tau)
+            inter = sum(math.exp(float(a[i] @ b[k]) / tau) for k in range(n) if k != i)
+            intra = sum(math.exp(float(a[i] @ a[k]) / tau) for k in range(n) if k != i)
+            total += -math.log(pos / (pos + inter + intra))
+    return total / (2 * n)
+
+
+def test_grace_loss_matches_the_paper_on_two_different_views() -> None:
+    torch.manual_seed(0)
+    ei = torch.randint(0, 12, (2, 400))
+    x = torch.randn(12, 40)
+    m = GRACE(40, GraphModel(hidden=[8], out_dim=4, proj_dim=8), GraphLoss(temperature=0.3, drop_edge=(0.2, 0.6),
+                                                                            drop_feature=(0.3, 0.5)))
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    encode = m.encoder.forward
+    m.encoder.forward = lambda xx, ee: (seen.append((xx, ee)), encode(xx, ee))[1]  # type: ignore[method-assign]
+    loss, _ = m({"x": x, "edge_index": ei})
+    (x1, e1), (x2, e2) = seen
+    # two views, each corrupted at its own rates: whole feature columns zeroed, edges dropped
+    kept_cols = [int((xv != 0).any(0).sum()) for xv in (x1, x2)]
+    assert not torch.equal(x1, x2) and kept_cols[0] > kept_cols[1] and all(0 < k < 40 for k in kept_cols)
+    assert all(torch.equal(xv[:, (xv != 0).any(0)], x[:, (xv != 0).any(0)]) for xv in (x1, x2))
+    assert e1.shape[1] == pytest.approx(0.8 * 400, abs=40) and e2.shape[1] == pytest.approx(0.4 * 400, abs=40)
+    with torch.no_grad():
+        want = _grace_reference(m.proj(encode(x1, e1)), m.proj(encode(x2, e2)), 0.3)
+    assert float(loss.detach()) == pytest.approx(want, rel=1e-5)
 
 
 def test_centroids_train_at_their_own_lr_multiple_through_the_recipe_optimizer() -> None:

@@ -608,6 +608,19 @@ def test_finetune_on_one_volume_says_it_trains_on_the_left_half_and_scores_the_r
                            "train_x": [0, 16], "held_out_x": [16, 32]}
     manifest = json.loads((tmp_path / "ft" / "manifest.json").read_text())["medical3d"]
     assert manifest["by"] == "halves along RAS x" and manifest["held_out_x"] == [16, 32]
+    # the Dice reported is the written prediction's on the right half alone (identity affine: RAS x = voxel x)
+    pred = np.asarray(nib.load(tmp_path / "ft" / "predictions" / "v0.nii.gz").dataobj)
+    label = np.asarray(nib.load(data / "lab" / "v0.nii.gz").dataobj)
+    assert pred.shape == label.shape == (32, 32, 32)
+
+    def dice(p: np.ndarray, t: np.ndarray) -> float:
+        return 2 * float((p & t).sum()) / float(p.sum() + t.sum())
+
+    reported = ev["dice_per_volume"]["v0.nii.gz"]
+    right = [dice(pred[16:] == c, label[16:] == c) for c in (1, 2)]
+    whole = [dice(pred == c, label == c) for c in (1, 2)]
+    assert reported == pytest.approx(right, abs=1e-4)
+    assert all(abs(w - r) > 1e-3 for w, r in zip(whole, right))          # the halves differ: the check discriminates
 
 
 def test_sample_data_says_what_it_wrote_in_words(tmp_path: Path) -> None:
@@ -688,7 +701,7 @@ def test_torchrun_two_processes(volumes: Path, tmp_path: Path, recipe: str, extr
 
 def test_class_names_read_msd_and_nnunet_mappings_and_reject_bad_json(tmp_path: Path) -> None:
     from sslkit.core.errors import UserError
-    from sslkit.domains.medical3d.finetune import class_names
+    from sslkit.domains.medical3d.labels import class_names
 
     labels = tmp_path / "labelsTr"
     labels.mkdir()
@@ -700,3 +713,20 @@ def test_class_names_read_msd_and_nnunet_mappings_and_reject_bad_json(tmp_path: 
     (labels / "dataset.json").write_text(json.dumps({"labels": ["GM", "WM"]}))
     with pytest.raises(UserError, match="labels"):
         class_names(labels, [0, 1, 2])
+
+
+@pytest.mark.slow
+def test_two_processes_reach_the_weights_of_one_process(volumes: Path, tmp_path: Path) -> None:
+    """Cross-volume pairs and Alice's masks are drawn per item (not per process), so 2 processes with the same global
+    batch train the same weights as 1 (fp32; bf16 would add rounding noise)."""
+    args = ["medical3d", "pretrain", str(volumes / "img"), "-r", "tiny", "--set", "train.steps=2",
+            "--set", "train.log_every=1", "--set", "train.device=cpu", "--set", "train.precision=fp32"]
+    weights = []
+    for n, out in ((1, tmp_path / "one"), (2, tmp_path / "two")):
+        launch = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}"] if n > 1 else []
+        res = subprocess.run([sys.executable, *launch, "-m", "sslkit", *args, "--out", str(out)], capture_output=True,
+                             text=True, timeout=600, env=ENV)
+        assert res.returncode == 0, res.stderr[-2000:]
+        weights.append(torch.load(out / "checkpoints" / "last.pt", weights_only=True)["model"])
+    for k, v in weights[0].items():
+        torch.testing.assert_close(v, weights[1][k], rtol=1e-4, atol=5e-5, msg=k)

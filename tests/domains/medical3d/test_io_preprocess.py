@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from sslkit.core.errors import UserError
-from sslkit.domains.medical3d import io, preprocess
+from sslkit.domains.medical3d import dicom, discover, io, preprocess
 from sslkit.domains.medical3d.preprocess import Settings, VolumeCache
 from sslkit.domains.medical3d.transforms import crop
+from sslkit.domains.medical3d.volumes import Volume, distinct_ids, output_stems, volume_stem
 from tests.domains.medical3d.conftest import oblique_affine, write_itk
 
 
@@ -22,16 +23,16 @@ def _nii(path: Path, arr: np.ndarray, affine: np.ndarray | None = None) -> Path:
 
 
 def test_find_volumes_folder_datalist_and_empty(volumes: Path, tmp_path: Path) -> None:
-    found = io.find_volumes([volumes / "img"])
+    found = discover.find_volumes([volumes / "img"])
     assert [v.id for v in found] == ["v0.nii.gz", "v1.nii.gz", "v2.nii.gz", "v3.nii.gz"]
     dl = tmp_path / "list.json"
     dl.write_text(json.dumps({"training": [{"image": str(volumes / "img" / "v1.nii.gz"),
                                             "label": str(volumes / "lab" / "v1.nii.gz")}]}))
-    (v,) = io.find_volumes([dl])
+    (v,) = discover.find_volumes([dl])
     assert v.path.name == "v1.nii.gz" and v.label.name == "v1.nii.gz"
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="no volumes found"):
-        io.find_volumes([tmp_path / "empty"])
+        discover.find_volumes([tmp_path / "empty"])
 
 
 def test_folder_scan_leaves_out_label_folders_and_hidden_files(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -42,11 +43,11 @@ def test_folder_scan_leaves_out_label_folders_and_hidden_files(tmp_path: Path, c
         (tmp_path / "Task" / rel).parent.mkdir(parents=True, exist_ok=True)
         _nii(tmp_path / "Task" / rel, vol)
     (tmp_path / "Task" / "imagesTr" / "._a.nii.gz").write_bytes(b"\0\5\26\7 AppleDouble")
-    found = io.find_volumes([tmp_path / "Task"])
+    found = discover.find_volumes([tmp_path / "Task"])
     assert [v.id for v in found] == ["imagesTr/a.nii.gz", "imagesTs/b.nii.gz", "unlabelled/c.nii.gz"]
     note = " ".join(capsys.readouterr().err.split())
     assert "left out label folders under" in note and "labelsTr, sub/brain_masks, subject_labels" in note
-    assert [v.id for v in io.find_volumes([tmp_path / "Task" / "labelsTr"])] == ["a.nii.gz"]   # given: read
+    assert [v.id for v in discover.find_volumes([tmp_path / "Task" / "labelsTr"])] == ["a.nii.gz"]   # given: read
 
 
 def test_decathlon_datalist_all_images_for_pretraining_training_pairs_for_finetuning(volumes: Path, tmp_path: Path) -> None:
@@ -54,9 +55,9 @@ def test_decathlon_datalist_all_images_for_pretraining_training_pairs_for_finetu
     dl = tmp_path / "dataset.json"                                      # the Decathlon's layout: test images as strings
     dl.write_text(json.dumps({"training": [{"image": str(img / "v0.nii.gz"), "label": str(volumes / "lab" / "v0.nii.gz")}],
                               "test": [str(img / "v1.nii.gz"), str(img / "v2.nii.gz")]}))
-    train = io.find_volumes([dl])
+    train = discover.find_volumes([dl])
     assert [v.path.name for v in train] == ["v0.nii.gz"] and train[0].label.name == "v0.nii.gz"
-    every = io.find_volumes([dl], io.UNLABELLED_SECTIONS)
+    every = discover.find_volumes([dl], discover.UNLABELLED_SECTIONS)
     assert [v.path.name for v in every] == ["v0.nii.gz", "v1.nii.gz", "v2.nii.gz"]
     assert all(v.label is None for v in every)
 
@@ -65,33 +66,33 @@ def test_volume_ids_keep_dotted_names_and_sub_folders_and_clashes_get_the_shorte
         tmp_path: Path) -> None:
     """Output names (`volume_stem`): only the volume suffix goes, sub-folders stay, nothing absolute or above the
     output folder. Clashing ids become the shortest trailing path that tells them apart, not absolute paths."""
-    assert io.volume_stem("case.001.nii.gz") == "case.001" and io.volume_stem("s1/T1.NII.GZ") == "s1/T1"
-    assert io.volume_stem("./imagesTr/a.mha") == "imagesTr/a" and io.volume_stem("/x/../y/b.nrrd") == "x/y/b"
+    assert volume_stem("case.001.nii.gz") == "case.001" and volume_stem("s1/T1.NII.GZ") == "s1/T1"
+    assert volume_stem("./imagesTr/a.mha") == "imagesTr/a" and volume_stem("/x/../y/b.nrrd") == "x/y/b"
     vol = np.zeros((4, 4, 4), np.float32)
     for rel in ["s1/t1.nii.gz", "s2/t1.nii.gz", "case.001.nii.gz", "case.002.nii.gz", "deep/a/x/t2.nii.gz",
                 "deep/b/x/t2.nii.gz"]:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         _nii(tmp_path / rel, vol)
-    found = io.find_volumes([tmp_path / "s1", tmp_path / "s2", tmp_path / "case.001.nii.gz",
+    found = discover.find_volumes([tmp_path / "s1", tmp_path / "s2", tmp_path / "case.001.nii.gz",
                              tmp_path / "case.002.nii.gz", tmp_path / "deep" / "a" / "x", tmp_path / "deep" / "b" / "x"])
     ids = [v.id for v in found]
     assert ids == ["s1/t1.nii.gz", "s2/t1.nii.gz", "case.001.nii.gz", "case.002.nii.gz", "a/x/t2.nii.gz",
                    "b/x/t2.nii.gz"]
-    assert io.output_stems(ids) == ["s1/t1", "s2/t1", "case.001", "case.002", "a/x/t2", "b/x/t2"]
-    dicom = [io.Volume("ser1", Path("/pacs/pat1/ser1"), "1.2"), io.Volume("ser1", Path("/pacs/pat2/ser1"), "1.3"),
-             io.Volume("ct#0", Path("/pacs/ct"), "1.4"), io.Volume("ct#1", Path("/pacs/ct"), "1.5")]
-    assert [v.id for v in io.distinct_ids(dicom)] == ["pat1/ser1", "pat2/ser1", "ct#0", "ct#1"]
+    assert output_stems(ids) == ["s1/t1", "s2/t1", "case.001", "case.002", "a/x/t2", "b/x/t2"]
+    dicom = [Volume("ser1", Path("/pacs/pat1/ser1"), "1.2"), Volume("ser1", Path("/pacs/pat2/ser1"), "1.3"),
+             Volume("ct#0", Path("/pacs/ct"), "1.4"), Volume("ct#1", Path("/pacs/ct"), "1.5")]
+    assert [v.id for v in distinct_ids(dicom)] == ["pat1/ser1", "pat2/ser1", "ct#0", "ct#1"]
     dl = tmp_path / "list.json"                                       # absolute datalist entries: named by file
     dl.write_text(json.dumps({"training": [{"image": str(tmp_path / "case.001.nii.gz")}, {"image": "s1/t1.nii.gz"}]}))
-    assert [v.id for v in io.find_volumes([dl])] == ["case.001.nii.gz", "s1/t1.nii.gz"]
+    assert [v.id for v in discover.find_volumes([dl])] == ["case.001.nii.gz", "s1/t1.nii.gz"]
     _nii(tmp_path / "s1" / "T1.nii", vol)                  # t1.nii.gz beside T1.nii: no path tells them apart
-    clash = io.find_volumes([tmp_path / "s1", tmp_path / "s2"])
+    clash = discover.find_volumes([tmp_path / "s1", tmp_path / "s2"])
     assert [v.id for v in clash] == ["T1.nii", "t1.nii.gz", "s2/t1.nii.gz"]
     with pytest.raises(UserError, match=r"T1.nii and t1.nii.gz would both be written as t1.nii.gz \(names compared "
                                         r"ignoring case\) — rename one"):
-        io.output_stems([v.id for v in clash])
+        output_stems([v.id for v in clash])
     with pytest.raises(UserError, match="a.nii.gz and a_probabilities.nii.gz would both be written as a_prob"):
-        io.output_stems(["a.nii.gz", "a_probabilities.nii.gz"], (".nii.gz", "_probabilities.nii.gz"))
+        output_stems(["a.nii.gz", "a_probabilities.nii.gz"], (".nii.gz", "_probabilities.nii.gz"))
 
 
 @pytest.mark.parametrize("shape,match", [((8, 8, 8, 3), "4-D"), ((16, 16), "not a 3-D volume")])
@@ -110,29 +111,29 @@ def test_channel_setting_reads_one_channel_or_splits_4d_files(tmp_path: Path) ->
     _nii(tmp_path / "multi.nii.gz", four, affine)
     _nii(tmp_path / "vector.nii.gz", vector, affine)
     _nii(tmp_path / "plain.nii.gz", four[..., 0].copy(), affine)
-    found = io.find_volumes([tmp_path])
+    found = discover.find_volumes([tmp_path])
     with pytest.raises(UserError, match=r"multi\.nii\.gz is 4-D .* data\.channel=N .* data\.channel=split"):
         io.read_volume(found[0])
-    split = io.select_channels(found, "split", "pretrain")
+    split = discover.select_channels(found, "split", "pretrain")
     assert [v.id for v in split] == ["multi.nii.gz#c0", "multi.nii.gz#c1", "multi.nii.gz#c2", "plain.nii.gz",
                                      "vector.nii.gz#c0", "vector.nii.gz#c1", "vector.nii.gz#c2"]
     for v in split:
         arr, aff = io.read_volume(v)
         assert arr.shape == (8, 9, 10) and np.allclose(aff, affine)
         assert np.array_equal(arr, four[..., v.channel if v.channel is not None else 0])
-    one = io.select_channels(found, 2, "embed")
+    one = discover.select_channels(found, 2, "embed")
     assert [v.id for v in one] == ["multi.nii.gz", "plain.nii.gz", "vector.nii.gz"]
     assert np.array_equal(io.read_volume(one[0])[0], four[..., 2])
     assert np.array_equal(io.read_volume(one[2])[0], four[..., 2])
     assert np.array_equal(io.read_volume(one[1])[0], four[..., 0])   # a 3-D volume is read as it is
     with pytest.raises(UserError, match="has 3 channels, so data.channel=5 does not exist — use 0..2"):
-        io.read_volume(io.select_channels(found, 5, "finetune")[0])
-    assert io.volume_stem("sub/multi.nii.gz#c2") == "sub/multi_c2" and io.volume_stem("series#1") == "series#1"
+        io.read_volume(discover.select_channels(found, 5, "finetune")[0])
+    assert volume_stem("sub/multi.nii.gz#c2") == "sub/multi_c2" and volume_stem("series#1") == "series#1"
     cache = VolumeCache(tmp_path / "cache", Settings(modality="mri", spacing=None))
     keys = {cache.key(v) for v in split[:3]} | {cache.key(found[0])}
     assert len(keys) == 4                                             # every channel has its own cache entry
-    _, first = cache.get(io.Volume("sub/plain.nii.gz", tmp_path / "plain.nii.gz"))
-    _, again = cache.get(io.Volume("plain.nii.gz", tmp_path / "plain.nii.gz"))   # a hit, listed another way
+    _, first = cache.get(Volume("sub/plain.nii.gz", tmp_path / "plain.nii.gz"))
+    _, again = cache.get(Volume("plain.nii.gz", tmp_path / "plain.nii.gz"))   # a hit, listed another way
     assert first["id"] == "sub/plain.nii.gz" and again["id"] == "plain.nii.gz"
 
 
@@ -150,8 +151,8 @@ def test_all_channels_preprocess_crop_and_inflate_the_encoder(tmp_path: Path) ->
     four = np.stack([base * 100, base * 3 + 50, base ** 2], -1)          # three contrasts, very different ranges
     _nii(tmp_path / "m.nii.gz", four, np.diag([-2.0, 2.0, 2.0, 1.0]))    # LAS: reoriented with its channels
     _nii(tmp_path / "m_lab.nii.gz", (base > 1.5).astype(np.uint8), np.diag([-2.0, 2.0, 2.0, 1.0]))
-    listed = [io.Volume("m", tmp_path / "m.nii.gz", label=tmp_path / "m_lab.nii.gz")]
-    (vol,) = io.select_channels(listed, "all", "finetune")
+    listed = [Volume("m", tmp_path / "m.nii.gz", label=tmp_path / "m_lab.nii.gz")]
+    (vol,) = discover.select_channels(listed, "all", "finetune")
     cache = VolumeCache(tmp_path / "cache", Settings(modality="mri", spacing=None, crop_foreground=False))
     npy, meta = cache.get(vol)
     image = np.load(npy).astype(np.float32)
@@ -222,19 +223,19 @@ def test_dicom_series_roundtrip_and_several_series(tmp_path: Path, capsys: pytes
     vol = np.arange(6 * 5 * 4, dtype=np.int16).reshape(6, 5, 4)
     vol[::-1] = vol  # not symmetric along any axis
     _dicom_series(tmp_path / "ct", vol[:, :, ::-1].copy(), "1.2.3.4")
-    (v,) = io.find_volumes([tmp_path / "ct"])
+    (v,) = discover.find_volumes([tmp_path / "ct"])
     assert v.id == "ct"                                      # the series folder given itself is named after it
     arr, affine = io.read_volume(v)
     np.testing.assert_array_equal(arr, vol[:, :, ::-1] - 1024)     # HU = raw + intercept, slices in z order
     np.testing.assert_allclose(np.diag(affine)[:3], [-1.0, -1.0, 2.0])  # LPS -> RAS flips x and y; 2 mm slices
     _dicom_series(tmp_path / "ct", vol, "1.2.3.5", number=3, description="T1 MPRAGE")   # a second series in the folder
-    found = io.find_volumes([tmp_path / "ct"])
+    found = discover.find_volumes([tmp_path / "ct"])
     assert len(found) == 2 and {f.series for f in found} == {"1.2.3.4", "1.2.3.5"}
     listing = " ".join(capsys.readouterr().err.split())      # listed as a PACS viewer names them
     assert "#0 4 files, UID …1.2.3.4; #1 series 3 'T1 MPRAGE', 4 files, UID …1.2.3.5" in listing, listing
-    assert [f.id for f in io.find_volumes([tmp_path])] == ["ct#0", "ct#1"]       # found below a given folder
+    assert [f.id for f in discover.find_volumes([tmp_path])] == ["ct#0", "ct#1"]       # found below a given folder
     with pytest.raises(UserError, match="holds 2 DICOM series"):
-        io.read_dicom(tmp_path / "ct", None)
+        dicom.read_dicom(tmp_path / "ct", None)
 
 
 def _transcode(src: Path, dst: Path, syntax: str) -> None:
@@ -263,7 +264,7 @@ def test_dicom_export_tree_without_extensions_compressed_and_non_images(tmp_path
 
     vol = (np.arange(6 * 5 * 4, dtype=np.int16).reshape(6, 5, 4) * 37) % 3000
     _dicom_series(tmp_path / "plain", vol, "1.2.3.4")
-    expected, expected_aff = io.read_volume(io.find_volumes([tmp_path / "plain"])[0])
+    expected, expected_aff = io.read_volume(discover.find_volumes([tmp_path / "plain"])[0])
     series = tmp_path / "export" / "patient" / "study" / "series1"
     series.mkdir(parents=True)
     for k, f in enumerate(sorted((tmp_path / "plain").glob("*.dcm"))):
@@ -278,12 +279,12 @@ def test_dicom_export_tree_without_extensions_compressed_and_non_images(tmp_path
     report.save_as(str(series / "SR0001"), enforce_file_format=True)
     (series.parent / "DICOMDIR").write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 64)
     (series / "notes.txt").write_text("acquired on a Tuesday")
-    (vol_,) = io.find_volumes([tmp_path / "export"])
+    (vol_,) = discover.find_volumes([tmp_path / "export"])
     assert vol_.id == "patient/study/series1" and vol_.series == "1.2.3.4"
     arr, aff = io.read_volume(vol_)
     np.testing.assert_array_equal(arr, expected)
     np.testing.assert_allclose(aff, expected_aff)
-    (one,) = io.find_volumes([series / "IM0001"])                      # one slice given: its series
+    (one,) = discover.find_volumes([series / "IM0001"])                      # one slice given: its series
     np.testing.assert_array_equal(io.read_volume(one)[0], expected)
 
 
@@ -291,8 +292,8 @@ def test_jpeg2000_series_decodes(tmp_path: Path) -> None:
     """A JPEG 2000 series shipped with the tests (see data/j2k_series/README.md) reads like the same series raw."""
     vol = (np.arange(40 * 36 * 6, dtype=np.int16).reshape(40, 36, 6) * 7) % 3000
     _dicom_series(tmp_path / "raw", vol, "1.2.9")
-    expected = io.read_volume(io.find_volumes([tmp_path / "raw"])[0])
-    (j2k,) = io.find_volumes([Path(__file__).parent / "data" / "j2k_series"])
+    expected = io.read_volume(discover.find_volumes([tmp_path / "raw"])[0])
+    (j2k,) = discover.find_volumes([Path(__file__).parent / "data" / "j2k_series"])
     got = io.read_volume(j2k)
     np.testing.assert_array_equal(got[0], expected[0])
     np.testing.assert_allclose(got[1], expected[1])
@@ -307,21 +308,21 @@ def test_dicom_missing_duplicate_multiframe_and_undecodable(tmp_path: Path) -> N
     _dicom_series(tmp_path / "gap", vol, "1.2.3")
     (tmp_path / "gap" / "1.2.3_2.dcm").unlink()                        # slices at 0, 2, 6, 8 mm
     with pytest.raises(UserError, match=r"2 mm but 4 mm between the slices at 2.0 and 6.0 mm \(a missing slice\?\)"):
-        io.read_volume(io.find_volumes([tmp_path / "gap"])[0])
+        io.read_volume(discover.find_volumes([tmp_path / "gap"])[0])
     _dicom_series(tmp_path / "echoes", vol, "1.2.4")
     for f in sorted((tmp_path / "echoes").glob("*.dcm")):              # a second echo at the same positions
         ds = dcmread(f)
         ds.SOPInstanceUID = generate_uid()
         ds.save_as(str(f.with_name("echo2_" + f.name)))
     with pytest.raises(UserError, match="10 slices at only 5 positions"):
-        io.read_volume(io.find_volumes([tmp_path / "echoes"])[0])
+        io.read_volume(discover.find_volumes([tmp_path / "echoes"])[0])
     _dicom_series(tmp_path / "mf", vol, "1.2.5")
     files = sorted((tmp_path / "mf").glob("*.dcm"))
     ds = dcmread(files[0])
     ds.NumberOfFrames, ds.PixelData = 5, np.ascontiguousarray(vol.transpose(2, 1, 0)).tobytes()
     ds.save_as(str(files[0]))
     with pytest.raises(UserError, match="holds 5 frames"):
-        io.read_volume(io.find_volumes([tmp_path / "mf"])[0])
+        io.read_volume(discover.find_volumes([tmp_path / "mf"])[0])
     _dicom_series(tmp_path / "j2k", vol, "1.2.6")
     first = sorted((tmp_path / "j2k").glob("*.dcm"))[0]
     ds = dcmread(first)
@@ -329,7 +330,7 @@ def test_dicom_missing_duplicate_multiframe_and_undecodable(tmp_path: Path) -> N
     ds.PixelData = encapsulate([b"\xff\x4f\xff\x51 not a codestream"])
     ds.save_as(str(first))
     with pytest.raises(UserError, match=r"unreadable DICOM pixel data .*transfer syntax JPEG 2000"):
-        io.read_volume(io.find_volumes([tmp_path / "j2k"])[0])
+        io.read_volume(discover.find_volumes([tmp_path / "j2k"])[0])
 
 
 def test_ras_roundtrip_resampling_and_intensity() -> None:
@@ -355,7 +356,7 @@ def test_modality_auto_per_volume_and_mismatch_warnings(tmp_path: Path, capsys: 
         explicit = preprocess.preprocess(arr, np.eye(4), Settings(modality=truth, spacing=None, crop_foreground=False))
         assert auto["meta"]["modality"] == truth
         np.testing.assert_array_equal(auto["image"], explicit["image"])
-    vols = [io.Volume(n, _nii(tmp_path / f"{n}.nii.gz", a)) for n, a in (("ct", ct), ("mri", mri))]
+    vols = [Volume(n, _nii(tmp_path / f"{n}.nii.gz", a)) for n, a in (("ct", ct), ("mri", mri))]
     preprocess.prepare(vols, VolumeCache(tmp_path / "c", Settings(modality="auto")), strict=True)
     assert "modality auto: 1 CT" in " ".join(capsys.readouterr().err.split())
     preprocess.prepare(vols, VolumeCache(tmp_path / "c", Settings(modality="ct")), strict=True)
@@ -365,7 +366,7 @@ def test_modality_auto_per_volume_and_mismatch_warnings(tmp_path: Path, capsys: 
 
 
 def test_cache_hit_invalidation_and_undo(volumes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    vol = io.Volume("v0", volumes / "img" / "v0.nii.gz", label=volumes / "lab" / "v0.nii.gz")
+    vol = Volume("v0", volumes / "img" / "v0.nii.gz", label=volumes / "lab" / "v0.nii.gz")
     s = Settings(modality="mri", spacing=(2.0, 2.0, 2.0), crop_foreground=True)
     npy, meta = VolumeCache(tmp_path, s).get(vol)
     assert tuple(np.load(npy).shape) == tuple(meta["shape"]) and max(meta["shape"]) <= 16
@@ -393,7 +394,7 @@ def test_probabilities_go_back_to_the_file_grid_finer_than_a_nearest_label_map(t
     ball = (np.sqrt(((grid - 23.5) ** 2).sum(0)) < 13.2).astype(np.uint8)
     nib.save(nib.Nifti1Image(ball.astype(np.float32) + 0.5, aff), tmp_path / "img.nii.gz")
     nib.save(nib.Nifti1Image(ball, aff), tmp_path / "lab.nii.gz")
-    vol = io.Volume("v", tmp_path / "img.nii.gz", label=tmp_path / "lab.nii.gz")
+    vol = Volume("v", tmp_path / "img.nii.gz", label=tmp_path / "lab.nii.gz")
     for spacing in ((3.0, 3.0, 3.0), None):
         _, meta = VolumeCache(tmp_path / "cache", Settings(modality="mri", spacing=spacing)).get(vol)
         ras = preprocess.to_ras(ball.astype(np.float32), aff)[0]
@@ -413,22 +414,22 @@ def test_probabilities_go_back_to_the_file_grid_finer_than_a_nearest_label_map(t
 def test_label_geometry_mismatch_and_bad_file_skipped(volumes: Path, tmp_path: Path) -> None:
     lab = _nii(tmp_path / "lab.nii.gz", np.zeros((30, 32, 32), np.uint8))
     with pytest.raises(UserError, match=r"has shape \(30, 32, 32\) but image .* has \(32, 32, 32\)"):
-        VolumeCache(tmp_path / "c", Settings()).get(io.Volume("v", volumes / "img" / "v0.nii.gz", label=lab))
+        VolumeCache(tmp_path / "c", Settings()).get(Volume("v", volumes / "img" / "v0.nii.gz", label=lab))
     shifted = np.eye(4)
     shifted[:3, 3] = [0.0, 3.0, 4.0]                                  # the same grid, moved 5 mm
     lab = _nii(tmp_path / "moved.nii.gz", np.zeros((32, 32, 32), np.uint8), shifted)
     with pytest.raises(UserError, match=r"has the shape of image .* but another affine \(voxels up to 5 mm apart\)"):
-        VolumeCache(tmp_path / "c", Settings()).get(io.Volume("v", volumes / "img" / "v0.nii.gz", label=lab))
+        VolumeCache(tmp_path / "c", Settings()).get(Volume("v", volumes / "img" / "v0.nii.gz", label=lab))
     scaled = _nii(tmp_path / "scaled.nii.gz", np.zeros((32, 32, 32), np.uint8), np.diag([1.0, 1.0, 1.1, 1.0]))
     with pytest.raises(UserError, match=r"voxels up to 3.1 mm apart"):       # 0.1 mm per slice, 31 slices
-        VolumeCache(tmp_path / "c", Settings()).get(io.Volume("v", volumes / "img" / "v0.nii.gz", label=scaled))
+        VolumeCache(tmp_path / "c", Settings()).get(Volume("v", volumes / "img" / "v0.nii.gz", label=scaled))
     bad = tmp_path / "bad.nii.gz"
     bad.write_bytes(b"garbage")
-    good = io.Volume("v0", volumes / "img" / "v0.nii.gz")
-    ok, skipped = preprocess.prepare([good, io.Volume("bad", bad)], VolumeCache(tmp_path / "c", Settings()), strict=False)
+    good = Volume("v0", volumes / "img" / "v0.nii.gz")
+    ok, skipped = preprocess.prepare([good, Volume("bad", bad)], VolumeCache(tmp_path / "c", Settings()), strict=False)
     assert len(ok) == 1 and skipped[0]["id"] == "bad" and "bad.nii.gz" in skipped[0]["reason"]
     with pytest.raises(UserError, match="bad.nii.gz"):
-        preprocess.prepare([good, io.Volume("bad", bad)], VolumeCache(tmp_path / "c", Settings()), strict=True)
+        preprocess.prepare([good, Volume("bad", bad)], VolumeCache(tmp_path / "c", Settings()), strict=True)
 
 
 def test_crop_pads_when_roi_exceeds_volume() -> None:
@@ -476,7 +477,7 @@ def test_nrrd_and_mha_read_like_the_same_nifti(tmp_path: Path, suffix: str) -> N
     arr = np.random.default_rng(0).random((7, 9, 5)).astype(np.float32)
     aff = oblique_affine()
     ref_arr, ref_aff = io.read_volume(_nii(tmp_path / "v.nii.gz", arr, aff))
-    (vol,) = io.find_volumes([write_itk(tmp_path / f"v{suffix}", arr, aff)])
+    (vol,) = discover.find_volumes([write_itk(tmp_path / f"v{suffix}", arr, aff)])
     got_arr, got_aff = io.read_volume(vol)
     np.testing.assert_array_equal(got_arr, ref_arr)
     np.testing.assert_allclose(got_aff, ref_aff, atol=1e-5)
@@ -488,7 +489,7 @@ def test_freesurfer_mgz_reads_like_the_same_nifti(tmp_path: Path) -> None:
     arr = np.random.default_rng(1).random((7, 9, 5)).astype(np.float32)
     ref = io.read_volume(_nii(tmp_path / "v.nii.gz", arr, oblique_affine()))
     nib.save(nib.MGHImage(arr, oblique_affine()), tmp_path / "brain.mgz")
-    (vol,) = io.find_volumes([tmp_path / "brain.mgz"])
+    (vol,) = discover.find_volumes([tmp_path / "brain.mgz"])
     got = io.read_volume(vol)
     np.testing.assert_array_equal(got[0], ref[0])
     np.testing.assert_allclose(got[1], ref[1], atol=1e-5)
@@ -502,3 +503,53 @@ def test_corrupt_nrrd_names_the_file(tmp_path: Path) -> None:
     bad.write_bytes(b"NRRD0004\ntype: float\ndimension: 3\nsizes: 4 4\nencoding: raw\n\n" + b"\0" * 10)
     with pytest.raises(UserError, match=r"scan\.nrrd is not readable by ITK"):
         io.read_volume(bad)
+
+
+def test_oblique_sagittal_dicom_series_gets_the_full_hand_computed_affine(tmp_path: Path) -> None:
+    """A sagittal series tilted 20° about the LPS z axis, with unequal pixel spacing (0.7 mm between rows, 1.3 mm
+    between columns), 2.5 mm slices, an origin off zero and the files written in shuffled order: the whole 4×4
+    voxel -> RAS affine against one worked out from the DICOM definitions, and each voxel's value where it was put."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    t = np.deg2rad(20.0)
+    rot = np.array([[np.cos(t), -np.sin(t), 0], [np.sin(t), np.cos(t), 0], [0, 0, 1.0]])
+    row_dir = rot @ [0.0, 1.0, 0.0]          # along a row (column index grows): anterior -> posterior, tilted
+    col_dir = rot @ [0.0, 0.0, -1.0]         # down a column (row index grows): head -> feet
+    normal = np.cross(row_dir, col_dir)      # = rot @ [-1, 0, 0]
+    row_spacing, col_spacing, step = 0.7, 1.3, 2.5
+    origin = np.array([-30.5, 12.25, 40.0])
+    vol = np.arange(5 * 6 * 4, dtype=np.int16).reshape(5, 6, 4)   # (cols, rows, slices), every value distinct
+    folder = tmp_path / "sag"
+    folder.mkdir()
+    uid = "1.2.3.9"
+    for k in (2, 0, 3, 1):
+        meta = FileMetaDataset()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds = FileDataset(str(folder / f"s{k}.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.SeriesInstanceUID, ds.SOPInstanceUID = uid, meta.MediaStorageSOPInstanceUID
+        ds.Rows, ds.Columns = vol.shape[1], vol.shape[0]
+        ds.PixelSpacing = [row_spacing, col_spacing]
+        ds.ImageOrientationPatient = [*map(float, row_dir), *map(float, col_dir)]
+        ds.ImagePositionPatient = [*map(float, origin + k * step * normal)]
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.PixelData = np.ascontiguousarray(vol[:, :, k].T).tobytes()
+        ds.save_as(str(folder / f"s{k}.dcm"), enforce_file_format=True)
+    arr, affine = dicom.read_dicom(folder, None)
+    # DICOM: pixel (row r, column c) of slice k lies at IPP_k + c·col_spacing·row_dir + r·row_spacing·col_dir (LPS)
+    c, s = np.cos(t), np.sin(t)
+    lps = np.array([[-s * 1.3, 0.0, -c * 2.5, -30.5],
+                    [c * 1.3, 0.0, -s * 2.5, 12.25],
+                    [0.0, -0.7, 0.0, 40.0],
+                    [0.0, 0.0, 0.0, 1.0]])
+    want = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps           # LPS -> RAS: x and y change sign
+    np.testing.assert_allclose(affine, want, atol=1e-6)
+    # representation-free: the RAS point of each value, by the returned (array, affine), is where it was written
+    for value in (0, 7, 33, 119):
+        i, j, k = np.argwhere(vol == value)[0]
+        got = affine @ [*np.argwhere(arr == value)[0], 1.0]
+        put = origin + k * step * normal + i * col_spacing * row_dir + j * row_spacing * col_dir
+        np.testing.assert_allclose(got[:3], [-put[0], -put[1], put[2]], atol=1e-4)

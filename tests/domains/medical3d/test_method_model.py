@@ -10,10 +10,11 @@ import torch
 
 from sslkit.core.checkpoint import save_checkpoint
 from sslkit.core.recipes import load_recipe
-from sslkit.domains.medical3d.finetune import busiest_slices, load_decoder
+from sslkit.domains.medical3d.finetune import load_decoder
 from sslkit.domains.medical3d.method import Alice, SwinSSL
 from sslkit.domains.medical3d.model import ENCODERS, embed_volume
 from sslkit.domains.medical3d.recipe import Medical3DRecipe
+from sslkit.domains.medical3d.scoring import busiest_slices
 from sslkit.domains.medical3d.segmentation import Segmenter, dice_ce_loss, dice_per_class
 from sslkit.domains.medical3d.transforms import column_mask, matched_centers, rotate
 
@@ -180,6 +181,49 @@ def test_swin_ssl_forward() -> None:
     assert torch.isfinite(loss) and 0.0 <= float(metrics["rot_acc"]) <= 1.0
     loss.backward()
     assert m.rotation_head.weight.grad is not None and m.recon.net[0].weight.grad is not None
+
+
+def test_swin_ssl_terms_match_references_on_what_the_heads_saw(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each SwinUNETR-SSL term against a float64 reference computed from the tensors the heads produced: rotation CE
+    on the true quarter-turns, NT-Xent with the two copies of a crop as positives (the other 2N-2 as negatives), L1
+    between the reconstruction and the rotated crops *before* cutout; the total is their weighted sum."""
+    import sslkit.domains.medical3d.method as method
+
+    torch.manual_seed(0)
+    rec = _tiny("tiny-swin", **{"swin.rot_weight": 0.7, "swin.contrast_weight": 1.3, "swin.recon_weight": 2.0,
+                                "swin.temperature": 0.3})
+    m = SwinSSL(rec)
+    seen: dict[str, list] = {"rotate": [], "cut": []}
+    real_rotate, real_cut = method.rotate, method.inpainting_cutout
+    monkeypatch.setattr(method, "rotate", lambda x: seen["rotate"].append(real_rotate(x)) or seen["rotate"][-1])
+    monkeypatch.setattr(method, "inpainting_cutout", lambda x, *a: seen["cut"].append(real_cut(x, *a)) or seen["cut"][-1])
+    outs: dict[str, torch.Tensor] = {}
+    for name in ("rotation_head", "contrastive_head", "recon"):
+        getattr(m, name).register_forward_hook(lambda mod, i, o, name=name: outs.__setitem__(name, o.detach().double()))
+    pyramid = m.encoder.pyramid
+    monkeypatch.setattr(m.encoder, "pyramid", lambda x: (outs.__setitem__("input", x.detach()), pyramid(x))[1])
+    x = torch.rand(3, 1, 32, 32, 32)
+    loss, metrics = m({"image": x})
+
+    (x1, r1), (x2, r2) = seen["rotate"]
+    for xv, rv in ((x1, r1), (x2, r2)):
+        assert all(torch.equal(xv[i], torch.rot90(x[i], int(rv[i]), dims=(1, 2))) for i in range(3))
+    assert torch.equal(outs["input"], torch.cat(seen["cut"])) and not torch.equal(outs["input"], torch.cat([x1, x2]))
+    k = torch.cat([r1, r2])
+    logits = outs["rotation_head"]
+    rot = -float(np.mean([float(torch.log_softmax(logits[i], 0)[k[i]]) for i in range(6)]))
+    z = torch.nn.functional.normalize(outs["contrastive_head"], dim=1)
+    con = 0.0
+    for i in range(6):
+        pos = math.exp(float(z[i] @ z[(i + 3) % 6]) / 0.3)
+        den = sum(math.exp(float(z[i] @ z[j]) / 0.3) for j in range(6) if j != i)
+        con -= math.log(pos / den) / 6
+    recon = float((outs["recon"] - torch.cat([x1, x2]).double()).abs().mean())
+    assert float(metrics["rot"]) == pytest.approx(rot, rel=1e-5)
+    assert float(metrics["contrast"]) == pytest.approx(con, rel=1e-5)
+    assert float(metrics["recon"]) == pytest.approx(recon, rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(0.7 * rot + 1.3 * con + 2.0 * recon, rel=1e-5)
+    assert float(metrics["rot_acc"]) == pytest.approx(float((logits.argmax(1) == k).double().mean()))
 
 
 def test_segmenter_and_dice() -> None:
@@ -356,7 +400,7 @@ def test_region_layout_paints_brats_regions_innermost_last() -> None:
     """BraTS values 0, 1, 2, 4 (classes 0..3): WT adds edema (2), TC necrosis (1), ET enhancing (4), painted in that
     order; membership is the union each region names. Regions that cannot be painted back are refused."""
     from sslkit.core.errors import UserError
-    from sslkit.domains.medical3d.finetune import region_layout
+    from sslkit.domains.medical3d.labels import region_layout
     from sslkit.domains.medical3d.recipe import FinetuneConfig
 
     values = [0, 1, 2, 4]

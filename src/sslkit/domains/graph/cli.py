@@ -61,7 +61,7 @@ def pretrain(graph: GraphArg, features: FeaturesOpt = None, recipe: RecipeOpt = 
     from sslkit.core.loop import fit, seed_everything
     from sslkit.core.recipes import resolve_recipe
     from sslkit.core.runs import Run
-    from sslkit.domains.graph.batches import FullGraph, NodeBlocks, first, full_batch, prepare_inputs, use_full_batch
+    from sslkit.domains.graph.batches import FullGraph, NodeBlocks, full_batch, prepare_inputs, use_full_batch
     from sslkit.domains.graph.clustering import check_clusters
     from sslkit.domains.graph.method import GraphRecipe, build_method
 
@@ -76,11 +76,8 @@ def pretrain(graph: GraphArg, features: FeaturesOpt = None, recipe: RecipeOpt = 
     if cfg.method != "grace" and cfg.clusters is None:
         raise UserError(f"{cfg.method} learns K clusters — pass --clusters K (2 <= K <= {g.num_nodes})")
     inputs = prepare_inputs(g, cfg, quiet=not distributed.is_main())
-    world = distributed.dist_env().world_size
-    full = use_full_batch(cfg, g.num_nodes)
-    if full:
-        cfg.train.batch_size, cfg.train.micro_batch_size = world, None  # one whole-graph batch per process
-    elif cfg.method == "grace":
+    full = use_full_batch(cfg, g.num_nodes)     # full batch: fit() gives every process the whole graph each step
+    if not full and cfg.method == "grace":
         raise UserError(f"the GRACE baseline trains full-batch only; this graph has {g.num_nodes} nodes — "
                         "use --recipe scgc-star, or --set data.full_batch=true if it fits in memory")
     run = Run.open(out, domain="graph", recipe=cfg, data_paths=[p for p in (graph, features) if p],
@@ -90,11 +87,11 @@ def pretrain(graph: GraphArg, features: FeaturesOpt = None, recipe: RecipeOpt = 
     seed_everything(cfg.train.seed)
     method = build_method(cfg, inputs.x.shape[1], inputs.hops)
     if full:
-        data, collate = FullGraph(full_batch(inputs, g, cfg), copies=world), first
+        data, collate = FullGraph(full_batch(inputs, g, cfg)), None
     else:
         data = NodeBlocks(inputs, cfg.loss.r, cfg.method == "scgc-star", cfg.data.fanout, cfg.loss.objective)
         collate = data.collate
-    result = fit(method, data, cfg.train, run, collate_fn=collate, resume=resume)
+    result = fit(method, data, cfg.train, run, collate_fn=collate, resume=resume, full_batch=full)
     if distributed.is_main():
         export_encoder(method.encoder, method.encoder_spec(), run.path("encoder"),
                        extra={"num_nodes": g.num_nodes, **inputs.summary()})

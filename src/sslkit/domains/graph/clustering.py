@@ -93,22 +93,42 @@ def soft_assign(run_dir: Path, z: np.ndarray, missing_ok: bool = False) -> np.nd
 
 def evaluate_all(graph: Graph, recipe: GraphRecipe, z: np.ndarray, q: np.ndarray | None, idx: np.ndarray,
                  y: np.ndarray, seeds: tuple[int, ...]) -> dict[str, dict[str, Any]]:
-    """{row name: {metric: (mean, std)}} over the labelled nodes idx with labels y."""
-    from sslkit.core.evaluation import cluster_metrics, kmeans_eval, linear_probe
+    """{row name: {metric: (mean, std)}} over the labelled nodes idx with labels y.
+
+    On a few thousand nodes with wide features (Citeseer: 3,327 × 3,703) the k-means and probe runs take minutes, so
+    they are counted on stderr as training steps are (core.progress): one part per row and seed for each, plus the
+    two feature baselines. Each seed runs alone and the (mean, std) is taken over the seeds as the grouped calls
+    take it: the same numbers."""
+    from sslkit.core.evaluation import cluster_metrics, kmeans_eval, linear_probe, mean_std
+    from sslkit.core.progress import Progress
     from sslkit.domains.graph.transforms import auto_hops
 
     k = int(y.max()) + 1
     baseline = recipe.model_copy(deep=True)
     baseline.method = "scgc-star"
     baseline.data.hops = 0
-    raw = prepare_inputs(graph, baseline, quiet=True).x
-    baseline.data.hops = recipe.data.hops if recipe.data.hops is not None else auto_hops(graph.num_nodes, graph.edge_index.shape[1])
-    smooth = prepare_inputs(graph, baseline, quiet=True).x
-    rows: dict[str, dict[str, Any]] = {}
-    feats = {"raw features": raw, f"propagated Â^{baseline.data.hops}X (no training)": smooth,
-             f"{recipe.method} embeddings": node_embedding(z, recipe.embedding.pca_variance)}
-    for name, x in feats.items():
-        rows[name] = {**kmeans_eval(x[idx], y, k, seeds=seeds), "probe_acc": linear_probe(x[idx], y, seeds=seeds)["accuracy"]}
+    with Progress(total=2 + 3 * 2 * len(seeds), label="evaluate") as progress:
+        progress.advance(0, "raw and propagated features")
+        raw = prepare_inputs(graph, baseline, quiet=True).x
+        progress.advance(1, "raw features ready")
+        baseline.data.hops = (recipe.data.hops if recipe.data.hops is not None
+                              else auto_hops(graph.num_nodes, graph.edge_index.shape[1]))
+        smooth = prepare_inputs(graph, baseline, quiet=True).x
+        done = 2
+        progress.advance(done, "propagated features ready")
+        rows: dict[str, dict[str, Any]] = {}
+        feats = {"raw features": raw, f"propagated Â^{baseline.data.hops}X (no training)": smooth,
+                 f"{recipe.method} embeddings": node_embedding(z, recipe.embedding.pca_variance)}
+        for name, x in feats.items():
+            clustered, probed = [], []
+            for seed in seeds:
+                clustered.append({m: v for m, (v, _) in kmeans_eval(x[idx], y, k, seeds=(seed,)).items()})
+                done += 1
+                progress.advance(done, f"k-means on {name}, seed {seed}")
+                probed.append(linear_probe(x[idx], y, seeds=(seed,))["accuracy"][0])
+                done += 1
+                progress.advance(done, f"probe on {name}, seed {seed}")
+            rows[name] = {**{m: mean_std(r[m] for r in clustered) for m in clustered[0]}, "probe_acc": mean_std(probed)}
     if q is not None:
         one = cluster_metrics(y, q[idx].argmax(1))
         rows[f"{recipe.method} soft assignment"] = {m: (v, 0.0) for m, v in one.items()}

@@ -169,6 +169,7 @@ def _train(frames: Path, labels: Path | None, recipe: str, set_: list[str] | Non
     from sslkit.core.loop import fit, seed_everything
     from sslkit.core.recipes import resolve_recipe
     from sslkit.core.runs import Run
+    from sslkit.core.views import RepeatedViews, views_per_input
     from sslkit.domains.lidar import pseudolabel as pl
     from sslkit.domains.lidar.io import list_frames
     from sslkit.domains.lidar.labels import label_files, read_labels
@@ -201,6 +202,8 @@ def _train(frames: Path, labels: Path | None, recipe: str, set_: list[str] | Non
     seed_everything(cfg.train.seed)
     method = StudentDetector(cfg.model)
     data = StudentFrames(seq, boxes, method.encoder, cfg.model.max_objects, cfg.model.flip)
+    if cfg.model.flip:   # items are randomly mirrored frames: a few frames fill a batch with more views of each
+        data = RepeatedViews(data, views_per_input(len(data), 1, cfg.train.batch_size, "random views", "frame"))
     result = fit(method, data, cfg.train, run, collate_fn=collate, resume=resume)
     if distributed.is_main():
         export_encoder(method.encoder, method.encoder_spec(), run.path("encoder"), extra={"frames": len(seq)})
@@ -332,14 +335,17 @@ def render(frame: Annotated[Path, typer.Argument(help="One frame file.")],
            out: Annotated[Path, typer.Option("--out", "-o", help="PNG to write.")],
            labels: Annotated[Optional[Path], typer.Option("--labels", help="Labels to compare (pseudo-labels or detections): a .txt file or a folder (red).")] = None,
            gt: Annotated[Optional[Path], typer.Option("--gt", help="True labels: a .txt file or a folder (white).")] = None,
+           view: Annotated[Optional[str], typer.Option("--range", help="View XMIN,XMAX,YMIN,YMAX in metres, e.g. "
+                                                       "-40,40,-20,20; default: fitted to the frame's points and boxes.")] = None,
            overwrite: OverwriteOpt = False) -> None:
-    """Bird's-eye-view PNG of a frame with true (white) and --labels (red) boxes."""
+    """Bird's-eye-view PNG of a frame, its points coloured by height, with true (white) and --labels (red) boxes."""
     from sslkit.core.errors import UserError
     from sslkit.core.files import check_file_out
     from sslkit.domains.lidar.io import clean_frame, list_frames, read_frame
     from sslkit.domains.lidar.labels import read_labels
-    from sslkit.domains.lidar.render import render_bev
+    from sslkit.domains.lidar.render import bev_title, parse_range, render_bev
 
+    extent = parse_range(view) if view is not None else None
     files = list_frames(frame)
     check_file_out(out, overwrite, "bev.png")
 
@@ -354,8 +360,11 @@ def render(frame: Annotated[Path, typer.Argument(help="One frame file.")],
         return read_labels(p)
 
     pts = clean_frame(read_frame(files[0]), files[0])[0]
-    render_bev(pts, out, boxes(gt), boxes(labels), title=f"{files[0].name}: truth white, labels red")
+    true, compared = boxes(gt), boxes(labels)
+    render_bev(pts, out, true, compared, title=bev_title(files[0].name, true if gt else None,
+                                                         compared if labels else None), extent=extent)
     typer.echo(str(out))
+
 
 
 @app.command()

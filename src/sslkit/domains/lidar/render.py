@@ -1,17 +1,55 @@
-"""Bird's-eye-view pictures: points coloured by height, true boxes white, the compared labels red."""
+"""Bird's-eye-view pictures: points coloured by height, true boxes white, the compared labels red; the view fits
+the frame (every point and box) unless an extent is given."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 
+from sslkit.core.errors import UserError
 from sslkit.domains.lidar.boxes import Box, bev_corners
+
+Extent = tuple[float, float, float, float]      # x min, x max, y min, y max (m)
+
+
+def parse_range(text: str) -> Extent:
+    """--range XMIN,XMAX,YMIN,YMAX (metres) as floats; anything else is one line naming the expected form."""
+    try:
+        v = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        v = ()
+    if len(v) != 4 or not all(math.isfinite(x) for x in v) or v[0] >= v[1] or v[2] >= v[3]:
+        raise UserError(f"--range {text!r} is not XMIN,XMAX,YMIN,YMAX in metres with XMIN < XMAX and YMIN < YMAX — "
+                        "e.g. --range=-40,40,-20,20")
+    return v  # type: ignore[return-value]
+
+
+def fit_extent(points: np.ndarray, boxes: list[Box] = (), margin: float = 2.0) -> Extent:
+    """The smallest view holding every point and box corner, `margin` m wider on each side and rounded out to whole
+    metres: a real scan (KITTI: up to ~80 m all round) is never cut off, a short-range one is not shrunk to a dot."""
+    xy = [points[:, :2]] + [bev_corners(b.array())[:, :2] for b in boxes if b.cls != "DontCare"]
+    xy = np.concatenate([a for a in xy if len(a)]) if any(len(a) for a in xy) else np.zeros((1, 2))
+    lo, hi = np.floor(xy.min(0) - margin), np.ceil(xy.max(0) + margin)
+    return float(lo[0]), float(hi[0]), float(lo[1]), float(hi[1])
+
+
+def bev_title(name: str, gt: list[Box] | None, pred: list[Box] | None) -> str:
+    """"NAME: points by height" plus only the boxes drawn: "truth white (N)" when true labels were given, "labels red
+    (N)" when labels to compare were given; N counts the boxes drawn (DontCare regions are not)."""
+    def count(boxes: list[Box]) -> str:
+        n = sum(b.cls != "DontCare" for b in boxes)
+        return f"{n} box{'' if n == 1 else 'es'}"
+
+    parts = ["points by height"] + ([f"truth white ({count(gt)})"] if gt is not None else []) + \
+        ([f"labels red ({count(pred)})"] if pred is not None else [])
+    return f"{name}: {', '.join(parts)}"
 
 
 def render_bev(points: np.ndarray, path: Path, gt: list[Box] = (), pred: list[Box] = (), title: str = "",
-               extent: tuple[float, float, float, float] | None = None) -> Path:
+               extent: Extent | None = None) -> Path:
     """`pred` are whatever is compared with the truth (pseudo-labels or detections): the legend says "labels",
-    as the CLI's title and --labels option do."""
+    as the CLI's title and --labels option do. `extent` None: the view fits the data (`fit_extent`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -19,9 +57,10 @@ def render_bev(points: np.ndarray, path: Path, gt: list[Box] = (), pred: list[Bo
 
     from sslkit.core.files import atomic_write_bytes
 
-    fig, ax = plt.subplots(figsize=(14, 5.5), dpi=110)
     if extent is None:
-        extent = (-60.0, 60.0, -10.0, 28.0)
+        extent = fit_extent(points, [*gt, *pred])
+    dx, dy = extent[1] - extent[0], extent[3] - extent[2]
+    fig, ax = plt.subplots(figsize=(12.0, min(12.0, max(3.0, 12.0 * dy / dx)) + 1.0), dpi=110)   # about the view's shape
     m = (points[:, 0] > extent[0]) & (points[:, 0] < extent[1]) & (points[:, 1] > extent[2]) & (points[:, 1] < extent[3])
     p = points[m]
     lo, hi = np.percentile(p[:, 2], [2, 98]) if len(p) else (0.0, 1.0)

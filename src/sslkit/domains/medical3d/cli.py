@@ -66,10 +66,11 @@ def pretrain(data: DataArgs, recipe: RecipeOpt = "alice", modality: ModalityOpt 
     from sslkit.core.export import export_encoder
     from sslkit.core.loop import fit, seed_everything
     from sslkit.core.runs import Run
+    from sslkit.core.views import views_per_input
     from sslkit.domains.medical3d.datasets import CrossVolumePairs, RandomCrops
-    from sslkit.domains.medical3d.finetune import cache_for, input_channels
-    from sslkit.domains.medical3d.io import UNLABELLED_SECTIONS, find_volumes, select_channels
+    from sslkit.domains.medical3d.discover import UNLABELLED_SECTIONS, find_volumes, select_channels
     from sslkit.domains.medical3d.method import build_method
+    from sslkit.domains.medical3d.preprocess import cache_for, input_channels
 
     cfg = _recipe(recipe, set_, modality, out, resume)
     cfg.data.strict = cfg.data.strict or strict
@@ -88,12 +89,15 @@ def pretrain(data: DataArgs, recipe: RecipeOpt = "alice", modality: ModalityOpt 
     run.update_manifest(medical3d={"volumes": len(entries), "skipped_count": len(skipped), "skipped": skipped,
                                    "cache": str(cache.root), "shapes": [m["shape"] for _, m in entries[:50]]})
     info(f"{len(entries)} volumes ready ({len(skipped)} skipped), cache {cache.root}")
+    # random crops: a few volumes fill a batch with more crops each (said in one line), rather than being refused
+    spv = views_per_input(len(entries), cfg.data.samples_per_volume, cfg.train.batch_size,
+                          "crop pairs" if cfg.method == "alice" else "crops", "volume", "data.samples_per_volume")
     if cfg.method == "alice":
         if len(entries) == 1:
             info("only one volume: Alice pairs are drawn within it (cross-volume pairs need two or more)")
-        dataset = CrossVolumePairs(entries, cfg.data.roi, cfg.data.samples_per_volume, cfg.data.pair_jitter)
+        dataset = CrossVolumePairs(entries, cfg.data.roi, spv, cfg.data.pair_jitter)
     else:
-        dataset = RandomCrops(entries, cfg.data.roi, cfg.data.samples_per_volume)
+        dataset = RandomCrops(entries, cfg.data.roi, spv)
     result = fit(method, dataset, cfg.train, run, resume=resume)
     if distributed.is_main():
         export_encoder(method.encoder, method.encoder_spec(), run.path("encoder"),
@@ -113,11 +117,11 @@ def embed(run: RunArg, data: DataArgs, out: Annotated[Path, typer.Option("--out"
     from sslkit.core.distributed import select_device
     from sslkit.core.embeddings import check_embeddings_out, write_embeddings
     from sslkit.core.export import load_encoder
-    from sslkit.domains.medical3d.finetune import cache_for, check_channels
-    from sslkit.domains.medical3d.io import UNLABELLED_SECTIONS, find_volumes, output_stems, select_channels
-    from sslkit.domains.medical3d.preprocess import prepare
+    from sslkit.domains.medical3d.discover import UNLABELLED_SECTIONS, find_volumes, select_channels
+    from sslkit.domains.medical3d.preprocess import cache_for, check_channels, prepare
     from sslkit.domains.medical3d.recipe import Medical3DRecipe, pretraining_run
     from sslkit.domains.medical3d.transforms import channels_first
+    from sslkit.domains.medical3d.volumes import output_stems
 
     check_embeddings_out(out, overwrite)
     cfg = Medical3DRecipe.model_validate(pretraining_run(run, "embed").recipe_dict)
@@ -172,7 +176,7 @@ def finetune(run: RunArg, images: Annotated[Path, typer.Argument(help="Image fol
     predictions. Prints the run folder."""
     from sslkit.core.recipes import apply_override, validate_recipe
     from sslkit.domains.medical3d.finetune import resumed_settings, run_finetune
-    from sslkit.domains.medical3d.io import select_channels
+    from sslkit.domains.medical3d.discover import select_channels
     from sslkit.domains.medical3d.pairing import labelled_volumes
     from sslkit.domains.medical3d.recipe import Medical3DRecipe, pretraining_run
 
@@ -209,9 +213,9 @@ def predict(run: Annotated[Path, typer.Argument(help="A run folder written by `m
     """Segment new volumes with a fine-tuned network: label maps on each input's grid, class volumes in mL; with
     --labels, Dice and HD95 on them (a test set from another site, say)."""
     from sslkit.core.runs import Run
-    from sslkit.domains.medical3d.finetune import run_predict
-    from sslkit.domains.medical3d.io import UNLABELLED_SECTIONS, find_volumes, select_channels
+    from sslkit.domains.medical3d.discover import UNLABELLED_SECTIONS, find_volumes, select_channels
     from sslkit.domains.medical3d.pairing import attach_labels
+    from sslkit.domains.medical3d.predict import run_predict
 
     channel = Run.load(run, "medical3d").recipe_dict.get("data", {}).get("channel")
     volumes = select_channels(find_volumes(images, UNLABELLED_SECTIONS), channel, "finetune")

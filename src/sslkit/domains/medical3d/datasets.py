@@ -60,7 +60,9 @@ class CrossVolumePairs(_Cached):
         ca, cb = matched_centers(self.metas[a], self.metas[b], rng, self.jitter, self.roi)
         q = crop(self.volume(a), ca, self.roi)
         k = crop(self.volume(b), cb, self.roi)
-        return {"query": channels_first(q), "anchor": channels_first(k)}
+        # the seed of this pair's masks (Alice draws them from it): an item masks alike on 1 or P processes
+        seed = torch.tensor(int(rng.integers(0, 2**62)), dtype=torch.int64)
+        return {"query": channels_first(q), "anchor": channels_first(k), "mask_seed": seed}
 
 
 class LabelledCrops(_Cached):

@@ -24,7 +24,8 @@ from sslkit.core.losses.nt_xent import nt_xent
 from sslkit.domains.medical3d.model import SIZES, ConvEncoder3d, SwinEncoder3d, _norm
 from sslkit.domains.medical3d.recipe import Medical3DRecipe, ModelConfig
 from sslkit.domains.medical3d.segmentation import UNetDecoder
-from sslkit.domains.medical3d.transforms import cell_normalise, column_mask, inpainting_cutout, rotate
+from sslkit.domains.medical3d.transforms import (cell_normalise, column_mask, inpainting_cutout, mask_cells, rotate,
+                                                 seeded_noise)
 
 RECIPE_SCHEMA = Medical3DRecipe
 
@@ -116,7 +117,10 @@ class Alice(nn.Module):
         q, k = batch["query"], batch["anchor"]
         b, a = q.shape[0], self.cfg
         views = torch.cat([q, k])                                                  # (2B, C, R, R, R)
-        mask = column_mask(2 * b, self.roi, a.mask_patch, a.mask_ratio, a.mask_columns, q.device)
+        noise = None
+        if "mask_seed" in batch:   # per item (CrossVolumePairs): the same masks on any number of processes
+            noise = seeded_noise(batch["mask_seed"], 2, mask_cells(self.roi, a.mask_patch, a.mask_columns), q.device)
+        mask = column_mask(2 * b, self.roi, a.mask_patch, a.mask_ratio, a.mask_columns, q.device, noise)
         masked = views * (1 - mask) + self.mask_token * mask
         pyramid = self.encoder.pyramid(masked)
         fs = pyramid[-1]                                                           # (2B, C, r, r, r)

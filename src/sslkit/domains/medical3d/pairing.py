@@ -11,7 +11,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from sslkit.core.errors import UserError
-from sslkit.domains.medical3d.io import UNLABELLED_SECTIONS, Volume, find_volumes, read_datalist, volume_stem
+from sslkit.domains.medical3d.discover import UNLABELLED_SECTIONS, find_volumes, read_datalist
+from sslkit.domains.medical3d.volumes import Volume, volume_stem
 
 CHANNEL_SUFFIX = re.compile(r"_\d{4}$")     # nnU-Net: case_0000.nii.gz is channel 0 of case, labelled case.nii.gz
 

@@ -15,13 +15,18 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from sslkit.core.errors import UserError
 from sslkit.core.files import temp_beside
-from sslkit.domains.medical3d.io import Volume, dicom_files, read_volume
+from sslkit.domains.medical3d.dicom import dicom_files
+from sslkit.domains.medical3d.io import read_volume
+from sslkit.domains.medical3d.volumes import Volume
+
+if TYPE_CHECKING:
+    import torch
 
 CACHE_VERSION = 1
 
@@ -334,3 +339,42 @@ def check_modality(metas: list[dict], setting: str) -> None:
     elif setting == "auto" and lowest:
         n_ct = sum(m.get("modality") == "ct" for m in metas)
         info(f"modality auto: {n_ct} CT (air below {AIR_HU:g} HU, HU window), {len(metas) - n_ct} MRI (percentiles)")
+
+
+def settings_from(data: Any) -> Any:
+    """Preprocessing settings of a recipe's data section."""
+    from sslkit.domains.medical3d.preprocess import Settings
+
+    return Settings(modality=data.modality, spacing=tuple(data.spacing) if data.spacing else None,
+                    hu_window=tuple(data.hu_window), percentiles=tuple(data.percentiles),
+                    crop_foreground=data.crop_foreground, foreground_threshold=data.foreground_threshold)
+
+
+def cache_for(data: Any) -> Any:
+    """The preprocessing cache that a recipe's data section reads and fills (`data.cache_dir`, else the default)."""
+    from sslkit.domains.medical3d.preprocess import VolumeCache
+
+    return VolumeCache(Path(data.cache_dir) if data.cache_dir else None, settings_from(data))
+
+
+def input_channels(entries: list[tuple[Path, dict]]) -> int:
+    """The images' channel count (1 for 3-D volumes); every image must have the same."""
+    counts: dict[int, list[str]] = {}
+    for _, meta in entries:
+        counts.setdefault(int(meta.get("channels", 1)), []).append(meta["id"])
+    if len(counts) > 1:
+        listing = "; ".join(f"{n} channel(s): {', '.join(ids[:3])}{' …' if len(ids) > 3 else ''}"
+                            for n, ids in sorted(counts.items()))
+        raise UserError(f"the images differ in their number of channels ({listing}) — give images with the same "
+                        "channels, or pick one with --set data.channel=N")
+    return next(iter(counts))
+
+
+def check_channels(entries: list[tuple[Path, dict]], encoder: torch.nn.Module, what: str) -> int:
+    """The images' channel count, which must be the one `encoder` reads; `what` opens the refusal ("RUN segments")."""
+    from sslkit.domains.medical3d.model import input_conv
+
+    if (channels := input_channels(entries)) != (wanted := input_conv(encoder).in_channels):
+        raise UserError(f"{what} {wanted}-channel images and these have {channels} — give images with {wanted} "
+                        "channels (data.channel as in that run)")
+    return channels

@@ -69,15 +69,31 @@ def flip_and_shift(image: np.ndarray, label: np.ndarray, rng: np.random.Generato
     return np.ascontiguousarray(image * np.float32(factor) + np.float32(offset)), np.ascontiguousarray(label)
 
 
-def column_mask(batch: int, roi: int, patch: int, ratio: float, columns: bool, device: torch.device) -> Tensor:
+def mask_cells(roi: int, patch: int, columns: bool) -> int:
+    """How many cells a `column_mask` draws from: the (X, Y) grid with columns, else the 3-D grid."""
+    g = max(1, roi // patch)
+    return g * g if columns else g ** 3
+
+
+def seeded_noise(seeds: Tensor, draws: int, cells: int, device: torch.device) -> Tensor:
+    """(draws·B, cells) uniform noise, rows [draw 0 of every item, draw 1 of every item, …], each item's from its own
+    seed: the masks of an item then do not depend on which process or batch it lands in (so P processes mask as one
+    process does)."""
+    rows = [torch.rand(draws, cells, generator=torch.Generator().manual_seed(int(s))) for s in seeds.tolist()]
+    return torch.stack(rows, 1).reshape(draws * len(rows), cells).to(device)
+
+
+def column_mask(batch: int, roi: int, patch: int, ratio: float, columns: bool, device: torch.device,
+                noise: Tensor | None = None) -> Tensor:
     """SimMIM mask (B, 1, X, Y, Z) of 0/1 floats: `ratio` of the `patch`-voxel cells are 1 (masked).
 
     columns=True draws the mask on the (X, Y) grid and repeats it along Z (Alice's code), else on the 3-D grid.
+    `noise` (B, cells), e.g. from `seeded_noise`, replaces the draw from the global random stream.
     """
     g = max(1, roi // patch)
-    cells = g * g if columns else g ** 3
+    cells = mask_cells(roi, patch, columns)
     n_mask = int(round(ratio * cells))
-    order = torch.rand(batch, cells, device=device).argsort(dim=1)
+    order = (torch.rand(batch, cells, device=device) if noise is None else noise).argsort(dim=1)
     flat = torch.zeros(batch, cells, device=device)
     flat.scatter_(1, order[:, :n_mask], 1.0)
     if columns:

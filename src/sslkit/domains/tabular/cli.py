@@ -66,7 +66,8 @@ def _fit_preprocessing(data: Path, cfg, skip: dict[str, str], categorical: list[
     from sslkit.core import distributed
     from sslkit.core.errors import UserError
     from sslkit.domains.tabular.io import iter_batches
-    from sslkit.domains.tabular.preprocess import Preprocessor, fit_preprocessor
+    from sslkit.domains.tabular.preprocess import Preprocessor
+    from sslkit.domains.tabular.preprocess_fit import fit_preprocessor
 
     payload = None
     if distributed.is_main():
@@ -302,7 +303,7 @@ add_export_command(app, "tabular", "encoder with its preprocessing", unfinished_
 def sample_data(out: Annotated[Path, typer.Argument(help="Folder to write the sample tables into.")],
                 overwrite: OverwriteOpt = False) -> None:
     """Write UCI Adult (adult.csv, label `income`, id `id`) and scikit-learn's breast_cancer/wine tables."""
-    from sslkit.domains.tabular.io import write_sample_data
+    from sslkit.domains.tabular.samples import write_sample_data
 
     for path in write_sample_data(out, overwrite=overwrite):
         typer.echo(str(path))

@@ -76,7 +76,7 @@ def _dense(numeric: np.ndarray, miss: np.ndarray, cat: np.ndarray, cardinalities
 def ple_features(num: np.ndarray, miss: np.ndarray, cat: np.ndarray, cardinalities: Sequence[int],
                  missing_cols: Sequence[bool], edges: np.ndarray) -> FeatureSet:
     """Raw features for the dense models with each numeric column as its piecewise-linear code over `edges`
-    ((n_bins + 1,) shared or (Dn, n_bins + 1) per column, the encoder's bins); no tree features."""
+    ((num_bins + 1,) shared or (Dn, num_bins + 1) per column, the encoder's bins); no tree features."""
     import torch
 
     from sslkit.domains.tabular.model import piecewise_linear
@@ -363,13 +363,21 @@ def run_evaluation(sets: dict[str, FeatureSet], y: np.ndarray, task: str, seeds:
     One stratified split per seed (the same split for every feature set and model), or the
     given test table; `label_fraction` < 1 trains on that stratified share of the training rows
     (the same rows for every feature set and model of a seed; the test rows do not change);
-    `jobs` > 1 runs the cells in parallel processes (joblib).
+    `jobs` > 1 runs the cells in parallel processes (joblib), `jobs` at a time; the cells done are counted on stderr
+    as training steps are (core.progress): a grid of MLP searches on a large table takes minutes.
     """
     from joblib import Parallel, delayed
 
+    from sslkit.core.progress import Progress
+
     cells = [(seed, f, m) for seed in seeds for f in sets for m in models if m != "hgb" or sets[f].trees is not None]
-    outs = Parallel(n_jobs=jobs)(delayed(_task)(task, sets, y, s, f, m, test, test_size, label_fraction)
-                                 for s, f, m in cells)
+    outs: list = []
+    with Parallel(n_jobs=jobs) as parallel, Progress(total=len(cells), label="evaluate") as progress:
+        for start in range(0, len(cells), jobs):
+            chunk = cells[start:start + jobs]
+            outs += parallel(delayed(_task)(task, sets, y, s, f, m, test, test_size, label_fraction) for s, f, m in chunk)
+            seed, fname, mname = chunk[-1]
+            progress.advance(len(outs), f"{fname} / {mname}, seed {seed}")
     results: dict[str, dict[str, Any]] = {}
     for (_, fname, mname), (scores, chosen) in zip(cells, outs):
         entry = results.setdefault(f"{fname} / {mname}", {"per_seed": [], "settings": []})

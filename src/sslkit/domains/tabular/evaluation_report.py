@@ -31,7 +31,7 @@ PLE_MAX_COLUMNS, PLE_MAX_VALUES = 8192, 100_000_000   # raw-ple's width and size
 def ple_size(encoder: nn.Module, n_rows: int) -> tuple[int, bool]:
     """raw-ple's numeric width (columns × bins; 0 without binned tokens) and whether it fits the caps."""
     tokenizer = getattr(encoder, "tokenizer", None)
-    width = getattr(tokenizer, "n_num", 0) * getattr(tokenizer, "n_bins", 0)
+    width = getattr(tokenizer, "n_num", 0) * getattr(tokenizer, "num_bins", 0)
     return width, 0 < width <= PLE_MAX_COLUMNS and width * n_rows <= PLE_MAX_VALUES
 
 

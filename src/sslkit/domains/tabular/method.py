@@ -103,7 +103,7 @@ class TJepa(nn.Module):
         super().__init__()
         self.kwargs = dict(n_num=n_num, cardinalities=list(cardinalities), dim=model.dim, depth=model.depth,
                            heads=model.heads, ffn=model.ffn, n_reg=model.n_reg, dropout=model.dropout, pool=model.pool,
-                           n_bins=model.num_bins)
+                           num_bins=model.num_bins)
         if model.bin_edges != "normal":   # only when set, so encoders exported before the option load unchanged
             self.kwargs["bin_edges"] = model.bin_edges
         self.masks, self.ema, self.target_norm = masks, ema, (loss or TJepaLoss()).target_norm

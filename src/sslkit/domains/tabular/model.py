@@ -7,7 +7,7 @@ and returns (B, out_dim). `ENCODERS` maps the exported kind to its builder.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -25,18 +25,18 @@ def sinusoidal(n: int, dim: int) -> Tensor:
     return table
 
 
-def normal_edges(n_bins: int, bound: float = 5.2) -> Tensor:
-    """(n_bins + 1,) bin edges at the standard normal's quantiles i/n_bins, ends clipped to ±bound.
+def normal_edges(num_bins: int, bound: float = 5.2) -> Tensor:
+    """(num_bins + 1,) bin edges at the standard normal's quantiles i/num_bins, ends clipped to ±bound.
 
     After quantile-normal scaling (the default) these are equal-frequency bins of every
     continuous feature, fitted on the pretraining table through its saved quantiles.
     """
-    u = torch.linspace(0.0, 1.0, n_bins + 1, dtype=torch.float64)
+    u = torch.linspace(0.0, 1.0, num_bins + 1, dtype=torch.float64)
     return (math.sqrt(2.0) * torch.erfinv(2 * u - 1)).clamp(-bound, bound).float()
 
 
-def data_edges(values: np.ndarray, n_bins: int) -> np.ndarray:
-    """(n_bins + 1,) increasing bin edges of one numeric feature, fitted on its (scaled, non-missing) values.
+def data_edges(values: np.ndarray, num_bins: int) -> np.ndarray:
+    """(num_bins + 1,) increasing bin edges of one numeric feature, fitted on its (scaled, non-missing) values.
 
     Half the edges are quantiles of the rows (equal-frequency bins), half are quantiles of the
     feature's *distinct* values. The second half matters for columns such as Adult's capital_gain:
@@ -48,14 +48,14 @@ def data_edges(values: np.ndarray, n_bins: int) -> np.ndarray:
     """
     v = np.sort(values[np.isfinite(values)].astype(np.float64))
     if v.size == 0:
-        return normal_edges(n_bins).numpy()
-    half = n_bins // 2
+        return normal_edges(num_bins).numpy()
+    half = num_bins // 2
     edges = np.unique(np.concatenate([np.quantile(v, np.linspace(0.0, 1.0, half + 1)),
-                                      np.quantile(np.unique(v), np.linspace(0.0, 1.0, n_bins - half + 1))]))
-    if len(edges) > n_bins + 1:
-        edges = edges[np.round(np.linspace(0, len(edges) - 1, n_bins + 1)).astype(int)]
-    elif len(edges) < n_bins + 1:
-        pad = n_bins + 1 - len(edges)
+                                      np.quantile(np.unique(v), np.linspace(0.0, 1.0, num_bins - half + 1))]))
+    if len(edges) > num_bins + 1:
+        edges = edges[np.round(np.linspace(0, len(edges) - 1, num_bins + 1)).astype(int)]
+    elif len(edges) < num_bins + 1:
+        pad = num_bins + 1 - len(edges)
         edges = np.concatenate([edges[0] - 1e-3 * np.arange(pad, 0, -1), edges])
     return edges.astype(np.float32)
 
@@ -63,7 +63,7 @@ def data_edges(values: np.ndarray, n_bins: int) -> np.ndarray:
 def piecewise_linear(x: Tensor, edges: Tensor) -> Tensor:
     """Piecewise-linear encoding (Gorishniy et al. 2022, "On Embeddings for Numerical Features").
 
-    x (B, n), edges (n_bins + 1,) shared or (n, n_bins + 1) per feature -> (B, n, n_bins): bin t holds
+    x (B, n), edges (num_bins + 1,) shared or (n, num_bins + 1) per feature -> (B, n, num_bins): bin t holds
     0 below it, 1 above it and the position inside it; the first bin extends linearly below, the last above.
     """
     lo, width = edges[..., :-1], (edges[..., 1:] - edges[..., :-1]).clamp_min(1e-6)
@@ -75,29 +75,29 @@ def piecewise_linear(x: Tensor, edges: Tensor) -> Tensor:
 class FeatureTokenizer(nn.Module):
     """FT-Transformer tokens: numeric value × w_j + b_j (+ m_j if missing); category embedding + b_j.
 
-    With `n_bins` ≥ 2 a numeric value is first expanded by its piecewise-linear encoding over
-    `n_bins` normal-quantile bins and mapped by a per-feature (n_bins, dim) matrix (one einsum
+    With `num_bins` ≥ 2 a numeric value is first expanded by its piecewise-linear encoding over
+    `num_bins` normal-quantile bins and mapped by a per-feature (num_bins, dim) matrix (one einsum
     for all features): the token can then bend with the value, which plain value × w_j cannot.
     `bin_edges` "normal" shares those bins across features; "data" gives every feature its own
     edges (`data_edges`), set by `fit_edges` on the pretraining rows and saved with the weights.
     (num, miss, cat) -> (B, Dn + Dc, dim), with a sinusoidal position per feature added.
     """
 
-    def __init__(self, n_num: int, cardinalities: list[int], dim: int, n_bins: int = 0,
+    def __init__(self, n_num: int, cardinalities: list[int], dim: int, num_bins: int = 0,
                  bin_edges: str = "normal") -> None:
         super().__init__()
-        if n_bins == 1 or n_bins < 0:
-            raise ValueError(f"n_bins must be 0 (linear numeric tokens) or at least 2, got {n_bins}")
+        if num_bins == 1 or num_bins < 0:
+            raise ValueError(f"num_bins must be 0 (linear numeric tokens) or at least 2, got {num_bins}")
         if bin_edges not in ("normal", "data"):
             raise ValueError(f"bin_edges must be normal or data, got {bin_edges!r}")
-        self.n_num, self.n_cat, self.n_bins, self.bin_edges = n_num, len(cardinalities), n_bins, bin_edges
+        self.n_num, self.n_cat, self.num_bins, self.bin_edges = n_num, len(cardinalities), num_bins, bin_edges
         init = 1 / math.sqrt(dim)
-        if n_bins:
-            self.num_weight = nn.Parameter(torch.empty(n_num, n_bins, dim).uniform_(-init, init))
+        if num_bins:
+            self.num_weight = nn.Parameter(torch.empty(n_num, num_bins, dim).uniform_(-init, init))
             if bin_edges == "data":   # per feature, fitted by fit_edges; persistent: it travels with the weights
-                self.register_buffer("edges", normal_edges(n_bins).repeat(n_num, 1))
+                self.register_buffer("edges", normal_edges(num_bins).repeat(n_num, 1))
             else:
-                self.register_buffer("edges", normal_edges(n_bins), persistent=False)
+                self.register_buffer("edges", normal_edges(num_bins), persistent=False)
         else:
             self.num_weight = nn.Parameter(torch.empty(n_num, dim).uniform_(-init, init))
         self.num_missing = nn.Parameter(torch.empty(n_num, dim).uniform_(-init, init))
@@ -111,19 +111,19 @@ class FeatureTokenizer(nn.Module):
     @torch.no_grad()
     def fit_edges(self, num: np.ndarray, miss: np.ndarray) -> None:
         """Per-feature bin edges from preprocessed rows (missing values left out); only with bin_edges="data"."""
-        if not self.n_bins or self.bin_edges != "data":
+        if not self.num_bins or self.bin_edges != "data":
             return
         if len(num) > 200_000:   # an evenly spaced subset is plenty for quantiles (and keeps memmaps cheap)
             take = np.linspace(0, len(num) - 1, 200_000).astype(np.int64)
             num, miss = num[take], miss[take]
         for j in range(self.n_num):
             col = np.where(np.asarray(miss[:, j]).astype(bool), np.nan, np.asarray(num[:, j], dtype=np.float64))
-            self.edges[j] = torch.from_numpy(data_edges(col, self.n_bins)).to(self.edges)
+            self.edges[j] = torch.from_numpy(data_edges(col, self.num_bins)).to(self.edges)
 
     def forward(self, num: Tensor, miss: Tensor, cat: Tensor) -> Tensor:
         parts = []
         if self.n_num:
-            if self.n_bins:
+            if self.num_bins:
                 values = torch.einsum("bnk,nkd->bnd", piecewise_linear(num, self.edges).to(self.num_weight.dtype),
                                       self.num_weight)
             else:
@@ -189,13 +189,13 @@ class TJepaEncoder(nn.Module):
     """
 
     def __init__(self, n_num: int, cardinalities: list[int], dim: int = 64, depth: int = 16, heads: int = 2,
-                 ffn: int = 64, n_reg: int = 1, dropout: float = 0.0, pool: str = "mean_reg", n_bins: int = 0,
+                 ffn: int = 64, n_reg: int = 1, dropout: float = 0.0, pool: str = "mean_reg", num_bins: int = 0,
                  bin_edges: str = "normal") -> None:
         super().__init__()
         if pool not in ("mean", "mean_reg", "flatten"):
             raise ValueError(f"pool must be mean, mean_reg or flatten, got {pool!r}")
         self.n_features, self.dim, self.n_reg, self.pool = n_num + len(cardinalities), dim, n_reg, pool
-        self.tokenizer = FeatureTokenizer(n_num, cardinalities, dim, n_bins, bin_edges)
+        self.tokenizer = FeatureTokenizer(n_num, cardinalities, dim, num_bins, bin_edges)
         self.reg = nn.Parameter(torch.randn(n_reg, dim) * 0.02)
         self.blocks = _layers(dim, depth, heads, ffn, dropout)
         self.head = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.LayerNorm(dim))
@@ -273,4 +273,12 @@ class ScarfEncoder(nn.Module):
         return self.net(torch.cat(parts, dim=1))
 
 
-ENCODERS: dict[str, Callable[..., nn.Module]] = {"t-jepa": TJepaEncoder, "scarf": ScarfEncoder}
+def tjepa_encoder(**kwargs: Any) -> TJepaEncoder:
+    """`ENCODERS["t-jepa"]`: a TJepaEncoder from an export's (or a checkpoint's) kwargs. Encoders written before the
+    export took the recipe key's name carry `model.num_bins` as `n_bins`: read as `num_bins`."""
+    if "n_bins" in kwargs:
+        kwargs = {**{k: v for k, v in kwargs.items() if k != "n_bins"}, "num_bins": kwargs["n_bins"]}
+    return TJepaEncoder(**kwargs)
+
+
+ENCODERS: dict[str, Callable[..., nn.Module]] = {"t-jepa": tjepa_encoder, "scarf": ScarfEncoder}

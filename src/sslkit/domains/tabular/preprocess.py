@@ -1,4 +1,5 @@
-"""Column typing, missing values and scaling, fitted in one streaming pass and saved in the run.
+"""Applying the fitted preprocessing (column typing, missing values, scaling) to record batches; fitted in one
+streaming pass by `preprocess_fit.py` and saved in the run.
 
 A fitted `Preprocessor` turns any record batch with the pretraining columns into
     num  (n, Dn) float32  scaled numeric values, missing ones set to 0
@@ -9,7 +10,6 @@ It is saved as `preprocess.json` in the run folder and applied unchanged by `emb
 from __future__ import annotations
 
 import json
-import re
 import shlex
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,9 +21,6 @@ from sslkit.core.errors import UserError
 
 MISSING, UNKNOWN = 0, 1
 NUMBER = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"   # a text cell that counts as a number
-NUMERIC_SHARE = 0.95   # a text column whose values are at least this share numbers is numeric, the rest missing
-DATE = re.compile(r"^\d{1,4}[/.-]\d{1,2}[/.-]\d{1,4}([ T]\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?)?$")
-ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}")
 
 
 @dataclass
@@ -101,18 +98,18 @@ class Preprocessor:
         num = np.zeros((n, len(self.numeric)), np.float32)
         miss = np.zeros((n, len(self.numeric)), np.uint8)
         for j, col in enumerate(self.numeric):
-            values = self._numbers(_column(batch, col.name), col, source, row0, stray)
+            values = self._numbers(batch_column(batch, col.name), col, source, row0, stray)
             bad = ~np.isfinite(values)
             miss[:, j] = bad
             num[:, j] = np.where(bad, 0.0, self._scale(np.where(bad, col.center, values), col))
         cat = np.zeros((n, len(self.categorical)), np.int64)
         for j, col in enumerate(self.categorical):
-            cat[:, j] = category_codes(_column(batch, col.name), col.categories)
+            cat[:, j] = category_codes(batch_column(batch, col.name), col.categories)
         return num, miss, cat
 
     @staticmethod
     def _numbers(arr: Any, col: NumericColumn, source: str, row0: int, stray: dict[str, int] | None) -> np.ndarray:
-        if not _is_text(arr.type):
+        if not is_text(arr.type):
             return numeric_values(arr, col.name)
         quoted = shlex.quote(col.name)
         if col.source == "datetime":
@@ -121,7 +118,7 @@ class Preprocessor:
         if bad.any():
             if not col.text_as_missing:
                 i = int(np.flatnonzero(bad)[0])
-                raise UserError(f"{source}: column '{col.name}' holds {_cell(arr, i)} in row {row0 + i + 1:,}, which "
+                raise UserError(f"{source}: column '{col.name}' holds {cell_repr(arr, i)} in row {row0 + i + 1:,}, which "
                                 f"is not a number (the column was numeric at pretraining) — clean that value, or "
                                 f"pretrain again with --categorical {quoted} to use the column as text")
             if stray is not None:
@@ -134,20 +131,20 @@ class Preprocessor:
         return ((x - col.center) / col.scale).clip(-10, 10)
 
 
-def _column(batch: Any, name: str) -> Any:
+def batch_column(batch: Any, name: str) -> Any:
     idx = batch.schema.get_field_index(name)
     if idx < 0:
         raise UserError(f"column '{name}' is missing from the table — give a table with the pretraining columns")
     return batch.column(idx)
 
 
-def _is_text(t: Any) -> bool:
+def is_text(t: Any) -> bool:
     import pyarrow as pa
 
     return pa.types.is_string(t) or pa.types.is_large_string(t)
 
 
-def _cell(arr: Any, i: int) -> str:
+def cell_repr(arr: Any, i: int) -> str:
     """A value for a message: quoted, trimmed, at most 40 characters."""
     text = str(arr[i].as_py()).strip()
     return repr(text if len(text) <= 40 else text[:37] + "...")
@@ -186,7 +183,7 @@ def _dates(arr: Any, name: str, source: str, row0: int) -> np.ndarray:
         try:
             pc.cast(pa.array([value], pa.string()), pa.timestamp("s"))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            raise UserError(f"{source}: column '{name}' holds {_cell(text, i)} in row {row0 + i + 1:,}, which is not a "
+            raise UserError(f"{source}: column '{name}' holds {cell_repr(text, i)} in row {row0 + i + 1:,}, which is not a "
                             "date like those at pretraining — write it as ISO 8601 (2020-01-31), or clean the value"
                             ) from None
     raise UserError(f"{source}: column '{name}' holds text that is not a date like those at pretraining — write its "
@@ -202,11 +199,11 @@ def numeric_values(arr: Any, name: str) -> np.ndarray:
     if pa.types.is_timestamp(t) or pa.types.is_date(t):
         seconds = pc.cast(pc.cast(arr, pa.timestamp("s")), pa.int64())
         return np.asarray(pc.fill_null(pc.cast(seconds, pa.float64()), float("nan")), dtype=np.float64) / 86400.0
-    if _is_text(t):
+    if is_text(t):
         values, bad = text_numbers(arr)
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
-            raise UserError(f"column '{name}' holds {_cell(arr, i)} in row {i + 1:,}, which is not a number — clean "
+            raise UserError(f"column '{name}' holds {cell_repr(arr, i)} in row {i + 1:,}, which is not a number — clean "
                             "that value")
         return values
     try:
@@ -245,230 +242,3 @@ def quantile_normal(x: np.ndarray, q: np.ndarray) -> np.ndarray:
     u = 0.5 * (np.interp(x, q, ref) - np.interp(-x, -q[::-1], -ref[::-1]))
     eps = 1e-7
     return ndtri(np.clip(u, eps, 1 - eps)).astype(np.float32)
-
-
-# ---- fitting ---------------------------------------------------------------------------------
-
-
-@dataclass
-class _Stats:
-    kind: str                                  # numeric | text
-    source: str
-    rows: int = 0
-    nulls: int = 0
-    sample: list[np.ndarray] = field(default_factory=list)
-    sampled: int = 0
-    counts: dict[str, int] = field(default_factory=dict)
-    overflow: bool = False
-    words: int = 0                             # text values that are not numbers (text read columns)
-    example: tuple[str, int] | None = None     # the first of them, and its row
-
-
-def _kind_of(t: Any) -> tuple[str, str] | None:
-    import pyarrow as pa
-
-    if pa.types.is_null(t):          # a CSV column with no value at all: reported as all-missing below
-        return "numeric", "float"
-    if pa.types.is_boolean(t):
-        return "text", "bool"
-    if pa.types.is_integer(t):
-        return "numeric", "int"
-    if pa.types.is_floating(t) or pa.types.is_decimal(t):
-        return "numeric", "float"
-    if pa.types.is_timestamp(t) or pa.types.is_date(t):
-        return "numeric", "datetime"
-    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_dictionary(t):
-        return "text", "text"
-    return None
-
-
-def fit_preprocessor(batches: Iterable[Any], *, skip: dict[str, str], categorical: list[str], numeric: list[str],
-                     scaling: str = "quantile", max_categories: int = 100, sample_rows: int = 100_000,
-                     n_quantiles: int = 1000, seed: int = 0, source: str = "table") -> Preprocessor:
-    """One streaming pass over `batches`: infer column kinds, count categories, sample numeric values."""
-    rng = np.random.default_rng(seed)
-    stats: dict[str, _Stats] = {}
-    ignored = dict(skip)
-    notes: list[str] = []
-    n_rows, first = 0, True
-    for batch in batches:
-        if first:
-            first = False
-            for name, typ in zip(batch.schema.names, batch.schema.types):
-                if name in ignored:
-                    continue
-                kind = ("text", "forced") if name in categorical else ("numeric", "forced") if name in numeric else _kind_of(typ)
-                if kind is None:
-                    ignored[name] = f"unsupported type {typ}"
-                    notes.append(f"column '{name}' has type {typ} and is not used")
-                    continue
-                stats[name] = _Stats(kind=kind[0], source=kind[1])
-                if kind[1] == "datetime":
-                    notes.append(f"column '{name}' holds dates: used as a number (days since 1970)")
-        for name, st in stats.items():
-            arr = _column(batch, name)
-            st.rows += len(arr)
-            st.nulls += arr.null_count
-            if _is_text(arr.type) and name not in categorical and _no_numbers(arr):   # plain text: no number in it
-                if present := len(arr) - arr.null_count:
-                    st.words += present
-                    if st.example is None:
-                        i = int(np.flatnonzero(np.asarray(arr.is_valid()))[0])
-                        st.example = (_cell(arr, i), n_rows + i + 1)
-                if st.kind == "text":
-                    _count_text(st, arr, max_categories)
-            elif _is_text(arr.type) and name not in categorical:   # numbers written as text, or with stray words
-                values, bad = text_numbers(arr)
-                if bad.any():
-                    st.words += int(bad.sum())
-                    if st.example is None:
-                        i = int(np.flatnonzero(bad)[0])
-                        st.example = (_cell(arr, i), n_rows + i + 1)
-                if bad.sum() < len(arr) - arr.null_count:
-                    _sample_numeric(st, values, sample_rows, rng)
-                if st.kind == "text":
-                    _count_text(st, arr, max_categories)
-            elif st.kind == "numeric":
-                values = numeric_values(arr, name)
-                if n_rows == 0 and (why := _row_index(name, values, st.source)):
-                    notes.append(f"column '{name}' looks like a row index ({why}) and is used as a feature — pass "
-                                 f"--id {shlex.quote(name)} to keep it as the row id, or --drop {shlex.quote(name)}")
-                _sample_numeric(st, values, sample_rows, rng)
-            else:
-                _count_text(st, arr, max_categories)
-        n_rows += batch.num_rows
-    if n_rows == 0:
-        raise UserError(f"{source} has a header but no rows — give a table with data")
-    num_cols, cat_cols = [], []
-    for name, st in stats.items():
-        if st.nulls == st.rows:
-            raise UserError(f"{source}: column '{name}' is empty (all values missing) — pass --drop {shlex.quote(name)}")
-        numbers = st.rows - st.nulls - st.words
-        if st.words and (st.kind == "numeric" or (name not in categorical and numbers >= NUMERIC_SHARE * (st.rows - st.nulls))):
-            value, row = st.example
-            if numbers < NUMERIC_SHARE * (st.rows - st.nulls):   # --numeric on a column of mostly text
-                raise UserError(f"{source}: column '{name}' (--numeric) holds text in {st.words:,} of "
-                                f"{st.rows - st.nulls:,} values (e.g. {value} in row {row:,}) — clean those values, "
-                                f"or drop --numeric {shlex.quote(name)}")
-            st.kind, st.source = "numeric", "text"
-            notes.append(f"column '{name}' is numbers but for {st.words:,} text value(s) (e.g. {value} in row {row:,}): "
-                         f"used as numeric with those values missing — clean them, or pass --categorical "
-                         f"{shlex.quote(name)} to use the column as text")
-        if st.kind == "numeric":
-            col = _numeric_column(name, st, scaling, n_quantiles)
-            if col is None:
-                ignored[name] = "constant"
-                notes.append(f"column '{name}' is constant and was dropped")
-            else:
-                num_cols.append(col)
-        else:
-            col, why = _categorical_column(name, st, max_categories, forced=name in categorical)
-            if col is None:
-                ignored[name] = why
-                notes.append(f"column '{name}' {why} and was dropped")
-            else:
-                if col.dropped_rare:
-                    notes.append(f"column '{name}': {col.dropped_rare} rare values share the 'unknown' token")
-                if (dates := _date_like(name, st)) and name not in categorical:
-                    notes.append(f"column '{name}' {dates} and is used as categories")
-                cat_cols.append(col)
-    if not num_cols and not cat_cols:
-        raise UserError(f"{source}: no usable feature columns (ignored: "
-                        f"{', '.join(f'{k} ({v})' for k, v in ignored.items()) or 'none'}) — "
-                        "check --target/--id/--drop and the column types")
-    return Preprocessor(numeric=num_cols, categorical=cat_cols, scaling=scaling, ignored=ignored, n_rows=n_rows,
-                        notes=notes)
-
-
-INDEX_NAMES = ("", "index", "Unnamed: 0", "__index_level_0__")   # what pandas writes for a saved DataFrame index
-
-
-def _row_index(name: str, values: np.ndarray, source: str) -> str:
-    """Why a numeric column looks like a saved row index or row id ("" when it does not): the name pandas gives an
-    index, or integers that rise by at least one on every row of the first batch (100 rows or more)."""
-    if name in INDEX_NAMES:
-        return f"pandas names a saved index '{name}'"
-    if source == "int" and values.size >= 100 and np.all(np.isfinite(values)) and np.all(np.diff(values) >= 1):
-        return "its integers rise on every row"
-    return ""
-
-
-def _sample_numeric(st: _Stats, values: np.ndarray, sample_rows: int, rng: np.random.Generator) -> None:
-    """Keep a uniform sample of at most `sample_rows` finite values (reservoir by random keys)."""
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return
-    st.sample.append(values)
-    st.sampled += values.size
-    if st.sampled > 2 * sample_rows:
-        pooled = np.concatenate(st.sample)
-        st.sample = [rng.choice(pooled, sample_rows, replace=False)]
-        st.sampled = sample_rows
-
-
-def _no_numbers(arr: Any) -> bool:
-    """True when no value of a text array reads as a number; checked on its distinct values, so that the usual text
-    column (a few categories) costs one value count, not a pattern match per row."""
-    import pyarrow.compute as pc
-
-    distinct = pc.unique(as_text(arr).drop_null())
-    return not len(distinct) or not pc.any(pc.match_substring_regex(distinct, NUMBER)).as_py()
-
-
-def _count_text(st: _Stats, arr: Any, max_categories: int) -> None:
-    import pyarrow.compute as pc
-
-    counts = pc.value_counts(as_text(arr).drop_null())
-    for value, count in zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist()):
-        st.counts[value] = st.counts.get(value, 0) + count
-    if len(st.counts) > 50 * max_categories:  # bound memory on id-like text: keep the most frequent
-        top = sorted(st.counts.items(), key=lambda kv: -kv[1])[: 10 * max_categories]
-        st.counts, st.overflow = dict(top), True
-
-
-def _numeric_column(name: str, st: _Stats, scaling: str, n_quantiles: int) -> NumericColumn | None:
-    sample = np.concatenate(st.sample) if st.sample else np.zeros(0)
-    has_missing = st.nulls > 0 or sample.size < st.rows - st.nulls
-    lo, hi = float(sample.min()), float(sample.max())
-    if lo == hi and not has_missing:
-        return None
-    median = float(np.median(sample))
-    if scaling == "standard":
-        scale = float(sample.std()) or 1.0
-        center = float(sample.mean())
-    else:
-        q25, q75 = np.percentile(sample, [25, 75])
-        scale = float(q75 - q25) or float(sample.std()) or 1.0
-        center = median
-    quantiles = np.quantile(sample, np.linspace(0, 1, min(n_quantiles, sample.size))).tolist() if scaling == "quantile" else []
-    return NumericColumn(name=name, source=st.source, center=center if scaling != "quantile" else median,
-                         scale=scale, quantiles=quantiles, has_missing=bool(has_missing), text_as_missing=st.words)
-
-
-def _categorical_column(name: str, st: _Stats, max_categories: int, forced: bool) -> tuple[CategoricalColumn | None, str]:
-    ranked = sorted(st.counts.items(), key=lambda kv: (-kv[1], kv[0]))
-    if len(ranked) <= 1 and st.nulls == 0:
-        return None, "is constant"
-    if (len(ranked) > max_categories or st.overflow) and not forced:
-        if dates := _date_like(name, st):
-            return None, dates
-        return None, (f"is high-cardinality text ({len(ranked)}{'+' if st.overflow else ''} distinct values; "
-                      f"pass --categorical {shlex.quote(name)} to keep its {max_categories} most frequent)")
-    kept = [v for v, _ in ranked[:max_categories]]
-    return CategoricalColumn(name=name, categories=kept, has_missing=st.nulls > 0,
-                             dropped_rare=max(0, len(ranked) - len(kept))), ""
-
-
-def _date_like(name: str, st: _Stats) -> str:
-    """Why a text column looks like dates the reader did not parse ("" when it does not): at least 95% of its counted
-    values look like dates (31/01/2020, 01.31.2020, 2020/1/31, with or without a time)."""
-    total = sum(st.counts.values())
-    dates = {v: c for v, c in st.counts.items() if DATE.match(v)}
-    if not total or sum(dates.values()) < NUMERIC_SHARE * total:
-        return ""
-    drop = f"--drop {shlex.quote(name)}"
-    other = next((v for v in st.counts if v not in dates), None)
-    if all(ISO_DATE.match(v) for v in dates) and other is not None:   # ISO dates are parsed unless text is among them
-        return f"holds dates and text that is not a date (e.g. {other!r}; clean those values, or pass {drop})"
-    return (f"looks like dates in an unrecognised format (e.g. {next(iter(dates))!r}; write them as ISO 8601, "
-            f"2020-01-31, to use them as dates, or pass {drop})")

@@ -1,0 +1,297 @@
+"""Audio encoders: bidirectional Mamba (SSAMBA), ViT (SSAST, DeiT-tiny shape) over 16×16 fbank patches, and
+TERA's Transformer over frames — one exported module, `AudioEncoder`, that takes waveforms or fbank.
+
+Patches are ordered time-major (all frequency patches of time step 0, then of step 1, ...), so a clip's padding
+is the tail of the token sequence. Tokens holding no real frame ("absent") are invisible: the Mamba scan gives
+them no input and no decay (dt = 0) and attention never looks at them, so a clip embeds to the same vector alone
+or padded inside a batch.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sslkit.domains.audio.scan import BLOCK, CHUNK, selective_scan
+
+
+class MambaDirection(nn.Module):
+    """One scan direction of a Vim "bimamba v2" mixer: its own depthwise conv1d, x/dt projections, A, D."""
+
+    def __init__(self, inner: int, d_state: int, d_conv: int, dt_rank: int) -> None:
+        super().__init__()
+        self.conv1d = nn.Conv1d(inner, inner, d_conv, groups=inner, padding=d_conv - 1)
+        self.x_proj = nn.Linear(inner, dt_rank + 2 * d_state, bias=False)
+        self.dt_proj = nn.Linear(dt_rank, inner, bias=True)
+        self.dt_rank, self.d_state = dt_rank, d_state
+        nn.init.uniform_(self.dt_proj.weight, -dt_rank ** -0.5, dt_rank ** -0.5)        # Mamba's dt init
+        dt = torch.exp(torch.rand(inner) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3)).clamp_min(1e-4)
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))                  # softplus⁻¹(dt)
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(inner, 1))
+        self.D = nn.Parameter(torch.ones(inner))
+
+    def causal_conv(self, u: Tensor) -> Tensor:
+        """The depthwise causal conv1d as a sum of shifted products in (B, L, C) layout (same weights and result
+        as `conv1d(u.transpose(1, 2))[..., :L]`, without the transposes and copies around a channels-first conv)."""
+        w, k, n = self.conv1d.weight[:, 0], self.conv1d.weight.shape[-1], u.shape[1]
+        up = F.pad(u, (0, 0, k - 1, 0))
+        out = self.conv1d.bias + up[:, k - 1 :] * w[:, k - 1]
+        for j in range(k - 1):
+            out = out + up[:, j : j + n] * w[:, j]
+        return out
+
+    def forward(self, u: Tensor, z: Tensor, present: Tensor | None, block: int, chunk: int,
+                memo: dict | None = None) -> Tensor:
+        """u, z: (B, L, inner) -> gated SSM output (B, L, inner) float32."""
+        x = F.silu(self.causal_conv(u))
+        dt, bm, cm = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        delta = F.linear(dt, self.dt_proj.weight)
+        if present is not None:   # absent tokens: softplus(-1e4) = 0, so no decay and no input
+            delta = delta.masked_fill(~present.unsqueeze(-1), -1e4)
+        return selective_scan(x, delta, -torch.exp(self.A_log.float()), bm, cm, self.D, z, self.dt_proj.bias,
+                              block=block, chunk=chunk, memo=memo)
+
+
+class BiMamba(nn.Module):
+    """Vim's bidirectional mixer: shared in/out projections, forward and backward scans averaged, SiLU gate."""
+
+    def __init__(self, dim: int, d_state: int = 16, d_conv: int = 4, expand: int = 2, block: int = BLOCK,
+                 chunk: int = CHUNK, recompute: bool = True) -> None:
+        super().__init__()
+        inner, dt_rank = expand * dim, math.ceil(dim / 16)
+        self.recompute = recompute
+        self.in_proj = nn.Linear(dim, 2 * inner, bias=False)
+        self.fwd = MambaDirection(inner, d_state, d_conv, dt_rank)
+        self.bwd = MambaDirection(inner, d_state, d_conv, dt_rank)
+        self.out_proj = nn.Linear(inner, dim, bias=False)
+        self.block, self.chunk = block, chunk
+
+    def forward(self, x: Tensor, present: Tensor | None = None) -> Tensor:
+        u, z = self.in_proj(x).chunk(2, dim=-1)
+        if present is not None:
+            u = u * present.unsqueeze(-1).to(u.dtype)
+        y = self._run(self.fwd, u, z, present, False) + self._run(self.bwd, u, z, present, True)
+        return self.out_proj((y / 2).to(self.out_proj.weight.dtype))
+
+    def _direction(self, direction: MambaDirection, u: Tensor, z: Tensor, present: Tensor | None, reverse: bool,
+                   memo: dict | None = None) -> Tensor:
+        if not reverse:
+            return direction(u, z, present, self.block, self.chunk, memo)
+        flip = None if present is None else present.flip(1)
+        return direction(u.flip(1), z.flip(1), flip, self.block, self.chunk, memo).flip(1)
+
+    def _run(self, direction: MambaDirection, u: Tensor, z: Tensor, present: Tensor | None, reverse: bool) -> Tensor:
+        """One direction; with `recompute`, only its inputs (views of the input projection) are kept for the
+        backward pass, which runs the direction again as mamba-ssm's fused `mamba_inner_fn` does — except the scan,
+        whose states the backward pass recomputes itself (the memo carries the states entering each block)."""
+        if self.recompute and torch.is_grad_enabled():
+            from torch.utils.checkpoint import checkpoint
+
+            memo: dict = {}
+            return checkpoint(self._direction, direction, u, z, present, reverse, memo, use_reentrant=False)
+        return self._direction(direction, u, z, present, reverse)
+
+
+class MambaLayer(nn.Module):
+    """Pre-norm residual block (RMSNorm, as Vim)."""
+
+    def __init__(self, dim: int, **kw: Any) -> None:
+        super().__init__()
+        self.norm, self.mixer = nn.RMSNorm(dim, eps=1e-5), BiMamba(dim, **kw)
+
+    def forward(self, x: Tensor, present: Tensor | None) -> Tensor:
+        return x + self.mixer(self.norm(x), present)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention: fused `scaled_dot_product_attention`, or softmax(QKᵀ)V materialised (as SSAST)."""
+
+    def __init__(self, dim: int, heads: int, materialised: bool = False, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.heads, self.materialised, self.dropout = heads, materialised, dropout
+
+    def forward(self, x: Tensor, present: Tensor | None) -> Tensor:
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        keep = None if present is None else present[:, None, None, :]
+        p = self.dropout if self.training else 0.0
+        if self.materialised:
+            att = (q @ k.transpose(-1, -2)) * (d // self.heads) ** -0.5
+            if keep is not None:
+                att = att.masked_fill(~keep, float("-inf"))
+            out = F.dropout(att.softmax(-1), p) @ v
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=p)
+        return self.proj(out.transpose(1, 2).reshape(b, n, d))
+
+
+class ViTLayer(nn.Module):
+    """Pre-norm Transformer block (DeiT): LN, attention, LN, GELU MLP."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, materialised: bool, dropout: float) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim, eps=1e-6), nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, heads, materialised, dropout)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim))
+
+    def forward(self, x: Tensor, present: Tensor | None) -> Tensor:
+        x = x + self.attn(self.norm1(x), present)
+        return x + self.mlp(self.norm2(x))
+
+
+def sinusoid(n: int, dim: int, device: torch.device) -> Tensor:
+    """Transformer sinusoidal positions (n, dim), as TERA."""
+    pos = torch.arange(n, device=device, dtype=torch.float32)[:, None]
+    freq = torch.exp(torch.arange(0, dim, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    out = torch.zeros(n, dim, device=device)
+    out[:, 0::2], out[:, 1::2] = torch.sin(pos * freq), torch.cos(pos * freq[: dim // 2])
+    return out
+
+
+class AudioEncoder(nn.Module):
+    """fbank → tokens → clip embedding. `arch`: ssamba | ssast (patch tokens) | tera (frame tokens).
+
+    forward(x): waveforms (B, S) at `features["sample_rate"]`, or raw (un-normalised) fbank (B, T, n_mels) -> (B, dim),
+    the mean of the final tokens over the real part of each clip. Normalisation uses the carried mean/std.
+    """
+
+    def __init__(self, arch: str, n_mels: int = 128, clip_frames: int = 1024, dim: int = 192, depth: int = 24,
+                 heads: int = 3, mlp_ratio: float = 4.0, patch_freq: int = 16, patch_time: int = 16,
+                 cls_tokens: int = 1, d_state: int = 16, d_conv: int = 4, expand: int = 2, dropout: float = 0.0,
+                 attention: str = "sdpa", scan_block: int = BLOCK, scan_chunk: int = CHUNK,
+                 features: dict | None = None, mean: float = 0.0, std: float = 0.5) -> None:
+        super().__init__()
+        if arch not in ("ssamba", "ssast", "tera"):
+            raise ValueError(f"unknown audio encoder {arch!r}")
+        self.arch, self.n_mels, self.dim, self.features = arch, n_mels, dim, dict(features or {})
+        self.register_buffer("norm_stats", torch.tensor([mean, std], dtype=torch.float32))
+        if arch == "tera":
+            self.pf, self.pt, self.grid_f, self.grid_t = n_mels, 1, 1, clip_frames
+            self.embed = nn.Linear(n_mels, dim)
+            self.embed_norm = nn.LayerNorm(dim)
+            self.layers = nn.ModuleList(nn.TransformerEncoderLayer(dim, heads, int(dim * mlp_ratio), dropout,
+                                                                   activation="gelu", batch_first=True)
+                                        for _ in range(depth))   # post-norm BERT layers, as TERA
+            self.norm = nn.Identity()
+            return
+        self.pf, self.pt = patch_freq, patch_time
+        self.grid_f, self.grid_t = n_mels // patch_freq, max(1, clip_frames // patch_time)
+        self.embed = nn.Conv2d(1, dim, (patch_freq, patch_time), stride=(patch_freq, patch_time))
+        self.mask_embed = nn.Parameter(torch.zeros(1, 1, dim))
+        self.cls = nn.Parameter(torch.zeros(1, cls_tokens, dim))
+        self.cls_pos = nn.Parameter(torch.zeros(1, cls_tokens, dim))
+        self.pos = nn.Parameter(torch.zeros(1, self.grid_t, self.grid_f, dim))
+        for p in (self.mask_embed, self.cls, self.cls_pos, self.pos):
+            nn.init.trunc_normal_(p, std=0.02)
+        if arch == "ssamba":
+            self.layers = nn.ModuleList(MambaLayer(dim, d_state=d_state, d_conv=d_conv, expand=expand,
+                                                   block=scan_block, chunk=scan_chunk) for _ in range(depth))
+            self.norm: nn.Module = nn.RMSNorm(dim, eps=1e-5)
+        else:
+            self.layers = nn.ModuleList(ViTLayer(dim, heads, mlp_ratio, attention == "materialised", dropout)
+                                        for _ in range(depth))
+            self.norm = nn.LayerNorm(dim, eps=1e-6)
+
+    # -- geometry -----------------------------------------------------------------------------------------------
+    def pad(self, fbank: Tensor, valid: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Pad (B, T, M) to a whole number of patches in time; valid (B, T') True on real frames."""
+        if valid is None:
+            valid = torch.ones(fbank.shape[:2], dtype=torch.bool, device=fbank.device)
+        extra = -fbank.shape[1] % self.pt
+        if extra:
+            fbank, valid = F.pad(fbank, (0, 0, 0, extra)), F.pad(valid, (0, extra), value=False)
+        return fbank[..., : self.grid_f * self.pf], valid
+
+    def token_validity(self, valid: Tensor) -> tuple[Tensor, Tensor]:
+        """(present, full) per token (B, N): a token with any real frame is seen; one with only real frames may be
+        masked and scored."""
+        v = valid.view(valid.shape[0], -1, self.pt)
+        rep = lambda x: x.repeat_interleave(self.grid_f, dim=1)  # noqa: E731
+        return rep(v.any(-1)), rep(v.all(-1))
+
+    def patches(self, fbank: Tensor) -> Tensor:
+        """(B, T, M) padded -> (B, N, pf·pt) patch values in token order (a frame per token for tera)."""
+        b, t, _ = fbank.shape
+        x = fbank.reshape(b, t // self.pt, self.pt, self.grid_f, self.pf)
+        return x.permute(0, 1, 3, 4, 2).reshape(b, (t // self.pt) * self.grid_f, self.pf * self.pt)
+
+    def unpatch(self, tokens: Tensor, t: int) -> Tensor:
+        """Inverse of `patches`: (B, N, pf·pt) -> (B, T, M)."""
+        b = tokens.shape[0]
+        x = tokens.reshape(b, t // self.pt, self.grid_f, self.pf, self.pt)
+        return x.permute(0, 1, 4, 2, 3).reshape(b, t, self.grid_f * self.pf)
+
+    def positions(self, steps: int) -> Tensor:
+        """Learned (1, steps·F', D): the first `steps` columns, or the grid stretched along time when longer."""
+        pos = self.pos
+        if steps > self.grid_t:
+            pos = F.interpolate(pos.permute(0, 2, 3, 1).flatten(1, 2), size=steps, mode="linear",
+                                align_corners=False).view(1, self.grid_f, self.dim, steps).permute(0, 3, 1, 2)
+        return pos[:, :steps].reshape(1, steps * self.grid_f, self.dim)
+
+    # -- encoding -----------------------------------------------------------------------------------------------
+    def tokens(self, fbank: Tensor, valid: Tensor | None = None, masked: Tensor | None = None) -> Tensor:
+        """Normalised fbank (B, T, M) -> final tokens (B, N, D) (patches, or frames for tera); `masked` (B, N) bool
+        replaces those patch embeddings with the learned mask embedding (not used by tera)."""
+        fbank, valid = self.pad(fbank, valid)
+        return self._encode(fbank, valid, masked)[0]
+
+    def _encode(self, fbank: Tensor, valid: Tensor, masked: Tensor | None) -> tuple[Tensor, Tensor]:
+        """(tokens (B, N, D), present (B, N)) for a padded fbank."""
+        if self.arch == "tera":
+            x = self.embed_norm(self.embed(fbank) + sinusoid(fbank.shape[1], self.dim, fbank.device).to(fbank.dtype))
+            pad_mask = ~valid
+            for layer in self.layers:
+                x = layer(x, src_key_padding_mask=pad_mask if bool(pad_mask.any()) else None)
+            return x, valid
+        present, _ = self.token_validity(valid)
+        x = self.embed(fbank.transpose(1, 2).unsqueeze(1))                   # (B, D, F', T')
+        x = x.permute(0, 3, 2, 1).flatten(1, 2).float()                      # time-major (B, T'·F', D), fp32 residual
+        if masked is not None:
+            x = torch.where(masked.unsqueeze(-1), self.mask_embed.to(x.dtype), x)
+        x = x + self.positions(fbank.shape[1] // self.pt).to(x.dtype)
+        n_cls = self.cls.shape[1]
+        x = torch.cat([(self.cls + self.cls_pos).expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
+        seen = torch.cat([present.new_ones(x.shape[0], n_cls), present], dim=1)
+        seen_arg = None if bool(seen.all()) else seen
+        for layer in self.layers:
+            x = layer(x, seen_arg)
+        return self.norm(x)[:, n_cls:], present
+
+    def embed_fbank(self, fbank: Tensor, valid: Tensor | None = None) -> Tensor:
+        """Normalised fbank (B, T, M), valid (B, T) -> (B, D): mean of the tokens holding real frames."""
+        fbank, valid = self.pad(fbank, valid)
+        x, present = self._encode(fbank, valid, None)
+        w = present.unsqueeze(-1).to(x.dtype)
+        return (x * w).sum(1) / w.sum(1).clamp_min(1.0)
+
+    def forward(self, x: Tensor, valid: Tensor | None = None) -> Tensor:
+        """Waveforms (B, S) or raw fbank (B, T, n_mels) -> (B, D)."""
+        from sslkit.domains.audio.features import AudioData, compute_fbank, normalise
+
+        if x.dim() == 2:
+            if not self.features:
+                raise ValueError("this encoder carries no feature settings: give fbank (B, T, n_mels)")
+            cfg = AudioData(**{k: v for k, v in self.features.items() if k in AudioData.model_fields})
+            x = torch.stack([compute_fbank(w.detach().float().cpu(), cfg) for w in x]).to(self.norm_stats.device)
+        if x.dim() != 3 or x.shape[-1] != self.n_mels:
+            raise ValueError(f"expected waveforms (B, S) or fbank (B, T, {self.n_mels}), got {tuple(x.shape)}")
+        mean, std = self.norm_stats.tolist()
+        return self.embed_fbank(normalise(x.float(), mean, std), valid)
+
+
+def _builder(arch: str) -> Callable[..., AudioEncoder]:
+    def build(**kwargs: Any) -> AudioEncoder:
+        return AudioEncoder(arch, **kwargs)
+
+    build.__name__ = f"{arch}_encoder"
+    return build
+
+
+ENCODERS: dict[str, Callable[..., nn.Module]] = {arch: _builder(arch) for arch in ("ssamba", "ssast", "tera")}

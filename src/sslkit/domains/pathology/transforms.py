@@ -1,0 +1,177 @@
+"""Pathology views: HED stain jitter, LAB (RandStainNA-style) jitter, dihedral symmetries, blur, mild colour jitter.
+
+Tissue has no canonical orientation, so the 8 symmetries of the square (90° rotations × a flip) are exact, lossless
+augmentations. Stain variation between labs is the main nuisance in H&E: `hed_jitter` (Tellez et al. 2018) moves
+each pixel's haematoxylin, eosin and DAB concentrations (colour deconvolution, Ruifrok & Johnston 2001, with
+scikit-image's matrices) by a random scale and shift, ≈±0.05 per channel (the pathology card). No solarisation.
+
+All randomness comes from torch's global generator, which `fit()` seeds per item from (seed, epoch, index): the views
+of an item are the same on resume and under any number of processes. Views are uint8 tensors; the encoder's
+`preprocess` normalises them on the device.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+# Ruifrok & Johnston's stain vectors as scikit-image's rgb2hed/hed2rgb use them (rows: H, E, DAB in RGB OD)
+RGB_FROM_HED = torch.tensor([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=torch.float64)
+HED_FROM_RGB = torch.linalg.inv(RGB_FROM_HED)
+_LOG_ADJUST = math.log(1e-6)       # scikit-image scales optical density by −log(1e-6) so stains lie near [0, 1]
+
+
+def rgb_to_hed(rgb: Tensor, clip: bool = True) -> Tensor:
+    """RGB in [0, 1] (3, H, W) -> stain concentrations (3, H, W); equals skimage.color.rgb2hed, which clips them
+    at 0. clip=False keeps the small negative values of colours outside the three stains' span, so that
+    hed_to_rgb inverts it exactly."""
+    od = torch.log(rgb.clamp_min(1e-6)) / _LOG_ADJUST
+    stains = torch.einsum("chw,cd->dhw", od, HED_FROM_RGB.to(rgb.dtype))
+    return stains.clamp_min(0.0) if clip else stains
+
+
+def hed_to_rgb(stains: Tensor) -> Tensor:
+    """Stain concentrations (3, H, W) -> RGB in [0, 1]; equals skimage.color.hed2rgb."""
+    log_rgb = torch.einsum("dhw,dc->chw", stains * _LOG_ADJUST, RGB_FROM_HED.to(stains.dtype))
+    return torch.exp(log_rgb).clamp(0.0, 1.0)
+
+
+def hed_jitter(tile: Tensor, sigma: float, bias: float | None = None) -> Tensor:
+    """uint8 (3, H, W) -> uint8: per stain channel c' = c·(1 + α) + β, α ~ U(−σ, σ), β ~ U(−bias, bias) (bias=σ).
+
+    The output is kept in [1, 255], the input's optical-density range (no pixel becomes fully opaque). The stains are
+    not clipped before the jitter, so σ = 0 returns the tile unchanged (clipping would recolour off-span pixels).
+    """
+    if sigma <= 0 and not bias:
+        return tile
+    bias = sigma if bias is None else bias
+    alpha = 1.0 + (torch.rand(3, dtype=torch.float64) * 2 - 1) * sigma
+    beta = (torch.rand(3, dtype=torch.float64) * 2 - 1) * bias
+    stains = rgb_to_hed(tile.double() / 255.0, clip=False)
+    stains = stains * alpha.view(3, 1, 1) + beta.view(3, 1, 1)
+    return (hed_to_rgb(stains) * 255.0).round().clamp(1, 255).to(torch.uint8)
+
+
+def lab_jitter(tile: Tensor, sigma: float) -> Tensor:
+    """RandStainNA-style: in CIE L*a*b*, each channel's mean and spread over the tile are moved at random.
+
+    x' = (x − μ)·(1 + α) + μ + β·R with α, β ~ U(−σ, σ) per channel and R = (100, 128, 128) the channel ranges.
+    uint8 (3, H, W) -> uint8.
+    """
+    if sigma <= 0:
+        return tile
+    from skimage.color import lab2rgb, rgb2lab
+
+    alpha = 1.0 + (torch.rand(3, dtype=torch.float64) * 2 - 1) * sigma
+    beta = (torch.rand(3, dtype=torch.float64) * 2 - 1) * sigma * torch.tensor([100.0, 128.0, 128.0], dtype=torch.float64)
+    lab = torch.from_numpy(rgb2lab(tile.permute(1, 2, 0).numpy()))           # (H, W, 3) float64
+    mu = lab.mean(dim=(0, 1))
+    lab = (lab - mu) * alpha + mu + beta
+    lab[..., 0] = lab[..., 0].clamp(0.0, 100.0)
+    rgb = torch.from_numpy(lab2rgb(lab.numpy())).permute(2, 0, 1)
+    return (rgb * 255.0).round().clamp(0, 255).to(torch.uint8)
+
+
+def dihedral(tile: Tensor, k: int, flip: bool) -> Tensor:
+    """One of the 8 symmetries of the square: optional horizontal flip, then k quarter turns. Exact (no resampling)."""
+    if flip:
+        tile = tile.flip(-1)
+    return torch.rot90(tile, k, dims=(-2, -1)) if k % 4 else tile
+
+
+def random_resized_crop(tile: Tensor, out_px: int, scale: tuple[float, float],
+                        ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> Tensor:
+    """A crop covering a random share `scale` of the area at a random aspect `ratio`, resized to out_px²."""
+    import torchvision.transforms.v2 as T
+    import torchvision.transforms.v2.functional as F
+
+    if scale[0] >= 1.0 and tile.shape[-1] == tile.shape[-2] == out_px:
+        return tile
+    top, left, h, w = T.RandomResizedCrop.get_params(tile, list(scale), list(ratio))
+    return F.resized_crop(tile, top, left, h, w, [out_px, out_px], antialias=True)
+
+
+class Augment:
+    """One view: crop -> dihedral symmetry -> stain jitter -> mild colour jitter -> Gaussian blur.
+
+    aug: the recipe's `aug` section (see method.PathologyAug). uint8 (3, P, P) -> uint8 (3, out_px, out_px).
+    """
+
+    def __init__(self, aug: Any, out_px: int, scale: tuple[float, float], blur_p: float | None = None) -> None:
+        self.aug, self.out_px, self.scale = aug, out_px, tuple(scale)
+        self.blur_p = aug.blur_p if blur_p is None else blur_p
+
+    def __call__(self, tile: Tensor) -> Tensor:
+        import torchvision.transforms.v2.functional as F
+
+        a = self.aug
+        x = random_resized_crop(tile, self.out_px, self.scale)  # type: ignore[arg-type]
+        k = int(torch.randint(4, ()).item()) if a.rot90 else 0
+        flip = bool(torch.rand(()) < 0.5) if a.flip else False
+        x = dihedral(x, k, flip)
+        if a.stain in ("hed", "hed+lab") and a.hed_sigma > 0:
+            x = hed_jitter(x, a.hed_sigma, a.hed_bias)
+        if a.stain in ("lab", "hed+lab") and a.lab_sigma > 0:
+            x = lab_jitter(x, a.lab_sigma)
+        if a.color_p > 0 and bool(torch.rand(()) < a.color_p):
+            x = color_jitter(x, a.brightness, a.contrast, a.saturation, a.hue)
+        if self.blur_p > 0 and bool(torch.rand(()) < self.blur_p):
+            sigma = float(a.blur_sigma[0] + torch.rand(()) * (a.blur_sigma[1] - a.blur_sigma[0]))
+            size = max(3, int(2 * math.ceil(2 * sigma) + 1))
+            x = F.gaussian_blur(x, [size, size], [sigma, sigma])
+        return x
+
+
+def color_jitter(x: Tensor, brightness: float, contrast: float, saturation: float, hue: float) -> Tensor:
+    """Mild brightness/contrast/saturation (factors 1 ± value) and hue (± value) in a random order, uint8 -> uint8."""
+    import torchvision.transforms.v2.functional as F
+
+    ops = [(F.adjust_brightness, brightness, 1.0), (F.adjust_contrast, contrast, 1.0),
+           (F.adjust_saturation, saturation, 1.0), (F.adjust_hue, hue, 0.0)]
+    for i in torch.randperm(4).tolist():
+        fn, amount, centre = ops[i]
+        if amount > 0:
+            x = fn(x, centre + float((torch.rand(()) * 2 - 1) * amount))
+    return x
+
+
+class DinoViews:
+    """DINO multi-crop: 2 global crops (global_px) + n_local local crops (local_px) of one tile.
+
+    uint8 (3, P, P) -> {"global": uint8 (2, 3, G, G), "local": uint8 (n_local, 3, L, L)} (no "local" when 0).
+    """
+
+    def __init__(self, aug: Any) -> None:
+        self.globals = [Augment(aug, aug.global_px, aug.global_scale, aug.global_blur_p[i]) for i in range(2)]
+        self.local = Augment(aug, aug.local_px, aug.local_scale)
+        self.n_local = aug.n_local
+
+    def __call__(self, tile: Tensor) -> dict[str, Tensor]:
+        out = {"global": torch.stack([g(tile) for g in self.globals])}
+        if self.n_local:
+            out["local"] = torch.stack([self.local(tile) for _ in range(self.n_local)])
+        return out
+
+
+class PairViews:
+    """SimCLR: two independently augmented crops of one tile -> {"views": uint8 (2, 3, G, G)}."""
+
+    def __init__(self, aug: Any) -> None:
+        self.view = Augment(aug, aug.global_px, aug.simclr_scale)
+
+    def __call__(self, tile: Tensor) -> dict[str, Tensor]:
+        return {"views": torch.stack([self.view(tile), self.view(tile)])}
+
+
+def build_views(method: str, aug: Any) -> DinoViews | PairViews:
+    return DinoViews(aug) if method == "dino" else PairViews(aug)
+
+
+def collate_views(items: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """Stack each key's uint8 views over the batch with numpy: {"global": (B, 2, 3, G, G), ...}. torch.stack of uint8
+    goes through the intra-op thread pool, which is slow on a busy CPU when it runs in the training process."""
+    import numpy as np
+
+    return {k: torch.from_numpy(np.stack([it[k].numpy() for it in items])) for k in items[0]}
