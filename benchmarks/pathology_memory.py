@@ -63,6 +63,7 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=Path("/tmp/sslkit-path-bench"))
     ap.add_argument("--run", type=Path, default=None, help="a pretrain run or export to embed with")
     ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--only", default=None, help="comma-separated subset: cmu_svs,generated_5k,generated_50k")
     args = ap.parse_args()
 
     import pyarrow.parquet as pq
@@ -79,7 +80,7 @@ def main() -> None:
         slides.append(("cmu_svs", Path(cmu), 0))
     slides += [("generated_5k", None, 71), ("generated_50k", None, 224)]
     for name, path, side in slides:
-        if name in results:
+        if name in results or (args.only and name not in args.only.split(",")):
             continue
         if path is None:
             path = args.cache / f"{name}.tif"

@@ -24,8 +24,19 @@ if [ -d "$GLAS/images" ]; then
   GLAS=$(cd "$GLAS" && pwd)
   $SSLKIT pathology tile "$GLAS"/images/*.jpg --slide-mpp 0.62 --tile-px 112 --mpp 1.0 --min-tissue 0.5 \
     --out "$P/glas-tiles" --overwrite
-  awk -F, -v root="$GLAS" 'NR == 1 {print "slide,label,fold"; next} {print root "/" $1 "," $3 "," $5}' \
-    "$GLAS/labels.csv" > "$P/glas-labels.csv"
+  # labels for the images that gave tiles (an image without tissue at the threshold is skipped by `tile`)
+  python - "$GLAS" "$P" <<'PY'
+import csv, sys
+import pyarrow.parquet as pq
+root, out = sys.argv[1], sys.argv[2]
+tiled = set(pq.read_table(f"{out}/glas-tiles/manifest.parquet", columns=["slide"]).column("slide").to_pylist())
+with open(f"{root}/labels.csv") as src, open(f"{out}/glas-labels.csv", "w", newline="") as dst:
+    w = csv.writer(dst)
+    w.writerow(["slide", "label", "fold"])
+    for r in csv.DictReader(src):
+        if f"{root}/{r['image']}" in tiled:
+            w.writerow([f"{root}/{r['image']}", r["grade"], r["fold"]])
+PY
   DATA="$P/glas-tiles/manifest.parquet"; LABELS="$P/glas-labels.csv"; GROUP_ARGS=(--groups fold)
   RECIPE=dino-tiny
 else

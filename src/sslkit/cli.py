@@ -85,6 +85,13 @@ class SslkitGroup(TyperGroup):
                 raise
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
+        except OSError as exc:                # full disk, quota, read-only folder, permissions: the user's to fix
+            from sslkit.core.files import environment_error
+
+            if _DEBUG["on"] or (message := environment_error(exc)) is None:
+                raise
+            typer.echo(f"error: {message}", err=True)
+            raise typer.Exit(2) from None
         except ModuleNotFoundError as exc:    # an optional library is missing: say which extra brings it
             if _DEBUG["on"] or not exc.name or exc.name.split(".")[0] == "sslkit":
                 raise
@@ -119,28 +126,8 @@ def _root(
     _DEBUG["on"] = debug
 
 
-def _placeholder(name: str, help_text: str) -> typer.Typer:
-    sub = typer.Typer(help=f"{help_text} This domain is not built yet in sslkit {__version__}.",
-                      invoke_without_command=True)
-
-    @sub.callback()
-    def _not_built(ctx: typer.Context) -> None:
-        if ctx.invoked_subcommand is None:
-            typer.echo(f"error: the {name} domain is not built yet in sslkit {__version__} — "
-                       "see README.md (Domains) for what is available", err=True)
-            raise typer.Exit(2)
-
-    return sub
-
-
 for _name, _help in DOMAINS.items():
-    try:
-        _sub = importlib.import_module(f"sslkit.domains.{_name}.cli").app
-    except ModuleNotFoundError as _exc:
-        if _exc.name not in (f"sslkit.domains.{_name}", f"sslkit.domains.{_name}.cli"):
-            raise
-        _sub = _placeholder(_name, _help)
-    app.add_typer(_sub, name=_name, help=_help)
+    app.add_typer(importlib.import_module(f"sslkit.domains.{_name}.cli").app, name=_name, help=_help)
 
 
 @app.command()

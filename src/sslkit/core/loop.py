@@ -159,6 +159,18 @@ def _any_rank(flag: bool, device: torch.device) -> bool:
     return bool(t.item() > 0)
 
 
+def _global_means(loss: float, metrics: dict[str, float], device: torch.device) -> tuple[float, dict[str, float]]:
+    """The loss and metrics of the global batch: each rank holds its own part's mean, so average them over ranks
+    (a loss gathered across ranks, such as VICReg's, is already the same everywhere and stays so). Every rank calls
+    it at the same logged steps."""
+    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
+        return loss, metrics
+    t = torch.tensor([loss, *metrics.values()], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t)
+    t = (t / torch.distributed.get_world_size()).tolist()
+    return t[0], dict(zip(metrics, t[1:]))
+
+
 def _plan(train: TrainConfig, n_items: int, world: int, full_batch: bool = False) -> tuple[int, int, int]:
     """(micro batch per rank, accumulation steps, usable micro-batches per epoch per rank); a full-batch dataset is
     one item that every rank trains on at every step, whatever `train.batch_size` says."""
@@ -260,8 +272,8 @@ def fit(
             if full_batch:      # the one item, on every rank: no sampler, no workers started for one item per step
                 it: Iterator[Any] = (collate_fn([items[0]]) if collate_fn is not None else items[0] for _ in range(1))
             else:
-                sampler = ShardedSampler(len(items), env.rank, env.world_size, train.seed, epoch, batch_in_epoch * micro,
-                                         shuffle)
+                sampler = ShardedSampler(len(items), env.rank, env.world_size, train.seed, epoch,
+                                         batch_in_epoch * micro, shuffle)
                 it = iter(DataLoader(items, batch_size=micro, sampler=sampler, drop_last=True, collate_fn=collate_fn,
                                      num_workers=train.num_workers, pin_memory=device.type == "cuda",
                                      persistent_workers=False))
@@ -312,6 +324,7 @@ def fit(
                 dt = time.perf_counter() - t0
                 progress.update(step, loss_sum, samples_per_step / max(dt, 1e-9), wait / max(dt, 1e-9), lr)
                 if step % train.log_every == 0 or step == train.steps:
+                    loss_sum, metric_sums = _global_means(loss_sum, metric_sums, device)
                     record = {"step": step, "epoch": epoch, "loss": loss_sum, "lr": lr,
                               "samples_per_s": samples_per_step / max(dt, 1e-9), "data_wait": wait / max(dt, 1e-9),
                               "grad_norm": float(grad_norm), **metric_sums}

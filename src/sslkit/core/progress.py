@@ -41,7 +41,7 @@ class Progress:
             self._task = self._bar.add_task(self.label, total=self.total, completed=self.start, stats="")
         elif self.enabled:
             start = (f"training from step {self.start} to {self.total}" if self.label == "train"
-                     else f"{self.label}: {self.total} parts")
+                     else f"{self.label}: {self.total} part{'' if self.total == 1 else 's'}")
             print(start, file=sys.stderr, flush=True)
         return self
 

@@ -42,14 +42,17 @@ def test_every_encoder_runs_forward_backward_without_nan(kind):
 
 
 @pytest.mark.parametrize("kind", sorted(ENCODERS))
-def test_padding_is_invisible(kind):
+@pytest.mark.parametrize("pool", ["mean", "freq"])
+def test_padding_is_invisible(kind, pool):
     """A clip embeds to the same vector alone (unpadded) or padded inside a batch."""
     torch.manual_seed(0)
-    enc = ENCODERS[kind](**TINY).eval()
+    enc = ENCODERS[kind](**TINY, pool=pool).eval()
     x = batch()
     together = enc.embed_fbank(x["fbank"], x["valid"])
     alone = enc.embed_fbank(x["fbank"][1:2, :40])
     torch.testing.assert_close(together[1:2], alone, atol=1e-5, rtol=1e-4)
+    width = 32 * 4 if pool == "freq" and kind != "tera" else 32      # 4 frequency rows of 8 mel bins
+    assert together.shape == (3, width)
 
 
 @pytest.mark.parametrize("kind", sorted(ENCODERS))

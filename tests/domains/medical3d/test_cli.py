@@ -730,3 +730,6 @@ def test_two_processes_reach_the_weights_of_one_process(volumes: Path, tmp_path:
         weights.append(torch.load(out / "checkpoints" / "last.pt", weights_only=True)["model"])
     for k, v in weights[0].items():
         torch.testing.assert_close(v, weights[1][k], rtol=1e-4, atol=5e-5, msg=k)
+    # the logged loss is the global batch's (each rank's mean, averaged over ranks), not rank 0's own half
+    curve = lambda d: [json.loads(x)["loss"] for x in (d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    assert curve(tmp_path / "two") == pytest.approx(curve(tmp_path / "one"), rel=1e-4)

@@ -30,5 +30,12 @@ def test_three_volumes_fill_a_batch_of_eight_with_more_crops_each(tmp_path: Path
     res = invoke("finetune", tmp_path / "run", data / "img" / "v0.nii.gz", data / "lab" / "v0.nii.gz",
                  "--set", "finetune.batch_size=4", "--set", "finetune.steps=1", "--out", tmp_path / "ft")
     assert res.exit_code == 0, res.output
-    assert "1 labelled volume × 2 crops each is fewer than one batch of 4: drawing 4 crops per labelled volume" \
-        in " ".join(res.output.split())
+    said = " ".join(res.output.split())
+    assert "1 labelled volume × 2 crops each is fewer than one batch of 4: drawing 4 crops per labelled volume" in said
+    # its held-out evaluation, and predict, count their volumes on stderr (a sliding window each)
+    assert "evaluate: 1 part" in said and "evaluate 1/1 v0.nii.gz" in said
+    res = invoke("predict", tmp_path / "ft", data / "img" / "v1.nii.gz", data / "img" / "v2.nii.gz",
+                 "--out", tmp_path / "pred")
+    assert res.exit_code == 0, res.output
+    said = " ".join(res.output.split())
+    assert "predict: 2 parts" in said and "predict 2/2 v2.nii.gz" in said

@@ -45,6 +45,8 @@ class AudioModel(Section):
     attention: Literal["sdpa", "materialised"] = "sdpa"   # ssast: fused attention, or softmax(QKᵀ)V as SSAST's code
     scan_block: int = Field(BLOCK, ge=1)        # PyTorch scan: positions (batch × steps) whose states exist at once
     scan_chunk: int = Field(CHUNK, ge=1)        # PyTorch scan: steps per chunk inside a block
+    pool: Literal["mean", "freq"] = "mean"      # clip embedding of patch encoders: mean of the patch tokens (D), or
+                                                # per frequency row over time, rows concatenated (F'·D; MSM-MAE/M2D)
 
 
 class AudioMask(Section):
@@ -180,7 +182,7 @@ def encoder_kwargs(recipe: AudioRecipe, mean: float, std: float) -> dict:
     return dict(n_mels=d.n_mels, clip_frames=d.clip_frames, dim=m.dim, depth=m.depth, heads=m.heads,
                 mlp_ratio=m.mlp_ratio, patch_freq=m.patch_freq, patch_time=m.patch_time, cls_tokens=m.cls_tokens,
                 d_state=m.d_state, d_conv=m.d_conv, expand=m.expand, dropout=m.dropout, attention=m.attention,
-                scan_block=m.scan_block, scan_chunk=m.scan_chunk, features=d.feature_spec(), mean=float(mean),
+                scan_block=m.scan_block, scan_chunk=m.scan_chunk, pool=m.pool, features=d.feature_spec(), mean=float(mean),
                 std=float(std))
 
 

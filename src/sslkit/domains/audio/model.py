@@ -164,12 +164,13 @@ class AudioEncoder(nn.Module):
     def __init__(self, arch: str, n_mels: int = 128, clip_frames: int = 1024, dim: int = 192, depth: int = 24,
                  heads: int = 3, mlp_ratio: float = 4.0, patch_freq: int = 16, patch_time: int = 16,
                  cls_tokens: int = 1, d_state: int = 16, d_conv: int = 4, expand: int = 2, dropout: float = 0.0,
-                 attention: str = "sdpa", scan_block: int = BLOCK, scan_chunk: int = CHUNK,
+                 attention: str = "sdpa", scan_block: int = BLOCK, scan_chunk: int = CHUNK, pool: str = "mean",
                  features: dict | None = None, mean: float = 0.0, std: float = 0.5) -> None:
         super().__init__()
         if arch not in ("ssamba", "ssast", "tera"):
             raise ValueError(f"unknown audio encoder {arch!r}")
         self.arch, self.n_mels, self.dim, self.features = arch, n_mels, dim, dict(features or {})
+        self.pool = "mean" if arch == "tera" else pool
         self.register_buffer("norm_stats", torch.tensor([mean, std], dtype=torch.float32))
         if arch == "tera":
             self.pf, self.pt, self.grid_f, self.grid_t = n_mels, 1, 1, clip_frames
@@ -265,10 +266,17 @@ class AudioEncoder(nn.Module):
         return self.norm(x)[:, n_cls:], present
 
     def embed_fbank(self, fbank: Tensor, valid: Tensor | None = None) -> Tensor:
-        """Normalised fbank (B, T, M), valid (B, T) -> (B, D): mean of the tokens holding real frames."""
+        """Normalised fbank (B, T, M), valid (B, T) -> the clip embedding over the tokens holding real frames:
+        pool "mean": their mean (B, D); pool "freq" (patch encoders): their mean over time for each frequency row,
+        the rows concatenated (B, F'·D) — the MSM-MAE / M2D convention, which keeps the spectral layout that a plain
+        mean over patches of every frequency band mixes away."""
         fbank, valid = self.pad(fbank, valid)
         x, present = self._encode(fbank, valid, None)
         w = present.unsqueeze(-1).to(x.dtype)
+        if self.pool == "freq":
+            b = x.shape[0]
+            x, w = x.view(b, -1, self.grid_f, self.dim), w.view(b, -1, self.grid_f, 1)
+            return ((x * w).sum(1) / w.sum(1).clamp_min(1.0)).flatten(1)
         return (x * w).sum(1) / w.sum(1).clamp_min(1.0)
 
     def forward(self, x: Tensor, valid: Tensor | None = None) -> Tensor:

@@ -366,7 +366,6 @@ def render(frame: Annotated[Path, typer.Argument(help="One frame file.")],
     typer.echo(str(out))
 
 
-
 @app.command()
 def embed(run: RunArg, frames: FramesArg,
           out: Annotated[Path, typer.Option("--out", "-o")] = Path("embeddings.parquet"), overwrite: OverwriteOpt = False) -> None:

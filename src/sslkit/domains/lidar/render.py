@@ -60,7 +60,8 @@ def render_bev(points: np.ndarray, path: Path, gt: list[Box] = (), pred: list[Bo
     if extent is None:
         extent = fit_extent(points, [*gt, *pred])
     dx, dy = extent[1] - extent[0], extent[3] - extent[2]
-    fig, ax = plt.subplots(figsize=(12.0, min(12.0, max(3.0, 12.0 * dy / dx)) + 1.0), dpi=110)   # about the view's shape
+    height = min(12.0, max(3.0, 12.0 * dy / dx)) + 1.0            # the figure about the view's shape
+    fig, ax = plt.subplots(figsize=(12.0, height), dpi=110)
     m = (points[:, 0] > extent[0]) & (points[:, 0] < extent[1]) & (points[:, 1] > extent[2]) & (points[:, 1] < extent[3])
     p = points[m]
     lo, hi = np.percentile(p[:, 2], [2, 98]) if len(p) else (0.0, 1.0)

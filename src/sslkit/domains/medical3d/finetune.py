@@ -186,6 +186,7 @@ def evaluate(task: Any, run: Any, eval_e: list, eval_regions: list, names: list[
     label files' values, evaluation.json (`split_record` as its `split`, see `split_summary`), overlay. A volume
     scored on its right half only is shown as "<id> (right half)"; its evaluation.json keys stay the id."""
     from sslkit.core.files import atomic_write_text
+    from sslkit.core.progress import Progress
     from sslkit.domains.medical3d.predict import segment, write_prediction
     from sslkit.domains.medical3d.volumes import volume_stem
 
@@ -193,16 +194,18 @@ def evaluate(task: Any, run: Any, eval_e: list, eval_regions: list, names: list[
     regions, paint = region_classes(ft.regions, values), region_layout(ft, values)[1]
     model = task.model.eval()
     scores, shown = {}, None
-    for (npy, meta), (x0, x1) in zip(eval_e, eval_regions):
-        image, probs, pred = segment(model, npy, ft, device, bf16, ft.tta, paint)
-        label = class_map(meta, lut)
-        region = np.zeros(label.shape, dtype=bool)
-        region[x0:x1] = True
-        scores[meta["id"]] = score_volume(pred, label, classes, regions, meta["spacing"], region)
-        # under the id's sub-path (predictions/s1/t1.nii.gz); run_finetune refused ids that would share a file
-        write_prediction(pred, meta, values, run.path("predictions", f"{volume_stem(meta['id'])}.nii.gz"), probs,
-                         paint, ft.keep_largest)
-        shown = shown or (image, label, pred, x0, x1)
+    with Progress(total=len(eval_e), label="evaluate") as progress:     # a sliding window per held-out volume
+        for done, ((npy, meta), (x0, x1)) in enumerate(zip(eval_e, eval_regions), 1):
+            image, probs, pred = segment(model, npy, ft, device, bf16, ft.tta, paint)
+            label = class_map(meta, lut)
+            region = np.zeros(label.shape, dtype=bool)
+            region[x0:x1] = True
+            scores[meta["id"]] = score_volume(pred, label, classes, regions, meta["spacing"], region)
+            # under the id's sub-path (predictions/s1/t1.nii.gz); run_finetune refused ids that would share a file
+            write_prediction(pred, meta, values, run.path("predictions", f"{volume_stem(meta['id'])}.nii.gz"), probs,
+                             paint, ft.keep_largest)
+            shown = shown or (image, label, pred, x0, x1)
+            progress.advance(done, meta["id"])
     halves = split_record is not None and split_record.get("by", "").startswith("halves")
     shown_as = {k: f"{k} (right half)" for k in scores} if halves else None
     payload = scores_payload(scores, names, values, ft.regions, "held-out", shown_as)

@@ -11,7 +11,8 @@ import numpy as np
 import torch
 
 from sslkit.core.errors import UserError
-from sslkit.domains.medical3d.labels import check_known, class_map, label_values, region_classes, region_layout, value_lut
+from sslkit.domains.medical3d.labels import (check_known, class_map, label_values, region_classes, region_layout,
+                                             value_lut)
 from sslkit.domains.medical3d.recipe import FinetuneRecipe
 from sslkit.domains.medical3d.scoring import overlay, score_volume, scores_payload
 from sslkit.domains.medical3d.volumes import Volume
@@ -93,8 +94,10 @@ def run_predict(run_dir: Path, volumes: list[Volume], out: Path, overwrite: bool
     from sslkit.core.console import print_table
     from sslkit.core.files import atomic_write_text
     from sslkit.core.loop import use_bf16
+    from sslkit.core.progress import Progress
     from sslkit.domains.medical3d.io import read_volume, write_nifti
-    from sslkit.domains.medical3d.preprocess import FileGridProbabilities, cache_for, check_channels, prepare, spacing_of
+    from sslkit.domains.medical3d.preprocess import (FileGridProbabilities, cache_for, check_channels, prepare,
+                                                     spacing_of)
     from sslkit.domains.medical3d.volumes import output_stems
 
     if out.exists() and any(out.iterdir()) and not overwrite:
@@ -120,28 +123,30 @@ def run_predict(run_dir: Path, volumes: list[Volume], out: Path, overwrite: bool
     regions, paint = region_classes(rec.finetune.regions, values), region_layout(rec.finetune, values)[1]
     bf16, tta = use_bf16(rec.finetune.precision, device), rec.finetune.tta if tta is None else tta
     ft = rec.finetune if keep_largest is None else rec.finetune.model_copy(update={"keep_largest": keep_largest})
-    for npy, meta in entries:
-        image, probs, pred = segment(segmenter, npy, ft, device, bf16, tta, paint)
-        path = out / f"{stems[meta['id']]}.nii.gz"
-        written = write_prediction(pred, meta, values, path, probs, paint, ft.keep_largest)
-        if meta.get("label"):        # scored on the file's own grid, against the label file as given
-            truth, affine = read_volume(Path(meta["label_source"]))
-            truth = np.rint(truth).astype(np.int64)
-            check_known(np.unique(truth).tolist(), values, run_dir, meta["label_source"])
-            classes = written.astype(np.int64)
-            if lut is not None:
-                truth, classes = lut[truth], lut[classes]
-            scores[meta["id"]] = score_volume(classes, truth, len(values), regions, spacing_of(affine).tolist())
-            shown = shown or (image, class_map(meta, lut), pred, 0, pred.shape[0])
-        voxel_ml = abs(float(np.linalg.det(np.asarray(meta["affine"])[:3, :3]))) / 1000.0
-        counts = [int((written == v).sum()) for v in values[1:]]
-        summary["volumes"][meta["id"]] = {"prediction": str(path), "voxels": dict(zip(names, counts)),
-                                          "ml": {n: c * voxel_ml for n, c in zip(names, counts)}}
-        if save_probabilities:
-            stacked = np.stack(list(FileGridProbabilities(probs, meta, paint is not None)), axis=-1)
-            prob_path = write_nifti(out / f"{stems[meta['id']]}_probabilities.nii.gz", stacked,
-                                    np.asarray(meta["affine"]))
-            summary["volumes"][meta["id"]]["probabilities"] = str(prob_path)
+    with Progress(total=len(entries), label="predict") as progress:
+        for done, (npy, meta) in enumerate(entries, 1):
+            image, probs, pred = segment(segmenter, npy, ft, device, bf16, tta, paint)
+            path = out / f"{stems[meta['id']]}.nii.gz"
+            written = write_prediction(pred, meta, values, path, probs, paint, ft.keep_largest)
+            if meta.get("label"):        # scored on the file's own grid, against the label file as given
+                truth, affine = read_volume(Path(meta["label_source"]))
+                truth = np.rint(truth).astype(np.int64)
+                check_known(np.unique(truth).tolist(), values, run_dir, meta["label_source"])
+                classes = written.astype(np.int64)
+                if lut is not None:
+                    truth, classes = lut[truth], lut[classes]
+                scores[meta["id"]] = score_volume(classes, truth, len(values), regions, spacing_of(affine).tolist())
+                shown = shown or (image, class_map(meta, lut), pred, 0, pred.shape[0])
+            voxel_ml = abs(float(np.linalg.det(np.asarray(meta["affine"])[:3, :3]))) / 1000.0
+            counts = [int((written == v).sum()) for v in values[1:]]
+            summary["volumes"][meta["id"]] = {"prediction": str(path), "voxels": dict(zip(names, counts)),
+                                              "ml": {n: c * voxel_ml for n, c in zip(names, counts)}}
+            if save_probabilities:
+                stacked = np.stack(list(FileGridProbabilities(probs, meta, paint is not None)), axis=-1)
+                prob_path = write_nifti(out / f"{stems[meta['id']]}_probabilities.nii.gz", stacked,
+                                        np.asarray(meta["affine"]))
+                summary["volumes"][meta["id"]]["probabilities"] = str(prob_path)
+            progress.advance(done, meta["id"])
     atomic_write_text(out / "volumes.json", json.dumps(summary, indent=2))
     print_table("predicted volume (mL)", ["volume", *names],
                 [[vid, *[f"{v:.1f}" for v in row["ml"].values()]] for vid, row in summary["volumes"].items()])

@@ -375,7 +375,8 @@ def run_evaluation(sets: dict[str, FeatureSet], y: np.ndarray, task: str, seeds:
     with Parallel(n_jobs=jobs) as parallel, Progress(total=len(cells), label="evaluate") as progress:
         for start in range(0, len(cells), jobs):
             chunk = cells[start:start + jobs]
-            outs += parallel(delayed(_task)(task, sets, y, s, f, m, test, test_size, label_fraction) for s, f, m in chunk)
+            outs += parallel(delayed(_task)(task, sets, y, s, f, m, test, test_size, label_fraction)
+                             for s, f, m in chunk)
             seed, fname, mname = chunk[-1]
             progress.advance(len(outs), f"{fname} / {mname}, seed {seed}")
     results: dict[str, dict[str, Any]] = {}
