@@ -217,3 +217,24 @@ def test_notes_and_warnings_come_from_rank_0_only(monkeypatch, capsys):
         err = capsys.readouterr().err
         assert ("semicolon-separated" in err and "look like MRI" in err) is said
         assert bool(err.strip()) is said
+
+
+def test_a_full_disk_anywhere_in_a_command_is_one_line_not_an_internal_error(tmp_path, monkeypatch):
+    """Writers outside core.files (safetensors' export, matplotlib's plots) raise a bare OSError: the CLI names it."""
+    import errno
+
+    import safetensors.torch
+
+    from tests.conftest import cli_in_process
+
+    assert cli_in_process("toy", "pretrain", "--out", tmp_path / "run", "--set", "train.steps=2").returncode == 0
+
+    def full(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "enc" / "encoder.safetensors"))
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    res = cli_in_process("toy", "export", tmp_path / "run", "--out", tmp_path / "enc")
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot write") and "no space left" in lines[0].lower(), lines
+    assert "internal error" not in res.stderr
