@@ -131,6 +131,8 @@ def main() -> None:
     ap.add_argument("--budget-min", type=float, default=5.0)
     ap.add_argument("--set", action="append", default=None, help=f"override for every arm (default {DEFAULT_SET})")
     ap.add_argument("--arm-set", action="append", default=[], help="ARM:key=value, an override for one arm")
+    ap.add_argument("--pool", default=None, help="re-evaluate the trained encoders with this pooling (mean | freq: "
+                    "time-mean per frequency row, for the patch encoders) without retraining; rows get ', pool X'")
     ap.add_argument("--seeds", type=int, default=1, help="probe seeds on the conventional split (it is fixed and lbfgs "
                     "is deterministic, so more seeds repeat the same number)")
     args = ap.parse_args()
@@ -175,18 +177,24 @@ def main() -> None:
         cfg = AudioData(**run.recipe_dict["data"])
         mean, std = run.manifest["audio"]["mean"], run.manifest["audio"]["std"]
 
+        pool = args.pool if args.pool and not arm.startswith("tera") else None
+        tag = f"_{pool}" if pool else ""
+
         def evaluate(encoder) -> dict:  # noqa: ANN001
+            if pool:
+                encoder.pool = pool
             t0 = time.perf_counter()
             x = embed_clips(encoder, fbanks(cfg), mean, std, cfg.clip_frames, batch_size=64)
             say(f"{arm}: embedded {len(x)} clips in {time.perf_counter() - t0:.0f} s")
             return scores(x, meta, args.seeds)
 
         t = trained[arm]
-        stop = f" of {t['planned_steps']}, stopped" if t.get("stopped_early") else ""
-        results[f"{arm} pretrained ({t['steps']}{stop} steps, {t['seconds'] / 60:.1f} min)"] = cached(
-            args.out / f"{arm}_pretrained.json", lambda: evaluate(load_encoder(run.dir)))
-        results[f"{arm} random weights"] = cached(args.out / f"{arm}_random.json",
-                                                  lambda: evaluate(random_encoder(run, mean, std)))
+        stop = f" of {t['planned_steps']} steps, stopped;" if t.get("stopped_early") else " steps,"
+        name = f", pool {pool}" if pool else ""
+        results[f"{arm} pretrained ({t['steps']}{stop} {t['seconds'] / 60:.1f} min){name}"] = cached(
+            args.out / f"{arm}_pretrained{tag}.json", lambda: evaluate(load_encoder(run.dir)))
+        results[f"{arm} random weights{name}"] = cached(args.out / f"{arm}_random{tag}.json",
+                                                        lambda: evaluate(random_encoder(run, mean, std)))
 
     def cell(r: dict, key: str, metric: str = "linear") -> str:
         m, s = r[key][metric]
@@ -199,11 +207,12 @@ def main() -> None:
     print_table(f"FSDD ({len(sources)} clips, 6 speakers): accuracy % of frozen features; leave-one-speaker-out is "
                 "mean ± std over the 6 speakers; pretraining ≤ "
                 f"{args.budget_min:g} min per arm on 2 CPU cores, on all clips without labels", columns, rows)
-    (args.out / "summary.json").write_text(json.dumps({"budget_min": args.budget_min, "pretraining": trained,
+    suffix = f"_{args.pool}" if args.pool else ""
+    (args.out / f"summary{suffix}.json").write_text(json.dumps({"budget_min": args.budget_min, "pretraining": trained,
                                                        "results": results}, indent=2))
     md = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)] + ["| " + " | ".join(r) + " |" for r in rows]
-    (args.out / "table.md").write_text("\n".join(md) + "\n")
-    say(f"wrote {args.out / 'summary.json'} and {args.out / 'table.md'}")
+    (args.out / f"table{suffix}.md").write_text("\n".join(md) + "\n")
+    say(f"wrote {args.out / f'summary{suffix}.json'} and {args.out / f'table{suffix}.md'}")
 
 
 if __name__ == "__main__":

@@ -4,10 +4,11 @@
 the kernel reports through wait4) on slides with ~40, ~5,000 and ~50,000 tiles of 224 px at 0.5 µm/px:
 - the CMU-1-Small-Region SVS (real, 2220×2967 px);
 - generated pyramidal TIFFs at 0.5 µm/px filled with tissue, written tile by tile with tifffile (JPEG tiles via
-  imagecodecs; levels as separate top-level pages, as OpenSlide reads them): 71×71 and 224×224 tiles of 224 px.
-The encoder is a stand-in (a 2-block ViT, random weights, exported like a pretrain run's): the memory that could
-grow with the tile count is the rows, the writer and the per-slide sums, not the network. Pass --run RUN to use a
-real run's encoder instead.
+  imagecodecs; levels as separate top-level pages, as OpenSlide reads them): 71×71 and 224×224 tiles of 224 px,
+  and the same counts of 32-px tiles (a 50k-tile slide that embeds in about a minute on 2 cores).
+The encoder is a stand-in (a 1-block ViT, patch 32, width 32, random weights, exported like a pretrain
+run's): the memory that could grow with the tile count is the rows, the writer and the per-slide sums, not the
+network. Pass --run RUN to use a real run's encoder instead.
 
 Results go to benchmarks/results/pathology_memory.json per slide as each finishes; a rerun skips those done.
 The generated slides are kept in --cache (default /tmp/sslkit-path-bench) between runs. Run:
@@ -36,7 +37,7 @@ def stand_in_encoder(folder: Path) -> Path:
     if (folder / "config.json").is_file():
         return folder
     torch.manual_seed(0)
-    kwargs = dict(arch="vit_tiny_patch16_224", img_size=224, patch_size=16, embed_dim=64, depth=2, num_heads=2)
+    kwargs = dict(arch="vit_tiny_patch16_224", img_size=224, patch_size=32, embed_dim=32, depth=1, num_heads=2)
     export_encoder(ViTEncoder(**kwargs), encoder_spec("pathology", "vit", **kwargs), folder,
                    extra={"tile_px": 224, "mpp": [0.5]})
     return folder
@@ -74,37 +75,39 @@ def main() -> None:
     args.cache.mkdir(parents=True, exist_ok=True)
     results = json.loads(args.results.read_text()) if args.results.is_file() else {}
     encoder = args.run or stand_in_encoder(args.cache / "encoder")
-    slides: list[tuple[str, Path | None, int]] = []
+    slides: list[tuple[str, Path | None, int, int]] = []      # name, path, tiles per side, tile px
     cmu = installed_cmu()
     if cmu is not None:
-        slides.append(("cmu_svs", Path(cmu), 0))
-    slides += [("generated_5k", None, 71), ("generated_50k", None, 224)]
-    for name, path, side in slides:
+        slides.append(("cmu_svs", Path(cmu), 0, 224))
+    slides += [("generated_5k", None, 71, 224), ("generated_50k", None, 224, 224),
+               ("generated_5k_32px", None, 71, 32), ("generated_50k_32px", None, 224, 32)]
+    for name, path, side, px in slides:
         if name in results or (args.only and name not in args.only.split(",")):
             continue
         if path is None:
             path = args.cache / f"{name}.tif"
             if not path.is_file():
                 t0 = time.perf_counter()
-                write_synthetic_pyramid(path, side * 224, side * 224, mpp=0.5, levels=6, tissue=1.0)
+                write_synthetic_pyramid(path, side * px, side * px, mpp=0.5, levels=6 if px > 32 else 4,
+                                        tissue=1.0)
                 print(f"wrote {path} ({path.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - t0:.0f}s",
                       flush=True)
         out = args.cache / f"{name}.parquet"
         cmd = [sys.executable, "-m", "sslkit", "pathology", "embed", str(encoder), str(path), "--out", str(out),
                "--slides-out", str(args.cache / f"{name}-slides.parquet"), "--workers", "0", "--batch-size",
-               str(args.batch_size), "--device", "cpu", "--mpp", "0.5", "--tile-px", "224", "--overwrite"]
+               str(args.batch_size), "--device", "cpu", "--mpp", "0.5", "--tile-px", str(px), "--overwrite"]
         rss, secs, tail = peak_rss_mb(cmd)
         meta = pq.ParquetFile(out).metadata
-        results[name] = {"tiles": meta.num_rows, "row_groups": meta.num_row_groups, "peak_rss_mb": round(rss, 1),
+        results[name] = {"tile_px": px, "tiles": meta.num_rows, "row_groups": meta.num_row_groups, "peak_rss_mb": round(rss, 1),
                          "seconds": round(secs, 1), "tiles_per_s": round(meta.num_rows / secs, 1),
                          "slide": str(path), "file_mb": round(path.stat().st_size / 1e6, 1)}
         args.results.parent.mkdir(parents=True, exist_ok=True)
         args.results.write_text(json.dumps(results, indent=1, sort_keys=True))
         print(f"{name}: {results[name]}", flush=True)
-    rows = [[k, v["tiles"], v["row_groups"], f"{v['peak_rss_mb']:.0f}", f"{v['seconds']:.0f}",
+    rows = [[k, v.get("tile_px", 224), v["tiles"], v["row_groups"], f"{v['peak_rss_mb']:.0f}", f"{v['seconds']:.0f}",
              f"{v['tiles_per_s']:.0f}"] for k, v in results.items()]
     print_table("sslkit pathology embed: peak RSS vs tiles (--workers 0, batch 64, CPU)",
-                ["slide", "tiles", "row groups", "peak RSS MB", "seconds", "tiles/s"], rows)
+                ["slide", "tile px", "tiles", "row groups", "peak RSS MB", "seconds", "tiles/s"], rows)
 
 
 if __name__ == "__main__":

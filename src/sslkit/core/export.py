@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -11,7 +10,7 @@ import torch
 from torch import nn
 
 from sslkit.core.errors import UserError
-from sslkit.core.files import check_dir_out, share_files, temp_dir_beside
+from sslkit.core.files import check_dir_out, staged_dir
 
 DOMAINS = ("medical3d", "pathology", "audio", "graph", "lidar", "tabular", "toy")
 
@@ -33,19 +32,11 @@ def export_encoder(encoder: nn.Module, spec: dict[str, Any], out_dir: Path, extr
 
     out_dir = Path(out_dir)
     check_dir_out(out_dir, overwrite)
-    tmp = temp_dir_beside(out_dir)
-    try:
+    with staged_dir(out_dir) as tmp:
         tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in encoder.state_dict().items()}
         save_file(tensors, str(tmp / "encoder.safetensors"), metadata={"format": "sslkit-encoder"})
         config = {**spec, "sslkit_version": sslkit.__version__, "extra": extra or {}}
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
-        share_files(tmp)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 

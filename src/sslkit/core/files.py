@@ -43,6 +43,24 @@ def temp_dir_beside(path: Path) -> Path:
     return tmp
 
 
+@contextlib.contextmanager
+def staged_dir(out: Path) -> Iterator[Path]:
+    """Write a whole output folder or none of it: yields a hidden folder beside `out`; when the block ends without
+    error its files get open()'s permissions and it replaces `out` (an existing one is removed first), otherwise it
+    is deleted and `out` is left as it was."""
+    out = Path(out)
+    tmp = temp_dir_beside(out)
+    try:
+        yield tmp
+        share_files(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def share_files(folder: Path) -> None:
     """Give every file below `folder` the permissions open() would (some writers, safetensors' among them, make 0600)."""
     for f in Path(folder).rglob("*"):

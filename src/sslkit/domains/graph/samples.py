@@ -2,13 +2,12 @@
 (fast numpy sampler, also used by the 200k-node benchmark and the tests)."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
 
 from sslkit.core.errors import UserError
-from sslkit.core.files import temp_dir_beside
+from sslkit.core.files import staged_dir
 
 
 def sbm(n: int, blocks: int, mean_degree: float, p_in: float = 0.8, feat_dim: int = 16, noise: float = 1.0,
@@ -49,11 +48,7 @@ def write_samples(out: Path, overwrite: bool = False) -> list[Path]:
         raise UserError(f"{out} is a file — give a folder to write the sample graphs into (created if missing)")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UserError(f"{out} already exists and is not empty — pass --overwrite or choose another folder")
-    try:
-        tmp = temp_dir_beside(out)
-    except OSError as exc:
-        raise UserError(f"cannot create {out} ({exc.strerror}) — choose a writable folder") from None
-    try:
+    with staged_dir(out) as tmp:      # a folder it cannot create is one line from the CLI (permissions, full disk)
         karate = nx.karate_club_graph()
         (tmp / "karate").mkdir()
         pd.DataFrame(list(karate.edges()), columns=["src", "dst"]).to_csv(tmp / "karate" / "edges.csv", index=False)
@@ -67,10 +62,4 @@ def write_samples(out: Path, overwrite: bool = False) -> list[Path]:
         feats.insert(0, "id", ids)
         feats.to_csv(tmp / "sbm" / "features.csv", index=False)
         pd.DataFrame({"node": ids, "label": y}).to_csv(tmp / "sbm" / "labels.csv", index=False)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return [out / "karate", out / "sbm"]
