@@ -48,13 +48,16 @@ def main() -> None:
     args = ap.parse_args()
     pathology_quality.USE_LOCK = not args.no_lock
     emb = args.work / "embeddings"
-    for arm in args.arms.split(","):
+    arms = args.arms.split(",")
+    missing = [a for a in arms if not (emb / f"{a}.npy").is_file()]
+    if missing or not (emb / "random.npy").is_file():
+        subprocess.run([sys.executable, str(ROOT / "benchmarks" / "pathology_quality.py"), "--work", str(args.work),
+                        "--arms", ",".join(missing or arms[:1]), "--mil-seeds", str(args.seeds),
+                        *(["--no-lock"] if args.no_lock else [])], check=True)
+    for arm in arms:
         out = args.work / "results" / f"mil-{arm}.json"
         if out.is_file():
             continue
-        if not (emb / f"{arm}.npy").is_file() or not (emb / "random.npy").is_file():
-            subprocess.run([sys.executable, str(ROOT / "benchmarks" / "pathology_quality.py"), "--work", str(args.work),
-                            "--arms", arm], check=True)
         y_tile, fold_tile = np.load(emb / "labels.npy")
         images = json.loads((emb / "images.json").read_text())
         result = {"arm": arm, "seeds": args.seeds, "epochs": args.epochs, "split": "leave-one-patient-fold-out (4 folds)"}

@@ -140,8 +140,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="override train.steps (smoke runs)")
     ap.add_argument("--arms", default=",".join(ARMS))
     ap.add_argument("--no-lock", action="store_true", help="do not take the heavy-job lock (small smoke runs)")
-    ap.add_argument("--no-mil", dest="mil", action="store_false", help="do not run pathology_mil.py after the "
-                    "stain-augmented arms")
+    ap.add_argument("--mil-arms", default="dino-hed", help="arms to run pathology_mil.py for as soon as they finish")
+    ap.add_argument("--mil-seeds", type=int, default=3)
     args = ap.parse_args()
     global USE_LOCK
     USE_LOCK = not args.no_lock
@@ -182,9 +182,10 @@ def main() -> None:
                        f"handcrafted at {px} px": probe("handcrafted", handcrafted(rows, px), y, fold),
                        "handcrafted at 224 px (native)": probe("handcrafted", handcrafted(rows, 224), y, fold)}
             base.write_text(json.dumps(res, indent=2))
-        if args.mil and arm.endswith("-hed"):      # the image-level MIL figures of the main arms come right away
+        if arm in args.mil_arms.split(","):       # the image-level MIL figures of the main arm come right away
             subprocess.run([sys.executable, str(ROOT / "benchmarks" / "pathology_mil.py"), "--work", str(work),
-                            "--arms", arm, *(["--no-lock"] if args.no_lock else [])], check=False)
+                            "--arms", arm, "--seeds", str(args.mil_seeds), *(["--no-lock"] if args.no_lock else [])],
+                           check=False)
     report(work)
 
 
