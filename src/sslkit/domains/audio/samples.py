@@ -66,14 +66,13 @@ def write_samples(out: Path, *, n_voices: int = 12, takes: int = 3, words: tuple
     """Write `{word}_{voice}_{take}.wav` for every word × voice × take into `out`, plus labels.csv; the paths."""
     import soundfile as sf
 
-    from sslkit.core.files import check_dir_out, temp_dir_beside
+    from sslkit.core.files import check_dir_out, staged_dir
 
     exe = espeak()
     out = check_dir_out(Path(out), overwrite)
     rng = np.random.default_rng(seed)
-    tmp = temp_dir_beside(out)
-    rows, written = [], []
-    try:
+    rows = []
+    with staged_dir(out) as tmp:
         for voice, name in voices(n_voices):
             for word in words:
                 for take in range(takes):
@@ -87,11 +86,4 @@ def write_samples(out: Path, *, n_voices: int = 12, takes: int = 3, words: tuple
             w = csv.writer(fh)
             w.writerow(["path", "label", "voice"])
             w.writerows(rows)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    written = [out / r[0] for r in rows]
-    return written
+    return [out / r[0] for r in rows]

@@ -15,7 +15,6 @@ mean patch token is appended).
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -61,23 +60,15 @@ def export_timm(sslkit_dir: Path, out: Path, overwrite: bool) -> Path:
     from safetensors.torch import save_file
 
     from sslkit.core.export import load_encoder
-    from sslkit.core.files import check_dir_out, share_files, temp_dir_beside
+    from sslkit.core.files import check_dir_out, staged_dir
 
     encoder = load_encoder(sslkit_dir)
     extra = encoder.sslkit_config.get("extra", {})
     check_dir_out(out, overwrite)
-    tmp = temp_dir_beside(out)
-    try:
+    with staged_dir(out) as tmp:
         tensors = {k: v.detach().cpu().contiguous().clone() for k, v in encoder.timm_state_dict().items()}
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(timm_config(encoder, extra), indent=2))
-        share_files(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
