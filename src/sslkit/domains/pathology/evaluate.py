@@ -61,6 +61,29 @@ def labels_from_folder(root: Path, slides: list[str]) -> dict[int, str]:
     return out
 
 
+def read_label_csv(csv: Path, keys: tuple[str, ...], label_col: str, group_col: str | None, what: str,
+                   default_groups: tuple[str, ...] = ()) -> tuple[Any, str, str | None]:
+    """The label CSV of `evaluate` (tiles) and `mil` (slides): (table, its key column — the first of `keys` present,
+    group column or None). `default_groups` are tried when no --groups is given. Bad files and columns → UserError."""
+    import pandas as pd
+
+    from sslkit.core.errors import UserError
+
+    try:
+        df = pd.read_csv(csv)
+    except Exception as exc:  # pandas raises many types for unreadable CSVs
+        raise UserError(f"--labels {csv} is not a readable CSV ({type(exc).__name__}) — give columns {what},label") from None
+    key = next((c for c in keys if c in df.columns), None)
+    if key is None or label_col not in df.columns:
+        raise UserError(f"--labels {csv} has columns {list(df.columns)} — it needs {what} (or {keys[1]}) and {label_col} "
+                        "(--label-column names another)")
+    if group_col is None:
+        group_col = next((c for c in default_groups if c in df.columns), None)
+    elif group_col not in df.columns:
+        raise UserError(f"--groups {group_col}: {csv} has no such column (columns: {', '.join(map(str, df.columns))})")
+    return df, key, group_col
+
+
 def labels_from_csv(csv: Path, slides: list[str], roots: list[Path], group_col: str | None,
                     label_col: str = "label") -> tuple[dict[int, str], dict[int, str]]:
     """(tile index -> label, tile index -> group) from a CSV of path,label (or slide,label) rows.
@@ -72,16 +95,7 @@ def labels_from_csv(csv: Path, slides: list[str], roots: list[Path], group_col: 
 
     from sslkit.core.errors import UserError
 
-    try:
-        df = pd.read_csv(csv)
-    except Exception as exc:  # pandas raises many types for unreadable CSVs
-        raise UserError(f"--labels {csv} is not a readable CSV ({type(exc).__name__}) — give columns path,label") from None
-    key = next((c for c in ("path", "slide", "image", "tile") if c in df.columns), None)
-    if key is None or label_col not in df.columns:
-        raise UserError(f"--labels {csv} has columns {list(df.columns)} — it needs path (or slide) and {label_col} "
-                        "(--label-column names another)")
-    if group_col is not None and group_col not in df.columns:
-        raise UserError(f"--groups {group_col}: {csv} has no such column (columns: {', '.join(map(str, df.columns))})")
+    df, key, group_col = read_label_csv(csv, ("path", "slide", "image", "tile"), label_col, group_col, "path")
     index = _index_by_path(slides)
     bases = [Path.cwd(), csv.parent.resolve(), *[r.resolve() if r.is_dir() else r.resolve().parent for r in roots]]
     labels: dict[int, str] = {}

@@ -162,22 +162,11 @@ def bag_key(row: Any) -> str:
 def match_labels(csv: Path, keys: list[str], group_col: str | None, label_col: str = "label"
                  ) -> tuple[dict[str, str], dict[str, str]]:
     """(bag key -> label, bag key -> group) from the label CSV; a slide it names that is not among the bags -> exit 2."""
-    import pandas as pd
-
     from sslkit.core.errors import UserError
+    from sslkit.domains.pathology.evaluate import read_label_csv
 
-    try:
-        df = pd.read_csv(csv)
-    except Exception as exc:  # pandas raises many types for unreadable CSVs
-        raise UserError(f"--labels {csv} is not a readable CSV ({type(exc).__name__}) — give columns slide,label") from None
-    col = next((c for c in ("slide", "bag", "path", "image") if c in df.columns), None)
-    if col is None or label_col not in df.columns:
-        raise UserError(f"--labels {csv} has columns {list(df.columns)} — it needs slide and {label_col} "
-                        "(--label-column names another)")
-    if group_col is None:
-        group_col = next((c for c in ("fold", "group") if c in df.columns), None)
-    elif group_col not in df.columns:
-        raise UserError(f"--groups {group_col}: {csv} has no such column (columns: {', '.join(map(str, df.columns))})")
+    df, col, group_col = read_label_csv(csv, ("slide", "bag", "path", "image"), label_col, group_col, "slide",
+                                        default_groups=("fold", "group"))
     by_path = {str(Path(k).resolve()): k for k in keys}
     by_name: dict[str, list[str]] = {}
     for k in keys:
