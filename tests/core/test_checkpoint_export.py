@@ -125,3 +125,24 @@ def test_export_of_a_run_without_a_checkpoint_says_so(tmp_path):
     with pytest.raises(UserError, match="has no checkpoint yet .* pretrain` again with --overwrite"):
         export_from_run(tmp_path / "run", tmp_path / "out", domain="toy")
     assert not (tmp_path / "out").exists()
+
+
+def test_an_unfinished_run_says_how_to_complete_or_export_it(tmp_path):
+    """A run folder with a checkpoint but no encoder/ (stopped before the end) names the two ways on, in its domain."""
+    import json
+
+    import pytest
+
+    from sslkit.core.errors import UserError
+    from sslkit.core.export import load_encoder
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.pt").write_bytes(b"x")
+    (run / "manifest.json").write_text(json.dumps({"domain": "audio"}))
+    with pytest.raises(UserError, match=r"unfinished run .* `sslkit audio pretrain DATA\.\.\. --resume --out .*"
+                                        r"`sslkit audio export "):
+        load_encoder(run)
+    (run / "checkpoints" / "last.pt").unlink()
+    with pytest.raises(UserError, match="holds no exported encoder .* `sslkit audio export`"):
+        load_encoder(run)

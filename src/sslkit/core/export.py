@@ -46,8 +46,14 @@ def read_config(path: Path) -> dict[str, Any]:
         path = path / "encoder"
     cfg_path = path / "config.json"
     if not cfg_path.is_file():
+        manifest = path / "manifest.json"
+        domain = json.loads(manifest.read_text()).get("domain", "DOMAIN") if manifest.is_file() else "DOMAIN"
+        if (path / "checkpoints" / "last.pt").is_file():
+            raise UserError(f"{path} is an unfinished run (a checkpoint but no encoder/ yet) — complete it with "
+                            f"`sslkit {domain} pretrain DATA... --resume --out {path}`, or export its last checkpoint "
+                            f"with `sslkit {domain} export {path} --out DIR`")
         raise UserError(f"{path} holds no exported encoder (config.json) — give a finished run folder or a folder "
-                        "written by `sslkit DOMAIN export` (an unfinished run: `export` it, or finish it with --resume)")
+                        f"written by `sslkit {domain} export`")
     config = json.loads(cfg_path.read_text())
     config["_dir"] = str(path)
     return config

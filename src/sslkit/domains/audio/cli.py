@@ -35,20 +35,6 @@ def patch_frames(cfg: Any) -> int:
     return 16
 
 
-def _encoder(run: Any) -> Any:
-    """The run's exported encoder; an unfinished run says how to finish it."""
-    from sslkit.core.errors import UserError
-    from sslkit.core.export import load_encoder
-
-    if not run.path("encoder", "config.json").is_file():
-        if run.checkpoint_path.is_file():
-            raise UserError(f"{run.dir} is an unfinished run (a checkpoint but no encoder/ yet) — complete it with "
-                            f"`sslkit audio pretrain AUDIO... --resume --out {run.dir}`")
-        raise UserError(f"{run.dir} holds no encoder and no checkpoint — start pretraining again with --overwrite "
-                        f"--out {run.dir}")
-    return load_encoder(run.dir)
-
-
 def _normalisation(run: Any, encoder: Any) -> tuple[float, float]:
     extra = getattr(encoder, "sslkit_config", {}).get("extra", {})
     audio = run.manifest.get("audio", {})
@@ -154,6 +140,7 @@ def embed(
     """Embeddings of every recording (or segment) as Parquet; ids are the paths as given."""
     from sslkit.core.embeddings import check_embeddings_out, write_embeddings
     from sslkit.core.errors import UserError
+    from sslkit.core.export import load_encoder
     from sslkit.core.runs import Run
     from sslkit.domains.audio.io import find_audio, iter_fbanks
 
@@ -166,7 +153,7 @@ def embed(
             raise UserError(f"{flag} {value}: give a positive number of seconds")
     check_embeddings_out(out, overwrite)
     r = Run.load(run, "audio")
-    encoder = _encoder(r)
+    encoder = load_encoder(r.dir)
     cfg = _data_cfg(r)
     mean, std = _normalisation(r, encoder)
     sources = find_audio(audio)
@@ -231,6 +218,7 @@ def evaluate(
 ) -> None:
     """Linear probe and kNN on frozen clip embeddings, next to MFCC statistics and random weights; JSON in the run."""
     from sslkit.core.errors import UserError
+    from sslkit.core.export import load_encoder
     from sslkit.core.runs import Run
     from sslkit.domains.audio.evaluation import evaluate_run
     from sslkit.domains.audio.io import find_audio
@@ -239,7 +227,7 @@ def evaluate(
         raise UserError("give the labels either as --labels CSV (path,label) or as --label-pattern REGEX, not "
                         f"{'both' if labels else 'neither'}")
     r = Run.load(run, "audio")
-    encoder = _encoder(r)
+    encoder = load_encoder(r.dir)
     mean, std = _normalisation(r, encoder)
     payload, report = evaluate_run(r, encoder, _data_cfg(r), mean, std, find_audio(audio), labels=labels,
                                    label_pattern=label_pattern, group_pattern=group_pattern, seeds=seeds, k=k,
