@@ -1,7 +1,6 @@
 """`sslkit pathology ...`: tile slides by microns, pretrain DINO/SimCLR on tiles, embed, evaluate, MIL, export."""
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -85,16 +84,9 @@ def embed(run: RunArg, inputs: InputsArg,
         typer.echo(str(slides_out))
 
 
-def _register(name: str, module: str) -> None:
-    """PATH-MODEL's verbs live in their own modules, each exposing `command` (a plain, lazily importing function)."""
-    try:
-        mod = importlib.import_module(f"sslkit.domains.pathology.{module}")
-    except ModuleNotFoundError as exc:
-        if exc.name != f"sslkit.domains.pathology.{module}":
-            raise
-        return
-    app.command(name)(mod.command)
+# pretrain, evaluate, mil and export live in their own modules, each exposing `command` (its signature is the command;
+# heavy imports stay inside it, so registering them here keeps `sslkit --help` light)
+from sslkit.domains.pathology import evaluate, export, mil, pretrain  # noqa: E402
 
-
-for _name in ("pretrain", "evaluate", "mil", "export"):
-    _register(_name, _name)
+for _module in (pretrain, evaluate, mil, export):
+    app.command(_module.__name__.rsplit(".", 1)[1])(_module.command)
