@@ -209,9 +209,10 @@ def fit(
 
     `until` stops early at that step after writing a checkpoint (time-boxed jobs, resume tests).
 
-    `full_batch`: `dataset` holds one item, the whole data (a graph); every process trains on that item at every
-    step (one step = one epoch), without a sampler or loader workers, and `train.batch_size` /
-    `micro_batch_size` / `lr_scale_batch` are not read. The batch is the item itself, or `collate_fn([item])`.
+    `full_batch`: `dataset` holds one item that every process receives at every step — the whole data (a graph),
+    or a step's batch drawn alike on every process from the item's seeded random state (graph node blocks); one
+    step = one epoch, no sampler or loader workers, and `train.batch_size` / `micro_batch_size` / `lr_scale_batch`
+    are not read. The batch is the item itself, or `collate_fn([item])`.
     """
     t_start = time.perf_counter()
     device = distributed.select_device(train.device)

@@ -56,11 +56,27 @@ def test_out_of_range_values_are_refused_with_the_key_named(override: str) -> No
         load_recipe(RECIPE_SCHEMA, "graph", "tiny", [override])
 
 
-def test_structural_dim_zero_is_refused_only_on_a_graph_without_features(samples) -> None:  # noqa: ANN001
+def test_structural_dim_zero_is_refused_only_where_diffusion_features_stand_in(samples) -> None:  # noqa: ANN001
+    """No features: one-hot node features up to data.identity_max_nodes nodes (structural_dim unread), the
+    structural_dim-wide diffusion features above; given features read neither."""
+    import numpy as np
+
     from sslkit.domains.graph.batches import prepare_inputs
     from sslkit.domains.graph.io import load_graph
 
     cfg = load_recipe(RECIPE_SCHEMA, "graph", "tiny", ["data.structural_dim=0"])
     assert prepare_inputs(load_graph(samples / "sbm")[0], cfg, quiet=True).x.shape[1] == 8  # features given: unused
+    karate = load_graph(samples / "karate")[0]
+    one_hot = prepare_inputs(karate, cfg, quiet=True)                                       # 34 nodes <= 5,000
+    assert one_hot.x.shape == (34, 34) and one_hot.summary()["structural_features"] == "one-hot"
+    # after the filter each row is the node's 2-step diffusion profile Â²e_i, unit length
+    from sslkit.domains.graph.transforms import adjacency
+
+    a = adjacency(karate.edge_index, karate.edge_weight, 34, "sym").toarray()
+    profile = (a @ a)[5] / np.linalg.norm((a @ a)[5])
+    np.testing.assert_allclose(one_hot.x[5], profile, atol=1e-6)
+    cfg.data.identity_max_nodes = 33
     with pytest.raises(UserError, match="structural_dim=0 but the graph has no node features"):
-        prepare_inputs(load_graph(samples / "karate")[0], cfg, quiet=True)
+        prepare_inputs(karate, cfg, quiet=True)
+    cfg.data.structural_dim = 16
+    assert prepare_inputs(karate, cfg, quiet=True).summary()["structural_features"] == "diffusion"

@@ -1,5 +1,6 @@
 """Model inputs and training batches: prepared node features, full-graph batches for small
-graphs, and seed-node blocks (seeds + sampled neighbours, with their mask block) for large ones."""
+graphs, and seed-node blocks (seeds + sampled neighbours, with their mask block) for large ones. Both are one item
+per step that every process receives alike, so P processes train as one (see `NodeBlocks`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,22 +26,28 @@ class Inputs:
 
     x: np.ndarray
     hops: int
-    structural: bool
+    structural: str | None  # the graph had no features: "one-hot" or "diffusion" features stand in; None: its own
     a_row: Any  # D⁻¹(A+I), for SCGC masks
     x0: np.ndarray | None = None         # features before the filter (SCGC, full-batch linear only): x = row_scale · Â^hops x0
     a_sym: Any = None                    # Â = D^-½(A+I)D^-½
     row_scale: np.ndarray | None = None  # (N, 1) the L2 row normalisation applied after the filter
 
     def summary(self) -> dict[str, Any]:
-        return {"in_dim": int(self.x.shape[1]), "hops": self.hops, "structural_features": self.structural}
+        return {"in_dim": int(self.x.shape[1]), "hops": self.hops, "structural_features": self.structural or False}
 
 
 def prepare_inputs(graph: Graph, recipe: GraphRecipe, quiet: bool = False) -> Inputs:
     """Features (given or structural), normalised, then Â^hops X for SCGC (GRACE's GCN propagates itself)."""
     n, data = graph.num_nodes, recipe.data
     a_sym = adjacency(graph.edge_index, graph.edge_weight, n, "sym")
-    structural = graph.x is None
-    if structural:
+    structural = None if graph.x is not None else "one-hot" if n <= data.identity_max_nodes else "diffusion"
+    if structural == "one-hot":
+        if not quiet:
+            warn(f"the graph has no node features — using one-hot node features ({n} columns; after the filter, each "
+                 f"node's diffusion profile; up to data.identity_max_nodes={data.identity_max_nodes} nodes); "
+                 "pass --features if the nodes have attributes")
+        x = np.eye(n, dtype=np.float32)   # dense N×N: at most 5,000² × 4 B = 100 MB by default; sparse for the filter
+    elif structural == "diffusion":
         if data.structural_dim < 1:
             raise UserError("data.structural_dim=0 but the graph has no node features, so the encoder's only inputs are "
                             "the structural features — set data.structural_dim to 1 or more (default 32) or pass --features")
@@ -82,7 +89,7 @@ class FullGraph(Dataset):
         return 1
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return self.batch
+        return {**self.batch, **step_seed()}
 
 
 def full_batch(inputs: Inputs, graph: Graph, recipe: GraphRecipe) -> dict[str, torch.Tensor]:
@@ -116,22 +123,41 @@ def csr_tensor(m: Any) -> torch.Tensor:
                       torch.from_numpy(m.data.astype(np.float32)), m.shape)
 
 
-class NodeBlocks(Dataset):
-    """Items are node indices; `collate` turns a list of seeds into {"x": (B, D)} + `mask_tensors` of the sparse mask block
-    for the block of seeds plus `fanout` sampled neighbours each (never an N×N matrix)."""
+def step_seed() -> dict[str, torch.Tensor]:
+    """{"seed": int64 scalar} for the step's own random draws (SCGC's view noise), from the item's random state that
+    fit seeds per (train.seed, step) alike on every process — not from the per-process torch seed of `forward`, so
+    P processes draw what one process draws."""
+    return {"seed": torch.randint(0, 2**62, (), dtype=torch.int64)}
 
-    def __init__(self, inputs: Inputs, r: int, cumulative: bool, fanout: int, objective: str | None = None) -> None:
+
+class NodeBlocks(Dataset):
+    """Node mini-batches as one item per step, the same on every process (trained with `fit(..., full_batch=True)`,
+    which hands every process the item, drawn from the random state fit seeds per (train.seed, step)): `batch_size`
+    seed nodes drawn without replacement, plus `fanout` sampled neighbours of each (`sample_block`), with the sparse
+    mask block among them (never an N×N matrix). {"x": (M, D), mask tensors, "seed", "shard"}: "shard" tells SCGC to
+    encode only this process's slice of the M rows and gather the slices (`SCGC.forward`), so the loss of P processes
+    is the loss of one process on the same block, and their gradients sum to its gradient."""
+
+    def __init__(self, inputs: Inputs, batch_size: int, r: int, cumulative: bool, fanout: int,
+                 objective: str | None = None) -> None:
+        n = len(inputs.x)
+        if batch_size > n:
+            raise UserError(f"train.batch_size={batch_size} seed nodes per step but the graph has {n} nodes — lower "
+                            f"train.batch_size (e.g. --set train.batch_size={max(1, n // 4)}) or train it in one batch "
+                            "(--set data.full_batch=true)")
         self.x, self.a_row, self.r, self.cumulative, self.fanout = inputs.x, inputs.a_row, r, cumulative, fanout
-        self.objective = objective
+        self.batch_size, self.objective = batch_size, objective
 
     def __len__(self) -> int:
-        return len(self.x)
+        return 1
 
-    def __getitem__(self, i: int) -> int:
-        return i
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng(int(np.random.randint(0, 2**31 - 1)))  # numpy is seeded per (seed, step) by fit
+        seeds = np.sort(rng.choice(len(self.x), size=self.batch_size, replace=False))
+        return {**self.block(seeds, rng), **step_seed(), "shard": torch.ones((), dtype=torch.bool)}
 
-    def collate(self, seeds: list[int]) -> dict[str, torch.Tensor]:
-        rng = np.random.default_rng(int(np.random.randint(0, 2**31 - 1)))  # numpy is seeded per item by fit
-        nodes = sample_block(self.a_row, np.asarray(seeds, dtype=np.int64), self.fanout, rng)
+    def block(self, seeds: np.ndarray, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        """{"x": (M, D)} + `mask_tensors` for `seeds` plus `fanout` sampled neighbours each (M nodes, sorted)."""
+        nodes = sample_block(self.a_row, seeds.astype(np.int64), self.fanout, rng)
         mask = positive_mask_block(self.a_row, nodes, self.r, self.cumulative)
         return {"x": torch.from_numpy(self.x[nodes]), **mask_tensors(mask, self.objective)}

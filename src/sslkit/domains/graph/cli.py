@@ -80,18 +80,18 @@ def pretrain(graph: GraphArg, features: FeaturesOpt = None, recipe: RecipeOpt = 
     if not full and cfg.method == "grace":
         raise UserError(f"the GRACE baseline trains full-batch only; this graph has {g.num_nodes} nodes — "
                         "use --recipe scgc-star, or --set data.full_batch=true if it fits in memory")
+    if full:
+        data = FullGraph(full_batch(inputs, g, cfg))
+    else:       # one block per step, drawn alike on every process; each encodes its slice (P processes = 1)
+        data = NodeBlocks(inputs, cfg.train.batch_size, cfg.loss.r, cfg.method == "scgc-star", cfg.data.fanout,
+                          cfg.loss.objective)
     run = Run.open(out, domain="graph", recipe=cfg, data_paths=[p for p in (graph, features) if p],
                    overwrite=overwrite, resume=resume)
     run.update_manifest(graph={"nodes": g.num_nodes, "edges": int(g.edge_index.shape[1] // 2), "notes": g.notes,
                                "full_batch": full, **inputs.summary()})
     seed_everything(cfg.train.seed)
     method = build_method(cfg, inputs.x.shape[1], inputs.hops)
-    if full:
-        data, collate = FullGraph(full_batch(inputs, g, cfg)), None
-    else:
-        data = NodeBlocks(inputs, cfg.loss.r, cfg.method == "scgc-star", cfg.data.fanout, cfg.loss.objective)
-        collate = data.collate
-    result = fit(method, data, cfg.train, run, collate_fn=collate, resume=resume, full_batch=full)
+    result = fit(method, data, cfg.train, run, resume=resume, full_batch=True)
     if distributed.is_main():
         export_encoder(method.encoder, method.encoder_spec(), run.path("encoder"),
                        extra={"num_nodes": g.num_nodes, **inputs.summary()})

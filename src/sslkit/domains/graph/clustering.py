@@ -107,18 +107,23 @@ def evaluate_all(graph: Graph, recipe: GraphRecipe, z: np.ndarray, q: np.ndarray
     baseline = recipe.model_copy(deep=True)
     baseline.method = "scgc-star"
     baseline.data.hops = 0
-    with Progress(total=2 + 3 * 2 * len(seeds), label="evaluate") as progress:
+    has_features = graph.x is not None      # without, the "raw" inputs are one-hot rows: nothing to cluster
+    rows_n = 3 if has_features else 2
+    with Progress(total=2 + rows_n * 2 * len(seeds), label="evaluate") as progress:
         progress.advance(0, "raw and propagated features")
-        raw = prepare_inputs(graph, baseline, quiet=True).x
+        raw = prepare_inputs(graph, baseline, quiet=True).x if has_features else None
         progress.advance(1, "raw features ready")
-        baseline.data.hops = (recipe.data.hops if recipe.data.hops is not None
-                              else auto_hops(graph.num_nodes, graph.edge_index.shape[1]))
+        # the training-free baseline at the graph's full mixing distance (Cora: 5), the strongest depth measured, not
+        # the recipe's own t: a weaker baseline would flatter the embeddings
+        baseline.data.hops = auto_hops(graph.num_nodes, graph.edge_index.shape[1])
         smooth = prepare_inputs(graph, baseline, quiet=True).x
         done = 2
         progress.advance(done, "propagated features ready")
         rows: dict[str, dict[str, Any]] = {}
         feats = {"raw features": raw, f"propagated Â^{baseline.data.hops}X (no training)": smooth,
                  f"{recipe.method} embeddings": node_embedding(z, recipe.embedding.pca_variance)}
+        if raw is None:
+            del feats["raw features"]
         for name, x in feats.items():
             clustered, probed = [], []
             for seed in seeds:

@@ -31,7 +31,8 @@ class GraphData(Section):
     feature_norm: Literal["row", "standard", "none"] = "row"  # row: bag-of-words rows sum to 1
     hops: int | None = None            # low-pass propagation Â^hops X for SCGC; None = chosen from structure
     input_norm: Literal["l2", "none"] = "l2"  # SCGC: unit-length rows of Â^hops X (cosine geometry)
-    structural_dim: int = Field(32, ge=0)  # width of structural features when the graph has none (where 0 is refused)
+    identity_max_nodes: int = Field(5000, ge=0)  # no features: one-hot node features up to this many nodes (0: never)
+    structural_dim: int = Field(32, ge=0)  # no features, above identity_max_nodes: width of the diffusion features
     full_batch: Literal["auto"] | bool = "auto"
     full_batch_max_nodes: int = Field(8000, ge=0)  # auto: full batch up to this many nodes, node mini-batches above
     fanout: int = Field(4, ge=0)       # mini-batches: random neighbours added per seed node
@@ -175,6 +176,36 @@ def kmeans_init(z: Tensor, k: int) -> Tensor:
     return torch.from_numpy(km.cluster_centers_).to(z.device, torch.float32)
 
 
+def sharded_views(encoder: SCGCEncoder, x: Tensor) -> list[Tensor]:
+    """`encoder.views(x)` for a block x (M, D) that every process holds alike: process p encodes rows
+    [p·c, (p+1)·c) (c = ⌈M/P⌉, the last slice zero-padded to c), and the slices are gathered with their gradients
+    (`core.distributed.gather_with_grad`). Every process then holds the one-process views and computes the one-process
+    loss; the gather's backward hands each process the whole gradient of its own slice, and DDP's average over the P
+    identical losses gives one process's gradient. One process: plain `views`."""
+    from sslkit.core import distributed
+
+    world = distributed.world_size()
+    if world == 1:
+        return [v.float() for v in encoder.views(x)]
+    m, rank = x.shape[0], torch.distributed.get_rank()
+    per = -(-m // world)
+    part = x[rank * per:(rank + 1) * per]
+    if part.shape[0] < per:
+        part = F.pad(part, (0, 0, 0, per - part.shape[0]))
+    views = [v.float() for v in encoder.views(part)]
+    full = distributed.gather_with_grad(torch.cat(views, dim=1))[:m]
+    return list(full.chunk(len(views), dim=1))
+
+
+def step_noise(like: Tensor, seed: Tensor | None) -> Tensor:
+    """Standard normal noise shaped like `like`, drawn from the batch's "seed" (the same on every process, see
+    `batches.step_seed`) so P processes add the noise one process adds; without a seed, from torch's own state."""
+    if seed is None:
+        return torch.randn_like(like)
+    gen = torch.Generator(device=like.device).manual_seed(int(seed))
+    return torch.randn(like.shape, generator=gen, device=like.device, dtype=like.dtype)
+
+
 class SCGC(nn.Module):
     """forward({"x": (B, D) smoothed features, and the mask as `mask_tensors` gives it}) -> (loss, metrics).
 
@@ -214,13 +245,15 @@ class SCGC(nn.Module):
         x = batch["x"]
         if "x0" in batch:  # full batch, linear branches: weights before the filter (same values, cheaper)
             views = self.encoder.lowpass_views(batch["x0"], batch["adj"], batch["row_scale"], batch.get("x0_t"))
+        elif "shard" in batch:  # a node block that every process holds: each encodes its slice
+            views = sharded_views(self.encoder, x)
         else:
             views = [v.float() for v in self.encoder.views(x)]
         z = self.encoder.fuse(views)  # the embedding the exported encoder returns
         if self.lcfg.objective == "mse":
             z1, z2 = F.normalize(views[0], dim=1), F.normalize(views[-1], dim=1)
             if self.lcfg.noise:
-                z2 = z2 + self.lcfg.noise * torch.randn_like(z2)
+                z2 = z2 + self.lcfg.noise * step_noise(z2, batch.get("seed"))
             l_nc = neighbour_mse(z1, z2, batch["support_crow"], batch["support_col"])
         else:
             l_nc = neighbour_contrastive(z, batch["pos_index"], batch["pos_weight"], self.lcfg.tau)
