@@ -56,6 +56,37 @@ def test_padding_is_invisible(kind, pool):
 
 
 @pytest.mark.parametrize("kind", sorted(ENCODERS))
+def test_pooled_clip_embedding_segments_std_layers(kind):
+    """pool_segments / pool_stats / pool_layers: the widths add up, padding stays invisible, and the parts are what
+    they say (segment means average to the clip mean for equal parts; the last layer's block is the default one)."""
+    torch.manual_seed(0)
+    enc = ENCODERS[kind](**TINY, pool_stats="meanstd", pool_segments=3, pool_layers=2).eval()
+    x = batch()
+    together = enc.embed_fbank(x["fbank"], x["valid"])
+    assert together.shape == (3, (3 + 1) * 32 * 2)                  # (segments + std) · D · layers
+    torch.testing.assert_close(together[1:2], enc.embed_fbank(x["fbank"][1:2, :40]), atol=1e-5, rtol=1e-4)
+    enc.pool_stats, enc.pool_layers = "mean", 1
+    segs = enc.embed_fbank(x["fbank"][:1]).view(3, 32)              # 64 frames: steps split 3 parts
+    enc.pool_segments = 1
+    plain = enc.embed_fbank(x["fbank"][:1])[0]
+    steps = 64 if kind == "tera" else 8
+    sizes = torch.tensor([sum(1 for i in range(steps) if i * 3 // steps == k) for k in range(3)], dtype=torch.float32)
+    torch.testing.assert_close((segs * sizes[:, None]).sum(0) / steps, plain, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(segs[0], segs[2])                     # the parts differ: order in time is kept
+
+
+def test_pool_tokens_std_by_hand():
+    from sslkit.domains.audio.model import pool_tokens
+
+    x = torch.tensor([[[1.0], [3.0], [5.0], [100.0]]])             # 4 steps, the last is padding
+    present = torch.tensor([[True, True, True, False]])
+    out = pool_tokens(x, present, 1, False, True, 1)
+    torch.testing.assert_close(out, torch.tensor([[3.0, math.sqrt(8 / 3)]]))
+    out = pool_tokens(x[:, :1], present[:, :1], 1, False, False, 3)  # 1 step, 3 parts: empty parts = clip mean
+    torch.testing.assert_close(out, torch.tensor([[1.0, 1.0, 1.0]]))
+
+
+@pytest.mark.parametrize("kind", sorted(ENCODERS))
 def test_waveform_input_equals_its_fbank(kind):
     from sslkit.domains.audio.features import AudioData, compute_fbank
 

@@ -47,6 +47,9 @@ class AudioModel(Section):
     scan_chunk: int = Field(CHUNK, ge=1)        # PyTorch scan: steps per chunk inside a block
     pool: Literal["mean", "freq"] = "mean"      # clip embedding of patch encoders: mean of the patch tokens (D), or
                                                 # per frequency row over time, rows concatenated (F'·D; MSM-MAE/M2D)
+    pool_stats: Literal["mean", "meanstd"] = "mean"   # clip embedding: + the std over time (x-vector statistics)
+    pool_segments: int = Field(1, ge=1)         # clip embedding: one mean per equal part of the clip in time
+    pool_layers: int = Field(1, ge=1)           # clip embedding: the last k layers' tokens side by side
 
 
 class AudioMask(Section):
@@ -182,7 +185,8 @@ def encoder_kwargs(recipe: AudioRecipe, mean: float, std: float) -> dict:
     return dict(n_mels=d.n_mels, clip_frames=d.clip_frames, dim=m.dim, depth=m.depth, heads=m.heads,
                 mlp_ratio=m.mlp_ratio, patch_freq=m.patch_freq, patch_time=m.patch_time, cls_tokens=m.cls_tokens,
                 d_state=m.d_state, d_conv=m.d_conv, expand=m.expand, dropout=m.dropout, attention=m.attention,
-                scan_block=m.scan_block, scan_chunk=m.scan_chunk, pool=m.pool, features=d.feature_spec(), mean=float(mean),
+                scan_block=m.scan_block, scan_chunk=m.scan_chunk, pool=m.pool, pool_stats=m.pool_stats,
+                pool_segments=m.pool_segments, pool_layers=m.pool_layers, features=d.feature_spec(), mean=float(mean),
                 std=float(std))
 
 

@@ -165,12 +165,15 @@ class AudioEncoder(nn.Module):
                  heads: int = 3, mlp_ratio: float = 4.0, patch_freq: int = 16, patch_time: int = 16,
                  cls_tokens: int = 1, d_state: int = 16, d_conv: int = 4, expand: int = 2, dropout: float = 0.0,
                  attention: str = "sdpa", scan_block: int = BLOCK, scan_chunk: int = CHUNK, pool: str = "mean",
+                 pool_stats: str = "mean", pool_segments: int = 1, pool_layers: int = 1,
                  features: dict | None = None, mean: float = 0.0, std: float = 0.5) -> None:
         super().__init__()
         if arch not in ("ssamba", "ssast", "tera"):
             raise ValueError(f"unknown audio encoder {arch!r}")
         self.arch, self.n_mels, self.dim, self.features = arch, n_mels, dim, dict(features or {})
         self.pool = "mean" if arch == "tera" else pool
+        # clip embedding (see `pool_tokens`): + std over time, time segments, the last `pool_layers` layers concatenated
+        self.pool_stats, self.pool_segments, self.pool_layers = pool_stats, pool_segments, min(pool_layers, depth)
         self.register_buffer("norm_stats", torch.tensor([mean, std], dtype=torch.float32))
         if arch == "tera":
             self.pf, self.pt, self.grid_f, self.grid_t = n_mels, 1, 1, clip_frames
@@ -243,14 +246,19 @@ class AudioEncoder(nn.Module):
         fbank, valid = self.pad(fbank, valid)
         return self._encode(fbank, valid, masked)[0]
 
-    def _encode(self, fbank: Tensor, valid: Tensor, masked: Tensor | None) -> tuple[Tensor, Tensor]:
-        """(tokens (B, N, D), present (B, N)) for a padded fbank."""
+    def _encode(self, fbank: Tensor, valid: Tensor, masked: Tensor | None, layers: int = 1) -> tuple[Tensor, Tensor]:
+        """(tokens (B, N, D·layers), present (B, N)) for a padded fbank: the outputs of the last `layers` layers
+        (each through the final norm for the patch encoders; TERA's post-norm layers end normalised) side by side."""
+        keep = range(len(self.layers) - layers, len(self.layers))
+        outs = []
         if self.arch == "tera":
             x = self.embed_norm(self.embed(fbank) + sinusoid(fbank.shape[1], self.dim, fbank.device).to(fbank.dtype))
             pad_mask = ~valid
-            for layer in self.layers:
+            for i, layer in enumerate(self.layers):
                 x = layer(x, src_key_padding_mask=pad_mask if bool(pad_mask.any()) else None)
-            return x, valid
+                if i in keep:
+                    outs.append(x)
+            return torch.cat(outs, -1), valid
         present, _ = self.token_validity(valid)
         x = self.embed(fbank.transpose(1, 2).unsqueeze(1))                   # (B, D, F', T')
         x = x.permute(0, 3, 2, 1).flatten(1, 2).float()                      # time-major (B, T'·F', D), fp32 residual
@@ -261,26 +269,23 @@ class AudioEncoder(nn.Module):
         x = torch.cat([(self.cls + self.cls_pos).expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
         seen = torch.cat([present.new_ones(x.shape[0], n_cls), present], dim=1)
         seen_arg = None if bool(seen.all()) else seen
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
             x = layer(x, seen_arg)
-        return self.norm(x)[:, n_cls:], present
+            if i in keep:
+                outs.append(self.norm(x)[:, n_cls:])
+        return torch.cat(outs, -1), present
 
     def embed_fbank(self, fbank: Tensor, valid: Tensor | None = None) -> Tensor:
-        """Normalised fbank (B, T, M), valid (B, T) -> the clip embedding over the tokens holding real frames:
-        pool "mean": their mean (B, D); pool "freq" (patch encoders): their mean over time for each frequency row,
-        the rows concatenated (B, F'·D) — the MSM-MAE / M2D convention, which keeps the spectral layout that a plain
-        mean over patches of every frequency band mixes away."""
+        """Normalised fbank (B, T, M), valid (B, T) -> the clip embedding (B, E) over the tokens holding real frames,
+        as set by pool / pool_stats / pool_segments / pool_layers (see `pool_tokens`); the defaults give the mean
+        of the final tokens (B, D)."""
         fbank, valid = self.pad(fbank, valid)
-        x, present = self._encode(fbank, valid, None)
-        w = present.unsqueeze(-1).to(x.dtype)
-        if self.pool == "freq":
-            b = x.shape[0]
-            x, w = x.view(b, -1, self.grid_f, self.dim), w.view(b, -1, self.grid_f, 1)
-            return ((x * w).sum(1) / w.sum(1).clamp_min(1.0)).flatten(1)
-        return (x * w).sum(1) / w.sum(1).clamp_min(1.0)
+        x, present = self._encode(fbank, valid, None, self.pool_layers)
+        return pool_tokens(x, present, self.grid_f, self.pool == "freq", self.pool_stats == "meanstd",
+                           self.pool_segments)
 
     def forward(self, x: Tensor, valid: Tensor | None = None) -> Tensor:
-        """Waveforms (B, S) or raw fbank (B, T, n_mels) -> (B, D)."""
+        """Waveforms (B, S) or raw fbank (B, T, n_mels) -> the clip embedding (B, E); E = D by default."""
         from sslkit.domains.audio.features import AudioData, compute_fbank, normalise
 
         if x.dim() == 2:
@@ -292,6 +297,33 @@ class AudioEncoder(nn.Module):
             raise ValueError(f"expected waveforms (B, S) or fbank (B, T, {self.n_mels}), got {tuple(x.shape)}")
         mean, std = self.norm_stats.tolist()
         return self.embed_fbank(normalise(x.float(), mean, std), valid)
+
+
+def pool_tokens(x: Tensor, present: Tensor, grid_f: int, freq: bool, std: bool, segments: int) -> Tensor:
+    """Time-major tokens x (B, T'·F', C) with present (B, T'·F') -> clip embeddings over the real time steps.
+
+    freq: keep the F' frequency rows apart (rows concatenated; MSM-MAE / M2D) instead of averaging them;
+    segments: the real steps cut into `segments` equal parts in time, one mean per part (a word's beginning, middle
+    and end apart: a mean over the whole clip is the same for a word said backwards); a clip shorter than
+    `segments` steps uses its whole mean for the empty parts; std: the standard deviation over time appended
+    (x-vector statistics pooling). Width: (segments + std) · (F' if freq else 1) · C."""
+    b, n, c = x.shape
+    x = x.view(b, n // grid_f, grid_f, c)
+    if not freq:
+        x = x.mean(2, keepdim=True)
+    w = present.view(b, n // grid_f, grid_f)[..., 0].to(x.dtype)                     # (B, T') real steps
+    count = w.sum(1, keepdim=True).clamp_min(1.0)
+    part = ((w.cumsum(1) - 1) * segments / count).floor().clamp(0, segments - 1)      # segment of each real step
+    sw = (part.unsqueeze(1) == torch.arange(segments, device=x.device).view(1, -1, 1)).to(x.dtype) * w.unsqueeze(1)
+    sw = torch.where(sw.sum(2, keepdim=True) == 0, w.unsqueeze(1), sw)                # (B, S, T')
+    sw = sw / sw.sum(2, keepdim=True).clamp_min(1.0)
+    out = [torch.einsum("bst,btfc->bsfc", sw, x).flatten(1)]
+    if std:
+        wt = w / count
+        mu = torch.einsum("bt,btfc->bfc", wt, x)
+        var = torch.einsum("bt,btfc->bfc", wt, x * x) - mu * mu
+        out.append(var.clamp_min(0.0).sqrt().flatten(1))
+    return torch.cat(out, 1) if len(out) > 1 else out[0]
 
 
 def _builder(arch: str) -> Callable[..., AudioEncoder]:
