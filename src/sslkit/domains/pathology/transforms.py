@@ -124,17 +124,39 @@ class Augment:
         return x
 
 
-def color_jitter(x: Tensor, brightness: float, contrast: float, saturation: float, hue: float) -> Tensor:
-    """Mild brightness/contrast/saturation (factors 1 ± value) and hue (± value) in a random order, uint8 -> uint8."""
-    import torchvision.transforms.v2.functional as F
+# RGB <-> YIQ (NTSC): hue is the angle of the (I, Q) chroma, so a hue shift is a rotation in that plane
+_YIQ_FROM_RGB = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_RGB_FROM_YIQ = torch.linalg.inv(_YIQ_FROM_RGB)
+_GREY = torch.tensor([0.299, 0.587, 0.114])
 
-    ops = [(F.adjust_brightness, brightness, 1.0), (F.adjust_contrast, contrast, 1.0),
-           (F.adjust_saturation, saturation, 1.0), (F.adjust_hue, hue, 0.0)]
+
+def color_jitter(x: Tensor, brightness: float, contrast: float, saturation: float, hue: float) -> Tensor:
+    """Mild brightness/contrast/saturation (factors 1 ± value) and hue (± value of a turn) in a random order,
+    uint8 -> uint8, computed in float32 in one pass.
+
+    Brightness, contrast and saturation are torchvision's formulas; hue is a rotation of the YIQ chroma plane, a
+    linear 3×3 map. torchvision's HSV round trip cost ~0.8 ms per 112-px crop (6 views per tile in DINO); on an
+    H&E tile a ±0.02 shift moves pixels by 3.3 grey levels on average there, and this rotation lands within 1.7 of
+    it (the two hue definitions differ)."""
+    y = x.float() / 255.0
     for i in torch.randperm(4).tolist():
-        fn, amount, centre = ops[i]
-        if amount > 0:
-            x = fn(x, centre + float((torch.rand(()) * 2 - 1) * amount))
-    return x
+        amount = (brightness, contrast, saturation, hue)[i]
+        if amount <= 0:
+            continue
+        f = float((torch.rand(()) * 2 - 1) * amount)
+        if i == 0:
+            y = (y * (1.0 + f)).clamp(0.0, 1.0)
+        elif i == 1:
+            mean = torch.einsum("chw,c->", y, _GREY) / (y.shape[-1] * y.shape[-2])
+            y = (mean + (1.0 + f) * (y - mean)).clamp(0.0, 1.0)
+        elif i == 2:
+            grey = torch.einsum("chw,c->hw", y, _GREY)
+            y = (grey + (1.0 + f) * (y - grey)).clamp(0.0, 1.0)
+        else:
+            c, s = math.cos(2 * math.pi * f), -math.sin(2 * math.pi * f)     # the direction of torchvision's shift
+            rot = torch.tensor([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])
+            y = torch.einsum("dc,chw->dhw", _RGB_FROM_YIQ @ rot @ _YIQ_FROM_RGB, y).clamp(0.0, 1.0)
+    return (y * 255.0).round().to(torch.uint8)
 
 
 class DinoViews:
