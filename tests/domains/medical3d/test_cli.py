@@ -97,7 +97,7 @@ def test_finetune_writes_dice_and_predictions_on_input_grid(tiny_run: Path, tmp_
     ev = json.loads((tmp_path / "ft" / "evaluation.json").read_text())
     assert list(ev["dice_per_volume"]) == ["v2.nii.gz"] and len(ev["dice_per_class"]) == 2
     assert list(ev["hd95_mm_per_volume"]) == ["v2.nii.gz"] and len(ev["hd95_mm_per_class"]) == 2
-    assert "held-out HD95 (mm)" in res.output and "(right half)" not in res.output
+    assert "held-out Dice, Jaccard, HD95 (mm), ASD (mm)" in res.output and "(right half)" not in res.output
     assert "split: training on 2 labelled volumes (v0.nii.gz, v1.nii.gz), scoring 1 labelled volume held out " \
         "(v2.nii.gz)" in res.output and ev["split"]["by"] == "volume"
     assert ev["class_names"] == ["sphere", "class 2"] and "sphere" in res.output
@@ -661,7 +661,7 @@ def test_finetune_resume_after_sigterm_matches_uninterrupted(tiny_run: Path, vol
     code, err, step = sigterm_at_first_checkpoint([*args, "--out", str(tmp_path / "cut")], tmp_path / "cut", ENV)
     assert code == 130 and 0 < step < 8 and "--resume" in err, err
     recipe = (tmp_path / "cut" / "recipe.yaml").read_text()
-    for bad, message in ((["--train", "3"], "give the same images, labels and --train"),
+    for bad, message in ((["--train", "3"], "give the same images, labels and --labelled"),
                          (["--from-scratch"], "was fine-tuned from"),):
         res = invoke("finetune", tiny_run, volumes / "img", volumes / "lab", "--train", "2", *bad,
                      "--out", tmp_path / "cut", "--resume")

@@ -68,13 +68,13 @@ def pretrain(data: DataArgs, recipe: RecipeOpt = "alice", modality: ModalityOpt 
     from sslkit.core.runs import Run
     from sslkit.core.views import views_per_input
     from sslkit.domains.medical3d.datasets import CrossVolumePairs, RandomCrops
-    from sslkit.domains.medical3d.discover import UNLABELLED_SECTIONS, find_volumes, select_channels
+    from sslkit.domains.medical3d.discover import PRETRAIN_SECTIONS, find_volumes, select_channels
     from sslkit.domains.medical3d.method import build_method
     from sslkit.domains.medical3d.preprocess import cache_for, input_channels
 
     cfg = _recipe(recipe, set_, modality, out, resume)
     cfg.data.strict = cfg.data.strict or strict
-    volumes = select_channels(find_volumes(data, UNLABELLED_SECTIONS), cfg.data.channel, "pretrain")
+    volumes = select_channels(find_volumes(data, PRETRAIN_SECTIONS), cfg.data.channel, "pretrain")
     distributed.init_distributed(distributed.select_device(cfg.train.device))
     cache = cache_for(cfg.data)
     entries, skipped = _prepare_all_ranks(volumes, cache, cfg.data.strict)
@@ -161,25 +161,39 @@ def _embed(encoder, image, roi: int):  # noqa: ANN001, ANN202
 
 @app.command()
 def finetune(run: RunArg, images: Annotated[Path, typer.Argument(help="Image folder/file, or a JSON datalist (its "
-                                                               "\"label\" entries are the labels).")],
+                                                               "\"label\" entries are the labels; with a \"test\" "
+                                                               "list, those labelled test volumes are scored).")],
              labels: Annotated[Optional[Path], typer.Argument(
                  help="Label folder/file: one label map per image, same grid, paired by relative path, then file "
                  "name, then sorted order; or a JSON datalist naming each image's label. Left out when IMAGES is a "
                  "labelled datalist.")] = None,
              from_scratch: Annotated[bool, typer.Option("--from-scratch", help="Random encoder instead of RUN's "
                                                         "(the baseline).")] = False,
-             train: Annotated[Optional[int], typer.Option("--train", help="Labelled volumes to train on; the rest "
-                                                          "are held out (one volume: halves).", min=1)] = None,
+             labelled: Annotated[Optional[str], typer.Option(
+                 "--labelled", help="Which labelled training volumes train: N (the first N in datalist or sorted "
+                 "order), a comma list of ids, or a text file of ids (one a line; an id is the listed path, or its "
+                 "file name with or without the suffix). With a datalist's \"test\" list the test volumes are "
+                 "scored; otherwise the other training volumes are held out and scored. Default: all of them with a "
+                 "test list, else half.")] = None,
+             train: Annotated[Optional[int], typer.Option("--train", help="Same as --labelled N (kept for older "
+                                                          "scripts).", min=1)] = None,
+             unlabelled: Annotated[Optional[list[Path]], typer.Option(
+                 "--unlabelled", help="Unlabelled volumes (folders, files, or a datalist: its training images) for "
+                 "mean-teacher consistency during fine-tuning (UA-MT; settings finetune.semisup.*). The labelled "
+                 "and test volumes are left out of them. Repeatable.")] = None,
              set_: SetOpt = None, out: OutOpt = None, overwrite: OverwriteOpt = False, resume: ResumeOpt = False,
              strict: StrictOpt = False) -> None:
-    """Segmentation with the pretrained encoder + UNETR-style decoder; Dice per class on held-out data; NIfTI
-    predictions. Prints the run folder."""
+    """Segmentation with the pretrained encoder + UNETR-style decoder; Dice, Jaccard, HD95 and ASD on the test (or
+    held-out) volumes; NIfTI predictions. Prints the run folder."""
+    from sslkit.core.errors import UserError
     from sslkit.core.recipes import apply_override, validate_recipe
     from sslkit.domains.medical3d.finetune import resumed_settings, run_finetune
     from sslkit.domains.medical3d.discover import select_channels
-    from sslkit.domains.medical3d.pairing import labelled_volumes
+    from sslkit.domains.medical3d.pairing import labelled_volumes, order_labelled, test_volumes, unlabelled_volumes
     from sslkit.domains.medical3d.recipe import Medical3DRecipe, pretraining_run
 
+    if labelled is not None and train is not None:
+        raise UserError("--labelled and --train say the same thing — give one of them")
     base = pretraining_run(run, "finetune")
     raw = base.recipe_dict
     if resume:      # the interrupted run's own fine-tuning settings, then any new --set
@@ -188,9 +202,19 @@ def finetune(run: RunArg, images: Annotated[Path, typer.Argument(help="Image fol
         apply_override(raw, override, Medical3DRecipe)
     cfg = validate_recipe(Medical3DRecipe, raw, str(base.path("recipe.yaml")))
     pairs = select_channels(labelled_volumes(images, labels), cfg.data.channel, "finetune")
-    run_dir, result = run_finetune(cfg, None if from_scratch else base.dir, pairs, train, out, overwrite, strict,
-                                   [images] if labels is None else [images, labels], resume)
-    if result:                     # rank 0; the mean Dice is in RUN/evaluation.json
+    tests = test_volumes(images, labels)
+    tests = select_channels(tests, cfg.data.channel, "finetune") if tests else None
+    pairs, n_train, how = order_labelled(pairs, str(train) if train is not None else labelled, images,
+                                         tests is not None)
+    extra = None
+    if unlabelled:
+        # with a test list the training volumes left unlabelled are the point; without one they are held out
+        used = pairs[:n_train] if tests is not None and n_train else pairs
+        extra = select_channels(unlabelled_volumes(unlabelled, used, tests or []), cfg.data.channel, "finetune")
+    run_dir, result = run_finetune(cfg, None if from_scratch else base.dir, pairs, n_train, out, overwrite, strict,
+                                   [images] if labels is None else [images, labels], resume, tests=tests, chosen=how,
+                                   unlabelled=extra)
+    if result:                     # rank 0; the scores are in RUN/evaluation.json
         typer.echo(str(run_dir))
 
 

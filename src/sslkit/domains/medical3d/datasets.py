@@ -8,7 +8,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from sslkit.domains.medical3d.transforms import channels_first, crop, flip_and_shift, matched_centers, random_center
+from sslkit.domains.medical3d.transforms import (augmented_crop, channels_first, crop, intensity_augment,
+                                                 matched_centers, random_center)
 
 
 class _Cached(Dataset):
@@ -68,51 +69,76 @@ class CrossVolumePairs(_Cached):
 class LabelledCrops(_Cached):
     """Item -> {"image": (C, R, R, R), "label": (R, R, R) int64} for fine-tuning.
 
-    Half of the crops are centred on a labelled (non-zero) voxel, half anywhere; `region` limits
-    crops to a slab of X (used to hold out the other half of a single labelled volume); `lut` maps label
-    values to class indices when they are not 0..K-1 already. `augment`:
-    the augmentation of MONAI's 3-D segmentation tutorials (BraTS): a flip along each axis with
-    probability 0.5, then intensities × U(0.9, 1.1) + U(-0.1, 0.1).
+    Foreground-balanced sampling as MONAI's RandCropByPosNegLabeld: a share `pos_fraction` of the crops is centred on
+    a labelled (non-zero) voxel, the rest on a background voxel, each centre then moved so the crop lies inside the
+    volume where it fits. `regions` limits crops to a slab of X (used to hold out the other half of a single labelled
+    volume; label voxels outside it are -1, ignored by the loss); `lut` maps label values to class indices when they
+    are not 0..K-1 already. `aug` (an `AugmentConfig`, or None for none): `transforms.augmented_crop`.
+    `unlabelled` (cached volumes without labels): each item also carries "unlabelled", a (C, R, R, R) crop of one of
+    them drawn at random (flipped and intensity-jittered by `aug`), for mean-teacher fine-tuning.
     """
 
     def __init__(self, entries: list[tuple[Path, dict]], roi: int, samples_per_volume: int,
-                 regions: list[tuple[int, int]] | None = None, augment: bool = False,
-                 lut: np.ndarray | None = None) -> None:
+                 regions: list[tuple[int, int]] | None = None, aug: Any = None,
+                 lut: np.ndarray | None = None, pos_fraction: float = 0.5,
+                 unlabelled: list[tuple[Path, dict]] | None = None) -> None:
         super().__init__(entries, roi, samples_per_volume)
-        self.regions, self.augment, self.lut = regions, augment, lut
+        self.regions, self.aug, self.lut, self.pos_fraction = regions, aug, lut, pos_fraction
         self._labels: dict[int, np.ndarray] = {}
+        self._foreground: dict[int, np.ndarray] = {}
+        self.unlabelled = RandomCrops(unlabelled, roi, 1) if unlabelled else None
 
     def label(self, v: int) -> np.ndarray:
         if v not in self._labels:
             self._labels[v] = np.load(self.metas[v]["label"], mmap_mode="r")
         return self._labels[v]
 
+    def foreground(self, v: int) -> np.ndarray:
+        """Flat indices (int32/int64) of the labelled voxels of volume v inside its x region, found once."""
+        if v not in self._foreground:
+            lab = self.label(v)
+            x0, x1 = self.regions[v] if self.regions else (0, lab.shape[0])
+            inside = np.zeros(lab.shape, dtype=bool)
+            inside[x0:x1] = np.asarray(lab[x0:x1]) > 0
+            flat = np.flatnonzero(inside)
+            self._foreground[v] = flat.astype(np.int32) if inside.size < 2**31 else flat
+        return self._foreground[v]
+
     def __getstate__(self) -> dict[str, Any]:
-        return {**super().__getstate__(), "_labels": {}}
+        return {**super().__getstate__(), "_labels": {}, "_foreground": {}}
+
+    def centre(self, v: int, rng: np.random.Generator) -> np.ndarray:
+        """A crop centre: on a labelled voxel with probability `pos_fraction` (when the volume has one), else on a
+        background voxel (10 draws, then wherever the last landed), moved inward so the crop fits in the volume and
+        its x region."""
+        lab = self.label(v)
+        x0, x1 = self.regions[v] if self.regions else (0, lab.shape[0])
+        fg = self.foreground(v)
+        if len(fg) and rng.random() < self.pos_fraction:
+            centre = np.array(np.unravel_index(int(fg[rng.integers(len(fg))]), lab.shape), float)
+        else:
+            for _ in range(10):
+                centre = np.array([rng.integers(x0, x1), *(rng.integers(0, n) for n in lab.shape[1:])], float)
+                if lab[tuple(centre.astype(int))] <= 0:
+                    break
+        half = self.roi / 2
+        for a, (lo, hi) in enumerate([(x0, x1), (0, lab.shape[1]), (0, lab.shape[2])]):
+            centre[a] = np.clip(centre[a], lo + half, hi - half) if hi - lo > self.roi else (lo + hi) / 2
+        return centre
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         v = i // self.spv
         rng = np.random.default_rng(np.random.randint(0, 2**31))
-        vol, lab = self.volume(v), self.label(v)
-        x0, x1 = self.regions[v] if self.regions else (0, lab.shape[0])
-        half = self.roi / 2
-        if rng.random() < 0.5:
-            fg = np.argwhere(lab[x0:x1] > 0)
-            center = fg[rng.integers(len(fg))] + [x0, 0, 0] if len(fg) else random_center(lab.shape, self.roi, rng)
-        else:
-            center = random_center(lab.shape, self.roi, rng)
-        # keep the whole crop inside the training region
-        lo, hi = x0 + half, x1 - half
-        center = np.asarray(center, float)
-        center[0] = np.clip(center[0], lo, hi) if hi > lo else (x0 + x1) / 2
-        image = crop(vol, center, self.roi)
-        label = crop(lab, center, self.roi)
-        if self.lut is not None:      # label values (e.g. BraTS 0, 1, 2, 4) -> classes 0..K-1
-            label = self.lut[label.astype(np.int64)].astype(np.float32)
-        if self.regions:  # voxels outside the training region carry no label (ignored by the loss)
-            c0 = int(np.round(center[0] - half))
-            xs = np.arange(c0, c0 + self.roi)
-            label[(xs < x0) | (xs >= x1)] = -1
-        if self.augment:
-            image, label = flip_and_shift(image, label, rng)
-        return {"image": channels_first(image), "label": torch.from_numpy(label.astype(np.int64))}
+        region = self.regions[v] if self.regions else None
+        image, label = augmented_crop(self.volume(v), self.label(v), self.centre(v, rng), self.roi, rng, self.aug,
+                                      region)
+        if self.lut is not None:      # label values (e.g. BraTS 0, 1, 2, 4) -> classes 0..K-1; -1 stays ignored
+            label = np.where(label < 0, -1, self.lut[np.clip(label, 0, None).astype(np.int64)])
+        item = {"image": channels_first(image), "label": torch.from_numpy(label.astype(np.int64))}
+        if self.unlabelled is not None:
+            u = self.unlabelled.volume(int(rng.integers(len(self.unlabelled.paths))))
+            crop_u = crop(u, random_center(u.shape[-3:], self.roi, rng), self.roi)
+            if self.aug is not None:
+                crop_u = intensity_augment(np.ascontiguousarray(crop_u), rng, self.aug)
+            item["unlabelled"] = channels_first(np.ascontiguousarray(crop_u, dtype=np.float32))
+        return item

@@ -53,7 +53,10 @@ def find_volumes(paths: list[Path], sections: tuple[str, ...] = ("training",)) -
         if not p.exists():
             raise UserError(f"{p} does not exist — check the path")
         if p.is_file() and p.suffix.lower() == ".json":
-            found += read_datalist(p, sections, unlabelled=sections == UNLABELLED_SECTIONS)
+            if sections == PRETRAIN_SECTIONS:
+                found += pretraining_images(p)
+            else:
+                found += read_datalist(p, sections, unlabelled=sections == UNLABELLED_SECTIONS)
         elif p.is_file():
             if volume_suffix(p) in NIFTI + ITK:
                 found.append(Volume(p.name, p))
@@ -87,7 +90,37 @@ def find_volumes(paths: list[Path], sections: tuple[str, ...] = ("training",)) -
     return distinct_ids(found)
 
 
-UNLABELLED_SECTIONS = ("training", "validation", "test")   # every image of a datalist, for pretraining and embedding
+UNLABELLED_SECTIONS = ("training", "validation", "test")   # every image of a datalist, for embedding and predict
+# pretraining (and `finetune --unlabelled`): a datalist's "test" images are held out for scoring, never trained on
+PRETRAIN_SECTIONS = ("training", "validation")
+
+
+def pretraining_images(path: Path) -> list[Volume]:
+    """The images of a datalist that pretraining may read, without labels: every image of a datalist without a
+    "test" list (as before), else those of "training" and "validation" — the "test" images are left out, said on
+    stderr, since they are what a fine-tuned model is scored on."""
+    from sslkit.core.console import info
+
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path} is not a readable JSON datalist ({exc}) — fix the JSON") from None
+    tests = data.get("test") if isinstance(data, dict) else None
+    if not isinstance(tests, list) or not tests:
+        return read_datalist(path, UNLABELLED_SECTIONS, unlabelled=True)
+    if not any(isinstance(data.get(k), list) and data[k] for k in PRETRAIN_SECTIONS):
+        raise UserError(f"{path} lists only \"test\" images, which are held out for scoring and never pretrained "
+                        "on — list the images to pretrain on under \"training\"")
+    found = read_datalist(path, PRETRAIN_SECTIONS, unlabelled=True)
+    held = {(path.parent / (e.get("image") if isinstance(e, dict) else e)).resolve() for e in tests
+            if isinstance(e, (dict, str)) and isinstance(e.get("image") if isinstance(e, dict) else e, str)}
+    kept = [v for v in found if v.path.resolve() not in held]
+    named = " and ".join(f"\"{k}\"" for k in PRETRAIN_SECTIONS if isinstance(data.get(k), list) and data[k])
+    info(f"{path.name}: using the {len(kept)} {named} images; its {len(tests)} \"test\" images are left out "
+         "(held out for scoring, never trained on)")
+    if not kept:
+        raise UserError(f"{path}: every training image is also listed under \"test\" — nothing is left to train on")
+    return kept
 
 
 def read_datalist(path: Path, sections: tuple[str, ...] = ("training",), unlabelled: bool = False) -> list[Volume]:

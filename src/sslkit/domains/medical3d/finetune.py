@@ -37,25 +37,34 @@ def split(entries: list[tuple[Path, dict]], n_train: int | None,
         return entries, entries, [(lo, lo + width)], [(x // 2, x)]
     n = n_train if n_train is not None else max(1, len(entries) // 2)
     if not 1 <= n < len(entries):
-        raise UserError(f"--train {n} leaves no held-out volume among {len(entries)} — use 1..{len(entries) - 1}")
+        raise UserError(f"--labelled {n} leaves no held-out volume among {len(entries)} — use 1..{len(entries) - 1}")
     held = entries[n:]
     return entries[:n], held, None, [(0, e[1]["shape"][0]) for e in held]
 
 
-def split_summary(train_e: list, eval_e: list, train_regions: list | None) -> tuple[str, dict[str, Any]]:
+def _listing(ids: list[str], limit: int = 4) -> str:
+    return ", ".join(ids[:limit]) + (f", … {len(ids)} in all" if len(ids) > limit else "")
+
+
+def split_summary(train_e: list, eval_e: list, train_regions: list | None, tests: bool = False, chosen: str = "",
+                  labelled: int = 0) -> tuple[str, dict[str, Any]]:
     """(info line, record) of what trains and what is scored: with one labelled volume it is both the training and
     the held-out volume, which reads as leakage unless it says that the left half along RAS x trains and the right
-    half is scored. The record (manifest, evaluation.json) holds the ids and, for halves, the voxel ranges."""
-    def listing(ids: list[str]) -> str:
-        return ", ".join(ids[:4]) + (f", … {len(ids)} in all" if len(ids) > 4 else "")
-
+    half is scored. With a datalist's test list (`tests`) the training volumes — `chosen` ("the first 8 in datalist
+    order") of the `labelled` ones — are listed in full and the test volumes are scored. The record (manifest,
+    evaluation.json) holds the ids and, for halves, the voxel ranges."""
     def volumes(n: int) -> str:
         return f"{n} labelled volume{'' if n == 1 else 's'}"
 
     ids = {"train": [m["id"] for _, m in train_e], "held_out": [m["id"] for _, m in eval_e]}
+    if tests:
+        return (f"split: training on {len(train_e)} of the {labelled} labelled training volumes ({chosen}): "
+                f"{', '.join(ids['train'])}; scoring the datalist's {len(eval_e)} test volumes "
+                f"({_listing(ids['held_out'])})"), {**ids, "by": "test entries", "chosen": chosen,
+                                                     "labelled_available": labelled}
     if train_regions is None:
-        return (f"split: training on {volumes(len(train_e))} ({listing(ids['train'])}), scoring "
-                f"{volumes(len(eval_e))} held out ({listing(ids['held_out'])})"), {**ids, "by": "volume"}
+        return (f"split: training on {volumes(len(train_e))} ({_listing(ids['train'])}), scoring "
+                f"{volumes(len(eval_e))} held out ({_listing(ids['held_out'])})"), {**ids, "by": "volume"}
     (lo, hi), x = train_regions[0], eval_e[0][1]["shape"][0]
     part = "its left half" if (lo, hi) == (0, x // 2) else f"a slab of its left half (x voxels {lo}–{hi - 1})"
     record = {**ids, "by": "halves along RAS x", "train_x": [lo, hi], "held_out_x": [x // 2, x]}
@@ -110,10 +119,14 @@ def resumed_settings(out: Path | None, pretrained: Path | None) -> dict[str, Any
 
 def run_finetune(cfg: Medical3DRecipe, pretrained: Path | None, pairs: list[Volume], n_train: int | None,
                  out: Path | None, overwrite: bool, strict: bool, data_paths: list[Path],
-                 resume: bool = False) -> tuple[Path, dict[str, Any]]:
-    """Train, predict the held-out part, write predictions and evaluation.json; returns the run folder and the
-    evaluation (empty on ranks other than 0). `resume` continues the interrupted run in `out` from its checkpoint
-    (same data split, else refused). `data_paths`: IMAGES and LABELS, or a labelled datalist alone."""
+                 resume: bool = False, tests: list[Volume] | None = None, chosen: str = "",
+                 unlabelled: list[Volume] | None = None) -> tuple[Path, dict[str, Any]]:
+    """Train, predict the scored volumes, write predictions and evaluation.json; returns the run folder and the
+    evaluation (empty on ranks other than 0). `tests` (a datalist's labelled test entries): the first `n_train` of
+    `pairs` (all when None) train and `tests` are scored; without them the first `n_train` train and the rest of
+    `pairs` are held out and scored (`split`). `unlabelled`: volumes for mean-teacher consistency
+    (`finetune.semisup`). `resume` continues the interrupted run in `out` from its checkpoint (same data split, else
+    refused). `data_paths`: IMAGES and LABELS, or a labelled datalist alone."""
     from sslkit.core import distributed
     from sslkit.core.console import info
     from sslkit.core.export import load_encoder
@@ -128,16 +141,25 @@ def run_finetune(cfg: Medical3DRecipe, pretrained: Path | None, pairs: list[Volu
     from sslkit.domains.medical3d.volumes import output_stems
 
     ft = cfg.finetune
-    output_stems([v.id for v in pairs])         # held-out predictions are written per volume: no two on one file
+    training = pairs[:n_train] if tests is not None and n_train else pairs
+    output_stems([v.id for v in [*pairs, *(tests or [])]])   # predictions are written per volume: no two on one file
+    mean_teacher_class = _mean_teacher_class() if unlabelled else None    # refused before any preprocessing
     cache = cache_for(cfg.data)
-    entries, skipped = prepare(pairs, cache, strict)
-    channels = input_channels(entries)
+    # a fixed split (a test list) must stay the split it says: a bad labelled or test volume stops the run
+    entries, skipped = prepare(training, cache, strict or tests is not None)
+    if tests is not None:
+        eval_e, skipped_test = prepare(tests, cache, True)
+        train_e, train_regions, eval_regions = entries, None, [(0, m["shape"][0]) for _, m in eval_e]
+        skipped, entries = skipped + skipped_test, entries + eval_e
+    else:
+        train_e, eval_e, train_regions, eval_regions = split(entries, n_train, ft.label_fraction)
+    u_entries = prepare(unlabelled, cache, strict)[0] if unlabelled else None
+    channels = input_channels(entries + (u_entries or []))
     values = label_values(entries)
     region_classes(ft.regions, values)        # checked before training, used in evaluate
     members, _ = region_layout(ft, values)
     classes, lut = len(values), value_lut(values)
     names = class_names(data_paths[-1], values)
-    train_e, eval_e, train_regions, eval_regions = split(entries, n_train, ft.label_fraction)
     model = cfg.model.model_copy(update={"in_channels": channels})
     rec = FinetuneRecipe(pretrained=str(pretrained) if pretrained else None, data=cfg.data, model=model,
                          finetune=ft, classes=classes, label_values=values if lut is not None else None,
@@ -153,38 +175,57 @@ def run_finetune(cfg: Medical3DRecipe, pretrained: Path | None, pairs: list[Volu
                         f"twice it — e.g. --set finetune.roi={max(2, round(ft.roi / encoder.stride)) * encoder.stride}")
     if inflate_input(encoder, channels) > 1:   # a 1-channel encoder (pretrained on split channels) is widened
         spec = {**spec, "kwargs": {**spec["kwargs"], "in_channels": channels}}
-    said, split_ids = split_summary(train_e, eval_e, train_regions)
+    said, split_ids = split_summary(train_e, eval_e, train_regions, tests is not None, chosen, len(pairs))
     before = Run(out).manifest.get("medical3d", {}) if resume and out is not None else {}
     if resume and any(before.get(k) != split_ids[k] for k in ("train", "held_out")):
         raise UserError(f"--resume: these labelled volumes split into training {split_ids['train']} and held-out "
                         f"{split_ids['held_out']}, and {out} trained on {before.get('train')} — give the same "
-                        "images, labels and --train")
+                        "images, labels and --labelled (or --train)")
     run = Run.open(out, domain="medical3d", recipe=rec, data_paths=data_paths, overwrite=overwrite, resume=resume)
     run.update_manifest(medical3d={"volumes": len(entries), "skipped_count": len(skipped), "skipped": skipped,
-                                   "cache": str(cache.root), **split_ids})
+                                   "cache": str(cache.root), **split_ids,
+                                   "unlabelled": [m["id"] for _, m in u_entries] if u_entries else []})
     info(said)
     segmenter = Segmenter(encoder, classes if members is None else members.shape[1], ft.decoder_channels, channels,
                           prior=None if members is None else REGION_PRIOR)
     if pretrained is not None and ft.transfer_decoder and cfg.alice.recon_decoder == "unet":
         moved = load_decoder(segmenter.decoder, Run.load(pretrained).checkpoint_path)
         run.update_manifest(decoder_from_pretraining=moved)
+    teacher = mean_teacher_class(segmenter, ft.semisup, rec.train.steps) if mean_teacher_class else None
     task = SegmentationTask(segmenter, spec, encoder_lr_mult=ft.encoder_lr_mult, weight_decay=rec.train.weight_decay,
-                            members=members)
+                            members=members, mean_teacher=teacher)
     spv = views_per_input(len(train_e), ft.samples_per_volume, rec.train.batch_size, "crops", "labelled volume",
                           "finetune.samples_per_volume")
-    data = LabelledCrops(train_e, ft.roi, spv, train_regions, ft.augment, lut)
+    data = LabelledCrops(train_e, ft.roi, spv, train_regions, ft.aug if ft.augment else None, lut, ft.pos_fraction,
+                         u_entries)
     result = fit(task, data, rec.train, run, resume=resume)
     if not distributed.is_main():
         return run.dir, {}
     return run.dir, evaluate(task, run, eval_e, eval_regions, names, values, ft,
-                             use_bf16(rec.train.precision, result.device), result.device, split_ids)
+                             use_bf16(rec.train.precision, result.device), result.device, split_ids,
+                             "test" if tests is not None else "held-out", cfg.data.spacing)
+
+
+def _mean_teacher_class() -> Any:
+    """`semisup.MeanTeacher` (`finetune --unlabelled`)."""
+    try:
+        from sslkit.domains.medical3d.semisup import MeanTeacher
+    except ModuleNotFoundError as exc:
+        if exc.name != "sslkit.domains.medical3d.semisup":
+            raise
+        raise UserError("--unlabelled needs the mean-teacher module (sslkit.domains.medical3d.semisup), which this "
+                        "installation lacks — update sslkit, or fine-tune without --unlabelled") from None
+    return MeanTeacher
 
 
 def evaluate(task: Any, run: Any, eval_e: list, eval_regions: list, names: list[str], values: list[int], ft: Any,
-             bf16: bool, device: torch.device, split_record: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Held-out Dice per foreground class `names` (classes 1..K-1, label `values[1:]`), NIfTI predictions in the
-    label files' values, evaluation.json (`split_record` as its `split`, see `split_summary`), overlay. A volume
-    scored on its right half only is shown as "<id> (right half)"; its evaluation.json keys stay the id."""
+             bf16: bool, device: torch.device, split_record: dict[str, Any] | None = None, title: str = "held-out",
+             spacing: Any = None) -> dict[str, Any]:
+    """Dice, Jaccard, HD95 and ASD per foreground class `names` (classes 1..K-1, label `values[1:]`) of the scored
+    (`title`: "test" or "held-out") volumes on the preprocessed grid — at `spacing` mm (`data.spacing`, labels
+    resampled by nearest neighbour) or the files' own when None — NIfTI predictions in the label files' values on
+    the files' grids, evaluation.json (`split_record` as its `split`, see `split_summary`), overlay. A volume scored
+    on its right half only is shown as "<id> (right half)"; its evaluation.json keys stay the id."""
     from sslkit.core.files import atomic_write_text
     from sslkit.core.progress import Progress
     from sslkit.domains.medical3d.predict import segment, write_prediction
@@ -208,10 +249,18 @@ def evaluate(task: Any, run: Any, eval_e: list, eval_regions: list, names: list[
             progress.advance(done, meta["id"])
     halves = split_record is not None and split_record.get("by", "").startswith("halves")
     shown_as = {k: f"{k} (right half)" for k in scores} if halves else None
-    payload = scores_payload(scores, names, values, ft.regions, "held-out", shown_as)
+    if spacing is not None:
+        from sslkit.core.console import info
+
+        info(f"scored at {' × '.join(f'{s:g}' for s in spacing)} mm (data.spacing: images and labels resampled, "
+             "labels by nearest neighbour), not on the files' own grids — `medical3d predict --labels` scores there")
+    payload = scores_payload(scores, names, values, ft.regions, title, shown_as)
+    payload["scored_at"] = {"spacing_mm": list(spacing) if spacing is not None else "the files' own",
+                            "grid": "preprocessed (data.spacing; labels resampled by nearest neighbour)"
+                            if spacing is not None else "preprocessed (files' own spacing)"}
     if split_record is not None:
         payload["split"] = split_record
     atomic_write_text(run.path("evaluation.json"), json.dumps(payload, indent=2))
     if shown is not None:
-        overlay(*shown, run.path("plots", "segmentation.png"))
+        overlay(*shown, run.path("plots", "segmentation.png"), split=title)
     return payload

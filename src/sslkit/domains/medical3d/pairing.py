@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from sslkit.core.errors import UserError
-from sslkit.domains.medical3d.discover import UNLABELLED_SECTIONS, find_volumes, read_datalist
+from sslkit.domains.medical3d.discover import PRETRAIN_SECTIONS, UNLABELLED_SECTIONS, find_volumes, read_datalist
 from sslkit.domains.medical3d.volumes import Volume, volume_stem
 
 CHANNEL_SUFFIX = re.compile(r"_\d{4}$")     # nnU-Net: case_0000.nii.gz is channel 0 of case, labelled case.nii.gz
@@ -112,3 +112,104 @@ def labelled_volumes(images: Path, labels: Path | None) -> list[Volume]:
         raise UserError("finetune needs LABELS (a label folder or file, one label map per image) — give it after "
                         "IMAGES, or give IMAGES as a JSON datalist whose entries have \"label\"")
     return attach_labels(volumes, labels)
+
+
+def test_volumes(images: Path, labels: Path | None) -> list[Volume] | None:
+    """The labelled "test" entries of a datalist given as IMAGES (LABELS left out or the same file): what `finetune`
+    scores. None when there is no "test" list, or its entries carry no labels (then said on stderr: the held-out
+    training volumes are scored as without one). An image listed under both "training" and "test" is refused."""
+    import json
+
+    if not is_datalist(images) or (labels is not None and labels.resolve() != images.resolve()):
+        return None
+    data = json.loads(images.read_text())
+    if not isinstance(data, dict) or not isinstance(data.get("test"), list) or not data["test"]:
+        return None
+    tests = read_datalist(images, ("test",))
+    if all(v.label is None for v in tests):
+        from sslkit.core.console import info
+
+        info(f"{images.name}: its {len(tests)} \"test\" images have no labels, so they cannot be scored — the "
+             "labelled training volumes not trained on are scored instead")
+        return None
+    if unlabelled := [v.id for v in tests if v.label is None]:
+        raise UserError(f"{images}: test entry {unlabelled[0]} has no \"label\" while others do — give every test "
+                        "entry its label map, or none")
+    training = {v.path.resolve() for v in read_datalist(images, PRETRAIN_SECTIONS, unlabelled=True)}
+    if both := [v.id for v in tests if v.path.resolve() in training]:
+        raise UserError(f"{images}: {both[0]} is listed under both \"training\" and \"test\" ({len(both)} in all) "
+                        "— a test image must not be trained on; list it once")
+    return check_pairs(tests)
+
+
+def _id_keys(v: Volume) -> set[str]:
+    """Names a user may give for a volume in --labelled: its id, id without the volume suffix, file name, and file
+    name without the suffix."""
+    stem = volume_stem(v.id)
+    return {v.id, stem, v.id.rpartition("/")[2], stem.rpartition("/")[2]}
+
+
+def order_labelled(pairs: list[Volume], spec: str | None, images: Path,
+                   has_tests: bool) -> tuple[list[Volume], int | None, str]:
+    """(pairs with the chosen training volumes first, how many train, how they were chosen) from `--labelled`:
+    N (the first N in datalist or sorted order), a comma list of ids, or a file of ids (one a line, # comments).
+    None: every labelled volume with a test list, else half (`finetune.split`). Unknown ids, repeats and more
+    volumes than there are are refused."""
+    order = "datalist" if is_datalist(images) else "sorted"
+    if spec is None:
+        return pairs, None, f"all {len(pairs)}" if has_tests else ""
+    spec = spec.strip()
+    if spec.isdigit():
+        n = int(spec)
+        if not 1 <= n <= len(pairs) or (not has_tests and n == len(pairs) > 1):
+            top = len(pairs) if has_tests else max(1, len(pairs) - 1)
+            held = "" if has_tests else " (the others are held out and scored, as there is no \"test\" list)"
+            raise UserError(f"--labelled {n}: there are {len(pairs)} labelled training volumes in {images}{held} — "
+                            f"use 1..{top}")
+        return pairs, n, f"the first {n} in {order} order"
+    source = Path(spec)
+    if source.is_file():
+        names = [ln.split("#")[0].strip() for ln in source.read_text().splitlines()]
+        how = f"the {{n}} listed in {source}"
+    else:
+        names = [x.strip() for x in spec.split(",")]
+        how = "the {n} listed"
+    names = [x for x in names if x]
+    if not names:
+        raise UserError(f"--labelled {spec!r} names no volume — give N, a comma list of ids, or a file of ids")
+    index: dict[str, int] = {}
+    for i, v in enumerate(pairs):
+        for key in _id_keys(v):
+            index.setdefault(key, i)
+    picked: list[int] = []
+    for name in names:
+        if name not in index:
+            raise UserError(f"--labelled: {name!r} is not one of the {len(pairs)} labelled training volumes of "
+                            f"{images} (e.g. {pairs[0].id}) — give ids as listed there, or file names")
+        if index[name] in picked:
+            raise UserError(f"--labelled names {pairs[index[name]].id} twice — list each volume once")
+        picked.append(index[name])
+    if not has_tests and len(picked) == len(pairs) > 1:
+        raise UserError(f"--labelled lists all {len(pairs)} labelled volumes, leaving none held out to score — list "
+                        "fewer, or give a datalist with a \"test\" list")
+    chosen = sorted(picked)                 # datalist (or sorted) order, whatever order the list gave
+    rest = [v for i, v in enumerate(pairs) if i not in set(picked)]
+    return [pairs[i] for i in chosen] + rest, len(chosen), how.format(n=len(chosen)) + f", in {order} order"
+
+
+def unlabelled_volumes(paths: list[Path], labelled: list[Volume], tests: list[Volume]) -> list[Volume]:
+    """`finetune --unlabelled`: volumes for mean-teacher consistency — folders and files as found, a datalist's
+    training images (never its "test" ones) — less those that are `labelled` (they train with labels, or are held
+    out and scored) or `tests`; said on stderr."""
+    from sslkit.core.console import info
+
+    found = find_volumes(paths, PRETRAIN_SECTIONS)
+    taken = {v.path.resolve() for v in [*labelled, *tests]}
+    kept = [v for v in found if v.path.resolve() not in taken]
+    if not kept:
+        raise UserError(f"--unlabelled: all {len(found)} volumes found are labelled training or test volumes of this "
+                        "run — give other volumes, or fewer with --labelled")
+    left = len(found) - len(kept)
+    info(f"unlabelled: {len(kept)} volumes for mean-teacher consistency" +
+         (f" ({left} labelled or scored volumes among those given left out)" if left else ""))
+    return [replace(v, label=None) for v in kept]

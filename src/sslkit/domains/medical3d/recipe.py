@@ -82,6 +82,38 @@ class SwinSSLConfig(Section):
     recon_weight: float = 1.0
 
 
+class AugmentConfig(Section):
+    """Fine-tuning augmentation (`finetune.augment: true`), nnU-Net's and MONAI's usual 3-D segmentation set: spatial
+    transforms move image and label together (labels by nearest neighbour); intensity ones touch the image only.
+    Probabilities are per crop."""
+
+    flip: float = Field(0.5, ge=0, le=1)             # per axis (MONAI RandFlipd, nnU-Net mirroring)
+    rot90: float = Field(0.5, ge=0, le=1)            # k·90°, k in 1..3, in the X-Y plane (MONAI RandRotate90d)
+    affine: float = Field(0.2, ge=0, le=1)           # a small rotation about each axis and a scaling (nnU-Net: 0.2)
+    rotate_deg: float = Field(15.0, ge=0, le=180)    # |angle| about each axis
+    scale: tuple[float, float] = (0.85, 1.15)        # zoom factor range (nnU-Net 0.7-1.4; narrower for small crops)
+    intensity_scale: float = Field(0.1, ge=0, lt=1)  # image × U(1 - s, 1 + s), every crop (MONAI BraTS tutorial)
+    intensity_shift: float = Field(0.1, ge=0)        # image + U(-s, s), every crop (MONAI BraTS tutorial)
+    gamma: tuple[float, float] = (0.7, 1.5)          # image ** γ on its [0, 1] range (nnU-Net)
+    gamma_p: float = Field(0.3, ge=0, le=1)
+    noise_std: float = Field(0.05, ge=0)             # Gaussian noise, σ ~ U(0, noise_std) (nnU-Net: variance 0.1)
+    noise_p: float = Field(0.15, ge=0, le=1)
+
+
+class SemiSupConfig(Section):
+    """`finetune --unlabelled`: mean-teacher consistency on unlabelled crops (UA-MT, Yu et al. MICCAI 2019; its
+    defaults). Each labelled crop of a batch comes with one unlabelled crop."""
+
+    ema_decay: float = Field(0.99, ge=0, lt=1)       # teacher = EMA of the student (UA-MT: 0.99)
+    weight: float = Field(0.1, ge=0)                 # consistency weight after the ramp (UA-MT: 0.1)
+    rampup_steps: Optional[int] = Field(None, ge=0)  # sigmoid ramp-up of the weight; null: 40% of finetune.steps
+    uncertainty: bool = True                         # UA-MT: only voxels the teacher is certain of count
+    passes: int = Field(8, ge=1)                     # UA-MT: T = 8 noisy teacher passes to estimate the uncertainty
+    noise: float = Field(0.1, ge=0)                  # teacher input noise σ, clipped at ±2σ (UA-MT)
+    threshold_start: float = Field(0.75, ge=0)       # uncertainty threshold ramp, × ln(classes) (UA-MT: 0.75 -> 1)
+    threshold_end: float = Field(1.0, ge=0)
+
+
 class FinetuneConfig(Section):
     """`medical3d finetune`: segmentation with the pretrained encoder and a UNETR-style decoder."""
 
@@ -94,10 +126,15 @@ class FinetuneConfig(Section):
     roi: int = 96
     samples_per_volume: int = 8
     decoder_channels: int = 16
-    sw_overlap: float = 0.25
+    sw_overlap: float = 0.5           # sliding-window overlap at inference (nnU-Net, MONAI: 0.5)
     transfer_decoder: bool = True      # also start the decoder from the pretraining run's U-Net reconstruction decoder
     label_fraction: float = Field(0.5, gt=0.0, le=0.5)   # one labelled volume: share of its x extent that trains
-    augment: bool = False              # random flips along each axis + intensity scale/shift (MONAI's BraTS tutorial)
+    augment: bool = True               # spatial + intensity augmentation, `finetune.aug` (nnU-Net / MONAI practice)
+    aug: AugmentConfig = Field(default_factory=AugmentConfig)
+    # share of crops centred on a labelled voxel, the rest on a background voxel (MONAI RandCropByPosNegLabeld
+    # pos / (pos + neg)); 0.5 is pos = neg = 1
+    pos_fraction: float = Field(0.5, ge=0, le=1)
+    semisup: SemiSupConfig = Field(default_factory=SemiSupConfig)
     foreground_mask: bool = False      # predictions outside the filled non-zero image are background (skull-stripped MRI)
     keep_largest: bool = False         # only the largest connected part of the predicted foreground is kept (nnU-Net's
                                        # postprocessing; for one object per scan, e.g. a tumour; not scattered lesions)

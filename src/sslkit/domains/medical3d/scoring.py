@@ -9,51 +9,84 @@ from typing import Any
 import numpy as np
 
 
-def score_report(per_volume: dict[str, list[float]], hd95: dict[str, list[float]], names: list[str],
-                 title: str, shown_as: dict[str, str] | None = None) -> dict[str, Any]:
-    """Print the Dice and HD95 tables (a row per volume, named by `shown_as` where given, a column per class or region
-    `names`, with means) and return their part of evaluation.json."""
+METRICS = (("dice", "Dice", "{:.3f}"), ("jaccard", "Jaccard", "{:.3f}"), ("hd95", "HD95 (mm)", "{:.1f}"),
+           ("asd", "ASD (mm)", "{:.2f}"))
+
+
+def _mean_std(values: list[float], fmt: str) -> str:
+    """"mean ± std" over the finite values (population std), "nan" when there is none."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    return f"{fmt.format(v.mean())} ± {fmt.format(v.std())}" if v.size else "nan"
+
+
+def score_report(scores: dict[str, dict[str, list[float]]], names: list[str], title: str,
+                 shown_as: dict[str, str] | None = None) -> dict[str, Any]:
+    """Print the tables of per-volume `scores` ({volume: {"dice", "hd95", "asd": [per class]}}) and return their part
+    of evaluation.json. Table 1: a row per volume (named by `shown_as` where given) with Dice, Jaccard, HD95 and ASD
+    (the mean over the foreground classes `names`), then mean ± std over the volumes. With several classes, table 2:
+    a row per class, each metric's mean ± std over the volumes. Jaccard is Dice / (2 − Dice), exact for hard masks."""
     from sslkit.core.console import print_table
 
+    per = {m: {vid: list(map(float, s[m])) for vid, s in scores.items()} for m in ("dice", "hd95", "asd")}
+    per["jaccard"] = {vid: [d / (2 - d) if np.isfinite(d) else float("nan") for d in v] for vid, v in per["dice"].items()}
     with warnings.catch_warnings():      # a class missing from every volume: NaN, not a warning
         warnings.simplefilter("ignore", RuntimeWarning)
-        mean = np.nanmean(np.array(list(per_volume.values()), dtype=float), axis=0)
-        hd_mean = np.nanmean(np.array(list(hd95.values()), dtype=float), axis=0)
-        for name, table, avg, fmt in (("Dice", per_volume, mean, "{:.3f}"), ("HD95 (mm)", hd95, hd_mean, "{:.1f}")):
-            rows = [[(shown_as or {}).get(vid, vid), *[fmt.format(x) for x in v], fmt.format(np.nanmean(v))]
-                    for vid, v in table.items()]
-            rows.append(["mean", *[fmt.format(x) for x in avg], fmt.format(np.nanmean(avg))])
-            print_table(f"{title} {name}", ["volume", *names, "mean"], rows)
-        return {"dice_per_volume": per_volume, "dice_per_class": mean.tolist(), "mean_dice": float(np.nanmean(mean)),
-                "hd95_mm_per_volume": hd95, "hd95_mm_per_class": hd_mean.tolist()}
+        by_volume = {m: {vid: float(np.nanmean(v)) for vid, v in per[m].items()} for m, _, _ in METRICS}
+        per_class = {m: np.nanmean(np.array(list(per[m].values()), dtype=float), axis=0) for m, _, _ in METRICS}
+        rows = [[(shown_as or {}).get(vid, vid), *[fmt.format(by_volume[m][vid]) for m, _, fmt in METRICS]]
+                for vid in scores]
+        rows.append([f"mean ± std ({len(scores)})", *[_mean_std(list(by_volume[m].values()), fmt)
+                                                      for m, _, fmt in METRICS]])
+        label = names[0] if len(names) == 1 else "mean of classes"
+        print_table(f"{title} Dice, Jaccard, HD95 (mm), ASD (mm) — {label}", ["volume", *[h for _, h, _ in METRICS]],
+                    rows)
+        if len(names) > 1:
+            print_table(f"{title} per class (mean ± std over volumes)", ["class", *[h for _, h, _ in METRICS]],
+                        [[n, *[_mean_std([v[k] for v in per[m].values()], fmt) for m, _, fmt in METRICS]]
+                         for k, n in enumerate(names)])
+        summary = {}
+        for m, _, _ in METRICS:
+            v = np.asarray(list(by_volume[m].values()), dtype=float)
+            v = v[np.isfinite(v)]
+            summary[m if m in ("dice", "jaccard") else f"{m}_mm"] = {
+                "mean": float(v.mean()) if v.size else float("nan"), "std": float(v.std()) if v.size else float("nan"),
+                "volumes": int(v.size)}
+        return {"dice_per_volume": per["dice"], "dice_per_class": per_class["dice"].tolist(),
+                "mean_dice": float(np.nanmean(per_class["dice"])), "hd95_mm_per_volume": per["hd95"],
+                "hd95_mm_per_class": per_class["hd95"].tolist(), "jaccard_per_volume": per["jaccard"],
+                "jaccard_per_class": per_class["jaccard"].tolist(), "asd_mm_per_volume": per["asd"],
+                "asd_mm_per_class": per_class["asd"].tolist(), "summary": summary}
 
 
 def score_volume(pred: np.ndarray, label: np.ndarray, classes: int, regions: dict[str, list[int]],
-                 spacing: list[float], region: np.ndarray | None = None) -> tuple[list[float], ...]:
-    """(Dice per class, HD95 per class, Dice per region, HD95 per region) of one class map against its label map;
-    a region is the union of its classes (`region_classes`)."""
-    from sslkit.domains.medical3d.segmentation import dice_per_class, hd95_per_class
+                 spacing: list[float], region: np.ndarray | None = None) -> dict[str, Any]:
+    """{"dice", "hd95", "asd": [per class 1..K-1], "regions": {"dice", "hd95", "asd": [per region]}} of one class map
+    against its label map on a grid of `spacing` mm; a region is the union of its classes (`region_classes`)."""
+    from sslkit.domains.medical3d.segmentation import dice_per_class, surface_distances
 
-    dice, hd = dice_per_class(pred, label, classes, region), hd95_per_class(pred, label, classes, spacing, region)
-    r_dice, r_hd = [], []
+    hd, asd = surface_distances(pred, label, classes, spacing, region)
+    out: dict[str, Any] = {"dice": dice_per_class(pred, label, classes, region), "hd95": hd, "asd": asd}
+    by_region: dict[str, list[float]] = {"dice": [], "hd95": [], "asd": []}
     for members in regions.values():
         p, t = np.isin(pred, members).astype(np.int64), np.isin(label, members).astype(np.int64)
-        r_dice += dice_per_class(p, t, 2, region)
-        r_hd += hd95_per_class(p, t, 2, spacing, region)
-    return dice, hd, r_dice, r_hd
+        r_hd, r_asd = surface_distances(p, t, 2, spacing, region)
+        by_region["dice"] += dice_per_class(p, t, 2, region)
+        by_region["hd95"] += r_hd
+        by_region["asd"] += r_asd
+    out["regions"] = by_region
+    return out
 
 
-def scores_payload(scores: dict[str, tuple[list[float], ...]], names: list[str], values: list[int],
+def scores_payload(scores: dict[str, dict[str, Any]], names: list[str], values: list[int],
                    regions: dict[str, list[int]], title: str, shown_as: dict[str, str] | None = None) -> dict[str, Any]:
     """Print the class (and region) tables of per-volume `score_volume` results (rows named as in `score_report`);
     the evaluation.json payload."""
-    payload = score_report({k: v[0] for k, v in scores.items()}, {k: v[1] for k, v in scores.items()}, names, title,
-                           shown_as)
+    payload = score_report(scores, names, title, shown_as)
     payload.update(classes=len(values), class_names=names, label_values=values)
     if regions:
         payload["regions"] = {"members": regions, **score_report(
-            {k: v[2] for k, v in scores.items()}, {k: v[3] for k, v in scores.items()}, list(regions),
-            f"{title} (regions)", shown_as)}
+            {k: v["regions"] for k, v in scores.items()}, list(regions), f"{title} (regions)", shown_as)}
     return payload
 
 

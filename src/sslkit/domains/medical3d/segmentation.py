@@ -108,7 +108,7 @@ class SegmentationTask(nn.Module):
     output per region (`region_loss`)."""
 
     def __init__(self, segmenter: Segmenter, spec: dict, encoder_lr_mult: float = 1.0, weight_decay: float = 0.0,
-                 members: np.ndarray | None = None) -> None:
+                 members: np.ndarray | None = None, mean_teacher: nn.Module | None = None) -> None:
         super().__init__()
         self.model = segmenter
         self.encoder = segmenter.encoder
@@ -116,6 +116,11 @@ class SegmentationTask(nn.Module):
         self.encoder_lr_mult, self.weight_decay = encoder_lr_mult, weight_decay
         self.register_buffer("members", None if members is None else torch.as_tensor(members, dtype=torch.float32),
                              persistent=False)       # float: DDP broadcasts buffers, and gloo has no bool
+        # `semisup.MeanTeacher` for batches with "unlabelled" crops: its teacher is checkpointed with the student
+        # (its parameters do not train: requires_grad False keeps them out of the optimizer); `step` is a buffer so
+        # that a resumed run continues the consistency ramp where it stopped
+        self.mean_teacher = mean_teacher
+        self.register_buffer("step", torch.zeros((), dtype=torch.int64))
 
     def param_groups(self) -> list[dict]:
         """Pretrained encoder at lr × encoder_lr_mult, decoder at the base lr (fit() applies `lr_mult`)."""
@@ -133,12 +138,30 @@ class SegmentationTask(nn.Module):
         return self.spec
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        logits = self.model(batch["image"])
+        """Supervised loss on the labelled crops; with "unlabelled" crops and a mean teacher, plus its (weighted)
+        consistency loss on the student's logits of those crops (one forward pass for both: instance norm is per
+        crop)."""
+        image, unlabelled = batch["image"], batch.get("unlabelled")
+        semi = unlabelled is not None and self.mean_teacher is not None
+        logits = self.model(torch.cat([image, unlabelled]) if semi else image)
+        if semi:
+            logits, u_logits = logits[:len(image)], logits[len(image):]
         if self.members is not None:
             loss, soft = region_loss(logits, batch["label"], self.members)
         else:
             loss, soft = dice_ce_loss(logits, batch["label"])
-        return loss, {"soft_dice": soft.detach()}
+        metrics = {"soft_dice": soft.detach()}
+        if semi:
+            consistency, extra = self.mean_teacher(u_logits, unlabelled, int(self.step))
+            loss = loss + consistency
+            metrics.update({"supervised": (loss - consistency).detach(), **{k: v.detach() for k, v in extra.items()}})
+        return loss, metrics
+
+    def after_step(self, step: int, total: int) -> None:  # noqa: ARG002
+        """fit()'s hook: count the step; the mean teacher follows the student (EMA)."""
+        self.step.fill_(step)
+        if self.mean_teacher is not None:
+            self.mean_teacher.update(self.model, step)
 
 
 MIRRORS = [(), (2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4)]   # every flip of the three spatial axes
@@ -217,23 +240,35 @@ def largest_component(pred: np.ndarray) -> np.ndarray:
     return np.where(parts == largest, pred, 0).astype(pred.dtype)
 
 
-def hd95_per_class(pred: np.ndarray, label: np.ndarray, classes: int, spacing: list[float],
-                   region: np.ndarray | None = None) -> list[float]:
-    """95th-percentile symmetric Hausdorff distance in mm for classes 1..K-1 (MONAI's surface distances on the
-    `spacing` grid), optionally inside a boolean region (both maps are cleared outside it, so the cut surfaces
-    coincide). NaN where the class is missing from the prediction or the reference (its Dice says which)."""
-    from monai.metrics import compute_hausdorff_distance
+def surface_distances(pred: np.ndarray, label: np.ndarray, classes: int, spacing: list[float],
+                      region: np.ndarray | None = None) -> tuple[list[float], list[float]]:
+    """(95th-percentile symmetric Hausdorff distance, average symmetric surface distance) in mm for classes 1..K-1,
+    MONAI's `compute_hausdorff_distance` and `compute_average_surface_distance` on the `spacing` grid, optionally
+    inside a boolean region (both maps are cleared outside it, so the cut surfaces coincide). NaN where the class is
+    missing from the prediction or the reference (its Dice says which)."""
+    from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance
 
     if region is not None:
         pred, label = np.where(region, pred, 0), np.where(region, label, 0)
     ks = np.arange(classes)[:, None, None, None]
     onehot = [torch.from_numpy(a[None] == ks)[None] for a in (pred, label)]          # (1, K, X, Y, Z) bool
+    mm = [float(s) for s in spacing]
     with warnings.catch_warnings():   # MONAI warns for every class absent from one map: NaN says it here
         warnings.simplefilter("ignore")
-        hd = compute_hausdorff_distance(*onehot, include_background=False, percentile=95,
-                                        spacing=[float(s) for s in spacing])[0]
+        hd = compute_hausdorff_distance(*onehot, include_background=False, percentile=95, spacing=mm)[0]
+        asd = compute_average_surface_distance(*onehot, include_background=False, symmetric=True, spacing=mm)[0]
     present = [(pred == c).any() and (label == c).any() for c in range(1, classes)]
-    return [float(h) if ok and np.isfinite(float(h)) else float("nan") for h, ok in zip(hd.tolist(), present)]
+
+    def clean(values: Tensor) -> list[float]:
+        return [float(h) if ok and np.isfinite(float(h)) else float("nan") for h, ok in zip(values.tolist(), present)]
+
+    return clean(hd), clean(asd)
+
+
+def hd95_per_class(pred: np.ndarray, label: np.ndarray, classes: int, spacing: list[float],
+                   region: np.ndarray | None = None) -> list[float]:
+    """The HD95 (mm) half of `surface_distances`."""
+    return surface_distances(pred, label, classes, spacing, region)[0]
 
 
 def dice_per_class(pred: np.ndarray, label: np.ndarray, classes: int, region: np.ndarray | None = None) -> list[float]:

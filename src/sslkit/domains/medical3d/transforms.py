@@ -58,15 +58,82 @@ def matched_centers(meta_a: dict, meta_b: dict, rng: np.random.Generator, jitter
     return ca + z * sa, cb + z * sb + rng.uniform(-jitter, jitter, 3) * roi
 
 
-def flip_and_shift(image: np.ndarray, label: np.ndarray, rng: np.random.Generator,
-                   scale: float = 0.1, shift: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
-    """Segmentation augmentation of a (R, R, R) crop and its label: a flip along each axis with
-    probability 0.5 (the same for both), then intensity × U(1 - scale, 1 + scale) + U(-shift, shift)."""
-    axes = tuple(a for a in range(3) if rng.random() < 0.5)
-    if axes:   # image (R, R, R) or (C, R, R, R): its spatial axes are the last three
-        image, label = np.flip(image, tuple(a + image.ndim - 3 for a in axes)), np.flip(label, axes)
-    factor, offset = rng.uniform(1 - scale, 1 + scale), rng.uniform(-shift, shift)
-    return np.ascontiguousarray(image * np.float32(factor) + np.float32(offset)), np.ascontiguousarray(label)
+def spatial_matrix(rng: np.random.Generator, aug) -> tuple[np.ndarray, bool]:  # noqa: ANN001
+    """(M (3, 3), affine drawn): output offset o from the crop centre samples the volume at centre + M @ o.
+
+    M = flips · 90° turn in X-Y · (with probability `aug.affine`) a small rotation about each axis ÷ a zoom factor.
+    Without the affine part M is a signed permutation and the crop needs no interpolation."""
+    m = np.diag([-1.0 if rng.random() < aug.flip else 1.0 for _ in range(3)])
+    if rng.random() < aug.rot90:
+        k = int(rng.integers(1, 4))
+        turn = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+        m = m @ np.linalg.matrix_power(turn, k)
+    if rng.random() >= aug.affine:
+        return m, False
+    r = np.eye(3)
+    for axis, angle in enumerate(np.deg2rad(rng.uniform(-aug.rotate_deg, aug.rotate_deg, 3))):
+        c, s = np.cos(angle), np.sin(angle)
+        i, j = [a for a in range(3) if a != axis]
+        rot = np.eye(3)
+        rot[i, i], rot[i, j], rot[j, i], rot[j, j] = c, -s, s, c
+        r = r @ rot
+    return m @ r / rng.uniform(*aug.scale), True
+
+
+def _ignore_outside(label: np.ndarray, lo_x: int, region: tuple[int, int] | None) -> np.ndarray:
+    """Label crop whose first voxel is volume x index `lo_x`: voxels outside the x `region` set to -1 (ignored)."""
+    if region is not None:
+        xs = np.arange(lo_x, lo_x + label.shape[0])
+        label[(xs < region[0]) | (xs >= region[1])] = -1
+    return label
+
+
+def augmented_crop(vol: np.ndarray, lab: np.ndarray, center: np.ndarray, roi: int, rng: np.random.Generator,
+                   aug, region: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
+    """(image (R, R, R) or (C, R, R, R) float32, label (R, R, R) float32) of a crop centred at `center` with `aug`
+    (an `AugmentConfig`) applied: the spatial part (`spatial_matrix`) moves image and label together — trilinear for
+    the image, nearest for the label — then gamma, intensity scale/shift and noise on the image. Label voxels outside
+    the x `region` are -1. `aug` None: the plain crop."""
+    from scipy.ndimage import affine_transform
+
+    lo = np.round(np.asarray(center, float) - roi / 2).astype(int)
+    if aug is None:
+        return crop(vol, center, roi), _ignore_outside(crop(lab, center, roi), int(lo[0]), region)
+    m, affine = spatial_matrix(rng, aug)
+    if not affine:       # a signed permutation: the plain crop, turned and flipped exactly
+        image, label = crop(vol, center, roi), _ignore_outside(crop(lab, center, roi), int(lo[0]), region)
+        off = image.ndim - 3
+        perm = np.abs(m).argmax(axis=0)            # output axis a reads input axis perm[a]: M's column a
+        flips = tuple(a for a in range(3) if m[perm[a], a] < 0)
+        image = np.flip(image.transpose(*range(off), *(p + off for p in perm)), tuple(a + off for a in flips))
+        label = np.flip(label.transpose(*perm), flips)
+    else:                # interpolate from a crop big enough to hold every sampled point
+        half = (roi - 1) / 2
+        corners = np.array(np.meshgrid(*[[-half, half]] * 3)).reshape(3, -1)
+        side = int(2 * np.ceil(np.abs(m @ corners).max()) + 4)
+        centre_vox = lo + half                                  # the plain crop's centre, in volume voxels
+        big_lo = np.round(centre_vox - side / 2).astype(int)
+        big_img = crop(vol, big_lo + side / 2, side)
+        big_lab = _ignore_outside(crop(lab, big_lo + side / 2, side), int(big_lo[0]), region)
+        offset = (centre_vox - big_lo) - m @ np.full(3, half)
+        kw = {"output_shape": (roi,) * 3, "mode": "constant", "cval": 0.0}
+        channels = big_img if big_img.ndim == 4 else big_img[None]
+        image = np.stack([affine_transform(c, m, offset, order=1, **kw) for c in channels])
+        image = image if big_img.ndim == 4 else image[0]
+        label = affine_transform(big_lab, m, offset, order=0, **kw)
+    return intensity_augment(np.ascontiguousarray(image, dtype=np.float32), rng, aug), np.ascontiguousarray(label)
+
+
+def intensity_augment(image: np.ndarray, rng: np.random.Generator, aug) -> np.ndarray:  # noqa: ANN001
+    """Gamma (probability `aug.gamma_p`, on the [0, 1] range), then × U(1 ± intensity_scale) + U(± intensity_shift),
+    then Gaussian noise (probability `aug.noise_p`, σ ~ U(0, noise_std)); in place on a float32 crop."""
+    if rng.random() < aug.gamma_p:
+        np.power(np.clip(image, 0.0, 1.0, out=image), np.float32(rng.uniform(*aug.gamma)), out=image)
+    image *= np.float32(rng.uniform(1 - aug.intensity_scale, 1 + aug.intensity_scale))
+    image += np.float32(rng.uniform(-aug.intensity_shift, aug.intensity_shift))
+    if rng.random() < aug.noise_p:
+        image += rng.normal(0.0, rng.uniform(0.0, aug.noise_std), image.shape).astype(np.float32)
+    return image
 
 
 def mask_cells(roi: int, patch: int, columns: bool) -> int:
