@@ -218,6 +218,8 @@ def fit(
     device = distributed.select_device(train.device)
     env = distributed.init_distributed(device)
     bf16 = use_bf16(train.precision, device)
+    if not full_batch:   # full batch starts no workers
+        distributed.share_cores(train.num_workers, device, env.world_size)
     try:
         micro, accum, per_epoch = _plan(train, len(dataset), env.world_size, full_batch)  # type: ignore[arg-type]
     except UserError:

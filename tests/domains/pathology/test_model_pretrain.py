@@ -85,24 +85,3 @@ def test_bad_inputs_are_one_line_exit_2_and_leave_no_run(tile_folder: Path, tmp_
     lines = [x for x in res.stderr.splitlines() if x.startswith("error:")]
     assert len(lines) == 1 and pattern in lines[0], res.stderr
     assert not out.exists()
-
-
-@pytest.mark.parametrize(("cores", "workers", "threads_before", "expected"), [(2, 1, 2, 1), (8, 2, 8, 6), (2, 0, 2, 2),
-                                                                              (1, 1, 1, 1)])
-def test_data_workers_get_their_own_cores_on_cpu(monkeypatch, cores: int, workers: int, threads_before: int,
-                                                 expected: int) -> None:  # noqa: ANN001
-    """A worker beside one compute thread per core oversubscribed 2 cores (6-10 instead of 40 tiles/s)."""
-    from types import SimpleNamespace
-
-    from sslkit.domains.pathology.pretrain import share_cores
-
-    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(cores)), raising=False)
-    monkeypatch.delenv("WORLD_SIZE", raising=False)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(threads_before)
-        share_cores(SimpleNamespace(num_workers=workers, device="auto"))
-        assert torch.get_num_threads() == expected
-    finally:
-        torch.set_num_threads(before)

@@ -52,7 +52,6 @@ def command(inputs: InputsArg, recipe: RecipeOpt = "dino", set_: SetOpt = None, 
     run.update_manifest(tiles={"count": len(rows), "tile_px": cfg.data.tile_px, "mpp": cfg.data.mpp,
                                "slide_mpp_override": slide_mpp})
     info(f"pretraining {cfg.method} on {len(rows)} tiles of {cfg.data.tile_px} px at {cfg.data.mpp} µm/px")
-    share_cores(cfg.train)
     result = fit(method, dataset, cfg.train, run, collate_fn=collate_views, resume=resume)
     if distributed.is_main():
         export_encoder(method.encoder, method.encoder_spec(), run.path("encoder"), extra=tile_meta(cfg))
@@ -60,27 +59,3 @@ def command(inputs: InputsArg, recipe: RecipeOpt = "dino", set_: SetOpt = None, 
         info(f"done: {result.step} steps in {result.seconds:.1f}s, final loss {loss}")
         typer.echo(str(run.dir))
 
-
-def share_cores(train: object) -> None:
-    """On CPU with DataLoader workers, leave each worker a core: compute threads = cores per process − workers.
-
-    Tile reading and views cost ~9 ms per tile (dino-tiny, 112 px), a third of the step's compute, so they belong in a
-    worker running beside the step. But a worker beside torch's default one thread per core oversubscribes the
-    cores: on 2 cores dino-tiny fell from 40 to 6–10 tiles/s. With 1 worker + 1 compute thread the reading hides
-    behind the step (figures in docs/pathology.md, "Data wait")."""
-    import os
-
-    import torch
-
-    from sslkit.core.console import info
-
-    workers = int(getattr(train, "num_workers", 0))
-    on_cpu = str(getattr(train, "device", "auto")) == "cpu" or not torch.cuda.is_available()
-    if workers <= 0 or not on_cpu:
-        return
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    per_process = max(1, cores // max(1, int(os.environ.get("WORLD_SIZE", "1"))))
-    threads = max(1, per_process - workers)
-    if torch.get_num_threads() > threads:
-        torch.set_num_threads(threads)
-        info(f"{workers} data worker(s) on {per_process} core(s): {threads} compute thread(s)")
