@@ -13,11 +13,18 @@ METRICS = (("dice", "Dice", "{:.3f}"), ("jaccard", "Jaccard", "{:.3f}"), ("hd95"
            ("asd", "ASD (mm)", "{:.2f}"))
 
 
-def _mean_std(values: list[float], fmt: str) -> str:
-    """"mean ± std" over the finite values (population std), "nan" when there is none."""
+def _finite_stats(values: list[float]) -> dict[str, Any]:
+    """{"mean", "std" (population), "volumes"} over the finite values; NaN mean and std when there is none."""
     v = np.asarray(values, dtype=float)
     v = v[np.isfinite(v)]
-    return f"{fmt.format(v.mean())} ± {fmt.format(v.std())}" if v.size else "nan"
+    nan = float("nan")
+    return {"mean": float(v.mean()) if v.size else nan, "std": float(v.std()) if v.size else nan, "volumes": int(v.size)}
+
+
+def _mean_std(values: list[float], fmt: str) -> str:
+    """"mean ± std" over the finite values, "nan" when there is none."""
+    st = _finite_stats(values)
+    return f"{fmt.format(st['mean'])} ± {fmt.format(st['std'])}" if st["volumes"] else "nan"
 
 
 def score_report(scores: dict[str, dict[str, list[float]]], names: list[str], title: str,
@@ -45,13 +52,8 @@ def score_report(scores: dict[str, dict[str, list[float]]], names: list[str], ti
             print_table(f"{title} per class (mean ± std over volumes)", ["class", *[h for _, h, _ in METRICS]],
                         [[n, *[_mean_std([v[k] for v in per[m].values()], fmt) for m, _, fmt in METRICS]]
                          for k, n in enumerate(names)])
-        summary = {}
-        for m, _, _ in METRICS:
-            v = np.asarray(list(by_volume[m].values()), dtype=float)
-            v = v[np.isfinite(v)]
-            summary[m if m in ("dice", "jaccard") else f"{m}_mm"] = {
-                "mean": float(v.mean()) if v.size else float("nan"), "std": float(v.std()) if v.size else float("nan"),
-                "volumes": int(v.size)}
+        summary = {m if m in ("dice", "jaccard") else f"{m}_mm": _finite_stats(list(by_volume[m].values()))
+                   for m, _, _ in METRICS}
         return {"dice_per_volume": per["dice"], "dice_per_class": per_class["dice"].tolist(),
                 "mean_dice": float(np.nanmean(per_class["dice"])), "hd95_mm_per_volume": per["hd95"],
                 "hd95_mm_per_class": per_class["hd95"].tolist(), "jaccard_per_volume": per["jaccard"],
