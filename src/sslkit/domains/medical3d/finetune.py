@@ -138,12 +138,12 @@ def run_finetune(cfg: Medical3DRecipe, pretrained: Path | None, pairs: list[Volu
     from sslkit.domains.medical3d.preprocess import cache_for, input_channels, prepare
     from sslkit.domains.medical3d.recipe import finetune_train_config
     from sslkit.domains.medical3d.segmentation import Segmenter, SegmentationTask, inflate_input
+    from sslkit.domains.medical3d.semisup import MeanTeacher
     from sslkit.domains.medical3d.volumes import output_stems
 
     ft = cfg.finetune
     training = pairs[:n_train] if tests is not None and n_train else pairs
     output_stems([v.id for v in [*pairs, *(tests or [])]])   # predictions are written per volume: no two on one file
-    mean_teacher_class = _mean_teacher_class() if unlabelled else None    # refused before any preprocessing
     cache = cache_for(cfg.data)
     # a fixed split (a test list) must stay the split it says: a bad labelled or test volume stops the run
     entries, skipped = prepare(training, cache, strict or tests is not None)
@@ -191,7 +191,7 @@ def run_finetune(cfg: Medical3DRecipe, pretrained: Path | None, pairs: list[Volu
     if pretrained is not None and ft.transfer_decoder and cfg.alice.recon_decoder == "unet":
         moved = load_decoder(segmenter.decoder, Run.load(pretrained).checkpoint_path)
         run.update_manifest(decoder_from_pretraining=moved)
-    teacher = mean_teacher_class(segmenter, ft.semisup, rec.train.steps) if mean_teacher_class else None
+    teacher = MeanTeacher(segmenter, ft.semisup, rec.train.steps) if u_entries else None
     task = SegmentationTask(segmenter, spec, encoder_lr_mult=ft.encoder_lr_mult, weight_decay=rec.train.weight_decay,
                             members=members, mean_teacher=teacher)
     spv = views_per_input(len(train_e), ft.samples_per_volume, rec.train.batch_size, "crops", "labelled volume",
@@ -205,17 +205,6 @@ def run_finetune(cfg: Medical3DRecipe, pretrained: Path | None, pairs: list[Volu
                              use_bf16(rec.train.precision, result.device), result.device, split_ids,
                              "test" if tests is not None else "held-out", cfg.data.spacing)
 
-
-def _mean_teacher_class() -> Any:
-    """`semisup.MeanTeacher` (`finetune --unlabelled`)."""
-    try:
-        from sslkit.domains.medical3d.semisup import MeanTeacher
-    except ModuleNotFoundError as exc:
-        if exc.name != "sslkit.domains.medical3d.semisup":
-            raise
-        raise UserError("--unlabelled needs the mean-teacher module (sslkit.domains.medical3d.semisup), which this "
-                        "installation lacks — update sslkit, or fine-tune without --unlabelled") from None
-    return MeanTeacher
 
 
 def evaluate(task: Any, run: Any, eval_e: list, eval_regions: list, names: list[str], values: list[int], ft: Any,
