@@ -158,3 +158,17 @@ def test_momentum_schedule_errors() -> None:
         momentum_schedule(0, 0)
     with pytest.raises(ValueError, match="'cosine' or 'linear'"):
         momentum_schedule(1, 10, kind="step")  # type: ignore[arg-type]
+
+
+def test_dino_head_batchnorm_spreads_nearly_equal_inputs() -> None:
+    """use_bn (DINO's use_bn_in_head): inputs that differ by 1e-3 give logits that differ by order 1 in training mode,
+    where the plain head keeps them ~1e-3 apart (the uniform-teacher failure it exists to fix)."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 16) + 1e-3 * torch.randn(64, 16)
+    spreads = {}
+    for bn in (False, True):
+        torch.manual_seed(1)
+        head = DINOHead(16, 32, hidden_dim=64, bottleneck_dim=8, use_bn=bn)
+        assert sum(isinstance(m, torch.nn.BatchNorm1d) for m in head.modules()) == (2 if bn else 0)
+        spreads[bn] = head(x).std(0).mean().item()
+    assert spreads[False] < 1e-2 and spreads[True] > 0.1, spreads

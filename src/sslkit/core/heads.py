@@ -73,6 +73,9 @@ class DINOHead(nn.Module):
     MLP with GELU to a bottleneck, L2 normalisation, then a weight-normalised
     Linear without bias. norm_last_layer fixes the weight-norm magnitude g to 1,
     so the last layer only chooses directions (DINO's default, more stable).
+    use_bn: DINO's use_bn_in_head, a BatchNorm after each hidden Linear — when a fresh encoder maps every input to
+    nearly one vector (logits differing by less than the teacher temperature), batch statistics take the common
+    part out so the teacher's targets are not uniform (pathology's dino-tiny: docs/pathology.md).
     """
 
     def __init__(
@@ -83,6 +86,7 @@ class DINOHead(nn.Module):
         bottleneck_dim: int = 256,
         num_layers: int = 3,
         norm_last_layer: bool = True,
+        use_bn: bool = False,
     ) -> None:
         super().__init__()
         if num_layers < 1:
@@ -90,7 +94,7 @@ class DINOHead(nn.Module):
         layers: list[nn.Module] = []
         width = in_dim
         for _ in range(num_layers - 1):
-            layers += [nn.Linear(width, hidden_dim), nn.GELU()]
+            layers += [nn.Linear(width, hidden_dim), *([nn.BatchNorm1d(hidden_dim)] if use_bn else []), nn.GELU()]
             width = hidden_dim
         layers.append(nn.Linear(width, bottleneck_dim))
         self.mlp = nn.Sequential(*layers)

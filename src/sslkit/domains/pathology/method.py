@@ -133,22 +133,6 @@ def tile_meta(recipe: PathologyRecipe) -> dict:
             "input_px": recipe.aug.global_px, "method": recipe.method}
 
 
-def with_batchnorm(mlp: nn.Sequential) -> nn.Sequential:
-    """DINO's `use_bn_in_head`: a BatchNorm1d after every hidden Linear of the head's MLP (not after the last).
-
-    Why: a freshly initialised ViT maps every tile to nearly the same vector (mean cosine 0.92 between GlaS tiles),
-    so the head's K logits differ between tiles by ~0.02 — below the teacher temperature (0.04): the centred targets
-    are uniform, the loss sits at ln K and the student gets no signal. Batch statistics take the common part out and
-    rescale what differs, so the teacher is sharp from the first step."""
-    layers: list[nn.Module] = []
-    linears = [m for m in mlp if isinstance(m, nn.Linear)]
-    for m in mlp:
-        layers.append(m)
-        if isinstance(m, nn.Linear) and m is not linears[-1]:
-            layers.append(nn.BatchNorm1d(m.out_features))
-    return nn.Sequential(*layers)
-
-
 def _view_major(v: Tensor) -> Tensor:
     """(B, V, 3, H, W) -> (V·B, 3, H, W), view 0 of every item first: chunks of B are views."""
     return v.transpose(0, 1).flatten(0, 1)
@@ -168,9 +152,7 @@ class DINO(nn.Module):
         c = self.cfg = recipe.loss
         self.encoder, self.spec = build_encoder(recipe)
         self.head = DINOHead(self.encoder.out_dim, c.out_dim, c.head_hidden, c.head_bottleneck,
-                             norm_last_layer=c.norm_last_layer)
-        if c.head_bn:
-            self.head.mlp = with_batchnorm(self.head.mlp)
+                             norm_last_layer=c.norm_last_layer, use_bn=c.head_bn)
         self.teacher = nn.ModuleDict({"encoder": make_target(self.encoder), "head": make_target(self.head)})
         self.loss = DINOLoss(c.out_dim, c.student_temp, c.teacher_temp, c.warmup_teacher_temp,
                              c.warmup_teacher_temp_steps, c.center_momentum, c.centering)
