@@ -160,7 +160,7 @@ def test_finetune_writes_dice_and_predictions_on_input_grid(tiny_run: Path, tmp_
 def test_predict_on_a_resampled_run_writes_and_scores_on_each_files_own_grid(tiny_run: Path, tmp_path: Path) -> None:
     """Fine-tuned at 3 mm on 1.5 mm files: predict writes each map on its file's grid (probabilities resampled there,
     then decoded), and --labels scores that map against the label file as given, with the file's voxel spacing."""
-    from sslkit.domains.medical3d.segmentation import dice_per_class, hd95_per_class
+    from sslkit.domains.medical3d.segmentation import dice_per_class, surface_distances
     from tests.domains.medical3d.conftest import write_volumes
 
     data = write_volumes(tmp_path / "d", n=3, affine=np.diag([1.5, 1.5, 1.5, 1.0]))
@@ -175,7 +175,7 @@ def test_predict_on_a_resampled_run_writes_and_scores_on_each_files_own_grid(tin
     assert written.shape == truth.shape == (32, 32, 32) and (written > 0).any()
     test = json.loads((tmp_path / "p" / "evaluation.json").read_text())
     assert test["dice_per_volume"]["v2.nii.gz"] == pytest.approx(dice_per_class(written, truth, 3), nan_ok=True)
-    assert test["hd95_mm_per_volume"]["v2.nii.gz"] == pytest.approx(hd95_per_class(written, truth, 3, [1.5] * 3),
+    assert test["hd95_mm_per_volume"]["v2.nii.gz"] == pytest.approx(surface_distances(written, truth, 3, [1.5] * 3)[0],
                                                                     nan_ok=True)
 
 

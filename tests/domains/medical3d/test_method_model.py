@@ -242,19 +242,19 @@ def test_segmenter_and_dice() -> None:
 
 
 def test_hd95_is_the_surface_distance_in_mm() -> None:
-    from sslkit.domains.medical3d.segmentation import hd95_per_class
+    from sslkit.domains.medical3d.segmentation import surface_distances
 
     r = np.sqrt(((np.indices((40, 40, 40)) - 20) ** 2).sum(0))
     label = np.where(r < 12, 1, 0) + (r < 4)                       # class 1: a shell, class 2: its core
     pred = np.where(r < 9, 1, 0) + (r < 4)                         # the shell 3 voxels thinner, the core exact
-    hd = hd95_per_class(pred, label, 3, [1.5, 1.5, 1.5])
+    hd = surface_distances(pred, label, 3, [1.5, 1.5, 1.5])[0]
     assert 4.0 <= hd[0] <= 5.0 and hd[1] == 0.0                   # 3 voxels × 1.5 mm
-    assert hd95_per_class(pred, label, 3, [3.0, 3.0, 3.0])[0] == pytest.approx(2 * hd[0])
-    none = hd95_per_class(np.where(pred == 2, 0, pred), label, 3, [1.0, 1.0, 1.0])
+    assert surface_distances(pred, label, 3, [3.0, 3.0, 3.0])[0][0] == pytest.approx(2 * hd[0])
+    none = surface_distances(np.where(pred == 2, 0, pred), label, 3, [1.0, 1.0, 1.0])[0]
     assert np.isnan(none[1]) and not np.isnan(none[0])            # class 2 missed: NaN (its Dice is 0)
     half = np.zeros(label.shape, bool)
     half[:20] = True
-    assert hd95_per_class(pred, label, 3, [1.5] * 3, half)[0] == pytest.approx(hd[0], abs=1.5)
+    assert surface_distances(pred, label, 3, [1.5] * 3, half)[0][0] == pytest.approx(hd[0], abs=1.5)
 
 
 def test_finetune_encoder_lr_mult_reaches_the_optimizer():

@@ -265,12 +265,6 @@ def surface_distances(pred: np.ndarray, label: np.ndarray, classes: int, spacing
     return clean(hd), clean(asd)
 
 
-def hd95_per_class(pred: np.ndarray, label: np.ndarray, classes: int, spacing: list[float],
-                   region: np.ndarray | None = None) -> list[float]:
-    """The HD95 (mm) half of `surface_distances`."""
-    return surface_distances(pred, label, classes, spacing, region)[0]
-
-
 def dice_per_class(pred: np.ndarray, label: np.ndarray, classes: int, region: np.ndarray | None = None) -> list[float]:
     """Hard Dice for classes 1..K-1 (NaN where the class is absent from both), optionally inside a boolean region."""
     if region is not None:
