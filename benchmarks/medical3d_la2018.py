@@ -10,7 +10,8 @@ The standard split of the data's datalist: 80 `training` volumes, 20 `test` volu
      alice, swin        from that pretraining
      alice+unl, ...     plus `--unlabelled DATALIST` (the other training images, mean teacher / UA-MT)
      scratch+unl        UA-MT alone, no pretraining
-     full               --from-scratch with all 80 labelled (the upper bound; `--labels` need not list 80)
+     full               --from-scratch with all 80 labelled (the upper bound; `--labels` need not list 80;
+                        its own step count with --full-steps)
    for every N in --labels and every seed (finetune.seed; the pretraining is shared by the seeds).
 3. `--trend 0,100,...`: Dice against pretraining steps — for each step count an alice pretraining run (fewer steps
    than --pre-steps: a run of its own, with its own schedule; more: a copy of the main run continued with --resume),
@@ -24,6 +25,8 @@ README beside it, and per-arm wall time and data-wait (share of step time spent 
     .venv/bin/python benchmarks/medical3d_la2018.py --scale gpu --device cuda           # the full benchmark
     .venv/bin/python benchmarks/medical3d_la2018.py --scale cpu --labels 8 --seeds 1 \\
         --arms scratch,alice,alice+unl --max-minutes 30                                 # a CPU-sized subset
+    .venv/bin/python benchmarks/medical3d_la2018.py --scale cpu --arms full --seeds 1 --full-steps 900
+                                                           # the 80-label upper bound alone (13.5 CPU-min; no pretraining)
     .venv/bin/python benchmarks/medical3d_la2018.py --scale quick                       # minutes: does it run
     .venv/bin/python benchmarks/medical3d_la2018.py --table                             # the table only
 """
@@ -131,20 +134,23 @@ class Bench:
         return [] if self.a.device == "auto" else ["--set", f"train.device={self.a.device}"]
 
     def pretrain(self, method: str, steps: int, name: str | None = None, resume_from: Path | None = None) -> Path:
-        """A pretraining run on the training images (rerun: kept when finished, resumed when interrupted)."""
+        """A pretraining run on the training images (rerun: kept when finished with the same settings, resumed when
+        interrupted, run again when the settings differ, e.g. another --scale into the same --out)."""
         run = self.runs / (name or f"pretrain-{method}")
         record = self.out / f"{run.name}.json"
-        if record.is_file() and (run / "encoder").is_dir() and json.loads(record.read_text())["steps"] == steps:
-            return run
-        s = self.s
-        sets = [f"train.steps={steps}", "data.modality=mri", f"train.checkpoint_every={max(1, min(100, steps))}",
+        s = self.s      # checkpoint_every is inherited by fine-tuning from the run (a 1-step run must not say 1)
+        sets = [f"train.steps={steps}", "data.modality=mri", "train.checkpoint_every=100",
                 "data.spacing=" + ("null" if s["spacing"] is None else f"[{s['spacing']}, {s['spacing']}, {s['spacing']}]"),
                 *given({"train.batch_size": s["pre_batch"], "data.roi": s["roi"]}), *s.get("pre_set", []), *self.a.set]
+        done = json.loads(record.read_text()) if record.is_file() else None
+        if done is not None and (run / "encoder").is_dir() and done.get("settings") == sets \
+                and done.get("recipe") == s["recipes"][method]:
+            return run
         args = ["pretrain", self.datalist, "--recipe", s["recipes"][method], "--out", run]
         if resume_from is not None and resume_from != run:          # trend: continue a copy of the shorter run
             shutil.rmtree(run, ignore_errors=True)
             shutil.copytree(resume_from, run)
-        resume = (run / "checkpoints" / "last.pt").is_file()
+        resume = (run / "checkpoints" / "last.pt").is_file() and (done is None or resume_from is not None)
         args += ["--resume"] if resume else ["--overwrite"]
         for x in sets:
             args += ["--set", x]
@@ -160,10 +166,12 @@ class Bench:
                                       "data_wait": data_wait(run), "settings": sets}, indent=2))
         return run
 
-    def finetune(self, arm: str, init: str, labelled: int, seed: int, unlabelled: bool, pre: Path) -> dict | None:
-        """One fine-tuning arm; its result JSON (skipped when already there with the same settings)."""
+    def finetune(self, arm: str, init: str, labelled: int, seed: int, unlabelled: bool, pre: Path,
+                 steps: int | None = None) -> dict | None:
+        """One fine-tuning arm (`steps`: fine-tuning steps, default the scale's); its result JSON (skipped when
+        already there with the same settings)."""
         s = self.s
-        sets = [*given({"finetune.steps": s["ft_steps"]}), f"finetune.seed={seed}",
+        sets = [*given({"finetune.steps": steps or s["ft_steps"]}), f"finetune.seed={seed}",
                 *given({"finetune.batch_size": s["ft_batch"], "finetune.roi": s["roi"]}), *self.a.ft_set]
         if unlabelled:
             sets += [f"finetune.semisup.passes={s['passes']}"] if s["passes"] > 0 else ["finetune.semisup.uncertainty=false"]
@@ -171,7 +179,7 @@ class Bench:
         settings = {"init": init, "labelled": labelled, "seed": seed, "unlabelled": unlabelled, "pretrained": str(pre),
                     "pretrain_steps": json.loads((self.out / f"{pre.name}.json").read_text())["steps"],
                     "sets": sets, "spacing": s["spacing"]}
-        if record.is_file() and json.loads(record.read_text()).get("settings") == settings:
+        if record.is_file() and same_settings(json.loads(record.read_text()).get("settings") or {}, settings):
             return json.loads(record.read_text())
         if self.out_of_time():
             print(f"skipped {arm}: --max-minutes {self.a.max_minutes} reached", file=sys.stderr)
@@ -200,8 +208,11 @@ class Bench:
     def run(self) -> None:
         a, s = self.a, self.s
         arms = a.arms.split(",")
-        methods = sorted({"alice"} | {x.split("+")[0] for x in arms if x.split("+")[0] in ("alice", "swin")})
+        methods = sorted({x.split("+")[0] for x in arms if x.split("+")[0] in ("alice", "swin")}
+                         | ({"alice"} if a.trend else set()))
         pre = {m: self.pretrain(m, s["pre_steps"]) for m in methods}
+        if "alice" not in pre:      # from-scratch arms only: a 1-step run carries their recipe (its encoder unused)
+            pre["alice"] = self.pretrain("alice", 1, "pretrain-recipe")
         for seed in range(a.seeds):
             for n in a.labels:
                 for arm in arms:
@@ -211,7 +222,7 @@ class Bench:
                     self.finetune(f"{arm}-L{n}-s{seed}", init, n, seed, unl, pre[INITS[init] or "alice"])
             if "full" in arms:
                 self.finetune(f"full-L{len(self.training)}-s{seed}", "scratch", len(self.training), seed, False,
-                              pre["alice"])
+                              pre["alice"], a.full_steps)
         n = a.labels[0]
         for steps in a.trend:       # shorter: a run of its own; the main run; longer: the main run continued
             if self.out_of_time():
@@ -224,6 +235,13 @@ class Bench:
                 run = self.pretrain("alice", steps, f"pretrain-trend-{steps}",
                                     resume_from=pre["alice"] if steps > s["pre_steps"] else None)
                 self.finetune(f"trend-p{steps}-L{n}-s0", "alice", n, 0, False, run)
+
+
+def same_settings(old: dict, new: dict) -> bool:
+    """Whether a recorded arm ran with `new`'s settings; a from-scratch arm does not depend on which pretraining run
+    carried its recipe, so that run's path and steps are not compared."""
+    drop = ("pretrained", "pretrain_steps") if new.get("init") == "scratch" else ()
+    return {k: v for k, v in old.items() if k not in drop} == {k: v for k, v in new.items() if k not in drop}
 
 
 def fmt(values: list[float], metric: str) -> str:
@@ -299,6 +317,8 @@ def main() -> None:
     ap.add_argument("--roi", type=int, default=None)
     ap.add_argument("--pre-steps", type=int, default=None)
     ap.add_argument("--ft-steps", type=int, default=None)
+    ap.add_argument("--full-steps", type=int, default=None,
+                    help="fine-tuning steps of the all-labelled arm (default: --ft-steps, else the scale's)")
     ap.add_argument("--passes", type=int, default=None, help="teacher passes for the uncertainty mask (0: none)")
     ap.add_argument("--trend", default="", help="pretraining step counts for the Dice-against-steps trend, e.g. 0,100,300")
     ap.add_argument("--set", action="append", default=[], help="pretraining recipe override")

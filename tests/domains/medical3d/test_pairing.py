@@ -97,3 +97,31 @@ def test_datalists_bring_their_labels_and_pair_by_image_path(tmp_path: Path) -> 
                                            {"image": "imagesTr/b.nii.gz"}]}))
     with pytest.raises(UserError, match=r"training entry imagesTr/b.nii.gz has no \"label\" while others do"):
         labelled_volumes(dl, None)
+
+
+def test_finetune_readers_parse_a_datalist_once_and_share_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`finetune DATALIST --unlabelled DATALIST` reads the pairs, the test list, the unlabelled images and the class
+    names from one datalist: with the command's `parsed` dict it is read from disk once, and every later reader sees
+    that parse (here: the file is broken after the first read and nothing notices)."""
+    from sslkit.domains.medical3d.labels import class_names
+    from sslkit.domains.medical3d.pairing import test_volumes, unlabelled_volumes
+
+    _tree(tmp_path, *(f"img/v{i}.nii.gz" for i in range(4)), *(f"lab/v{i}.nii.gz" for i in range(4)))
+    dl = tmp_path / "datalist.json"
+    dl.write_text(json.dumps({"labels": {"0": "background", "1": "atrium"},
+                              "training": [{"image": f"img/v{i}.nii.gz", "label": f"lab/v{i}.nii.gz"} for i in range(3)],
+                              "test": [{"image": "img/v3.nii.gz", "label": "lab/v3.nii.gz"}]}))
+    reads = []
+    real = Path.read_text
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: (reads.append(self), real(self, *a, **k))[1])
+    parsed: dict = {}
+    pairs = labelled_volumes(dl, None, parsed=parsed)
+    dl.write_text("{ broken")                                  # a second read from disk would fail
+    tests = test_volumes(dl, None, parsed=parsed)
+    extra = unlabelled_volumes([dl], pairs[:1], tests, parsed=parsed)
+    assert [v.id for v in pairs] == ["img/v0.nii.gz", "img/v1.nii.gz", "img/v2.nii.gz"]
+    assert [v.id for v in tests] == ["img/v3.nii.gz"] and [v.id for v in extra] == ["img/v1.nii.gz", "img/v2.nii.gz"]
+    assert class_names(dl, [0, 1], parsed) == ["atrium"]
+    assert [p for p in reads if p == dl] == [dl]
+    with pytest.raises(UserError, match="is not a readable JSON datalist"):     # without it: read (and refused) again
+        test_volumes(dl, None)

@@ -201,8 +201,9 @@ def finetune(run: RunArg, images: Annotated[Path, typer.Argument(help="Image fol
     for override in set_ or []:
         apply_override(raw, override, Medical3DRecipe)
     cfg = validate_recipe(Medical3DRecipe, raw, str(base.path("recipe.yaml")))
-    pairs = select_channels(labelled_volumes(images, labels), cfg.data.channel, "finetune")
-    tests = test_volumes(images, labels)
+    parsed: dict = {}               # each datalist is read once, for the pairs, the test list and the unlabelled ones
+    pairs = select_channels(labelled_volumes(images, labels, parsed=parsed), cfg.data.channel, "finetune")
+    tests = test_volumes(images, labels, parsed=parsed)
     tests = select_channels(tests, cfg.data.channel, "finetune") if tests else None
     pairs, n_train, how = order_labelled(pairs, str(train) if train is not None else labelled, images,
                                          tests is not None)
@@ -210,10 +211,11 @@ def finetune(run: RunArg, images: Annotated[Path, typer.Argument(help="Image fol
     if unlabelled:
         # with a test list the training volumes left unlabelled are the point; without one they are held out
         used = pairs[:n_train] if tests is not None and n_train else pairs
-        extra = select_channels(unlabelled_volumes(unlabelled, used, tests or []), cfg.data.channel, "finetune")
+        extra = select_channels(unlabelled_volumes(unlabelled, used, tests or [], parsed=parsed), cfg.data.channel,
+                                "finetune")
     run_dir, result = run_finetune(cfg, None if from_scratch else base.dir, pairs, n_train, out, overwrite, strict,
                                    [images] if labels is None else [images, labels], resume, tests=tests, chosen=how,
-                                   unlabelled=extra)
+                                   unlabelled=extra, parsed=parsed)
     if result:                     # rank 0; the scores are in RUN/evaluation.json
         typer.echo(str(run_dir))
 
@@ -242,9 +244,10 @@ def predict(run: Annotated[Path, typer.Argument(help="A run folder written by `m
     from sslkit.domains.medical3d.predict import run_predict
 
     channel = Run.load(run, "medical3d").recipe_dict.get("data", {}).get("channel")
-    volumes = select_channels(find_volumes(images, UNLABELLED_SECTIONS), channel, "finetune")
+    parsed: dict = {}               # a datalist given as IMAGES and --labels is read once
+    volumes = select_channels(find_volumes(images, UNLABELLED_SECTIONS, parsed=parsed), channel, "finetune")
     if labels is not None:
-        volumes = attach_labels(volumes, labels)
+        volumes = attach_labels(volumes, labels, parsed=parsed)
     run_predict(run, volumes, out, overwrite, strict, device, tta, keep_largest, probabilities)
     typer.echo(str(out))
 

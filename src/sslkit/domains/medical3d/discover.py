@@ -7,6 +7,7 @@ import os
 import re
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from sslkit.core.errors import UserError
 from sslkit.domains.medical3d.dicom import dicom_series, dicom_volumes, is_dicom_file
@@ -40,9 +41,11 @@ def is_volume_file(p: Path) -> bool:
     return p.is_file() and volume_suffix(p) in NIFTI + ITK
 
 
-def find_volumes(paths: list[Path], sections: tuple[str, ...] = ("training",)) -> list[Volume]:
+def find_volumes(paths: list[Path], sections: tuple[str, ...] = ("training",), *,
+                 parsed: dict[Path, Any] | None = None) -> list[Volume]:
     """Volumes under folders (recursive; hidden files and label folders below them left out), given files, or a
-    MONAI-style JSON datalist (its `sections`; `UNLABELLED_SECTIONS` reads every image and attaches no labels).
+    MONAI-style JSON datalist (its `sections`; `UNLABELLED_SECTIONS` reads every image and attaches no labels;
+    `parsed`: see `load_datalist`).
 
     A folder of DICOM files (any name: see `is_dicom_file`) is one volume per series in it; a folder holding
     several series yields one volume per series (ids `folder#k`) and they are listed.
@@ -54,9 +57,9 @@ def find_volumes(paths: list[Path], sections: tuple[str, ...] = ("training",)) -
             raise UserError(f"{p} does not exist — check the path")
         if p.is_file() and p.suffix.lower() == ".json":
             if sections == PRETRAIN_SECTIONS:
-                found += pretraining_images(p)
+                found += pretraining_images(p, parsed=parsed)
             else:
-                found += read_datalist(p, sections, unlabelled=sections == UNLABELLED_SECTIONS)
+                found += read_datalist(p, sections, unlabelled=sections == UNLABELLED_SECTIONS, parsed=parsed)
         elif p.is_file():
             if volume_suffix(p) in NIFTI + ITK:
                 found.append(Volume(p.name, p))
@@ -95,23 +98,37 @@ UNLABELLED_SECTIONS = ("training", "validation", "test")   # every image of a da
 PRETRAIN_SECTIONS = ("training", "validation")
 
 
-def pretraining_images(path: Path) -> list[Volume]:
+def load_datalist(path: Path, parsed: dict[Path, Any] | None = None) -> Any:
+    """The parsed JSON of datalist `path`. `parsed` (one dict per command, keyed by resolved path) keeps what was
+    read, so that a command reading the same datalist for its pairs, its test list and its unlabelled images parses
+    it once and every reader sees the same lists."""
+    key = path.resolve()
+    if parsed is not None and key in parsed:
+        return parsed[key]
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path} is not a readable JSON datalist ({exc}) — fix the JSON") from None
+    if parsed is not None:
+        parsed[key] = data
+    return data
+
+
+def pretraining_images(path: Path, *, parsed: dict[Path, Any] | None = None) -> list[Volume]:
     """The images of a datalist that pretraining may read, without labels: every image of a datalist without a
     "test" list (as before), else those of "training" and "validation" — the "test" images are left out, said on
     stderr, since they are what a fine-tuned model is scored on."""
     from sslkit.core.console import info
 
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path} is not a readable JSON datalist ({exc}) — fix the JSON") from None
+    parsed = {} if parsed is None else parsed          # read once here, whichever reader comes next
+    data = load_datalist(path, parsed)
     tests = data.get("test") if isinstance(data, dict) else None
     if not isinstance(tests, list) or not tests:
-        return read_datalist(path, UNLABELLED_SECTIONS, unlabelled=True)
+        return read_datalist(path, UNLABELLED_SECTIONS, unlabelled=True, parsed=parsed)
     if not any(isinstance(data.get(k), list) and data[k] for k in PRETRAIN_SECTIONS):
         raise UserError(f"{path} lists only \"test\" images, which are held out for scoring and never pretrained "
                         "on — list the images to pretrain on under \"training\"")
-    found = read_datalist(path, PRETRAIN_SECTIONS, unlabelled=True)
+    found = read_datalist(path, PRETRAIN_SECTIONS, unlabelled=True, parsed=parsed)
     held = {(path.parent / (e.get("image") if isinstance(e, dict) else e)).resolve() for e in tests
             if isinstance(e, (dict, str)) and isinstance(e.get("image") if isinstance(e, dict) else e, str)}
     kept = [v for v in found if v.path.resolve() not in held]
@@ -123,14 +140,13 @@ def pretraining_images(path: Path) -> list[Volume]:
     return kept
 
 
-def read_datalist(path: Path, sections: tuple[str, ...] = ("training",), unlabelled: bool = False) -> list[Volume]:
+def read_datalist(path: Path, sections: tuple[str, ...] = ("training",), unlabelled: bool = False, *,
+                  parsed: dict[Path, Any] | None = None) -> list[Volume]:
     """MONAI/Decathlon datalist JSON: {"training": [{"image": ..., "label": ...}], "test": ["img.nii.gz", ...]}
     or a plain list; paths relative to the JSON. The images of every section in `sections` that the file has
-    ("validation" when it has none of them); `unlabelled`: no labels attached (pretraining and embedding)."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path} is not a readable JSON datalist ({exc}) — fix the JSON") from None
+    ("validation" when it has none of them); `unlabelled`: no labels attached (pretraining and embedding);
+    `parsed`: see `load_datalist`."""
+    data = load_datalist(path, parsed)
     if isinstance(data, dict):
         present = [k for k in sections if isinstance(data.get(k), list)]
         entries = [(k, e) for k in present or ["validation"] for e in data.get(k) or []]

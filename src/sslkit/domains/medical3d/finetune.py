@@ -120,13 +120,15 @@ def resumed_settings(out: Path | None, pretrained: Path | None) -> dict[str, Any
 def run_finetune(cfg: Medical3DRecipe, pretrained: Path | None, pairs: list[Volume], n_train: int | None,
                  out: Path | None, overwrite: bool, strict: bool, data_paths: list[Path],
                  resume: bool = False, tests: list[Volume] | None = None, chosen: str = "",
-                 unlabelled: list[Volume] | None = None) -> tuple[Path, dict[str, Any]]:
+                 unlabelled: list[Volume] | None = None,
+                 parsed: dict[Path, Any] | None = None) -> tuple[Path, dict[str, Any]]:
     """Train, predict the scored volumes, write predictions and evaluation.json; returns the run folder and the
     evaluation (empty on ranks other than 0). `tests` (a datalist's labelled test entries): the first `n_train` of
     `pairs` (all when None) train and `tests` are scored; without them the first `n_train` train and the rest of
     `pairs` are held out and scored (`split`). `unlabelled`: volumes for mean-teacher consistency
     (`finetune.semisup`). `resume` continues the interrupted run in `out` from its checkpoint (same data split, else
-    refused). `data_paths`: IMAGES and LABELS, or a labelled datalist alone."""
+    refused). `data_paths`: IMAGES and LABELS, or a labelled datalist alone; `parsed`: the datalists the command has
+    read (`discover.load_datalist`), for the class names."""
     from sslkit.core import distributed
     from sslkit.core.console import info
     from sslkit.core.export import load_encoder
@@ -159,7 +161,7 @@ def run_finetune(cfg: Medical3DRecipe, pretrained: Path | None, pairs: list[Volu
     region_classes(ft.regions, values)        # checked before training, used in evaluate
     members, _ = region_layout(ft, values)
     classes, lut = len(values), value_lut(values)
-    names = class_names(data_paths[-1], values)
+    names = class_names(data_paths[-1], values, parsed)
     model = cfg.model.model_copy(update={"in_channels": channels})
     rec = FinetuneRecipe(pretrained=str(pretrained) if pretrained else None, data=cfg.data, model=model,
                          finetune=ft, classes=classes, label_values=values if lut is not None else None,

@@ -38,10 +38,11 @@ def value_lut(values: list[int]) -> np.ndarray | None:
     return lut
 
 
-def class_names(labels: Path, values: list[int]) -> list[str]:
+def class_names(labels: Path, values: list[int], parsed: dict[Path, Any] | None = None) -> list[str]:
     """Names of the foreground label values from a `dataset.json` in the label folder or the folder above it, or from
     `labels` itself when it is a JSON datalist (nnU-Net v2 `{"labels": {"name": value}}` or MSD
-    `{"labels": {"value": "name"}}`); "class v" where none is given."""
+    `{"labels": {"value": "name"}}`; taken from `parsed` when the command has read it already, see
+    `discover.load_datalist`); "class v" where none is given."""
     names = {v: f"class {v}" for v in values[1:]}
     folder = labels if labels.is_dir() else labels.parent
     own = [labels] if labels.is_file() and labels.suffix.lower() == ".json" else []     # a datalist (the Decathlon's)
@@ -49,7 +50,7 @@ def class_names(labels: Path, values: list[int]) -> list[str]:
     if found is None:
         return [names[v] for v in values[1:]]
     try:
-        data = json.loads(found.read_text())
+        data = parsed[found.resolve()] if parsed and found.resolve() in parsed else json.loads(found.read_text())
         table = data.get("labels", {}) if isinstance(data, dict) else {}
         pairs = [(int(v), str(k)) if not str(k).isdigit() else (int(k), str(v)) for k, v in table.items()]
     except (ValueError, TypeError, AttributeError) as e:

@@ -9,9 +9,11 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from sslkit.core.errors import UserError
-from sslkit.domains.medical3d.discover import PRETRAIN_SECTIONS, UNLABELLED_SECTIONS, find_volumes, read_datalist
+from sslkit.domains.medical3d.discover import (PRETRAIN_SECTIONS, UNLABELLED_SECTIONS, find_volumes, load_datalist,
+                                               read_datalist)
 from sslkit.domains.medical3d.volumes import Volume, volume_stem
 
 CHANNEL_SUFFIX = re.compile(r"_\d{4}$")     # nnU-Net: case_0000.nii.gz is channel 0 of case, labelled case.nii.gz
@@ -75,13 +77,15 @@ def check_pairs(volumes: list[Volume]) -> list[Volume]:
     return volumes
 
 
-def attach_labels(images: list[Volume], labels: Path) -> list[Volume]:
+def attach_labels(images: list[Volume], labels: Path, *, parsed: dict[Path, Any] | None = None) -> list[Volume]:
     """`images` with their labels from `labels`: a label folder or file (`pair_labels`), or a JSON datalist whose
-    entries name each image's label (matched by the image's resolved path; its images are not labels)."""
+    entries name each image's label (matched by the image's resolved path; its images are not labels). `parsed`:
+    the datalists this command has read (`discover.load_datalist`)."""
     if not is_datalist(labels):
         return pair_labels(images, find_volumes([labels]))
     listed: dict[Path, Path | None] = {}
-    for v in read_datalist(labels, UNLABELLED_SECTIONS):      # an image also listed under "test" keeps its label
+    # an image also listed under "test" keeps its label
+    for v in read_datalist(labels, UNLABELLED_SECTIONS, parsed=parsed):
         if listed.get(path := v.path.resolve()) is None:
             listed[path] = v.label
     out = []
@@ -96,10 +100,11 @@ def attach_labels(images: list[Volume], labels: Path) -> list[Volume]:
     return check_pairs(out)
 
 
-def labelled_volumes(images: Path, labels: Path | None) -> list[Volume]:
+def labelled_volumes(images: Path, labels: Path | None, *, parsed: dict[Path, Any] | None = None) -> list[Volume]:
     """`finetune`'s labelled volumes: a JSON datalist as IMAGES brings its own "label" entries (LABELS then left out
-    or the same file); otherwise LABELS is paired with the images by `attach_labels`."""
-    volumes = find_volumes([images])
+    or the same file); otherwise LABELS is paired with the images by `attach_labels`. `parsed`: the datalists this
+    command has read (`discover.load_datalist`), filled here."""
+    volumes = find_volumes([images], parsed=parsed)
     if is_datalist(images) and any(v.label is not None for v in volumes):
         if unlabelled := [v.id for v in volumes if v.label is None]:
             raise UserError(f"{images}: training entry {unlabelled[0]} has no \"label\" while others do — give every "
@@ -111,21 +116,20 @@ def labelled_volumes(images: Path, labels: Path | None) -> list[Volume]:
     if labels is None:
         raise UserError("finetune needs LABELS (a label folder or file, one label map per image) — give it after "
                         "IMAGES, or give IMAGES as a JSON datalist whose entries have \"label\"")
-    return attach_labels(volumes, labels)
+    return attach_labels(volumes, labels, parsed=parsed)
 
 
-def test_volumes(images: Path, labels: Path | None) -> list[Volume] | None:
+def test_volumes(images: Path, labels: Path | None, *, parsed: dict[Path, Any] | None = None) -> list[Volume] | None:
     """The labelled "test" entries of a datalist given as IMAGES (LABELS left out or the same file): what `finetune`
     scores. None when there is no "test" list, or its entries carry no labels (then said on stderr: the held-out
-    training volumes are scored as without one). An image listed under both "training" and "test" is refused."""
-    import json
-
+    training volumes are scored as without one). An image listed under both "training" and "test" is refused.
+    `parsed`: the datalists this command has read (`discover.load_datalist`)."""
     if not is_datalist(images) or (labels is not None and labels.resolve() != images.resolve()):
         return None
-    data = json.loads(images.read_text())
+    data = load_datalist(images, parsed)
     if not isinstance(data, dict) or not isinstance(data.get("test"), list) or not data["test"]:
         return None
-    tests = read_datalist(images, ("test",))
+    tests = read_datalist(images, ("test",), parsed=parsed)
     if all(v.label is None for v in tests):
         from sslkit.core.console import info
 
@@ -135,7 +139,7 @@ def test_volumes(images: Path, labels: Path | None) -> list[Volume] | None:
     if unlabelled := [v.id for v in tests if v.label is None]:
         raise UserError(f"{images}: test entry {unlabelled[0]} has no \"label\" while others do — give every test "
                         "entry its label map, or none")
-    training = {v.path.resolve() for v in read_datalist(images, PRETRAIN_SECTIONS, unlabelled=True)}
+    training = {v.path.resolve() for v in read_datalist(images, PRETRAIN_SECTIONS, unlabelled=True, parsed=parsed)}
     if both := [v.id for v in tests if v.path.resolve() in training]:
         raise UserError(f"{images}: {both[0]} is listed under both \"training\" and \"test\" ({len(both)} in all) "
                         "— a test image must not be trained on; list it once")
@@ -197,13 +201,14 @@ def order_labelled(pairs: list[Volume], spec: str | None, images: Path,
     return [pairs[i] for i in chosen] + rest, len(chosen), how.format(n=len(chosen)) + f", in {order} order"
 
 
-def unlabelled_volumes(paths: list[Path], labelled: list[Volume], tests: list[Volume]) -> list[Volume]:
+def unlabelled_volumes(paths: list[Path], labelled: list[Volume], tests: list[Volume], *,
+                       parsed: dict[Path, Any] | None = None) -> list[Volume]:
     """`finetune --unlabelled`: volumes for mean-teacher consistency — folders and files as found, a datalist's
     training images (never its "test" ones) — less those that are `labelled` (they train with labels, or are held
-    out and scored) or `tests`; said on stderr."""
+    out and scored) or `tests`; said on stderr. `parsed`: the datalists this command has read."""
     from sslkit.core.console import info
 
-    found = find_volumes(paths, PRETRAIN_SECTIONS)
+    found = find_volumes(paths, PRETRAIN_SECTIONS, parsed=parsed)
     taken = {v.path.resolve() for v in [*labelled, *tests]}
     kept = [v for v in found if v.path.resolve() not in taken]
     if not kept:
