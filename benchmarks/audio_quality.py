@@ -9,9 +9,14 @@ that budget. A run still going at 1.5× the budget (other jobs slowing it) is st
     flock /tmp/sslkit-heavy.lock .venv/bin/python benchmarks/audio_quality.py [--arms ssamba-fsdd,ssast-fsdd,tera-fsdd]
         [--budget-min 5] [--arm-budget ARM:MIN]... [--set KEY=VALUE]... [--arm-set ARM:KEY=VALUE]...
         [--pool-set ARM:KEY=VALUE]... [--pretrain-only] [--seeds 1] [--out DIR]
+        [--hard-stop 1.5] [--snapshots K --trend] [--controls]
 
-Arms: the recipes/audio/*-fsdd.yaml recipes (CPU-sized; fbank mean/std computed from FSDD). --set replaces
-DEFAULT_SET (train.device=cpu); --arm-set adds an override to one arm.
+Arms: the recipes/audio/*-fsdd.yaml recipes (CPU-sized; fbank mean/std computed from FSDD), or NAME=RECIPE for a
+second run of a recipe (runs/NAME; e.g. `ssamba-fsdd-long=ssamba-fsdd --arm-budget ssamba-fsdd-long:18`). --set
+replaces DEFAULT_SET (train.device=cpu); --arm-set adds an override to one arm. --snapshots K keeps K checkpoints
+along a pretraining; --trend scores each (and the random start) on the 4 selection speakers only → ARM_trend.json.
+--controls adds, per recipe, its random patch (frame) embedding without the blocks, pooled the same: a random, near-
+linear map of the fbank, to show how much of the random-weight score the pooling alone makes.
 
 Protocol. Pretraining uses all 3,000 clips without labels (the held-out speaker's audio included, never a label:
 FSDD has only 6 speakers). Each arm first runs 12 steps to time a step (median of steps 3-12), then pretrains for
@@ -58,22 +63,25 @@ HARD_STOP = 1.5          # pretraining is stopped (SIGTERM → checkpoint) at th
 
 
 def torch_step(run: Path) -> int:
-    import torch
-
-    return int(torch.load(run / "checkpoints" / "last.pt", weights_only=True, map_location="cpu")["step"])
+    return torch_step_of(run / "checkpoints" / "last.pt")
 
 
 def say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def pretrain(arm: str, data: Path, out: Path, sets: list[str], budget_s: float) -> dict:
-    """Time 12 steps, then pretrain for the steps that fit the budget; {'steps', 'seconds', 'step_s'}."""
+def pretrain(arm: str, data: Path, out: Path, sets: list[str], budget_s: float, recipe: str | None = None,
+             hard_stop: float = HARD_STOP, snapshots: int = 0) -> dict:
+    """Time 12 steps, then pretrain for the steps that fit the budget; {'steps', 'seconds', 'step_s'}.
+
+    `arm` names the run (runs/ARM), `recipe` (default: the arm) is the recipe. With `snapshots` K > 0 the run
+    checkpoints every steps/K and each checkpoint is copied to runs/ARM/snapshots/step_N.pt (the trend)."""
+    recipe = recipe or arm
     done = out / "runs" / f"{arm}.json"
     if done.is_file() and (out / "runs" / arm / "encoder" / "config.json").is_file():
         say(f"{arm}: pretrained already ({done})")
         return json.loads(done.read_text())
-    base = [sys.executable, "-m", "sslkit", "audio", "pretrain", str(data), "--recipe", arm, "--set", "train.device=cpu",
+    base = [sys.executable, "-m", "sslkit", "audio", "pretrain", str(data), "--recipe", recipe, "--set", "train.device=cpu",
             *(x for s in sets for x in ("--set", s))]
     probe = out / "runs" / f"{arm}-timing"
     res = subprocess.run([*base, "--set", "train.steps=12", "--set", "train.log_every=1", "--out", str(probe),
@@ -87,31 +95,85 @@ def pretrain(arm: str, data: Path, out: Path, sets: list[str], budget_s: float) 
     say(f"{arm}: {step_s:.2f} s/step at batch {batch} → {steps} steps in the {budget_s / 60:.0f}-minute budget")
     t0 = time.perf_counter()
     run = out / "runs" / arm
-    proc = subprocess.Popen([*base, "--set", f"train.steps={steps}", "--set", f"train.checkpoint_every={max(10, steps // 20)}",
+    every = max(10, steps // snapshots) if snapshots else max(10, steps // 20)
+    proc = subprocess.Popen([*base, "--set", f"train.steps={steps}", "--set", f"train.checkpoint_every={every}",
                              "--out", str(run), "--overwrite"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    keeper = None
+    if snapshots:
+        import threading
+
+        stop_keeping = threading.Event()
+        keeper = threading.Thread(target=keep_snapshots, args=(run, stop_keeping), daemon=True)
+        keeper.start()
     try:                     # a machine shared with other jobs can slow a step 2-3× after the timing run: hard stop
-        _, err = proc.communicate(timeout=budget_s * HARD_STOP)
+        _, err = proc.communicate(timeout=budget_s * hard_stop)
     except subprocess.TimeoutExpired:
         proc.send_signal(signal.SIGTERM)            # fit() writes a checkpoint and exits 130
         _, err = proc.communicate()
     seconds = time.perf_counter() - t0
+    if keeper is not None:
+        stop_keeping.set()
+        keeper.join()
     if proc.returncode not in (0, 130) or not (run / "checkpoints" / "last.pt").is_file():
         sys.exit(f"{arm}: pretraining failed or stopped before its first checkpoint: {err[-3000:]}")
-    metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()] or [{"loss": float("nan")}]
+    log = run / "metrics.jsonl"
+    metrics = [json.loads(x) for x in (log.read_text().splitlines() if log.is_file() else [])] or [{"loss": float("nan")}]
     stopped = None
     if proc.returncode == 130:                     # the encoder of the last checkpoint, said so in the table
         from sslkit.core.export import export_from_run
 
         export_from_run(run, run / "encoder")
         stopped = torch_step(run)
-        say(f"{arm}: stopped at {HARD_STOP:g}× the budget, at step {stopped} of {steps}")
-    result = {"arm": arm, "steps": stopped or steps, "planned_steps": steps, "stopped_early": stopped is not None,
+        say(f"{arm}: stopped at {hard_stop:g}× the budget, at step {stopped} of {steps}")
+    result = {"arm": arm, "recipe": recipe, "steps": stopped or steps, "planned_steps": steps, "stopped_early": stopped is not None,
               "batch_size": batch, "step_s": step_s, "seconds": seconds,
               "first_loss": metrics[0]["loss"], "last_loss": metrics[-1]["loss"], "sets": sets}
     done.write_text(json.dumps(result, indent=2))
     say(f"{arm}: pretrained {result['steps']} steps in {seconds / 60:.1f} min, loss {result['first_loss']:.3f} → "
         f"{result['last_loss']:.3f}")
     return result
+
+
+def keep_snapshots(run: Path, stop) -> None:  # noqa: ANN001
+    """Copy each new checkpoint of a running pretraining to run/snapshots/step_N.pt (checkpoints are replaced
+    atomically, so a copy is always whole); polls once a second until `stop` is set, then once more."""
+    import shutil
+
+    last, snap = run / "checkpoints" / "last.pt", run / "snapshots"
+    seen = None
+    while True:
+        final = stop.is_set()
+        try:
+            stamp = last.stat().st_mtime_ns
+        except FileNotFoundError:
+            stamp = None
+        if stamp is not None and stamp != seen:
+            snap.mkdir(exist_ok=True)
+            tmp = snap / "copying.pt"
+            shutil.copyfile(last, tmp)
+            tmp.replace(snap / f"step_{torch_step_of(tmp):06d}.pt")
+            seen = stamp
+        if final:
+            return
+        stop.wait(1.0)
+
+
+def torch_step_of(path: Path) -> int:
+    import torch
+
+    return int(torch.load(path, weights_only=True, map_location="cpu")["step"])
+
+
+def snapshot_encoder(path: Path):  # noqa: ANN201
+    """The encoder of one checkpoint file (eval mode), built from the spec the checkpoint carries."""
+    import torch
+
+    from sslkit.core.export import build_encoder
+
+    state = torch.load(path, weights_only=True, map_location="cpu")
+    enc = build_encoder(json.loads(state["encoder_spec"]))
+    enc.load_state_dict({k[len("encoder."):]: v for k, v in state["model"].items() if k.startswith("encoder.")})
+    return enc.eval()
 
 
 SELECTION_SPEAKERS = ("jackson", "lucas", "nicolas", "yweweler")
@@ -156,6 +218,12 @@ def main() -> None:
                     "of that arm at evaluation (pretrained and random weights)")
     ap.add_argument("--set", action="append", default=None, help=f"override for every arm (default {DEFAULT_SET})")
     ap.add_argument("--arm-set", action="append", default=[], help="ARM:key=value, an override for one arm")
+    ap.add_argument("--hard-stop", type=float, default=HARD_STOP, help="stop pretraining at this multiple of the budget")
+    ap.add_argument("--snapshots", type=int, default=0, help="K: keep K checkpoints along each pretraining (the trend)")
+    ap.add_argument("--trend", action="store_true", help="score each kept snapshot on the 4 selection speakers only "
+                    "(leave-one-speaker-out among them; george and theo are not read) → OUT/ARM_trend.json")
+    ap.add_argument("--controls", action="store_true", help="add a row per recipe: its random patch/frame embedding "
+                    "(position embedding and final norm included, no blocks), pooled the same")
     ap.add_argument("--seeds", type=int, default=1, help="probe seeds on the conventional split (the split is fixed and "
                     "lbfgs deterministic: 5 seeds gave the same number to the last digit, see docs/audio.md)")
     args = ap.parse_args()
@@ -172,13 +240,15 @@ def main() -> None:
     from sslkit.domains.audio.io import find_audio, iter_fbanks
     from sslkit.core.runs import Run
 
-    arms = [a for a in args.arms.split(",") if a]
+    named = dict((a.split("=", 1) * 2)[:2] for a in args.arms.split(",") if a)   # NAME=RECIPE or RECIPE
+    arms = list(named)
     sets = DEFAULT_SET if args.set is None else args.set
     per_arm = {a: sets + ARM_SET.get(a, []) + [s.split(":", 1)[1] for s in args.arm_set if s.split(":", 1)[0] == a]
                for a in arms}
     budgets = {a: args.budget_min for a in arms} | {b.split(":")[0]: float(b.split(":")[1]) for b in args.arm_budget}
-    trained = {a: pretrain(a, args.data, args.out, per_arm[a], budgets[a] * 60) for a in arms}
-    if args.pretrain_only:
+    trained = {a: pretrain(a, args.data, args.out, per_arm[a], budgets[a] * 60, named[a], args.hard_stop,
+                           args.snapshots) for a in arms}
+    if args.pretrain_only and not args.trend:
         return
 
     sources = find_audio([args.data])
@@ -209,12 +279,18 @@ def main() -> None:
         results[f"MFCC frames, {seg} segment mean(s){' + std' if with_std else ''} (the encoders' pooling)"] = cached(
             args.out / f"mfcc_seg{seg}{'_std' if with_std else ''}.json",
             lambda: scores(mfcc_pooled(fbanks(AudioData()), seg, with_std), meta, args.seeds))
+    if args.trend:
+        for arm in arms:
+            trend(arm, args.out / "runs" / arm, args.out / f"{arm}_trend.json", pools.get(named[arm], pools.get(arm, {})),
+                  fbanks, meta)
+        if args.pretrain_only:
+            return
     wall = {}
     for arm in arms:
         run = Run.load(args.out / "runs" / arm, "audio")
         cfg = AudioData(**run.recipe_dict["data"])
         mean, std = run.manifest["audio"]["mean"], run.manifest["audio"]["std"]
-        pool = pools.get(arm, {})
+        pool = pools.get(arm, pools.get(named[arm], {}))
         tag = "".join(f"_{k.removeprefix('pool_')}{v}" for k, v in sorted(pool.items()))
 
         def evaluate(encoder, kind: str) -> dict:  # noqa: ANN001
@@ -231,8 +307,13 @@ def main() -> None:
         name = "".join(f", {k.removeprefix('pool_')} {v}" for k, v in sorted(pool.items()))
         got = cached(args.out / f"{arm}_pretrained{tag}.json", lambda: evaluate(load_encoder(run.dir), "pretrained"))
         results[f"{arm} pretrained ({t['steps']}{stop} {t['seconds'] / 60:.1f} min){name}"] = got
-        results[f"{arm} random weights{name}"] = cached(args.out / f"{arm}_random{tag}.json",
+        # random weights depend on the recipe's model and seed only: one file per recipe
+        results[f"{named[arm]} random weights{name}"] = cached(args.out / f"{named[arm]}_random{tag}.json",
                                                         lambda: evaluate(random_encoder(run, mean, std), "random"))
+        if args.controls:    # how much of the random encoder's score the pooled (random, near-linear) patch embedding makes
+            results[f"{named[arm]} random, embedding layer only (no blocks){name}"] = cached(
+                args.out / f"{named[arm]}_embedonly{tag}.json",
+                lambda: evaluate(embedding_only(random_encoder(run, mean, std)), "embedding layer only"))
         wall[arm] = {"pretrain_min": t["seconds"] / 60, "embed_s": got.get("embed_seconds")}
 
     def cell(r: dict, key: str, metric: str = "linear") -> str:
@@ -251,6 +332,52 @@ def main() -> None:
     md = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)] + ["| " + " | ".join(r) + " |" for r in rows]
     (args.out / "table.md").write_text("\n".join(md) + "\n")
     say(f"wrote {args.out / 'summary.json'} and {args.out / 'table.md'}")
+
+
+def embedding_only(encoder):  # noqa: ANN001, ANN201
+    """The encoder with its blocks replaced by one identity: tokens = norm(patch embedding + positions) (TERA:
+    LayerNorm(Linear(frame) + sinusoid)). With random weights this is a random, nearly linear map of the fbank."""
+    import torch
+
+    class Skip(torch.nn.Module):
+        def forward(self, x, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN201
+            return x
+
+    encoder.layers = torch.nn.ModuleList([Skip()])
+    return encoder
+
+
+def trend(arm: str, run: Path, path: Path, pool: dict, fbanks, meta: dict) -> None:  # noqa: ANN001
+    """Score every snapshot of a run (and its random start) on the selection speakers only: leave-one-speaker-out
+    among jackson, lucas, nicolas, yweweler (linear and kNN). The held-out speakers' clips are not embedded."""
+    from sslkit.core.runs import Run
+    from sslkit.domains.audio.evaluation import embed_clips, group_scores, random_encoder
+    from sslkit.domains.audio.features import AudioData
+
+    snaps = sorted((run / "snapshots").glob("step_*.pt"))
+    if not snaps:
+        return
+    got = json.loads(path.read_text()) if path.is_file() else {}
+    r = Run.load(run, "audio")
+    cfg = AudioData(**r.recipe_dict["data"])
+    mean, std = r.manifest["audio"]["mean"], r.manifest["audio"]["std"]
+    sel = np.flatnonzero(np.isin(meta["speaker"], SELECTION_SPEAKERS))
+    fb = [fbanks(cfg)[i] for i in sel]
+    todo = [("0", None)] + [(str(int(p.stem.split("_")[1])), p) for p in snaps]
+    for step, snap in todo:
+        if step in got:
+            continue
+        enc = random_encoder(r, mean, std) if snap is None else snapshot_encoder(snap)
+        for k, v in pool.items():
+            setattr(enc, k, v)
+        t0 = time.perf_counter()
+        x = embed_clips(enc, fb, mean, std, cfg.clip_frames, batch_size=64)
+        sc = group_scores(x, meta["digit"][sel], meta["speaker"][sel], k=20)
+        got[step] = {"linear": sc["linear"], "knn": sc["knn"], "per_speaker": {g: v["linear"] for g, v in
+                                                                               sc["per_group"].items()},
+                     "seconds": time.perf_counter() - t0}
+        path.write_text(json.dumps(got, indent=2))
+        say(f"{arm} step {step}: 4-speaker choice, linear {100 * sc['linear'][0]:.1f}, kNN {100 * sc['knn'][0]:.1f}")
 
 
 def mfcc_pooled(fbanks: list, segments: int, std: bool) -> np.ndarray:
