@@ -19,7 +19,8 @@ Arms (mean ± std over seeds 0..S-1, NMI and ARI against the known groups, wall 
 
 Each (graph, arm, seed) result is written to benchmarks/results/graph_suite/<tag>/<graph>/<arm>.json as it finishes and
 is not run again (delete the file to rerun it); arms that do not read the scgc-star recipe (louvain, spectral, grace) go
-to results/graph_suite/baselines/ and serve every tag. Run:
+to results/graph_suite/baselines/ and serve every tag. Each row records the run's wall time, precision, loss curve and
+mask order r; the trained outputs z (and q) stay in .cache/graph_suite/outputs/ for benchmarks/graph_readings.py. Run:
   .venv/bin/python benchmarks/graph_suite.py [--graphs cora,football] [--arms scgc-star,louvain] [--seeds 5]
                                              [--tag default] [--set loss.r=3 ...] [--table-only]
 """
@@ -41,6 +42,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 CORA = ROOT.parent / "shared" / "data" / "graph" / "cora"
 RESULTS = ROOT / "benchmarks" / "results" / "graph_suite"
+OUTPUTS = ROOT / ".cache" / "graph_suite" / "outputs"   # trained encoders' outputs z (and q) per seed, for graph_readings.py
 HELD_OUT = ("polblogs",)
 FEATURED = ("cora", "sbm-feat", "lfr-feat")
 STRUCTURE = ("karate", "polbooks", "football", "sbm", "lfr", "polblogs")
@@ -188,7 +190,7 @@ def _features_arm(arm: str, graph, recipe, idx: np.ndarray, y: np.ndarray, seed:
 
 
 def _trained(arm: str, folder: Path, graph, idx: np.ndarray, y: np.ndarray, seed: int, sets: list[str],  # noqa: ANN001
-             work: Path) -> dict:
+             work: Path, keep: Path | None = None) -> dict:
     from typer.testing import CliRunner
 
     from sslkit.cli import app
@@ -211,11 +213,18 @@ def _trained(arm: str, folder: Path, graph, idx: np.ndarray, y: np.ndarray, seed
     z = encode(out, graph, cfg, run_inputs(out, graph, cfg))
     emb = node_embedding(z, cfg.embedding.pca_variance)
     row = {m: v for m, (v, _) in kmeans_eval(emb[idx], y, k, seeds=(seed,)).items()} | {"seconds": seconds}
+    row["precision"] = json.loads((out / "manifest.json").read_text()).get("precision", {}).get("used")
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    row["loss_curve"] = [[r["step"], round(r["loss"], 5)] for r in logged if "loss" in r and "step" in r]   # convergence
     if arm != "grace":
         q = soft_assign(out, z, missing_ok=True)
         if q is not None:
             row["soft"] = cluster_metrics(y, q[idx].argmax(1))
-        row["hops"] = json.loads((out / "manifest.json").read_text())["graph"]["hops"]
+        manifest = json.loads((out / "manifest.json").read_text())["graph"]
+        row["hops"], row["r"] = manifest["hops"], manifest.get("mask_r")
+    if keep is not None:   # the raw outputs (and q), so other readings can be scored without retraining
+        keep.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(keep, z=z.astype(np.float32), **({"q": q.astype(np.float32)} if arm != "grace" and q is not None else {}))
     shutil.rmtree(out, ignore_errors=True)
     return row
 
@@ -245,7 +254,8 @@ def run_arm(name: str, folder: Path, arm: str, seeds: int, sets: list[str], resu
         elif arm in ("raw", "propagated"):
             row = _features_arm(arm, graph, recipe, idx, y, seed)
         else:
-            row = _trained(arm, folder, graph, idx, y, seed, sets, work)
+            row = _trained(arm, folder, graph, idx, y, seed, sets, work, OUTPUTS / result.parent.relative_to(RESULTS)
+                           / f"{arm}-{seed}.npz")
         row.setdefault("seconds", time.perf_counter() - t0)
         done["seeds"][str(seed)] = row
         result.parent.mkdir(parents=True, exist_ok=True)
@@ -291,6 +301,7 @@ def table(tag: str, graphs: list[str], seeds: int) -> dict:
                 summary.setdefault(name, {})[label] = {"nmi": float(np.mean(nmi)), "ari": float(np.mean(ari)),
                                                        "seconds": float(np.mean(secs)), "n": len(rs)}
                 extra = f"{rs[0]['groups']} groups" if "groups" in rs[0] else (f"t={rs[0]['hops']}" if "hops" in rs[0] else "")
+                extra += f" r={rs[0]['r']}" if rs[0].get("r") else ""
                 split = "held out" if name in HELD_OUT else "choosing"
                 rows_by_split[split].append([name, label, _ms(nmi), _ms(ari), f"{np.mean(secs):.2f}", str(len(rs)), extra])
     cols = ["graph", "arm", "NMI", "ARI", "wall s / seed", "seeds", "note"]
@@ -343,8 +354,10 @@ def main() -> None:
     ap.add_argument("--table-only", action="store_true")
     args = ap.parse_args()
     import torch
+    from threadpoolctl import threadpool_limits
 
     torch.set_num_threads(args.threads)
+    threadpool_limits(args.threads)   # scikit-learn's k-means (SCGC*'s centroid init) and numpy's BLAS too, for every arm
     graphs, arms = args.graphs.split(","), args.arms.split(",")
     if not args.table_only:
         data = ROOT / ".cache" / "graph_suite"   # generated and converted graphs (not committed)

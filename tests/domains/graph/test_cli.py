@@ -268,3 +268,23 @@ def test_outputs_follow_unsorted_string_ids(sbm_run: Path, samples: Path, tmp_pa
     got = json.loads((sbm_run / "evaluation.json").read_text())["results"]["scgc-star soft assignment"]["nmi"][0]
     assert got > 0.6
 
+
+
+def test_mask_order_auto_follows_the_clusters_trains_that_mask_and_is_recorded(samples: Path, tmp_path: Path) -> None:
+    """loss.r: auto — karate has 21.2 nodes within 2 hops on average: r = 2 for 2 clusters (2·17 ≥ 21.2), r = 1 for 4
+    (2·8.5 < 21.2). The run trains with that mask (its loss curve is the explicit r's) and the manifest records it."""
+    def run(name: str, *sets: str) -> tuple[dict, list[float], str]:
+        out = tmp_path / name
+        k = "4" if name.endswith("k4") else "2"
+        res = invoke("pretrain", samples / "karate", *TINY, "--clusters", k, "--set", "train.steps=5", "--out", out,
+                     *sum((["--set", s] for s in sets), []))
+        assert res.exit_code == 0, res.output
+        curve = [r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+        return json.loads((out / "manifest.json").read_text())["graph"], curve, res.output
+
+    for name, want in (("auto-k2", 2), ("auto-k4", 1)):
+        graph, curve, output = run(name, "loss.r=auto")
+        assert graph["mask_r"] == want and graph["mean_neighbourhood"] == [5.6, 21.2], graph
+        assert f"mask order r = {want}" in output
+        same, other = run(f"r{want}-{name[-2:]}", f"loss.r={want}")[1], run(f"r{3 - want}-{name[-2:]}", f"loss.r={3 - want}")[1]
+        assert curve == same and curve != other

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from sslkit.domains.graph.method import neighbour_contrastive, neighbour_mse, soft_assignment
-from sslkit.domains.graph.transforms import (adjacency, auto_hops, filter_hops, mask_tensors, positive_mask, positive_mask_block,
-                                             propagate, sample_block)
+from sslkit.domains.graph.transforms import (adjacency, auto_hops, filter_hops, mask_order, mask_tensors, neighbourhood_sizes,
+                                             positive_mask, positive_mask_block, propagate, sample_block)
 
 
 @pytest.fixture
@@ -173,3 +173,22 @@ def test_neighbour_mse_is_zero_only_when_cosines_equal_the_mask() -> None:
     assert math.isclose(float(neighbour_mse(eye, eye, **pairs)), 4 / 16)
     with pytest.raises(ValueError, match="two"):
         neighbour_mse(eye, eye[:3], **self_loops)
+
+
+def test_neighbourhood_sizes_count_the_iac_support_and_the_order_fits_a_cluster(karate) -> None:  # noqa: ANN001
+    """Mean |{j within k hops of i}| (self included) = mean support of Σ_{j≤k} A^j; r = largest k with size ≤ 2·N / K."""
+    ei, w, n = karate
+    a_row = adjacency(ei, w, n, "row")
+    sizes = neighbourhood_sizes(a_row, 3)
+    for k, size in enumerate(sizes, start=1):
+        assert size == pytest.approx((positive_mask(a_row, k, cumulative=True).toarray() > 0).sum(1).mean())
+    assert sizes[0] == pytest.approx(1 + 2 * 78 / 34)           # self + mean degree
+    # a sample of rows (fixed seed) estimates the same means
+    assert neighbourhood_sizes(a_row, 2, sample=20)[1] == pytest.approx(sizes[1], rel=0.3)
+    assert neighbourhood_sizes(a_row, 2, sample=20) == neighbourhood_sizes(a_row, 2, sample=20)
+    # karate: 5.6 nodes within 1 hop, 21.2 within 2, 29.2 within 3; 2 clusters of 17 (2·17 = 34) -> r = 3 of 3,
+    # r = 2 of 2; 3 clusters (2·11.3 = 22.7) -> 2; 4 clusters (17) -> 1
+    assert [round(s, 1) for s in sizes] == [5.6, 21.2, 29.2]
+    assert mask_order(sizes, n, 2) == 3 and mask_order(sizes[:2], n, 2) == 2
+    assert mask_order(sizes, n, 3) == 2 and mask_order(sizes, n, 4) == 1
+    assert mask_order(sizes, n, 34) == 1                          # never below 1, even when one hop is too wide

@@ -16,8 +16,9 @@ from sslkit.core.errors import UserError
 from sslkit.domains.graph.io import Graph
 from sslkit.domains.graph.method import GraphRecipe
 from sslkit.domains.graph.model import sparse_csr
-from sslkit.domains.graph.transforms import (adjacency, filter_hops, mask_tensors, positive_mask, positive_mask_block, propagate,
-                                             row_normalise, sample_block, standardise, structural_features)
+from sslkit.domains.graph.transforms import (adjacency, filter_hops, mask_order, mask_tensors, neighbourhood_sizes, positive_mask,
+                                             positive_mask_block, propagate, row_normalise, sample_block, standardise,
+                                             structural_features)
 
 
 @dataclass
@@ -92,12 +93,26 @@ class FullGraph(Dataset):
         return {**self.batch, **step_seed()}
 
 
-def full_batch(inputs: Inputs, graph: Graph, recipe: GraphRecipe) -> dict[str, torch.Tensor]:
-    """The whole graph as one batch: SCGC gets x and the sparse mask; GRACE gets x and edge_index."""
+def mask_order_for(recipe: GraphRecipe, inputs: Inputs) -> tuple[int, dict[str, Any]]:
+    """(r, what to record in the manifest): the mask order SCGC trains with — `loss.r`, or for "auto" the largest
+    r ≤ `loss.r_max` whose mean r-hop neighbourhood holds at most 2·N / K nodes (`transforms.mask_order`)."""
+    if recipe.loss.r != "auto":
+        return int(recipe.loss.r), {"mask_r": int(recipe.loss.r)}
+    n = inputs.a_row.shape[0]
+    sizes = neighbourhood_sizes(inputs.a_row, recipe.loss.r_max)
+    r = mask_order(sizes, n, recipe.clusters or 2)
+    per_cluster = n / (recipe.clusters or 2)
+    return r, {"mask_r": r, "mean_neighbourhood": [round(s, 1) for s in sizes], "nodes_per_cluster": round(per_cluster, 1)}
+
+
+def full_batch(inputs: Inputs, graph: Graph, recipe: GraphRecipe, r: int | None = None) -> dict[str, torch.Tensor]:
+    """The whole graph as one batch: SCGC gets x and the sparse mask (order r; None: as `mask_order_for` resolves
+    the recipe's); GRACE gets x and edge_index."""
     x = torch.from_numpy(inputs.x)
     if recipe.method == "grace":
         return {"x": x, "edge_index": torch.from_numpy(graph.edge_index)}
-    mask = positive_mask(inputs.a_row, recipe.loss.r, cumulative=recipe.method == "scgc-star")
+    r = r if r is not None else mask_order_for(recipe, inputs)[0]
+    mask = positive_mask(inputs.a_row, r, cumulative=recipe.method == "scgc-star")
     batch = {"x": x, **mask_tensors(mask, recipe.loss.objective)}
     if inputs.x0 is not None:
         batch.update(lowpass_tensors(inputs))

@@ -61,7 +61,7 @@ def pretrain(graph: GraphArg, features: FeaturesOpt = None, recipe: RecipeOpt = 
     from sslkit.core.loop import fit, seed_everything
     from sslkit.core.recipes import resolve_recipe
     from sslkit.core.runs import Run
-    from sslkit.domains.graph.batches import FullGraph, NodeBlocks, full_batch, prepare_inputs, use_full_batch
+    from sslkit.domains.graph.batches import FullGraph, NodeBlocks, full_batch, mask_order_for, prepare_inputs, use_full_batch
     from sslkit.domains.graph.clustering import check_clusters
     from sslkit.domains.graph.method import GraphRecipe, build_method
 
@@ -80,15 +80,20 @@ def pretrain(graph: GraphArg, features: FeaturesOpt = None, recipe: RecipeOpt = 
     if not full and cfg.method == "grace":
         raise UserError(f"the GRACE baseline trains full-batch only; this graph has {g.num_nodes} nodes — "
                         "use --recipe scgc-star, or --set data.full_batch=true if it fits in memory")
+    r, mask_info = (None, {}) if cfg.method == "grace" else mask_order_for(cfg, inputs)
+    if cfg.loss.r == "auto" and distributed.is_main():
+        sizes = ", ".join(f"{s:.0f}" for s in mask_info["mean_neighbourhood"])
+        info(f"mask order r = {r}: mean neighbourhood {sizes} nodes within 1..{cfg.loss.r_max} hops, "
+             f"{mask_info['nodes_per_cluster']:.0f} nodes per cluster (loss.r: auto)")
     if full:
-        data = FullGraph(full_batch(inputs, g, cfg))
+        data = FullGraph(full_batch(inputs, g, cfg, r))
     else:       # one block per step, drawn alike on every process; each encodes its slice (P processes = 1)
-        data = NodeBlocks(inputs, cfg.train.batch_size, cfg.loss.r, cfg.method == "scgc-star", cfg.data.fanout,
+        data = NodeBlocks(inputs, cfg.train.batch_size, r, cfg.method == "scgc-star", cfg.data.fanout,
                           cfg.loss.objective)
     run = Run.open(out, domain="graph", recipe=cfg, data_paths=[p for p in (graph, features) if p],
                    overwrite=overwrite, resume=resume)
     run.update_manifest(graph={"nodes": g.num_nodes, "edges": int(g.edge_index.shape[1] // 2), "notes": g.notes,
-                               "full_batch": full, **inputs.summary()})
+                               "full_batch": full, **inputs.summary(), **mask_info})
     seed_everything(cfg.train.seed)
     method = build_method(cfg, inputs.x.shape[1], inputs.hops)
     result = fit(method, data, cfg.train, run, resume=resume, full_batch=True)

@@ -57,7 +57,8 @@ class GraphLoss(Section):
     alpha: float = Field(1.0, ge=0)  # weight of the neighbour loss (either objective)
     noise: float = Field(0.0, ge=0)  # mse: σ of Gaussian noise on the second view's normalised embedding
     beta: float = Field(0.1, ge=0)   # weight of KL(P‖Q)
-    r: int = 1                # mask order
+    r: int | Literal["auto"] = 1  # mask order; auto: the largest r ≤ r_max whose mean r-hop neighbourhood is ≤ 2·N/K
+    r_max: int = Field(2, ge=1, le=8)  # the largest order "auto" may choose
     tau: float = 0.25         # multiplies the cosine similarity (an inverse temperature), as in SCGC
     recon_weight: float = Field(1.0, ge=0)  # SCGC (not SCGC*) MSE reconstruction
     cluster_warmup: int = Field(50, ge=0)   # steps of contrastive-only training before k-means sets the centroids
@@ -76,9 +77,9 @@ class GraphLoss(Section):
 
     @field_validator("r")
     @classmethod
-    def _r(cls, v: int) -> int:
-        if not 1 <= v <= 8:
-            raise ValueError("loss.r must be between 1 and 8")
+    def _r(cls, v: int | str) -> int | str:
+        if v != "auto" and not 1 <= v <= 8:
+            raise ValueError("loss.r must be between 1 and 8, or auto")
         return v
 
 
