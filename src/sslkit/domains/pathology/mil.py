@@ -32,7 +32,7 @@ EpochsOpt = Annotated[int, typer.Option("--epochs", help="ABMIL training epochs 
 
 
 def train_abmil(bags: list[np.ndarray], y: np.ndarray, n_classes: int, seed: int, epochs: int = 60,
-                lr: float = 5e-4, weight_decay: float = 1e-4, batch_bags: int = 8) -> Any:
+                lr: float = 5e-4, weight_decay: float = 1e-4, batch_bags: int = 8, dropout: float = 0.25) -> Any:
     """A GatedAttentionMIL trained with Adam on class-balanced cross-entropy (Ilse et al.'s optimiser settings),
     mini-batches of padded bags; eval mode."""
     import torch
@@ -40,13 +40,13 @@ def train_abmil(bags: list[np.ndarray], y: np.ndarray, n_classes: int, seed: int
     threads = torch.get_num_threads()
     torch.set_num_threads(1)        # tiny matrices: one thread is ~10x faster than several fighting over 2 busy cores
     try:
-        return _train(bags, y, n_classes, seed, epochs, lr, weight_decay, batch_bags)
+        return _train(bags, y, n_classes, seed, epochs, lr, weight_decay, batch_bags, dropout)
     finally:
         torch.set_num_threads(threads)
 
 
 def _train(bags: list[np.ndarray], y: np.ndarray, n_classes: int, seed: int, epochs: int, lr: float,
-           weight_decay: float, batch_bags: int) -> Any:
+           weight_decay: float, batch_bags: int, dropout: float = 0.25) -> Any:
     import torch
     from torch import nn
 
@@ -54,7 +54,7 @@ def _train(bags: list[np.ndarray], y: np.ndarray, n_classes: int, seed: int, epo
 
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model = GatedAttentionMIL(bags[0].shape[1], n_classes)
+    model = GatedAttentionMIL(bags[0].shape[1], n_classes, dropout=dropout)
     opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay)
     counts = np.bincount(y, minlength=n_classes).astype(np.float32)
     weight = torch.as_tensor(counts.sum() / np.maximum(counts, 1) / n_classes)
