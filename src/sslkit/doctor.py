@@ -26,11 +26,34 @@ def _check(module: str) -> tuple[bool, str]:
     return True, str(getattr(mod, "__version__", "ok"))
 
 
+def precision_plan(device: Any) -> list[dict[str, str]]:
+    """What `train.precision: auto` trains each shipped (domain, method) in on `device`, and why; a recipe that sets
+    its own precision (the `tiny` test recipes, medical3d's fp32 ones) keeps it."""
+    import yaml
+
+    from sslkit.core.precision import decide
+    from sslkit.core.recipes import shipped_recipes
+
+    methods: dict[tuple[str, str], list[str]] = {}
+    for domain, name, path in shipped_recipes():
+        if domain not in DOMAINS:
+            continue
+        raw = yaml.safe_load(path.read_text()) or {}
+        if (raw.get("train") or {}).get("precision", "auto") == "auto":
+            methods.setdefault((domain, str(raw.get("method", ""))), []).append(name)
+    rows = []
+    for (domain, method), names in sorted(methods.items()):
+        choice = decide("auto", device, domain, method)
+        rows.append({"domain": domain, "method": method, "recipes": ", ".join(names), "device": device.type,
+                     "precision": choice.precision, "why": choice.why})
+    return rows
+
+
 def collect() -> dict[str, Any]:
     import torch
 
     from sslkit import __version__
-    from sslkit.core.loop import use_bf16
+    from sslkit.core.precision import bf16_supported
 
     cuda = torch.cuda.is_available()
     devices = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else []
@@ -43,8 +66,9 @@ def collect() -> dict[str, Any]:
         "cuda_version": torch.version.cuda,
         "gpus": devices,
         "bf16_cuda": bool(cuda and torch.cuda.is_bf16_supported()),
-        "bf16_cpu": use_bf16("auto", torch.device("cpu")),
+        "bf16_cpu": bf16_supported(torch.device("cpu")),
         "cpu_threads": torch.get_num_threads(),
+        "precision": precision_plan(torch.device("cuda" if cuda else "cpu")),
         "domains": {},
     }
     for domain in DOMAINS:
@@ -74,4 +98,8 @@ def report(as_json: bool = False) -> None:
         detail = "; ".join(f"{m} {v}" for m, v in d["modules"].items())
         rows.append([domain, "ok" if d["ok"] else "missing", detail if d["ok"] else f"{detail} — {d['install']}"])
     print_table("domain extras", ["domain", "status", "details"], rows)
+    plan = info["precision"]
+    print_table(f"train.precision: auto on this machine ({plan[0]['device'] if plan else 'cpu'})",
+                ["domain", "method", "recipes", "precision", "why"],
+                [[p["domain"], p["method"], p["recipes"], p["precision"], p["why"]] for p in plan])
     sys.stdout.flush()

@@ -27,6 +27,7 @@ from sslkit.core import distributed
 from sslkit.core.checkpoint import check_compatible, load_checkpoint, save_checkpoint
 from sslkit.core.errors import Interrupted, UserError
 from sslkit.core.optim import build_optimizer
+from sslkit.core.precision import decide as precision_choice
 from sslkit.core.progress import Progress
 from sslkit.core.recipes import TrainConfig
 from sslkit.core.runs import Run
@@ -57,19 +58,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def use_bf16(precision: str, device: torch.device) -> bool:
-    """bf16 autocast where the hardware has it (CUDA with bf16, CPUs with AVX512-BF16/AMX)."""
-    if precision == "fp32":
-        return False
-    if device.type == "cuda":
-        supported = torch.cuda.is_bf16_supported()
-    elif device.type == "cpu":
-        supported = bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)())
-    else:
-        supported = False
-    if precision == "bf16" and not supported:
-        raise UserError(f"train.precision=bf16 is not supported on {device} — use --set train.precision=fp32")
-    return supported
+def use_bf16(precision: str, device: torch.device, domain: str | None = None, method: str | None = None) -> bool:
+    """bf16 autocast for `train.precision` on `device`: `auto` is bf16 on CUDA with bf16, and on a CPU only for the
+    (domain, method) pairs measured faster and equal in loss there (`sslkit.core.precision`)."""
+    return precision_choice(precision, device, domain, method).bf16
 
 
 class SeededItems(Dataset):
@@ -217,7 +209,9 @@ def fit(
     t_start = time.perf_counter()
     device = distributed.select_device(train.device)
     env = distributed.init_distributed(device)
-    bf16 = use_bf16(train.precision, device)
+    recipe = run.recipe_dict
+    choice = precision_choice(train.precision, device, recipe.get("domain"), recipe.get("method"))
+    bf16 = choice.bf16
     if not full_batch:   # full batch starts no workers
         distributed.share_cores(train.num_workers, device, env.world_size)
     try:
@@ -247,6 +241,7 @@ def fit(
         step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         _truncate_metrics(run, step)
         run.confirm_resume()
+    run.update_manifest(precision={"used": choice.precision, "why": choice.why})
     model: nn.Module = core
     if env.is_distributed:
         ids = [device.index] if device.type == "cuda" else None
