@@ -92,15 +92,15 @@ def test_student_detect_evaluate_render_embed_export(sim_seq, pseudo, student_ru
     res = run_cli("detect", student_run, sim_seq, "--out", det)
     assert res.returncode == 0, res.stderr
     assert len(list((det / "label_2").glob("*.txt"))) == 12
-    # scored against the simulator's truth: the student finds the cars (BEV AP 0.40 at IoU 0.3 on this scene; KITTI's
-    # 0.7 is beyond 40 CPU steps), and both label formats hold the same boxes
+    # scored against the simulator's truth: the student finds the cars (BEV AP at IoU 0.3 on this scene 0.41 in fp32,
+    # 0.47 in bf16; KITTI's 0.7 is beyond 60 CPU steps), and both label formats hold the same boxes
     from sslkit.domains.lidar.labels import read_labels
     from sslkit.domains.lidar.metrics import average_precision
 
     truth = {f.stem: read_labels(f) for f in (sim_seq / "label_2").glob("*.txt")}
     found = {f.stem: read_labels(f) for f in (det / "label_2").glob("*.txt")}
     res = average_precision(found, truth, "Car", 0.3)
-    assert res["ap"] > 0.35 and res["max_recall"] > 0.4, res     # a one-cell offset: 0.26; yaw not halved: 0.33
+    assert res["ap"] > 0.37 and res["max_recall"] > 0.4, res     # decoded one cell off: 0.31 (fp32 and bf16)
     pcdet = {f.stem: read_labels(f) for f in (det / "pcdet").glob("*.txt")}
     assert all(np.allclose([b.array() for b in pcdet[k]], [b.array() for b in found[k]], atol=2e-3)
                for k in found if found[k])
