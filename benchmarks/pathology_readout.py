@@ -38,28 +38,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from pathology_quality import HOLDOUT, dev_and_holdout, log  # noqa: E402
 
+# the readout levers live in the package (`sslkit pathology embed --token/--tta/--stain-norm` uses them)
+from sslkit.domains.pathology.readout import block_tokens, image_stats, lab_stats, reinhard  # noqa: E402
+
 READOUTS = {  # name -> (blocks counted from the last, tokens: 0 = CLS, 1 = mean patch)
     "cls": ([-1], [0]), "mean": ([-1], [1]), "cls+mean": ([-1], [0, 1]),
     "cls+mean last2": ([-2, -1], [0, 1]), "cls last4 + mean": (None, None), "cls+mean last4": ([-4, -3, -2, -1], [0, 1]),
     "cls+mean all": ([0, 1, 2, 3, 4, 5], [0, 1]),
 }
-
-
-def block_tokens(encoder, tiles, tta: int):  # noqa: ANN001, ANN201
-    """uint8 (B, 3, P, P) -> float (B, blocks, 2, width): per block the normed CLS and mean patch token (mean over the
-    `tta` dihedral copies: 1 = the tile as is, 8 = its 4 rotations x flip)."""
-    import torch
-
-    vit = encoder.vit
-    x = encoder.preprocess(tiles)
-    copies = [torch.rot90(v, k, (2, 3)) for v in ([x, x.flip(3)] if tta == 8 else [x]) for k in
-              (range(4) if tta == 8 else [0])]
-    out = 0
-    for c in copies:
-        inter = vit.forward_intermediates(c, norm=True, output_fmt="NLC", intermediates_only=True,
-                                          return_prefix_tokens=True)
-        out = out + torch.stack([torch.stack([prefix[:, 0], patches.mean(1)], 1) for patches, prefix in inter], 1)
-    return out / len(copies)
 
 
 def read_out(z: np.ndarray, name: str) -> np.ndarray:
@@ -77,14 +63,6 @@ def scale(x: np.ndarray, how: str) -> np.ndarray:
     return x
 
 
-def lab_stats(tiles: np.ndarray) -> np.ndarray:
-    """uint8 (B, 3, P, P) -> (B, 2, 3): per tile the mean and mean square of each CIE L*a*b* channel."""
-    from skimage.color import rgb2lab
-
-    lab = np.stack([rgb2lab(t.transpose(1, 2, 0)).reshape(-1, 3) for t in tiles])
-    return np.stack([lab.mean(1), (lab ** 2).mean(1)], 1)
-
-
 def reinhard_targets(rows, px: int, fold_of_tile: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
     """(per tile: its image's L*a*b* mean and std (N, 2, 3), reference mean and std (2, 3) = the average over the
     development images). Reinhard et al. 2001 colour transfer, per image; fold 3 adds nothing to the reference."""
@@ -92,25 +70,9 @@ def reinhard_targets(rows, px: int, fold_of_tile: np.ndarray) -> tuple[np.ndarra
     from sslkit.domains.pathology.model import tile_batches
 
     st = np.concatenate([lab_stats(t.numpy()) for t in tile_batches(TileDataset(rows, px), 64)])
-    slides = rows["slide"].to_numpy()
-    per_tile = np.zeros((len(rows), 2, 3))
-    for s in np.unique(slides):
-        m = slides == s
-        mu, sq = st[m, 0].mean(0), st[m, 1].mean(0)
-        per_tile[m] = np.stack([mu, np.sqrt(np.maximum(sq - mu ** 2, 1e-6))])
+    per_tile = image_stats(st, rows["slide"].to_numpy())
     ref = per_tile[fold_of_tile != HOLDOUT].mean(0)
     return per_tile, ref
-
-
-def reinhard(tiles: np.ndarray, stats: np.ndarray, ref: np.ndarray) -> np.ndarray:
-    """uint8 (B, 3, P, P) with their images' (B, 2, 3) L*a*b* mean/std -> uint8 tiles moved to the reference."""
-    from skimage.color import lab2rgb, rgb2lab
-
-    out = []
-    for t, (mu, sd) in zip(tiles, stats):
-        lab = (rgb2lab(t.transpose(1, 2, 0)) - mu) / sd * ref[1] + ref[0]
-        out.append((np.clip(lab2rgb(lab), 0, 1) * 255 + 0.5).astype(np.uint8).transpose(2, 0, 1))
-    return np.stack(out)
 
 
 def cmd_embed(args: argparse.Namespace) -> None:

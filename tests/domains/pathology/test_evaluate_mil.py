@@ -50,6 +50,8 @@ def test_evaluate_with_class_folders_writes_table_json_and_plots(tiny_run: Path,
     assert res.stdout.strip() == str(tiny_run / "evaluation.json")
     payload = json.loads((tiny_run / "evaluation.json").read_text())
     assert payload["classes"] == ["nuclei", "stroma"] and payload["n_tiles"] == 24
+    assert payload["readout"]["tta"] == 1 and payload["readout"]["stain_norm"] == "none"   # recorded, defaults
+    assert payload["readout"]["token"] in ("cls", "cls+mean")
     names = set(payload["results"])
     assert names == {f"{f} {p}" for f in ("ssl", "random weights", "handcrafted") for p in ("linear", "knn")}
     for r in payload["results"].values():
@@ -128,6 +130,10 @@ def test_mil_on_a_tiles_parquet_matches_bags_by_slide(tiny_run: Path, planted_sl
     payload = json.loads(res.stdout)
     assert set(payload["results"]) == {"abmil (ssl)", "mean pooling (ssl)"}   # no pixels: no random-weight row
     assert payload["results"]["abmil (ssl)"]["auc"][0] >= 0.8
+    assert payload["readout"] is None          # a parquet `embed` did not write records no readout
+    # a readout applies when embedding: asking for one on ready embeddings is refused
+    res = run_cli("mil", tiny_run, tmp_path / "tiles.parquet", "--labels", labels, "--tta", "8")
+    assert res.returncode == 2 and "sslkit pathology embed" in res.stderr, res.stderr
 
 
 def test_mil_labels_naming_an_unknown_slide_is_one_line_exit_2(tiny_run: Path, planted_slides, tmp_path: Path) -> None:  # noqa: ANN001

@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from sslkit.core.cli_options import OverwriteOpt, RunArg
+from sslkit.domains.pathology.readout import StainNormOpt, TokenOpt, TtaOpt
 
 app = typer.Typer(help="Whole-slide pathology: tiling, DINO/SimCLR tile encoders, tile and slide embeddings, "
                        "attention MIL.", no_args_is_help=True)
@@ -72,13 +73,18 @@ def embed(run: RunArg, inputs: InputsArg,
           workers: Annotated[int, typer.Option("--workers", help="DataLoader worker processes reading tiles.")] = 2,
           device: Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu, cuda or "
                                               "cuda:N.")] = "auto",
+          token: TokenOpt = None, tta: TtaOpt = 1, stain_norm: StainNormOpt = "none",
           overwrite: OverwriteOpt = False) -> None:
     """One row per tile (slide, x, y, mpp, embedding, ...) streamed to Parquet; with --slides-out, one mean-pooled
-    vector per slide. Prints the output path(s)."""
+    vector per slide. The readout (--token/--tta/--stain-norm) is recorded in the Parquet metadata under
+    sslkit.metadata["readout"]. Prints the output path(s)."""
     from sslkit.domains.pathology.embed import embed_tiles
+    from sslkit.domains.pathology.readout import check_readout
 
+    readout = check_readout(token, tta, stain_norm)
     embed_tiles(run, inputs, out, slides_out=slides_out, tile_px=tile_px, mpp=mpp, min_tissue=min_tissue,
-                slide_mpp=slide_mpp, batch_size=batch_size, num_workers=workers, device=device, overwrite=overwrite)
+                slide_mpp=slide_mpp, batch_size=batch_size, num_workers=workers, device=device, overwrite=overwrite,
+                readout=readout)
     typer.echo(str(out))
     if slides_out is not None:
         typer.echo(str(slides_out))

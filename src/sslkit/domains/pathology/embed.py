@@ -7,6 +7,7 @@ kept (slides × D). The file is renamed into place when the last batch is writte
 tiles.parquet: id ("<slide>@<x>,<y>", or the image path for tile images), the manifest columns (slide, x, y,
 level, read_px, out_px, mpp, tissue, slide_mpp) and `embedding` (fixed_size_list<float32>[D]) — readable with
 `sslkit.core.embeddings.read_embeddings`. slides.parquet: slide, tiles (count), embedding (mean of its tiles).
+The readout (readout.py: token, dihedral TTA, Reinhard stain normalisation) is recorded in both files' metadata.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from sslkit.core.errors import UserError
+from sslkit.domains.pathology.readout import Readout
 
 
 @dataclass
@@ -73,8 +75,9 @@ def _arrow_batch(rows: Any, vectors: np.ndarray):  # noqa: ANN202 - a pyarrow Re
 def embed_tiles(run: Path, inputs: Sequence[Path], out: Path, *, slides_out: Path | None = None,
                 tile_px: int | None = None, mpp: float | None = None, min_tissue: float = 0.5,
                 slide_mpp: float | None = None, batch_size: int = 64, num_workers: int = 2, device: str = "auto",
-                overwrite: bool = False) -> EmbedResult:
-    """Embed every tile of `inputs` with the run's encoder; see the module docstring for the files."""
+                overwrite: bool = False, readout: Readout | None = None) -> EmbedResult:
+    """Embed every tile of `inputs` with the run's encoder, read out as `readout` (default: the encoder's own
+    pooling, one view, raw colours — readout.py); see the module docstring for the files."""
     import time
 
     import pyarrow.parquet as pq
@@ -87,7 +90,8 @@ def embed_tiles(run: Path, inputs: Sequence[Path], out: Path, *, slides_out: Pat
     from sslkit.core.export import load_encoder
     from sslkit.core.files import temp_beside
     from sslkit.domains.pathology.data import TileDataset, at_resolution, collate_tiles, resolve_inputs
-    from sslkit.domains.pathology.model import embed_batch
+    from sslkit.domains.pathology.model import tile_batches
+    from sslkit.domains.pathology.readout import TileReader, check_encoder
 
     out = check_embeddings_out(out, overwrite)
     if slides_out is not None:
@@ -96,7 +100,9 @@ def embed_tiles(run: Path, inputs: Sequence[Path], out: Path, *, slides_out: Pat
             raise UserError("--slides-out is the same file as --out — give the slide vectors their own file")
     if batch_size < 1 or num_workers < 0:
         raise UserError("--batch-size must be ≥ 1 and --workers ≥ 0")
+    readout = readout or Readout()
     encoder = load_encoder(run)
+    check_encoder(encoder, readout)
     px, tile_mpp, tile_um = tile_geometry(encoder, tile_px, mpp, Path(run))
     patch = getattr(encoder, "patch_size", None)
     if patch and px < patch:
@@ -107,11 +113,19 @@ def embed_tiles(run: Path, inputs: Sequence[Path], out: Path, *, slides_out: Pat
         rows = at_resolution(rows, px, float(tile_mpp))
     dev = select_device(device)
     encoder = encoder.to(dev)
+    reader = TileReader(readout)
+    if readout.stain_norm != "none":
+        first = TileDataset(rows, px)
+        try:
+            reader.prepare(tile_batches(first, batch_size, num_workers), rows["slide"])
+        finally:
+            first.close()
     dataset = TileDataset(rows, px)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate_tiles,
                         pin_memory=dev.type == "cuda", persistent_workers=False,
                         prefetch_factor=2 if num_workers else None)
-    meta = {"run": str(run), "tile_px": px, "mpp": tile_mpp, "tile_um": tile_um, "tiles": len(rows)}
+    meta = {"run": str(run), "tile_px": px, "mpp": tile_mpp, "tile_um": tile_um, "tiles": len(rows),
+            "readout": readout.record(getattr(encoder, "pool", None))}
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
     fd, tmp = temp_beside(out)
@@ -121,7 +135,7 @@ def embed_tiles(run: Path, inputs: Sequence[Path], out: Path, *, slides_out: Pat
     try:
         for batch in loader:
             with torch.inference_mode():
-                vectors = embed_batch(encoder, batch, dev).numpy()     # as evaluate and mil embed tiles
+                vectors = reader(encoder, batch, dev, start=done).numpy()     # as evaluate and mil embed tiles
             if not np.isfinite(vectors).all():
                 raise UserError(f"the encoder produced NaN/inf for tiles {done}..{done + len(vectors) - 1} — "
                                 "nothing was written; check the run")

@@ -19,6 +19,7 @@ import numpy as np
 import typer
 
 from sslkit.core.cli_options import JsonOpt, RunArg, SeedsOpt
+from sslkit.domains.pathology.readout import Readout, StainNormOpt, TokenOpt, TtaOpt, check_readout
 
 TilesArg = Annotated[list[Path], typer.Argument(help="Labelled tiles: folders of tile images (class folders work), a "
                                                      "manifest .parquet from `tile`, or slides.", show_default=False)]
@@ -225,32 +226,45 @@ def confusion_plot(y: np.ndarray, pred: np.ndarray, classes: list[str], path: Pa
 # ---- the command --------------------------------------------------------------------------------------------------
 
 
-def encode_all(run: Path, rows: Any, batch_size: int, device: str) -> tuple[dict[str, np.ndarray], int]:
-    """{"ssl": (N, D), "random weights": (N, D), "handcrafted": (N, 82)} for the tile rows, in one pass."""
+def encode_all(run: Path, rows: Any, batch_size: int, device: str, readout: Readout | None = None
+               ) -> tuple[dict[str, np.ndarray], int]:
+    """{"ssl": (N, D), "random weights": (N, D), "handcrafted": (N, 82)} for the tile rows, in one pass (two with
+    stain normalisation). The readout applies to the encoder and its random twin alike; handcrafted features read
+    the tiles as they are."""
     import torch
 
     from sslkit.core.distributed import select_device
     from sslkit.core.export import load_encoder
     from sslkit.domains.pathology.data import TileDataset
     from sslkit.domains.pathology.features import handcrafted_features
-    from sslkit.domains.pathology.model import embed_batch, random_twin, tile_batches
+    from sslkit.domains.pathology.model import random_twin, tile_batches
+    from sslkit.domains.pathology.readout import TileReader, check_encoder
 
     dev = select_device(device)
+    readout = readout or Readout()
     encoder = load_encoder(run)
+    check_encoder(encoder, readout)
     tile_px = int(encoder.sslkit_config.get("extra", {}).get("tile_px") or encoder.img_size)
     twin = random_twin(encoder)
     encoder.to(dev), twin.to(dev)
+    reader = TileReader(readout)
+    if readout.stain_norm != "none":
+        slides = rows["slide"] if hasattr(rows, "iloc") else [r["slide"] for r in rows]
+        reader.prepare(tile_batches(TileDataset(rows, tile_px), batch_size), slides)
     out: dict[str, list] = {"ssl": [], "random weights": [], "handcrafted": []}
+    done = 0
     for tiles in tile_batches(TileDataset(rows, tile_px), batch_size):
-        out["ssl"].append(embed_batch(encoder, tiles, dev))
-        out["random weights"].append(embed_batch(twin, tiles, dev))
+        out["ssl"].append(reader(encoder, tiles, dev, start=done))
+        out["random weights"].append(reader(twin, tiles, dev, start=done))
+        done += len(tiles)
         out["handcrafted"].append(torch.from_numpy(handcrafted_features(tiles.permute(0, 2, 3, 1).numpy())))
     return {k: torch.cat(v).double().numpy() for k, v in out.items()}, tile_px
 
 
 def command(run: RunArg, tiles: TilesArg, labels: LabelsOpt, groups: GroupsOpt = None,
             group_pattern: GroupPatternOpt = None, label_column: LabelColumnOpt = "label", seeds: SeedsOpt = 5, k: KOpt = 20, slide_mpp: MppOpt = None,
-            batch_size: BatchOpt = 64, device: DeviceOpt = "auto", json_out: JsonOpt = False) -> None:
+            batch_size: BatchOpt = 64, device: DeviceOpt = "auto", token: TokenOpt = None, tta: TtaOpt = 1,
+            stain_norm: StainNormOpt = "none", json_out: JsonOpt = False) -> None:
     """Linear probe and k-NN on frozen tile embeddings (balanced accuracy, macro-F1), beside the same encoder with
     random weights and handcrafted colour/texture features; patient-grouped splits with --groups/--group-pattern."""
     from sslkit.core.cli_options import check_paths
@@ -262,6 +276,7 @@ def command(run: RunArg, tiles: TilesArg, labels: LabelsOpt, groups: GroupsOpt =
     from sslkit.core.runs import Run
     from sslkit.domains.pathology.method import PathologyRecipe, read_tiles
 
+    readout = check_readout(token, tta, stain_norm)
     loaded = Run.load(run, "pathology")
     cfg = PathologyRecipe.model_validate(loaded.recipe_dict)
     check_paths(list(tiles), "tiles")
@@ -296,7 +311,7 @@ def command(run: RunArg, tiles: TilesArg, labels: LabelsOpt, groups: GroupsOpt =
     sub = rows.iloc[idx].reset_index(drop=True) if hasattr(rows, "iloc") else [rows[i] for i in idx]
     info(f"embedding {len(idx)} labelled tiles ({len(classes)} classes) with the run's encoder, a random-weight twin "
          "and handcrafted features")
-    feats, _ = encode_all(run, sub, batch_size, device)
+    feats, _ = encode_all(run, sub, batch_size, device, readout)
     results = evaluate_features(feats, y, folds, k)
     preds = results.pop("_pred")
     split_kind = (f"leave-one-group-out over {len(np.unique(g))} groups" if g is not None
@@ -310,6 +325,7 @@ def command(run: RunArg, tiles: TilesArg, labels: LabelsOpt, groups: GroupsOpt =
                   "(PCA) by class", names=classes)
     payload = {"run": str(run), "tiles": [str(t) for t in tiles], "labels": str(labels), "n_tiles": int(len(idx)),
                "classes": classes, "class_counts": np.bincount(y, minlength=len(classes)).tolist(), "split": split_kind,
+               "readout": readout.record(cfg.model.pool),
                "groups": sorted(map(str, np.unique(g))) if g is not None else None, "k": k,
                "results": {n: {m: (list(v) if isinstance(v, tuple) else v) for m, v in r.items()}
                            for n, r in results.items()}}

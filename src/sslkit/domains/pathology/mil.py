@@ -18,6 +18,7 @@ import numpy as np
 import typer
 
 from sslkit.core.cli_options import JsonOpt, RunArg, SeedsOpt
+from sslkit.domains.pathology.readout import Readout, StainNormOpt, TokenOpt, TtaOpt, check_readout
 
 BagsArg = Annotated[list[Path], typer.Argument(help="A tiles.parquet from `embed`, or what `embed` reads (slides, a "
                                                     "manifest, folders of tile images: one folder = one bag).",
@@ -191,9 +192,10 @@ def match_labels(csv: Path, keys: list[str], group_col: str | None, label_col: s
     return labels, groups
 
 
-def load_bags(run: Path, inputs: list[Path], mpp: float | None, random_baseline: bool
-              ) -> tuple[Any, dict[str, np.ndarray]]:
-    """(tile rows, {"ssl": (N, D)[, "random weights": (N, D)]}) from a tiles.parquet or from tiles to embed."""
+def load_bags(run: Path, inputs: list[Path], mpp: float | None, random_baseline: bool,
+              readout: Readout | None = None) -> tuple[Any, dict[str, np.ndarray], dict[str, Any] | None]:
+    """(tile rows, {"ssl": (N, D)[, "random weights": (N, D)]}, the readout used) from a tiles.parquet (its readout
+    as `embed` recorded it, None if it predates that) or from tiles to embed (with `readout`)."""
     import pandas as pd
 
     from sslkit.core.errors import UserError
@@ -206,10 +208,16 @@ def load_bags(run: Path, inputs: list[Path], mpp: float | None, random_baseline:
         except Exception as exc:  # pyarrow raises many types for non-Parquet files
             raise UserError(f"{inputs[0]} is not a readable Parquet file ({type(exc).__name__})") from None
         if "embedding" in names:
+            if readout is not None and not readout.is_default:
+                raise UserError(f"{inputs[0]} holds embeddings already — --token/--tta/--stain-norm apply when "
+                                "embedding: give them to `sslkit pathology embed`, or give mil the tiles")
             df = pd.read_parquet(inputs[0])
             if "slide" not in df.columns:
                 raise UserError(f"{inputs[0]} has no slide column — give the tiles.parquet `embed` writes")
-            return df.drop(columns=["embedding"]), {"ssl": np.stack(df["embedding"].to_numpy()).astype(np.float64)}
+            meta = (pq.read_schema(inputs[0]).metadata or {}).get(b"sslkit.metadata")
+            used = json.loads(meta).get("readout") if meta else None
+            return (df.drop(columns=["embedding"]), {"ssl": np.stack(df["embedding"].to_numpy()).astype(np.float64)},
+                    used)
     from sslkit.core.runs import Run
     from sslkit.domains.pathology.evaluate import encode_all
     from sslkit.domains.pathology.method import PathologyRecipe, read_tiles
@@ -218,9 +226,11 @@ def load_bags(run: Path, inputs: list[Path], mpp: float | None, random_baseline:
     rows = read_tiles(list(inputs), cfg.data, mpp, all_mpps=False)
     if len(rows) == 0:
         raise UserError(f"no tiles in {', '.join(map(str, inputs))} — lower data.min_tissue or check the inputs")
-    feats, _ = encode_all(run, rows, 64, "auto")
+    readout = readout or Readout()
+    feats, _ = encode_all(run, rows, 64, "auto", readout)
     keep = ("ssl", "random weights") if random_baseline else ("ssl",)
-    return (rows if hasattr(rows, "iloc") else pd.DataFrame(rows)), {k: feats[k] for k in keep}
+    return ((rows if hasattr(rows, "iloc") else pd.DataFrame(rows)), {k: feats[k] for k in keep},
+            readout.record(cfg.model.pool))
 
 
 def attention_map(slide: str, rows: Any, attention: np.ndarray, path: Path) -> Path | None:
@@ -252,7 +262,8 @@ def attention_map(slide: str, rows: Any, attention: np.ndarray, path: Path) -> P
 
 def command(run: RunArg, bags: BagsArg, labels: LabelsOpt, groups: GroupsOpt = None,
             label_column: LabelColumnOpt = "label", seeds: SeedsOpt = 5,
-            epochs: EpochsOpt = 60, slide_mpp: MppOpt = None, json_out: JsonOpt = False) -> None:
+            epochs: EpochsOpt = 60, slide_mpp: MppOpt = None, token: TokenOpt = None, tta: TtaOpt = 1,
+            stain_norm: StainNormOpt = "none", json_out: JsonOpt = False) -> None:
     """Gated-attention MIL (ABMIL) vs mean pooling on frozen tile embeddings for slide-level labels: AUC and
     accuracy over seeds (grouped folds with a fold/group column), attention heat maps over the thumbnails."""
     from sslkit.core.cli_options import check_paths
@@ -262,11 +273,12 @@ def command(run: RunArg, bags: BagsArg, labels: LabelsOpt, groups: GroupsOpt = N
     from sslkit.core.files import atomic_write_text
     from sslkit.core.runs import Run
 
+    readout = check_readout(token, tta, stain_norm)
     loaded = Run.load(run, "pathology")
     check_paths(list(bags), "bags")
     if not labels.is_file():
         raise UserError(f"--labels {labels} is not a file — give a CSV with columns slide,label")
-    rows, feats = load_bags(run, list(bags), slide_mpp, random_baseline=True)
+    rows, feats, used = load_bags(run, list(bags), slide_mpp, random_baseline=True, readout=readout)
     keys = [bag_key(r) for _, r in rows.iterrows()]
     uniq = list(dict.fromkeys(keys))
     lab, grp = match_labels(labels, uniq, groups, label_column)
@@ -300,7 +312,7 @@ def command(run: RunArg, bags: BagsArg, labels: LabelsOpt, groups: GroupsOpt = N
     maps = _heat_maps(loaded, rows, keys, feats["ssl"], members, bag_ids, y, len(classes))
     payload = {"run": str(run), "bags": [str(b) for b in bags], "labels": str(labels), "classes": classes,
                "n_bags": len(bag_ids), "seeds": seeds, "epochs": epochs,
-               "split": "leave-one-group-out" if g is not None else "stratified k-fold",
+               "split": "leave-one-group-out" if g is not None else "stratified k-fold", "readout": used,
                "results": {n: {m: (list(v) if isinstance(v, tuple) else v) for m, v in r.items()} for n, r in results.items()},
                "attention_maps": [str(p) for p in maps]}
     atomic_write_text(loaded.path("mil.json"), json.dumps(payload, indent=2))
