@@ -23,9 +23,8 @@ import torch
 
 from sslkit.core.export import load_encoder
 from sslkit.core.runs import Run
-from sslkit.domains.audio.data import clip_windows
-from sslkit.domains.audio.evaluation import random_encoder
-from sslkit.domains.audio.features import AudioData, normalise
+from sslkit.domains.audio.evaluation import clip_windows_all, random_encoder
+from sslkit.domains.audio.features import AudioData
 from sslkit.domains.audio.io import find_audio, iter_fbanks
 from sslkit.domains.audio.model import pool_tokens
 
@@ -53,13 +52,7 @@ def probe_sel(x: np.ndarray, digit: np.ndarray, spk: np.ndarray, c: float) -> tu
 def tokens_all(enc, fb: list, mean: float, std: float, clip_frames: int):  # noqa: ANN001, ANN201
     """Every layer's tokens of every window of every clip, once: (tokens fp16, present, owning clip, real frames)."""
     enc.eval()
-    wins, vals, owner = [], [], []
-    for c, f in enumerate(fb):
-        w, v, _ = clip_windows(normalise(f, mean, std), clip_frames)
-        wins.append(w)
-        vals.append(v)
-        owner += [c] * len(w)
-    x, m = torch.cat(wins), torch.cat(vals)
+    x, m, owner = clip_windows_all(fb, mean, std, clip_frames)
     xs, ps = [], []
     with torch.inference_mode():
         for i in range(0, len(x), 64):
@@ -67,7 +60,7 @@ def tokens_all(enc, fb: list, mean: float, std: float, clip_frames: int):  # noq
             t, pres = enc._encode(fbp, vp, None, len(enc.layers))
             xs.append(t.half())
             ps.append(pres)
-    return torch.cat(xs), torch.cat(ps), np.array(owner), m.sum(1).double().numpy()
+    return torch.cat(xs), torch.cat(ps), owner, m.sum(1).double().numpy()
 
 
 def pooled(tokens: torch.Tensor, present: torch.Tensor, owner: np.ndarray, wt: np.ndarray, enc, layers: int,  # noqa: ANN001

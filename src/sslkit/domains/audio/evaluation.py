@@ -87,10 +87,10 @@ def from_pattern(pattern: str, sources: list["Source"], flag: str) -> list[str |
 # ---- embeddings ----------------------------------------------------------------------------
 
 
-def embed_clips(encoder: Any, fbanks: Sequence["torch.Tensor"], mean: float, std: float, clip_frames: int,
-                batch_size: int = 32, device: str = "cpu") -> np.ndarray:
-    """(N, D): each clip (raw fbank (T, M)) normalised, cut into windows of clip_frames (as in pretraining, padded
-    with a mask), embedded with `encoder.embed_fbank`, and the windows averaged weighted by their real frames."""
+def clip_windows_all(fbanks: Sequence["torch.Tensor"], mean: float, std: float,
+                     clip_frames: int) -> tuple["torch.Tensor", "torch.Tensor", np.ndarray]:
+    """Every clip (raw fbank (T, M)) normalised and cut into windows of clip_frames, as in pretraining: windows
+    (W, clip_frames, M), their valid-frame mask (W, clip_frames) and the clip each window belongs to (W,)."""
     import torch
 
     from sslkit.domains.audio.data import clip_windows
@@ -102,10 +102,16 @@ def embed_clips(encoder: Any, fbanks: Sequence["torch.Tensor"], mean: float, std
         windows.append(w)
         valid.append(v)
         owner += [c] * len(w)
-    x, m = torch.cat(windows), torch.cat(valid)
+    return torch.cat(windows), torch.cat(valid), np.asarray(owner)
+
+
+def embed_clips(encoder: Any, fbanks: Sequence["torch.Tensor"], mean: float, std: float, clip_frames: int,
+                batch_size: int = 32, device: str = "cpu") -> np.ndarray:
+    """(N, D): each clip's windows (`clip_windows_all`) embedded with `encoder.embed_fbank` and averaged weighted by
+    their real frames."""
+    x, m, owner_arr = clip_windows_all(fbanks, mean, std, clip_frames)
     out = embed_windows(encoder, x, m, batch_size, device)
     weight = m.sum(1).double().numpy()
-    owner_arr = np.asarray(owner)
     total = np.zeros((len(fbanks), out.shape[1]))
     np.add.at(total, owner_arr, out * weight[:, None])
     return (total / np.bincount(owner_arr, weights=weight, minlength=len(fbanks))[:, None]).astype(np.float32)
