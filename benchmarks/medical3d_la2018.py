@@ -25,8 +25,8 @@ README beside it, and per-arm wall time and data-wait (share of step time spent 
     .venv/bin/python benchmarks/medical3d_la2018.py --scale gpu --device cuda           # the full benchmark
     .venv/bin/python benchmarks/medical3d_la2018.py --scale cpu --labels 8 --seeds 1 \\
         --arms scratch,alice,alice+unl --max-minutes 30                                 # a CPU-sized subset
-    .venv/bin/python benchmarks/medical3d_la2018.py --scale cpu --arms full --seeds 1 --full-steps 900
-                                                           # the 80-label upper bound alone (13.5 CPU-min; no pretraining)
+    .venv/bin/python benchmarks/medical3d_la2018.py --scale cpu --arms full --seeds 1 --full-steps 2500 \\
+        --keep-steps 900,1800         # the 80-label upper bound alone (~40 CPU-min; no pretraining), with its trend
     .venv/bin/python benchmarks/medical3d_la2018.py --scale quick                       # minutes: does it run
     .venv/bin/python benchmarks/medical3d_la2018.py --table                             # the table only
 """
@@ -43,11 +43,13 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from medical3d_checkpoints import PERCENT, KeepCheckpoints, score_checkpoint, test_scores  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "medical3d" / "la2018"
 OUT = ROOT / "benchmarks" / "results" / "medical3d_la2018"
 METRICS = ("dice", "jaccard", "hd95", "asd")
-PERCENT = {"dice", "jaccard"}
 # per scale: resolution (mm; None = the data's 0.625), recipes (alice, swinunetr-ssl), and what the benchmark sets on
 # top of them (None: the recipe's own): crop side, pretraining/fine-tuning steps and batch, teacher passes for the
 # uncertainty mask. `la2018` is the CPU-sized recipe (1.25 mm, 48³ crops, tiny conv encoder; at the gpu scale its
@@ -103,17 +105,6 @@ def data_wait(run: Path) -> float | None:
     return float(np.mean(waits)) if waits else None
 
 
-def test_scores(evaluation: dict) -> dict[str, dict[str, float]]:
-    """{metric: {volume id: value}} for the left atrium (class 1) from a fine-tuning run's evaluation.json."""
-    keys = {"dice": "dice_per_volume", "jaccard": "jaccard_per_volume", "hd95": "hd95_mm_per_volume",
-            "asd": "asd_mm_per_volume"}
-    out = {}
-    for metric, key in keys.items():
-        if key in evaluation:
-            out[metric] = {vid: float(v[0]) * (100 if metric in PERCENT else 1) for vid, v in evaluation[key].items()}
-    return out
-
-
 class Bench:
     def __init__(self, a: argparse.Namespace) -> None:
         self.a, self.s = a, dict(SCALES[a.scale])
@@ -167,9 +158,10 @@ class Bench:
         return run
 
     def finetune(self, arm: str, init: str, labelled: int, seed: int, unlabelled: bool, pre: Path,
-                 steps: int | None = None) -> dict | None:
+                 steps: int | None = None, keep: tuple[int, ...] | list[int] = ()) -> dict | None:
         """One fine-tuning arm (`steps`: fine-tuning steps, default the scale's); its result JSON (skipped when
-        already there with the same settings)."""
+        already there with the same settings). `keep`: steps whose checkpoints are kept while it trains
+        (runs/<arm>-kept/) and scored on the test volumes afterwards, once each (`checkpoints` in the JSON)."""
         s = self.s
         sets = [*given({"finetune.steps": steps or s["ft_steps"]}), f"finetune.seed={seed}",
                 *given({"finetune.batch_size": s["ft_batch"], "finetune.roi": s["roi"]}), *self.a.ft_set]
@@ -180,7 +172,7 @@ class Bench:
                     "pretrain_steps": json.loads((self.out / f"{pre.name}.json").read_text())["steps"],
                     "sets": sets, "spacing": s["spacing"]}
         if record.is_file() and same_settings(json.loads(record.read_text()).get("settings") or {}, settings):
-            return json.loads(record.read_text())
+            return self.score_kept(arm, keep)
         if self.out_of_time():
             print(f"skipped {arm}: --max-minutes {self.a.max_minutes} reached", file=sys.stderr)
             return None
@@ -193,16 +185,53 @@ class Bench:
         for x in sets:
             args += ["--set", x]
         print(f"{arm} ...", file=sys.stderr, flush=True)
+        kept = self.runs / f"{arm}-kept"
+        if "--overwrite" in args:           # copies from an earlier run of this arm are not this run's
+            shutil.rmtree(kept, ignore_errors=True)
+        keeper = KeepCheckpoints(run, sorted(keep), kept) if keep else None
+        if keeper is not None:
+            keeper.start()
+        attempts = self.runs / f"{arm}.attempts.json"       # the wall time of every try of a run that resumes
+        tries = json.loads(attempts.read_text()) if "--resume" in args and attempts.is_file() else []
+        for t in tries:         # an interrupted try ended with the checkpoint it wrote when stopped
+            t["end"] = t["end"] or (run / "checkpoints" / "last.pt").stat().st_mtime
+        tries.append({"start": time.time(), "end": None})
+        attempts.write_text(json.dumps(tries))
         wall = sslkit(args + self.device_set(), self.runs / "logs" / f"{arm}.log")
+        tries[-1]["end"] = time.time()
+        attempts.write_text(json.dumps(tries))
+        earlier = sum(t["end"] - t["start"] for t in tries[:-1])
+        if keeper is not None:
+            keeper.done.set()
         evaluation = json.loads((run / "evaluation.json").read_text())
         scores = test_scores(evaluation)
         manifest = json.loads((run / "manifest.json").read_text()).get("medical3d", {})
-        result = {"arm": arm, "settings": settings, "wall_s": wall, "data_wait": data_wait(run),
+        result = {"arm": arm, "settings": settings, "wall_s": wall + earlier, "tries": len(tries),
+                  "data_wait": data_wait(run),
                   "train_ids": manifest.get("train"), "test_ids": manifest.get("held_out"),
                   "mean": {m: float(np.nanmean(list(v.values()))) for m, v in scores.items()},
                   "per_volume": scores, "command": "sslkit medical3d " + " ".join(map(str, args))}
         record.write_text(json.dumps(result, indent=2))
-        print(f"{arm}: Dice {result['mean'].get('dice', float('nan')):.2f} in {wall / 60:.1f} min", file=sys.stderr)
+        print(f"{arm}: Dice {result['mean'].get('dice', float('nan')):.2f} in {(wall + earlier) / 60:.1f} min",
+              file=sys.stderr)
+        return self.score_kept(arm, keep)
+
+    def score_kept(self, arm: str, keep: tuple[int, ...] | list[int]) -> dict:
+        """The arm's record, with the test scores of its kept checkpoints (steps in `keep`) added to `checkpoints`
+        — each scored once, the record written after each."""
+        record = self.out / f"{arm}.json"
+        result = json.loads(record.read_text())
+        done = result.setdefault("checkpoints", {})
+        for step in sorted(keep):
+            path = self.runs / f"{arm}-kept" / f"step-{step}.pt"
+            if str(step) in done or not path.is_file():
+                continue
+            t0 = time.perf_counter()
+            scores = score_checkpoint(self.runs / arm, path, self.datalist,
+                                      self.runs / f"{arm}-kept" / f"scored-{step}", self.a.device)
+            done[str(step)] = {**scores, "wall_s": time.perf_counter() - t0}
+            record.write_text(json.dumps(result, indent=2))
+            print(f"{arm} at step {step}: Dice {scores.get('dice', float('nan')):.2f}", file=sys.stderr)
         return result
 
     def run(self) -> None:
@@ -222,7 +251,7 @@ class Bench:
                     self.finetune(f"{arm}-L{n}-s{seed}", init, n, seed, unl, pre[INITS[init] or "alice"])
             if "full" in arms:
                 self.finetune(f"full-L{len(self.training)}-s{seed}", "scratch", len(self.training), seed, False,
-                              pre["alice"], a.full_steps)
+                              pre["alice"], a.full_steps, a.keep_steps)
         n = a.labels[0]
         for steps in a.trend:       # shorter: a run of its own; the main run; longer: the main run continued
             if self.out_of_time():
@@ -278,6 +307,17 @@ def table(out: Path, data: Path) -> str:
         summary.append({"arm": name, "labelled": n, "seeds": [r["settings"]["seed"] for r in rs],
                         **{m: cells[m] for m in METRICS}, "wall_s": [r["wall_s"] for r in rs],
                         "data_wait": waits, "published_vnet": sup, "published_semisup": semi})
+    for r in results:           # the test scores of an arm's kept checkpoints, and of its last
+        if not r.get("checkpoints"):
+            continue
+        last = next((int(x.split("=")[1]) for x in r["settings"]["sets"] if x.startswith("finetune.steps=")), None)
+        lines += ["", f"{r['arm']}: test scores of its checkpoints (one run of {last} steps; the earlier ones are "
+                  "readings before its learning rate annealed, not runs of that length):", "",
+                  "| step | Dice % | Jaccard % | HD95 mm | ASD mm |", "|---|---|---|---|---|"]
+        rows = sorted(((int(k), v) for k, v in r["checkpoints"].items()), key=lambda kv: kv[0]) + [(last, r["mean"])]
+        for step, m in rows:
+            lines.append(f"| {step} | " + " | ".join(f"{m[k]:.{1 if k in PERCENT else 2}f}" if k in m else "—"
+                                                      for k in METRICS) + " |")
     trend = [r for r in results if r["arm"].startswith("trend-")]
     if trend:      # with the from-scratch (step 0) and alice arms of the same labelled volumes and seed
         n = trend[0]["settings"]["labelled"]
@@ -319,6 +359,8 @@ def main() -> None:
     ap.add_argument("--ft-steps", type=int, default=None)
     ap.add_argument("--full-steps", type=int, default=None,
                     help="fine-tuning steps of the all-labelled arm (default: --ft-steps, else the scale's)")
+    ap.add_argument("--keep-steps", default="", help="the all-labelled arm: also score its checkpoints at these "
+                    "steps on the test volumes (multiples of 100, e.g. 900,1800; a trend within the run, not a choice)")
     ap.add_argument("--passes", type=int, default=None, help="teacher passes for the uncertainty mask (0: none)")
     ap.add_argument("--trend", default="", help="pretraining step counts for the Dice-against-steps trend, e.g. 0,100,300")
     ap.add_argument("--set", action="append", default=[], help="pretraining recipe override")
@@ -328,6 +370,7 @@ def main() -> None:
     a = ap.parse_args()
     a.labels = [int(x) for x in a.labels.split(",") if x]
     a.trend = sorted(int(x) for x in a.trend.split(",") if x)
+    a.keep_steps = sorted(int(x) for x in a.keep_steps.split(",") if x)
     if not (a.data / "datalist.json").is_file():
         sys.exit(f"{a.data}/datalist.json not found — give the LA2018 folder with --data")
     a.out.mkdir(parents=True, exist_ok=True)

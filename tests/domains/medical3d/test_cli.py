@@ -733,3 +733,33 @@ def test_two_processes_reach_the_weights_of_one_process(volumes: Path, tmp_path:
     # the logged loss is the global batch's (each rank's mean, averaged over ranks), not rank 0's own half
     curve = lambda d: [json.loads(x)["loss"] for x in (d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
     assert curve(tmp_path / "two") == pytest.approx(curve(tmp_path / "one"), rel=1e-4)
+
+
+def test_test_inference_and_predict_run_in_the_precision_fit_trained_in(
+        tiny_run: Path, volumes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`precision: auto` on a CPU is decided per (domain, method). Were (medical3d, finetune) measured faster in bf16,
+    fit() would train in bf16 — and the test-volume inference and `predict` must then run in bf16 too, not in the
+    fp32 that a choice made without the method gives on every CPU (the bug this guards)."""
+    import sslkit.domains.medical3d.predict as predict_module
+    from sslkit.core import precision
+
+    monkeypatch.setattr(precision, "bf16_supported", lambda device: True)
+    monkeypatch.setitem(precision.CPU_AUTO, ("medical3d", "finetune"), precision.Choice("bf16", "as if measured"))
+    seen: list[bool] = []
+    segment = predict_module.segment
+
+    def spy(model, npy, ft, device, bf16, *rest):  # noqa: ANN001, ANN002, ANN202
+        seen.append(bf16)
+        return segment(model, npy, ft, device, bf16, *rest)
+
+    monkeypatch.setattr(predict_module, "segment", spy)
+    res = invoke("finetune", tiny_run, volumes / "img", volumes / "lab", "--train", "3", "--out", tmp_path / "ft",
+                 "--set", "finetune.precision=auto", "--set", "finetune.steps=2", "--set", "train.device=cpu")
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "ft" / "manifest.json").read_text())["precision"]["used"] == "bf16"
+    assert seen == [True]                                   # the one held-out volume, inferred as fit() trained
+    one = volumes / "img" / "v3.nii.gz"
+    assert invoke("predict", tmp_path / "ft", one, "--out", tmp_path / "p1", "--device", "cpu").exit_code == 0
+    monkeypatch.delitem(precision.CPU_AUTO, ("medical3d", "finetune"))      # unmeasured: auto is fp32 on a CPU
+    assert invoke("predict", tmp_path / "ft", one, "--out", tmp_path / "p2", "--device", "cpu").exit_code == 0
+    assert seen == [True, True, False]

@@ -132,11 +132,12 @@ def run_finetune(cfg: Medical3DRecipe, pretrained: Path | None, pairs: list[Volu
     from sslkit.core import distributed
     from sslkit.core.console import info
     from sslkit.core.export import load_encoder
-    from sslkit.core.loop import fit, seed_everything, use_bf16
+    from sslkit.core.loop import fit, seed_everything
     from sslkit.core.runs import Run
     from sslkit.core.views import views_per_input
     from sslkit.domains.medical3d.datasets import LabelledCrops
     from sslkit.domains.medical3d.method import build_encoder
+    from sslkit.domains.medical3d.predict import inference_bf16
     from sslkit.domains.medical3d.preprocess import cache_for, input_channels, prepare
     from sslkit.domains.medical3d.recipe import finetune_train_config
     from sslkit.domains.medical3d.segmentation import Segmenter, SegmentationTask, inflate_input
@@ -203,8 +204,9 @@ def run_finetune(cfg: Medical3DRecipe, pretrained: Path | None, pairs: list[Volu
     result = fit(task, data, rec.train, run, resume=resume)
     if not distributed.is_main():
         return run.dir, {}
-    return run.dir, evaluate(task, run, eval_e, eval_regions, names, values, ft,
-                             use_bf16(rec.train.precision, result.device), result.device, split_ids,
+    # the test volumes are inferred in the precision fit() trained in (its manifest record), not a fresh guess
+    bf16 = inference_bf16(rec.train.precision, result.device, run.manifest.get("precision", {}).get("used"))
+    return run.dir, evaluate(task, run, eval_e, eval_regions, names, values, ft, bf16, result.device, split_ids,
                              "test" if tests is not None else "held-out", cfg.data.spacing)
 
 

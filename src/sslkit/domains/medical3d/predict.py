@@ -34,6 +34,19 @@ def segment(model: torch.nn.Module, npy: Path, ft: Any, device: torch.device, bf
     return image, probs, largest_component(pred) if ft.keep_largest else pred
 
 
+def inference_bf16(precision: str, device: torch.device, recorded: str | None = None) -> bool:
+    """bf16 autocast for sliding-window inference of a fine-tuning run. `recorded` (the run manifest's
+    `precision.used`, what fit() trained in): that — fine-tuning scores its test volumes in the precision it trained
+    in. Otherwise fit()'s own choice for a fine-tuning run, (medical3d, finetune) under `precision` on `device`
+    (`sslkit.core.precision.decide`): a run predicted on the kind of machine it trained on infers as it trained,
+    also where `auto` is decided per method on a CPU."""
+    from sslkit.core.precision import decide
+
+    if recorded is not None:
+        return recorded == "bf16"
+    return decide(precision, device, "medical3d", "finetune").bf16     # FinetuneRecipe's domain and method
+
+
 def write_prediction(pred: np.ndarray, meta: dict[str, Any], values: list[int], path: Path,
                      probs: np.ndarray | None = None, paint: list[tuple[int, int]] | None = None,
                      keep_largest: bool = False) -> np.ndarray:
@@ -55,8 +68,9 @@ def write_prediction(pred: np.ndarray, meta: dict[str, Any], values: list[int], 
     return written
 
 
-def load_segmenter(run_dir: Path) -> tuple[torch.nn.Module, FinetuneRecipe]:
-    """The segmentation network of a `finetune` run (encoder + decoder, eval mode) and the run's recipe."""
+def load_segmenter(run_dir: Path, checkpoint: Path | None = None) -> tuple[torch.nn.Module, FinetuneRecipe]:
+    """The segmentation network of a `finetune` run (encoder + decoder, eval mode) and the run's recipe; the weights
+    of `checkpoint` (a copy of the run's checkpoint at an earlier step) instead of the run's last when given."""
     from sslkit.core.checkpoint import load_checkpoint
     from sslkit.core.export import build_encoder
     from sslkit.core.recipes import validate_recipe
@@ -68,14 +82,15 @@ def load_segmenter(run_dir: Path) -> tuple[torch.nn.Module, FinetuneRecipe]:
         raise UserError(f"{run.dir} is a pretraining run — predict needs the folder `medical3d finetune` wrote "
                         "(it holds the segmentation decoder)")
     rec = validate_recipe(FinetuneRecipe, run.recipe_dict, str(run.path("recipe.yaml")))
-    state = load_checkpoint(run.checkpoint_path)
+    path = run.checkpoint_path if checkpoint is None else Path(checkpoint)
+    state = load_checkpoint(path)
     outputs = len(rec.finetune.regions) if rec.finetune.region_training else rec.classes
     segmenter = Segmenter(build_encoder(json.loads(state["encoder_spec"])), outputs, rec.finetune.decoder_channels,
                           rec.model.in_channels)
     weights = {k[len("model."):]: v for k, v in state["model"].items() if k.startswith("model.")}
     missing, unexpected = segmenter.load_state_dict(weights, strict=False)
     if missing or unexpected:
-        raise UserError(f"{run.checkpoint_path} does not hold the segmenter its recipe describes (missing "
+        raise UserError(f"{path} does not hold the segmenter its recipe describes (missing "
                         f"{missing[:3]}, unexpected {unexpected[:3]}) — fine-tune again with this sslkit")
     return segmenter.eval(), rec
 
@@ -93,7 +108,6 @@ def run_predict(run_dir: Path, volumes: list[Volume], out: Path, overwrite: bool
     from sslkit.core import distributed
     from sslkit.core.console import print_table
     from sslkit.core.files import atomic_write_text
-    from sslkit.core.loop import use_bf16
     from sslkit.core.progress import Progress
     from sslkit.domains.medical3d.io import read_volume, write_nifti
     from sslkit.domains.medical3d.preprocess import (FileGridProbabilities, cache_for, check_channels, prepare,
@@ -121,7 +135,7 @@ def run_predict(run_dir: Path, volumes: list[Volume], out: Path, overwrite: bool
     summary: dict[str, Any] = {"run": str(run_dir), "label_values": values, "skipped": skipped, "volumes": {}}
     lut, scores, shown = value_lut(values), {}, None
     regions, paint = region_classes(rec.finetune.regions, values), region_layout(rec.finetune, values)[1]
-    bf16, tta = use_bf16(rec.finetune.precision, device), rec.finetune.tta if tta is None else tta
+    bf16, tta = inference_bf16(rec.finetune.precision, device), rec.finetune.tta if tta is None else tta
     ft = rec.finetune if keep_largest is None else rec.finetune.model_copy(update={"keep_largest": keep_largest})
     with Progress(total=len(entries), label="predict") as progress:
         for done, (npy, meta) in enumerate(entries, 1):
