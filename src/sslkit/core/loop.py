@@ -142,6 +142,16 @@ class _StopSignals:
             signal.signal(sig, old)
 
 
+def _ignore_stop_signals(worker_id: int) -> None:  # noqa: ARG001
+    """In a DataLoader worker: leave SIGTERM/SIGUSR1/SIGINT to the training process. `timeout`, Slurm and Ctrl-C signal
+    the whole process group; a worker killed by one made the next batch fail ("DataLoader worker ... killed by signal")
+    before the loop could checkpoint. The loop stops at the step boundary and shuts its workers down itself."""
+    for name in _StopSignals.NAMES:
+        sig = getattr(signal, name, None)
+        if sig is not None:
+            signal.signal(sig, signal.SIG_IGN)
+
+
 def _any_rank(flag: bool, device: torch.device) -> bool:
     """True if `flag` is set on any rank (keeps every rank stopping at the same step)."""
     if not torch.distributed.is_initialized():
@@ -274,7 +284,7 @@ def fit(
                                          batch_in_epoch * micro, shuffle)
                 it = iter(DataLoader(items, batch_size=micro, sampler=sampler, drop_last=True, collate_fn=collate_fn,
                                      num_workers=train.num_workers, pin_memory=device.type == "cuda",
-                                     persistent_workers=False))
+                                     persistent_workers=False, worker_init_fn=_ignore_stop_signals))
             while step < stop_at and batch_in_epoch < per_epoch:
                 t0 = time.perf_counter()
                 wait = 0.0
