@@ -6,6 +6,10 @@ the development folds (CLS token, 8-fold dihedral mean, Reinhard per image), wit
     python benchmarks/pathology_long.py trend                         # development folds 0-2 only
     python benchmarks/pathology_long.py final                         # + held-out fold 3, once, final encoder only
     python benchmarks/pathology_long.py report
+    # another arm beside the first: its own run, snapshot files and results folder
+    python benchmarks/pathology_long.py pretrain --arm dino-hed-k1024 --results benchmarks/results/pathology_glas/long-k1024 \
+        --steps 540 --snapshots 3 --set loss.out_dim=1024 --set loss.teacher_temp=0.025 --set loss.warmup_teacher_temp=0.025
+    python benchmarks/pathology_long.py embed --arm dino-hed-k1024 --results ... --no-teacher   # then trend, final alike
 
 Reuses the work folder of benchmarks/pathology_quality.py (WORK = runs/bench-pathology-v2: the GlaS tiles, the
 development manifest, labels) and the readout/heads chosen there on folds 0-2 by benchmarks/pathology_readout.py
@@ -48,8 +52,13 @@ from pathology_readout import SHIPPED_MIL, features, image_bags, linear_probe, m
 
 SSLKIT = [sys.executable, "-m", "sslkit"]
 RESULTS = ROOT / "benchmarks" / "results" / "pathology_glas" / "long"   # --results (smoke runs elsewhere)
-ARM = "dino-hed-long"
+ARM = "dino-hed-long"      # --arm: the run's folder under WORK/runs
 TAG = "px112-tta8-reinhard"
+
+
+def prefix(arm: str) -> str:
+    """The readout files' name prefix of an arm: `long-` for the first long run (its files keep their names)."""
+    return "long-" if arm == ARM else f"{arm}-"
 
 
 def _watch(path: Path, stop: threading.Event, on_change) -> None:  # noqa: ANN001
@@ -104,10 +113,16 @@ def _train(run: Path, sets: list[str], resume: bool, manifest: Path, snapshots: 
 def cmd_pretrain(args: argparse.Namespace) -> None:
     manifest = args.work / "tiles" / "manifest-dev.parquet"
     RESULTS.mkdir(parents=True, exist_ok=True)
-    plan_f, run = RESULTS / "plan.json", args.work / "runs" / ARM
+    plan_f, run = RESULTS / "plan.json", args.work / "runs" / args.arm
+    if not plan_f.is_file() and args.steps:      # the step count given: no timing run
+        s, k = args.steps, args.snapshots
+        plan = {"timing": None, "budget_s": None, "steps": s, "extra_sets": args.set,
+                "sets": [f"train.steps={s}", f"train.warmup_steps={s // 10}", f"train.checkpoint_every={s // k}",
+                         *args.set]}
+        plan_f.write_text(json.dumps(plan, indent=1))
     if not plan_f.is_file():
         t_steps = args.timing_steps
-        wall, lines = _train(args.work / "runs" / f"{ARM}-timing", [f"train.steps={t_steps}", "train.warmup_steps=4",
+        wall, lines = _train(args.work / "runs" / f"{args.arm}-timing", [f"train.steps={t_steps}", "train.warmup_steps=4",
                              "train.checkpoint_every=100000"], False, manifest, False, args.recipe)
         (t_a, a), (t_b, b) = lines[0], lines[-1]
         rate = (b["step"] - a["step"]) / (t_b - t_a)                 # steps/s between the first and last log line
@@ -117,7 +132,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
                            "startup_and_export_s": startup, "lines": [(t, m["step"]) for t, m in lines]},
                 "budget_s": args.budget_s, "steps": steps,
                 "sets": [f"train.steps={steps}", f"train.warmup_steps={steps // 10}",
-                         f"train.checkpoint_every={steps // 4}"]}
+                         f"train.checkpoint_every={steps // args.snapshots}", *args.set]}
         plan_f.write_text(json.dumps(plan, indent=1))
         log(f"timing: {rate * 64:.1f} tiles/s, start-up {startup:.0f}s -> {steps} steps in {args.budget_s}s")
     plan = json.loads(plan_f.read_text())
@@ -139,13 +154,13 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     log(f"pretrained {info['steps']} steps in {wall:.0f}s, loss {info['first_loss']:.3f} -> {info['final_loss']:.3f}")
 
 
-def snapshot_encoders(work: Path) -> dict[str, Path]:
+def snapshot_encoders(work: Path, arm: str = ARM, teacher: bool = True) -> dict[str, Path]:
     """{name: encoder dir}: the student of every kept snapshot (s<step>) and the EMA teacher of the last (t<step>)."""
     from sslkit.core.checkpoint import load_checkpoint
     from sslkit.core.export import build_encoder, export_encoder
     from sslkit.domains.pathology.method import PathologyRecipe, tile_meta
 
-    run = work / "runs" / ARM
+    run = work / "runs" / arm
     recipe = PathologyRecipe.model_validate(__import__("yaml").safe_load((run / "recipe.yaml").read_text()))
     out: dict[str, Path] = {}
     states = {}
@@ -155,7 +170,7 @@ def snapshot_encoders(work: Path) -> dict[str, Path]:
     last = max(states)
     for step, (_, state) in sorted(states.items()):
         for who, prefix in (("s", "encoder."), ("t", "teacher.encoder.")):
-            if who == "t" and step != last:
+            if who == "t" and (step != last or not teacher):
                 continue
             d = run / "snapshot-encoders" / f"{who}{step}"
             if not (d / "config.json").is_file():
@@ -182,8 +197,8 @@ def cmd_embed(args: argparse.Namespace) -> None:
     times_f = RESULTS / "embed_times.json"
     times = json.loads(times_f.read_text()) if times_f.is_file() else {}
     stats = None
-    for name, d in snapshot_encoders(args.work).items():
-        f = args.work / "readout" / f"long-{name}-{TAG}.npy"
+    for name, d in snapshot_encoders(args.work, args.arm, not args.no_teacher).items():
+        f = args.work / "readout" / f"{prefix(args.arm)}{name}-{TAG}.npy"
         if f.is_file():
             continue
         t0 = time.perf_counter()
@@ -206,8 +221,10 @@ def _chosen(work: Path) -> tuple[dict, dict, float]:
     return parse_spec(f"x | {c['tile']}"), c["abmil"], float(c["mean_c"])
 
 
-def _names(work: Path) -> list[str]:
-    names = [p.name[len("long-"): -len(f"-{TAG}.npy")] for p in (work / "readout").glob(f"long-*-{TAG}.npy")]
+def _names(work: Path, arm: str) -> list[str]:
+    pre = prefix(arm)
+    names = [p.name[len(pre): -len(f"-{TAG}.npy")] for p in (work / "readout").glob(f"{pre}*-{TAG}.npy")]
+    names = [n for n in names if n[:1] in "st" and n[1:].isdigit()]     # not another arm's files
     return sorted(names, key=lambda n: (n[0] == "t", int(n[1:])))
 
 
@@ -219,11 +236,11 @@ def cmd_trend(args: argparse.Namespace) -> None:
     spec, head, c = _chosen(args.work)
     out = RESULTS / "trend.json"
     res = json.loads(out.read_text()) if out.is_file() else {}
-    for name in _names(args.work):
+    for name in _names(args.work, args.arm):
         if name in res:
             continue
         t0 = time.perf_counter()
-        x = features(args.work, f"long-{name}", {**spec, "tag": "-reinhard"})
+        x = features(args.work, f"{prefix(args.arm)}{name}", {**spec, "tag": "-reinhard"})
         bags, yb, fb = image_bags(args.work, x)
         res[name] = {"tile linear dev": linear_probe(x, y, cv),
                      "abmil chosen dev": mil_scores(bags, yb, fb, head, args.seeds, "dev"),
@@ -249,7 +266,7 @@ def cmd_final(args: argparse.Namespace) -> None:
         return
     spec, head, c = _chosen(args.work)
     t0 = time.perf_counter()
-    x = features(args.work, f"long-{name}", {**spec, "tag": "-reinhard"})
+    x = features(args.work, f"{prefix(args.arm)}{name}", {**spec, "tag": "-reinhard"})
     r: dict = {"encoder": name, "rule": "student unless the EMA teacher's dev tile balanced accuracy is higher",
                "spec": spec, "tile linear": {"dev": linear_probe(x, y, cv), "holdout": linear_probe(x, y, held)}}
     bags, yb, fb = image_bags(args.work, x)
@@ -286,7 +303,11 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--recipe", default="dino-tiny", help="smoke runs: tiny")
     ap.add_argument("--steps", type=int, default=0, help="smoke runs: the long run's steps instead of the budget's")
-    ap.add_argument("--results", type=Path, default=RESULTS, help="smoke runs: another results folder")
+    ap.add_argument("--results", type=Path, default=RESULTS, help="another arm or a smoke run: its results folder")
+    ap.add_argument("--arm", default=ARM, help="the run's name under WORK/runs (another arm: another name)")
+    ap.add_argument("--set", action="append", default=[], help="extra recipe overrides of this arm (repeatable)")
+    ap.add_argument("--snapshots", type=int, default=4, help="checkpoints kept: every steps/N steps")
+    ap.add_argument("--no-teacher", action="store_true", help="embed: not the last snapshot's EMA teacher (time)")
     args = ap.parse_args()
     RESULTS = args.results
     {"pretrain": cmd_pretrain, "embed": cmd_embed, "trend": cmd_trend, "final": cmd_final,
