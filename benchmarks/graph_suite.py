@@ -19,8 +19,9 @@ Arms (mean ± std over seeds 0..S-1, NMI and ARI against the known groups, wall 
 
 Each (graph, arm, seed) result is written to benchmarks/results/graph_suite/<tag>/<graph>/<arm>.json as it finishes and
 is not run again (delete the file to rerun it); arms that do not read the scgc-star recipe (louvain, spectral, grace) go
-to results/graph_suite/baselines/ and serve every tag. Each row records the run's wall time, precision, loss curve and
-mask order r; the trained outputs z (and q) stay in .cache/graph_suite/outputs/ for benchmarks/graph_readings.py. Run:
+to results/graph_suite/baselines/ and serve every tag. Each row records the run's wall time, precision, loss curve,
+mask order r and how the embeddings were read; the trained outputs z (and q) stay in .cache/graph_suite/outputs/ for
+benchmarks/graph_readings.py (other readings; `--rescore` scores a tag's rows again as the recipe now reads them). Run:
   .venv/bin/python benchmarks/graph_suite.py [--graphs cora,football] [--arms scgc-star,louvain] [--seeds 5]
                                              [--tag default] [--set loss.r=3 ...] [--table-only]
 """
@@ -43,8 +44,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CORA = ROOT.parent / "shared" / "data" / "graph" / "cora"
 RESULTS = ROOT / "benchmarks" / "results" / "graph_suite"
 OUTPUTS = ROOT / ".cache" / "graph_suite" / "outputs"   # trained encoders' outputs z (and q) per seed, for graph_readings.py
-HELD_OUT = ("polblogs",)
-FEATURED = ("cora", "sbm-feat", "lfr-feat")
+HELD_OUT = ("polblogs", "lfr-feat-2")   # lfr-feat-2: added after every default was fixed, to test them once
+FEATURED = ("cora", "sbm-feat", "lfr-feat", "lfr-feat-2")
 STRUCTURE = ("karate", "polbooks", "football", "sbm", "lfr", "polblogs")
 GRAPH_TOOL = ("polbooks", "football", "polblogs")
 ARMS = ("raw", "propagated", "louvain", "spectral", "scgc-star", "grace")
@@ -140,6 +141,10 @@ def prepare(name: str, data: Path) -> Path | None:
             edges, y = _lfr(2000, 2, tau1=2.5, tau2=1.5, mu=0.35, average_degree=10, max_degree=60,
                             min_community=40, max_community=200)
             x = _features(y, 32, 2.5, 13)
+        elif name == "lfr-feat-2":  # held out: 3,000 nodes, another draw and mix (μ 0.3, degree 12), features as lfr-feat
+            edges, y = _lfr(3000, 5, tau1=2.5, tau2=1.5, mu=0.3, average_degree=12, max_degree=80,
+                            min_community=40, max_community=250)
+            x = _features(y, 32, 2.5, 17)
         elif name == "lfr":        # 1,000 nodes, τ1 3, τ2 1.5, μ 0.3
             edges, y = _lfr(1000, 1, tau1=3, tau2=1.5, mu=0.3, average_degree=8, min_community=30, max_community=100)
             x = None
@@ -196,7 +201,7 @@ def _trained(arm: str, folder: Path, graph, idx: np.ndarray, y: np.ndarray, seed
     from sslkit.cli import app
     from sslkit.core.evaluation import cluster_metrics, kmeans_eval
     from sslkit.core.runs import Run
-    from sslkit.domains.graph.clustering import encode, node_embedding, run_inputs, soft_assign
+    from sslkit.domains.graph.clustering import encode, recipe_embedding, run_inputs, soft_assign
     from sslkit.domains.graph.method import GraphRecipe
 
     k = int(y.max()) + 1
@@ -211,8 +216,9 @@ def _trained(arm: str, folder: Path, graph, idx: np.ndarray, y: np.ndarray, seed
         raise SystemExit(f"{arm} on {folder.name} failed: {res.output[-2000:]}")
     cfg = GraphRecipe.model_validate(Run.load(out, "graph").recipe_dict)
     z = encode(out, graph, cfg, run_inputs(out, graph, cfg))
-    emb = node_embedding(z, cfg.embedding.pca_variance)
+    emb, reading = recipe_embedding(z, cfg)
     row = {m: v for m, (v, _) in kmeans_eval(emb[idx], y, k, seeds=(seed,)).items()} | {"seconds": seconds}
+    row["reading"] = reading
     row["precision"] = json.loads((out / "manifest.json").read_text()).get("precision", {}).get("used")
     logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     row["loss_curve"] = [[r["step"], round(r["loss"], 5)] for r in logged if "loss" in r and "step" in r]   # convergence

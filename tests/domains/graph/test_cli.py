@@ -102,7 +102,8 @@ def test_pca_variance_option_rereads_without_retraining(sbm_run: Path, samples: 
     assert read_embeddings(tmp_path / "e0.parquet")[1].shape[1] == 16
     res = invoke("evaluate", sbm_run, samples / "sbm", "--seeds", "1", "--pca-variance", "0")
     assert res.exit_code == 0, res.output
-    assert json.loads((sbm_run / "evaluation.json").read_text())["pca_variance"] is None
+    got = json.loads((sbm_run / "evaluation.json").read_text())
+    assert got["pca_variance"] is None and got["reading"] == "unit length"   # how the embedding row read the outputs
     assert GraphRecipe.model_validate(Run.load(sbm_run, "graph").recipe_dict).embedding.pca_variance == 0.9  # run unchanged
     res = invoke("embed", sbm_run, samples / "sbm", "--out", tmp_path / "bad.parquet", "--pca-variance", "1.5")
     assert res.exit_code == 2 and "--pca-variance" in res.output and not (tmp_path / "bad.parquet").exists()

@@ -250,3 +250,35 @@ def test_node_embedding_centres_and_keeps_the_main_directions() -> None:
     full = node_embedding(z, 1.0)                                 # all directions: the geometry of the centred rows
     np.testing.assert_allclose(full @ full.T, unit_rows(z - z.mean(0)) @ unit_rows(z - z.mean(0)).T, atol=1e-4)
     np.testing.assert_allclose(node_embedding(z, None), unit_rows(z))
+
+
+def test_reading_keeps_the_unit_rows_when_fewer_than_k_minus_1_directions_hold_the_variance() -> None:
+    """K cluster centres span K−1 directions; a PCA reading that keeps fewer must drop some of their separation."""
+    import numpy as np
+
+    from sslkit.core.evaluation import kmeans_eval
+    from sslkit.domains.graph.clustering import read_outputs, recipe_embedding, unit_rows
+    from sslkit.domains.graph.method import GraphRecipe
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(6), 30)
+    centres = np.zeros((6, 16), np.float32)
+    centres[[0, 1, 2, 3], [1, 1, 2, 2]] = [3, -3, 3, -3]        # four clusters far apart in two directions
+    centres[[4, 5], [3, 3]] = [1, -1]                          # two more apart only in a third, weak direction
+    z = (centres[labels] + 0.1 * rng.standard_normal((180, 16))).astype(np.float32)
+    z[:, 0] += 10.0                                            # the shared direction of SCGC*'s outputs
+    pca, how_pca = read_outputs(z, 0.9)                        # no K: centred, the 2 directions holding 90%
+    assert pca.shape == (180, 2) and how_pca.startswith("centred, 2 principal directions")
+    plain, how = read_outputs(z, 0.9, clusters=6)              # 2 < K−1 = 5: the unit rows, all 16 directions
+    np.testing.assert_allclose(plain, unit_rows(z))
+    assert "fewer than K−1 = 5" in how
+    nmi = {name: kmeans_eval(e, labels, 6, seeds=(0,))["nmi"][0] for name, e in (("pca", pca), ("plain", plain))}
+    assert nmi["plain"] > 0.95 and nmi["pca"] < 0.9, nmi        # projecting away the third direction merges 4 and 5
+    three = read_outputs(z, 0.9, clusters=3)[0]                # 2 >= K−1: the PCA reading as before
+    np.testing.assert_allclose(three, pca)
+    recipe = GraphRecipe.model_validate({"method": "scgc-star", "clusters": 6})
+    np.testing.assert_allclose(recipe_embedding(z, recipe)[0], pca)   # the schema's default: project anyway
+    recipe.embedding.too_few_directions = "plain"
+    np.testing.assert_allclose(recipe_embedding(z, recipe)[0], plain)
+    recipe.clusters = None                                     # no K (GRACE, or no --clusters): nothing to compare
+    np.testing.assert_allclose(recipe_embedding(z, recipe)[0], pca)

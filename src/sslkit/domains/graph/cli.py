@@ -108,10 +108,10 @@ def pretrain(graph: GraphArg, features: FeaturesOpt = None, recipe: RecipeOpt = 
 def _cluster_plot(run_dir: Path, graph, cfg, inputs) -> None:  # noqa: ANN001
     """plots/clusters.png: PCA of the embeddings coloured by learned cluster (k-means for GRACE)."""
     from sslkit.core.plots import embedding_map
-    from sslkit.domains.graph.clustering import encode, node_embedding, soft_assign
+    from sslkit.domains.graph.clustering import encode, recipe_embedding, soft_assign
 
     z = encode(run_dir, graph, cfg, inputs)
-    emb = node_embedding(z, cfg.embedding.pca_variance)
+    emb = recipe_embedding(z, cfg)[0]
     if cfg.method == "grace" or cfg.clusters is None:
         from sklearn.cluster import KMeans
 
@@ -137,13 +137,17 @@ def _encode_graph(run: Path, graph: Path, features: Path | None,  # noqa: ANN202
 def embed(run: RunArg, graph: GraphArg, out: FileOut = Path("embeddings.parquet"), features: FeaturesOpt = None,
           pca_variance: PcaOpt = None, overwrite: OverwriteOpt = False) -> None:
     """Node embeddings as Parquet with the graph's own node ids: the encoder's outputs centred, reduced to the
-    principal directions holding `embedding.pca_variance` of their variance, and L2-normalised (as evaluate reads them)."""
+    principal directions holding `embedding.pca_variance` of their variance, and L2-normalised (as evaluate reads them);
+    only L2-normalised when fewer than K−1 directions hold it (`embedding.too_few_directions: plain`, K = clusters)."""
+    from sslkit.core.console import info
     from sslkit.core.embeddings import check_embeddings_out, write_embeddings
-    from sslkit.domains.graph.clustering import node_embedding
+    from sslkit.domains.graph.clustering import recipe_embedding
 
     check_embeddings_out(out, overwrite)
     g, z, cfg = _encode_graph(run, graph, features, pca_variance)
-    write_embeddings(out, g.ids.tolist(), node_embedding(z, cfg.embedding.pca_variance), overwrite=overwrite)
+    emb, how = recipe_embedding(z, cfg)
+    info(f"embeddings: {how}")
+    write_embeddings(out, g.ids.tolist(), emb, overwrite=overwrite)
     typer.echo(str(out))
 
 
@@ -175,7 +179,7 @@ def evaluate(run: RunArg, graph: GraphArg, labels: Annotated[Optional[Path], typ
     from sslkit.core.console import print_table, warn
     from sslkit.core.errors import UserError
     from sslkit.core.evaluation import metrics_table_rows
-    from sslkit.domains.graph.clustering import encode, evaluate_all, run_inputs, soft_assign
+    from sslkit.domains.graph.clustering import encode, evaluate_all, recipe_embedding, run_inputs, soft_assign
     from sslkit.domains.graph.io import align_labels
 
     cfg = _recipe(run, pca_variance)
@@ -199,6 +203,7 @@ def evaluate(run: RunArg, graph: GraphArg, labels: Annotated[Optional[Path], typ
     print_table(f"graph evaluation: {len(idx)} labelled nodes, {int(y.max()) + 1} classes, {seeds} seeds "
                 "(k-means / soft assignment: acc nmi ari f1; probe_acc: logistic regression)", columns, table)
     payload = {"run": str(run), "labels": str(labels), "seeds": seeds, "pca_variance": cfg.embedding.pca_variance,
+               "reading": recipe_embedding(z, cfg)[1],
                "notes": notes, "results": {name: {m: list(v) for m, v in res.items()} for name, res in rows.items()}}
     atomic_write_text(Path(run) / "evaluation.json", json.dumps(payload, indent=2))
     typer.echo(json.dumps(payload) if json_out else str(Path(run) / "evaluation.json"))

@@ -54,21 +54,42 @@ def unit_rows(z: np.ndarray) -> np.ndarray:
     return (z / np.linalg.norm(z, axis=1, keepdims=True).clip(1e-12)).astype(np.float32)
 
 
-def node_embedding(z: np.ndarray, pca_variance: float | None) -> np.ndarray:
-    """Encoder outputs z (N, D) read as node embeddings: with `pca_variance`, centred and projected onto the fewest
-    principal directions (at least two) holding that fraction of the variance (from the D×D covariance), then L2-normalised;
-    with None, only L2-normalised. Transductive: the centre and directions come from the N rows given."""
+def read_outputs(z: np.ndarray, pca_variance: float | None, clusters: int | None = None) -> tuple[np.ndarray, str]:
+    """(node embeddings (N, d), how z was read) from encoder outputs z (N, D).
+
+    With `pca_variance`: centred, projected onto the fewest principal directions (at least two) holding that fraction of
+    the variance (from the D×D covariance), then L2-normalised — unless `clusters` K is given and fewer than K−1
+    directions hold it: then only L2-normalised, as with None. K cluster centres span K−1 directions, so a projection
+    onto fewer must drop part of what separates them; the plain unit rows keep every direction, as the cosine loss
+    trained them about the origin (measured over the graph suite: docs/graph.md, third pass).
+    Transductive: the centre and directions come from the N rows given."""
     if pca_variance is None:
-        return unit_rows(z)
+        return unit_rows(z), "unit length"
     z = np.asarray(z, dtype=np.float32)
-    z = z - z.mean(0, dtype=np.float64).astype(np.float32)
-    var, dirs = np.linalg.eigh((z.T @ z).astype(np.float64))
+    zc = z - z.mean(0, dtype=np.float64).astype(np.float32)
+    var, dirs = np.linalg.eigh((zc.T @ zc).astype(np.float64))
     var, dirs = var[::-1].clip(0), dirs[:, ::-1]
     if var.sum() <= 0:  # all rows equal: nothing to project
-        return unit_rows(z)
+        return unit_rows(zc), "unit length (all rows equal)"
     keep = int(np.searchsorted(np.cumsum(var) / var.sum(), pca_variance - 1e-9)) + 1
+    if clusters is not None and keep < clusters - 1:
+        return unit_rows(z), (f"unit length ({keep} principal directions hold {pca_variance:g} of the variance, "
+                              f"fewer than K−1 = {clusters - 1})")
     keep = min(max(keep, 2), len(var))  # one direction would leave only the sign after normalising
-    return unit_rows(z @ dirs[:, :keep].astype(np.float32))
+    return unit_rows(zc @ dirs[:, :keep].astype(np.float32)), (f"centred, {keep} principal directions "
+                                                               f"({pca_variance:g} of the variance), unit length")
+
+
+def node_embedding(z: np.ndarray, pca_variance: float | None, clusters: int | None = None) -> np.ndarray:
+    """Encoder outputs z (N, D) read as node embeddings (N, d): see `read_outputs`."""
+    return read_outputs(z, pca_variance, clusters)[0]
+
+
+def recipe_embedding(z: np.ndarray, recipe: GraphRecipe) -> tuple[np.ndarray, str]:
+    """z read as the recipe says (embedding.pca_variance; with embedding.too_few_directions "plain" and a K in
+    `clusters`, the unit rows when the PCA reading would keep fewer than K−1 directions)."""
+    k = recipe.clusters if recipe.embedding.too_few_directions == "plain" else None
+    return read_outputs(z, recipe.embedding.pca_variance, k)
 
 
 def soft_assign(run_dir: Path, z: np.ndarray, missing_ok: bool = False) -> np.ndarray | None:
@@ -121,7 +142,7 @@ def evaluate_all(graph: Graph, recipe: GraphRecipe, z: np.ndarray, q: np.ndarray
         progress.advance(done, "propagated features ready")
         rows: dict[str, dict[str, Any]] = {}
         feats = {"raw features": raw, f"propagated Â^{baseline.data.hops}X (no training)": smooth,
-                 f"{recipe.method} embeddings": node_embedding(z, recipe.embedding.pca_variance)}
+                 f"{recipe.method} embeddings": recipe_embedding(z, recipe)[0]}
         if raw is None:
             del feats["raw features"]
         for name, x in feats.items():

@@ -89,6 +89,10 @@ class GraphEmbedding(Section):
     # L2-normalised outputs. SCGC*'s outputs share one dominant direction (their unit rows average to length ~0.97 on
     # Cora), which plain normalisation keeps and centring removes.
     pca_variance: float | None = Field(0.9, gt=0, le=1)
+    # When fewer than K−1 principal directions (K = clusters) hold pca_variance, the projection drops part of what
+    # separates K clusters (their centres span K−1): "plain" then reads the plain L2-normalised outputs, "pca" projects
+    # anyway. Without a K (GRACE, no --clusters) the PCA reading is used.
+    too_few_directions: Literal["plain", "pca"] = "pca"
 
 
 class GraphRecipe(Recipe):
