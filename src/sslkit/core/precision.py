@@ -50,6 +50,9 @@ CPU_AUTO: dict[tuple[str, str], Choice] = {
 }
 
 
+MATERIALISE_MAX = 1024 * 1024   # keys × queries: 4 MB of bf16 scores per (batch, head) at most
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
               dropout: float = 0.0) -> torch.Tensor:
     """softmax(QKᵀ/√e)V for (B, H, T, e) inputs; `mask` (bool, broadcastable to (B, H, T, S)) keeps True positions.
@@ -72,9 +75,6 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     if dropout:
         weights = F.dropout(weights, dropout)
     return weights @ v
-
-
-MATERIALISE_MAX = 1024 * 1024   # keys × queries: 4 MB of bf16 scores per (batch, head) at most
 
 
 def bf16_supported(device: torch.device) -> bool:
