@@ -6,6 +6,7 @@ the development folds (CLS token, 8-fold dihedral mean, Reinhard per image), wit
     python benchmarks/pathology_long.py trend                         # development folds 0-2 only
     python benchmarks/pathology_long.py final                         # + held-out fold 3, once, final encoder only
     python benchmarks/pathology_long.py report
+    python benchmarks/pathology_long.py heldout --name t540 --arm ... --results ...   # one more encoder, once
     # another arm beside the first: its own run, snapshot files and results folder
     python benchmarks/pathology_long.py pretrain --arm dino-hed-k1024 --results benchmarks/results/pathology_glas/long-k1024 \
         --steps 540 --snapshots 3 --set loss.out_dim=1024 --set loss.teacher_temp=0.025 --set loss.warmup_teacher_temp=0.025
@@ -278,6 +279,30 @@ def cmd_final(args: argparse.Namespace) -> None:
     cmd_report(args)
 
 
+def cmd_heldout(args: argparse.Namespace) -> None:
+    """One more encoder of the arm (`--name`, e.g. the EMA teacher t540 after `final` chose the student), scored
+    like `final` — dev and held-out fold 3, once — into RESULTS/heldout-<name>.json. Chooses nothing."""
+    y, fold = np.load(args.work / "embeddings" / "labels.npy")
+    cv, held = dev_and_holdout(fold)
+    out = RESULTS / f"heldout-{args.name}.json"
+    if out.is_file():
+        log(f"{out} exists: the held-out fold was scored already for {args.name} — not again")
+        return
+    spec, head, c = _chosen(args.work)
+    t0 = time.perf_counter()
+    x = features(args.work, f"{prefix(args.arm)}{args.name}", {**spec, "tag": "-reinhard"})
+    r: dict = {"encoder": args.name, "spec": spec,
+               "tile linear": {"dev": linear_probe(x, y, cv), "holdout": linear_probe(x, y, held)}}
+    bags, yb, fb = image_bags(args.work, x)
+    for hname, h in {"abmil shipped": SHIPPED_MIL, "abmil chosen": head, f"mean pooling C={c}": c}.items():
+        r[hname] = {part: mil_scores(bags, yb, fb, h, args.seeds, part) for part in ("dev", "holdout")}
+    r["seconds"] = time.perf_counter() - t0
+    out.write_text(json.dumps(r, indent=1))
+    log(f"{args.name}: tile {r['tile linear']['dev'][0]:.3f} / {r['tile linear']['holdout'][0]:.3f} (dev / held-out); "
+        + "; ".join(f"{h} AUC {r[h]['dev']['auc'][0]:.3f} / {r[h]['holdout']['auc'][0]:.3f}"
+                    for h in r if h.startswith(("abmil", "mean"))) + f" ({r['seconds']:.0f}s)")
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     trend = json.loads((RESULTS / "trend.json").read_text()) if (RESULTS / "trend.json").is_file() else {}
     c = _chosen(args.work)[2]
@@ -296,7 +321,7 @@ def cmd_report(args: argparse.Namespace) -> None:
 def main() -> None:
     global RESULTS
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("step", choices=["pretrain", "embed", "trend", "final", "report"])
+    ap.add_argument("step", choices=["pretrain", "embed", "trend", "final", "heldout", "report"])
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "bench-pathology-v2")
     ap.add_argument("--budget-s", type=float, default=1340.0, help="wall seconds of the long run, start-up included")
     ap.add_argument("--timing-steps", type=int, default=40)
@@ -308,10 +333,11 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], help="extra recipe overrides of this arm (repeatable)")
     ap.add_argument("--snapshots", type=int, default=4, help="checkpoints kept: every steps/N steps")
     ap.add_argument("--no-teacher", action="store_true", help="embed: not the last snapshot's EMA teacher (time)")
+    ap.add_argument("--name", default="", help="heldout: the encoder to score (e.g. t540, the last EMA teacher)")
     args = ap.parse_args()
     RESULTS = args.results
     {"pretrain": cmd_pretrain, "embed": cmd_embed, "trend": cmd_trend, "final": cmd_final,
-     "report": cmd_report}[args.step](args)
+     "heldout": cmd_heldout, "report": cmd_report}[args.step](args)
 
 
 if __name__ == "__main__":

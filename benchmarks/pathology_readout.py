@@ -190,8 +190,9 @@ def mil_predict(bags: list, y: np.ndarray, train: np.ndarray, test: np.ndarray, 
 
     if isinstance(head, dict):
         std = _standardise(bags, train)
+        more = {k: v for k, v in head.items() if k not in ("epochs", "lr", "dropout")}   # pathology_heads.py's
         model = train_abmil([std[i] for i in train], y[train], 2, seed, head["epochs"], lr=head["lr"],
-                            dropout=head["dropout"])
+                            dropout=head["dropout"], **more)
         return predict_abmil(model, [std[i] for i in test])[0]
     means = np.stack([b.mean(0) for b in bags])
     sc = StandardScaler().fit(means[train])

@@ -21,6 +21,24 @@ def test_sslkit_export_round_trip(tiny_run: Path, tmp_path: Path) -> None:  # no
     assert enc.sslkit_config["extra"]["tile_px"] == 32
 
 
+def test_dino_runs_embed_and_export_the_ema_teacher_not_the_student(tiny_run: Path, tmp_path: Path) -> None:  # noqa: F811
+    """DINO's authors evaluate the EMA teacher; RUN/encoder (what embed/evaluate/mil read) and `export` hold it."""
+    from sslkit.core.checkpoint import load_checkpoint
+
+    state = load_checkpoint(tiny_run / "checkpoints" / "last.pt")["model"]
+    teacher = {k[len("teacher.encoder."):]: v for k, v in state.items() if k.startswith("teacher.encoder.")}
+    student = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+    assert teacher.keys() == student.keys()
+    assert any(not torch.equal(teacher[k], student[k]) for k in teacher)     # after 6 steps the two differ
+    res = run_cli("export", tiny_run, "--out", tmp_path / "enc")
+    assert res.returncode == 0, res.stderr
+    for enc in (sslkit.load_encoder(tiny_run), sslkit.load_encoder(tmp_path / "enc")):
+        weights = enc.state_dict()
+        for k, v in teacher.items():
+            torch.testing.assert_close(weights[k], v, rtol=0, atol=0, msg=k)
+        assert enc.sslkit_config["extra"]["weights"] == "teacher"
+
+
 def test_timm_export_loads_in_timm_and_gives_the_same_features(tiny_run: Path, tmp_path: Path) -> None:  # noqa: F811
     import timm
     from safetensors.torch import load_file

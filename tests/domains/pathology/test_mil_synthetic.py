@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sslkit.domains.pathology.mil import bag_folds, cross_validate, scores
+from sslkit.domains.pathology.mil import _drop_instances, bag_folds, cross_validate, predict_abmil, scores, train_abmil
 
 
 def _bags(seed: int = 0, n: int = 48, dim: int = 16) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
@@ -46,3 +46,21 @@ def test_grouped_folds_never_split_a_group_and_scores_use_the_positive_class() -
     proba = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.2, 0.8]])
     assert scores(np.array([0, 0, 1, 1]), proba)["auc"] == 1.0
     assert scores(np.array([1, 1, 0, 0]), proba)["auc"] == 0.0
+
+
+def test_instance_dropout_keeps_about_half_and_never_empties_a_bag() -> None:
+    rng = np.random.default_rng(0)
+    bag = np.arange(200, dtype=np.float32).reshape(100, 2)
+    kept = [_drop_instances(bag, 0.5, rng) for _ in range(50)]
+    assert 40 <= np.mean([len(k) for k in kept]) <= 60
+    assert all(set(map(tuple, k)) <= set(map(tuple, bag)) for k in kept)            # rows of the bag, unchanged
+    assert all(len(_drop_instances(bag[:1], 0.99, rng)) == 1 for _ in range(20))     # one tile stays
+
+
+def test_uniform_start_is_mean_pooling_until_trained() -> None:
+    bags, y, _ = _bags(n=8)
+    untrained = train_abmil(bags, y, 2, seed=0, epochs=0, uniform_start=True)
+    for b, a in zip(bags, predict_abmil(untrained, bags)[1]):
+        np.testing.assert_allclose(a, np.full(len(b), 1 / len(b)), rtol=1e-6)
+    default = train_abmil(bags, y, 2, seed=0, epochs=0)
+    assert not np.allclose(predict_abmil(default, bags[:1])[1][0], 1 / len(bags[0]))

@@ -33,6 +33,33 @@ def _unfinished_extra(run: Any, encoder: Any) -> dict[str, Any]:  # noqa: ARG001
     return tile_meta(PathologyRecipe.model_validate(run.recipe_dict))
 
 
+def export_run(run: Path, out: Path, overwrite: bool = False) -> Path:
+    """The run's encoder in sslkit format from its last checkpoint (an interrupted run too), with the weights
+    embed/evaluate/mil read (method.EVAL_WEIGHTS: a DINO run's EMA teacher). core.export.export_from_run writes the
+    checkpoint's `encoder.*` weights with the run's config; for DINO those are swapped for `teacher.encoder.*`."""
+    import tempfile
+
+    from sslkit.core.checkpoint import load_checkpoint
+    from sslkit.core.export import export_encoder, export_from_run, load_encoder
+    from sslkit.core.runs import Run
+    from sslkit.domains.pathology.method import EVAL_WEIGHTS
+
+    loaded = Run.load(run, "pathology")
+    which, prefix = EVAL_WEIGHTS.get(loaded.recipe_dict.get("method"), ("student", "encoder."))
+    with tempfile.TemporaryDirectory() as tmp:
+        staged = export_from_run(run, Path(tmp) / "sslkit", overwrite=True, domain="pathology",
+                                 unfinished_extra=_unfinished_extra)
+        encoder = load_encoder(staged)
+        if prefix != "encoder.":
+            state = load_checkpoint(loaded.checkpoint_path)["model"]
+            encoder.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)},
+                                    strict=True)
+        config = dict(encoder.sslkit_config)
+        extra = {**config.pop("extra", {}), "weights": which}
+        spec = {k: config[k] for k in ("domain", "kind", "kwargs")}
+        return export_encoder(encoder, spec, Path(out), extra=extra, overwrite=overwrite)
+
+
 def timm_config(encoder: Any, extra: dict[str, Any]) -> dict[str, Any]:
     """config.json of a timm export (the hub's layout: architecture, num_classes, model_args, pretrained_cfg)."""
     size = int(extra.get("input_px") or extra.get("tile_px") or encoder.img_size)
@@ -51,7 +78,8 @@ def timm_config(encoder: Any, extra: dict[str, Any]) -> dict[str, Any]:
                                                        "model.forward_features(x)" if encoder.pool == "cls+mean"
                                                        else "features = model(x), the CLS token"),
                    "tile_px": extra.get("tile_px"), "mpp": extra.get("mpp"), "tile_um": extra.get("tile_um"),
-                   "method": extra.get("method"), "run": extra.get("run"), "step": extra.get("step")},
+                   "method": extra.get("method"), "weights": extra.get("weights"), "run": extra.get("run"),
+                   "step": extra.get("step")},
     }
 
 
@@ -74,23 +102,21 @@ def export_timm(sslkit_dir: Path, out: Path, overwrite: bool) -> Path:
 
 def command(run: RunArg, out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write.")],
             format: FormatOpt = "sslkit", overwrite: OverwriteOpt = False) -> None:  # noqa: A002
-    """Write the tile encoder: sslkit format (sslkit.load_encoder(DIR)) or timm format (model.safetensors +
-    config.json for timm.create_model, as public pathology encoders are shared)."""
+    """Write the tile encoder (for DINO its EMA teacher, what embed/evaluate/mil read): sslkit format
+    (sslkit.load_encoder(DIR)) or timm format (model.safetensors + config.json for timm.create_model, as public
+    pathology encoders are shared)."""
     import tempfile
 
     from sslkit.core.errors import UserError
-    from sslkit.core.export import export_from_run
     from sslkit.core.files import check_dir_out
 
     fmt: Literal["sslkit", "timm"] | str = format.lower()
     if fmt not in ("sslkit", "timm"):
         raise UserError(f"--format {format!r} is not known — use sslkit or timm")
-    if fmt == "sslkit":
-        typer.echo(str(export_from_run(run, out, overwrite=overwrite, domain="pathology",
-                                       unfinished_extra=_unfinished_extra)))
-        return
     check_dir_out(Path(out), overwrite)
+    if fmt == "sslkit":
+        typer.echo(str(export_run(run, out, overwrite=overwrite)))
+        return
     with tempfile.TemporaryDirectory() as tmp:
-        staged = export_from_run(run, Path(tmp) / "sslkit", overwrite=True, domain="pathology",
-                                 unfinished_extra=_unfinished_extra)
+        staged = export_run(run, Path(tmp) / "sslkit", overwrite=True)
         typer.echo(str(export_timm(staged, Path(out), overwrite)))

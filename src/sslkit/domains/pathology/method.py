@@ -126,11 +126,18 @@ def build_encoder(recipe: PathologyRecipe) -> tuple[nn.Module, dict]:
     return encoder, encoder_spec("pathology", "vit", **kw)
 
 
+# The weights `pretrain` exports and `embed`/`evaluate`/`mil`/`export` read, per method: (which, key prefix in the
+# checkpoint's model state). DINO's authors evaluate and release the EMA teacher, not the student (Caron et al. 2021,
+# "the teacher has better performance than the student"); on GlaS the teacher read out 0.781 vs the student's 0.773
+# (dev folds; docs/pathology.md, "The EMA teacher"). SimCLR has one network.
+EVAL_WEIGHTS = {"dino": ("teacher", "teacher.encoder."), "simclr": ("student", "encoder.")}
+
+
 def tile_meta(recipe: PathologyRecipe) -> dict:
     """What embed needs besides the weights: the tile size and magnification the encoder was trained on."""
     d = recipe.data
     return {"tile_px": d.tile_px, "mpp": d.mpp, "tile_um": d.tile_um if d.tile_um else d.tile_px * d.mpp[0],
-            "input_px": recipe.aug.global_px, "method": recipe.method}
+            "input_px": recipe.aug.global_px, "method": recipe.method, "weights": EVAL_WEIGHTS[recipe.method][0]}
 
 
 def _view_major(v: Tensor) -> Tensor:
@@ -166,6 +173,10 @@ class DINO(nn.Module):
 
     def encoder_spec(self) -> dict:
         return self.spec
+
+    def eval_encoder(self) -> nn.Module:
+        """The encoder to export and read out: the EMA teacher's (EVAL_WEIGHTS)."""
+        return self.teacher["encoder"]
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         g = batch["global"]
@@ -211,6 +222,9 @@ class SimCLR(nn.Module):
 
     def encoder_spec(self) -> dict:
         return self.spec
+
+    def eval_encoder(self) -> nn.Module:
+        return self.encoder
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         v = batch["views"]

@@ -23,7 +23,7 @@ def command(inputs: InputsArg, recipe: RecipeOpt = "dino", set_: SetOpt = None, 
             overwrite: OverwriteOpt = False, resume: ResumeOpt = False, devices: DevicesOpt = 1,
             slide_mpp: SlideMppOpt = None) -> None:
     """Self-supervised pretraining (DINO with pathology views; `--recipe simclr` for the baseline); writes a run
-    folder with the exported encoder."""
+    folder with the exported encoder (for DINO its EMA teacher)."""
     maybe_relaunch(devices)
     from sslkit.core import distributed
     from sslkit.core.cli_options import check_paths
@@ -54,7 +54,8 @@ def command(inputs: InputsArg, recipe: RecipeOpt = "dino", set_: SetOpt = None, 
     info(f"pretraining {cfg.method} on {len(rows)} tiles of {cfg.data.tile_px} px at {cfg.data.mpp} µm/px")
     result = fit(method, dataset, cfg.train, run, collate_fn=collate_views, resume=resume)
     if distributed.is_main():
-        export_encoder(method.encoder, method.encoder_spec(), run.path("encoder"), extra=tile_meta(cfg))
+        # DINO: the EMA teacher, as DINO's authors evaluate it (method.EVAL_WEIGHTS); embed/evaluate/mil read this
+        export_encoder(method.eval_encoder(), method.encoder_spec(), run.path("encoder"), extra=tile_meta(cfg))
         loss = f"{result.last_loss:.4f}" if result.last_loss is not None else "n/a"
         info(f"done: {result.step} steps in {result.seconds:.1f}s, final loss {loss}")
         typer.echo(str(run.dir))
