@@ -43,16 +43,20 @@ def _pad_time(x: Tensor, steps: int) -> Tensor:
     return x if steps == 0 else F.pad(x, (0, 0, 0, steps))
 
 
-def _forward_chunks(h: Tensor, p: Tensor, chunk: int) -> None:
+def _forward_chunks(h: Tensor, p: Tensor, chunk: int, cum: Tensor | None = None) -> None:
     """In place: h holds b_t (B, K, D, N) with the entering state folded into b_0, p holds a_t; afterwards
-    h holds the states h_t and p the chunk-cumulative decays. K is a multiple of `chunk`."""
+    h holds the states h_t and `cum` (default: p itself) the chunk-cumulative decays. K is a multiple of `chunk`."""
     bsz, k = h.shape[:2]
-    hv, pv = h.view(bsz, k // chunk, chunk, *h.shape[2:]), p.view(bsz, k // chunk, chunk, *p.shape[2:])
+    shape = (bsz, k // chunk, chunk, *h.shape[2:])
+    hv, pv = h.view(shape), p.view(shape)
+    cv = pv if cum is None else cum.view(shape)
+    if cum is not None:
+        cv[:, :, 0] = pv[:, :, 0]
     for t in range(1, chunk):                      # all chunks at once: local states from a zero start
         hv[:, :, t].addcmul_(pv[:, :, t], hv[:, :, t - 1])
-        pv[:, :, t].mul_(pv[:, :, t - 1])
+        torch.mul(pv[:, :, t], cv[:, :, t - 1], out=cv[:, :, t])
     for c in range(1, k // chunk):                 # carry: add the true state at the end of the previous chunk
-        hv[:, c].addcmul_(pv[:, c], hv[:, c - 1, chunk - 1 : chunk])
+        hv[:, c].addcmul_(cv[:, c], hv[:, c - 1, chunk - 1 : chunk])
 
 
 def _reverse_chunks(g: Tensor, a: Tensor, r: Tensor, chunk: int) -> None:
@@ -122,7 +126,7 @@ class _ChunkedScan(torch.autograd.Function):
         bsz, length, d = u.shape
         gu, gpre, gB, gC = torch.empty_like(u), torch.empty_like(delta), torch.empty_like(Bm), torch.empty_like(Cm)
         gz = None if z is None else torch.empty_like(z)
-        gA, gD = torch.zeros_like(A), torch.zeros_like(D)
+        gAA, gD = torch.zeros_like(A), torch.zeros_like(D)    # gAA: Σ dL/dA · A (see below)
         g_next = u.new_zeros(bsz, d, A.shape[1])        # dL/d(last state of the block) from later blocks
         for i in reversed(range(len(entering))):
             s = i * block
@@ -133,8 +137,8 @@ class _ChunkedScan(torch.autograd.Function):
             dtb = F.softplus(pre)
             gy = go.contiguous() if z is None else go * F.silu(z[:, s:e])   # d out / d y = silu(z)
             a, h = _block_inputs(ub, dtb, A, Bb, entering[i], chunk)
-            r = a.clone()
-            _forward_chunks(h, r, chunk)                # h: the states again (r: scratch)
+            r = torch.empty_like(a)
+            _forward_chunks(h, a, chunk, cum=r)         # h: the states again (a kept; r: scratch)
             kp = h.shape[1]
             g = _pad_time(gy, kp - k).unsqueeze(-1) * _pad_time(Cb, kp - k).unsqueeze(2)   # gy_t ⊗ C_t
             g[:, kp - 1] += g_next                      # padded steps pass it on unchanged (decay 1)
@@ -145,22 +149,22 @@ class _ChunkedScan(torch.autograd.Function):
                 zb = z[:, s:e]
                 sz = torch.sigmoid(zb)
                 y = (h @ Cb[..., None]).squeeze(-1).addcmul_(ub, D).mul_(go)
-                gz[:, s:e] = torch.sub(1.0, sz).mul_(zb).add_(1.0).mul_(sz).mul_(y)
-            gC[:, s:e] = (h.transpose(-1, -2) @ gy[..., None]).squeeze(-1)
-            q = r[:, :k]                                # dL/d(dt ⊗ A) = g_t · h_{t-1} · a_t
+                torch.mul(torch.sub(1.0, sz).mul_(zb).add_(1.0).mul_(sz), y, out=gz[:, s:e])
+            torch.matmul(h.transpose(-1, -2), gy[..., None], out=gC[:, s:e, :, None])
+            q = r[:, :k]                                # dL/d(dt ⊗ A) · A = g_t · h_{t-1} · a_t · A
             torch.mul(h[:, :-1], g[:, 1:], out=q[:, 1:])
             torch.mul(entering[i], g[:, 0], out=q[:, 0])
-            q.mul_(a)
+            q.mul_(a.mul_(A))
             del a, h, r
-            gA += torch.einsum("bkdn,bkd->dn", q, dtb)
+            gAA += torch.einsum("bkdn,bkd->dn", q, dtb)  # Σ_t q·A·dt: divided by A once, at the end
             gdu = (g @ Bb[..., None]).squeeze(-1)       # dL/d(dt·u) = Σ_n g_t B_t
-            gB[:, s:e] = (g.transpose(-1, -2) @ (dtb * ub)[..., None]).squeeze(-1)
-            gdt = (q * A).sum(-1).addcmul_(gdu, ub)
-            gpre[:, s:e] = gdt.mul_(torch.sigmoid_(pre))   # softplus' = σ
+            torch.matmul(g.transpose(-1, -2), (dtb * ub)[..., None], out=gB[:, s:e, :, None])
+            gdt = q.sum(-1).addcmul_(gdu, ub)
+            torch.mul(gdt, torch.sigmoid_(pre), out=gpre[:, s:e])   # softplus' = σ
             gD += (gy * ub).sum((0, 1))
-            gu[:, s:e] = torch.addcmul(gy * D, gdu, dtb)
+            torch.addcmul(gy * D, gdu, dtb, out=gu[:, s:e])
             del q, g
-        return gu, gpre, gA, gB, gC, gD, gz, gpre.sum((0, 1)), None, None, None
+        return gu, gpre, gAA / A, gB, gC, gD, gz, gpre.sum((0, 1)), None, None, None
 
 
 def _mamba_ssm_scan() -> Any:
