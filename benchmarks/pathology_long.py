@@ -253,6 +253,22 @@ def cmd_trend(args: argparse.Namespace) -> None:
             f"mean pool dev {r[f'mean pooling C={c} dev']['auc'][0]:.3f} ({r['seconds']:.0f}s)")
 
 
+def _score(args: argparse.Namespace, name: str, cv: list, held: list, y: np.ndarray, with_c1: bool) -> dict:
+    """One encoder of the arm with the chosen readout: tile probe and the image heads, dev and held-out fold 3."""
+    spec, head, c = _chosen(args.work)
+    t0 = time.perf_counter()
+    x = features(args.work, f"{prefix(args.arm)}{name}", {**spec, "tag": "-reinhard"})
+    r: dict = {"encoder": name, "spec": spec,
+               "tile linear": {"dev": linear_probe(x, y, cv), "holdout": linear_probe(x, y, held)}}
+    bags, yb, fb = image_bags(args.work, x)
+    heads = {"abmil shipped": SHIPPED_MIL, "abmil chosen": head, **({"mean pooling C=1": 1.0} if with_c1 else {}),
+             f"mean pooling C={c}": c}
+    for hname, h in heads.items():
+        r[hname] = {part: mil_scores(bags, yb, fb, h, args.seeds, part) for part in ("dev", "holdout")}
+    r["seconds"] = time.perf_counter() - t0
+    return r
+
+
 def cmd_final(args: argparse.Namespace) -> None:
     """The final encoder (rule: student unless the teacher's dev tile probe is higher), dev + held-out fold 3."""
     y, fold = np.load(args.work / "embeddings" / "labels.npy")
@@ -265,16 +281,8 @@ def cmd_final(args: argparse.Namespace) -> None:
     if out.is_file():
         log(f"{out} exists: the held-out fold was scored already — not again")
         return
-    spec, head, c = _chosen(args.work)
-    t0 = time.perf_counter()
-    x = features(args.work, f"{prefix(args.arm)}{name}", {**spec, "tag": "-reinhard"})
-    r: dict = {"encoder": name, "rule": "student unless the EMA teacher's dev tile balanced accuracy is higher",
-               "spec": spec, "tile linear": {"dev": linear_probe(x, y, cv), "holdout": linear_probe(x, y, held)}}
-    bags, yb, fb = image_bags(args.work, x)
-    for hname, h in {"abmil shipped": SHIPPED_MIL, "abmil chosen": head, "mean pooling C=1": 1.0,
-                     f"mean pooling C={c}": c}.items():
-        r[hname] = {part: mil_scores(bags, yb, fb, h, args.seeds, part) for part in ("dev", "holdout")}
-    r["seconds"] = time.perf_counter() - t0
+    r = {"rule": "student unless the EMA teacher's dev tile balanced accuracy is higher",
+         **_score(args, name, cv, held, y, with_c1=True)}
     out.write_text(json.dumps(r, indent=1))
     cmd_report(args)
 
@@ -288,15 +296,7 @@ def cmd_heldout(args: argparse.Namespace) -> None:
     if out.is_file():
         log(f"{out} exists: the held-out fold was scored already for {args.name} — not again")
         return
-    spec, head, c = _chosen(args.work)
-    t0 = time.perf_counter()
-    x = features(args.work, f"{prefix(args.arm)}{args.name}", {**spec, "tag": "-reinhard"})
-    r: dict = {"encoder": args.name, "spec": spec,
-               "tile linear": {"dev": linear_probe(x, y, cv), "holdout": linear_probe(x, y, held)}}
-    bags, yb, fb = image_bags(args.work, x)
-    for hname, h in {"abmil shipped": SHIPPED_MIL, "abmil chosen": head, f"mean pooling C={c}": c}.items():
-        r[hname] = {part: mil_scores(bags, yb, fb, h, args.seeds, part) for part in ("dev", "holdout")}
-    r["seconds"] = time.perf_counter() - t0
+    r = _score(args, args.name, cv, held, y, with_c1=False)
     out.write_text(json.dumps(r, indent=1))
     log(f"{args.name}: tile {r['tile linear']['dev'][0]:.3f} / {r['tile linear']['holdout'][0]:.3f} (dev / held-out); "
         + "; ".join(f"{h} AUC {r[h]['dev']['auc'][0]:.3f} / {r[h]['holdout']['auc'][0]:.3f}"
