@@ -6,9 +6,11 @@ Targets (#28): fp32 step >= 50% of the fp32 matmul rate; bf16 step >= 2.0x faste
     .venv/bin/python benchmarks/cpu_efficiency.py [--profile] [--variants] [--compile]
 
 --profile: operator table of 2 steps per precision, self CPU time by operator class.
---variants: the same step with PyTorch's fused CPU attention in bf16, with nn.TransformerEncoderLayer, and with
-            the foreach AdamW: what each choice is worth.
+--variants: the same step with PyTorch's fused CPU attention in bf16, with nn.TransformerEncoderLayer, with the
+            foreach AdamW, and with LayerNorm fed a bf16 copy of the residual stream: what each choice is worth.
 --compile: also the step under torch.compile (compile time reported apart).
+--shapes: only one linear layer's forward+backward at each CPU recipe's product shapes, fp32 vs bf16 autocast (cast
+          of the fp32 input included, as in fit()): where bf16 products pay at all on this CPU.
 """
 from __future__ import annotations
 
@@ -43,10 +45,10 @@ class Block(nn.Module):
     """DeiT block as sslkit's ViTs have it (audio SSAST, timm in pathology): LN, fused QKV, attention, LN, GELU MLP.
     `attention`: "sslkit" = `sslkit.core.precision.attention` (materialised in bf16 on a CPU), "sdpa" = PyTorch's."""
 
-    def __init__(self, attention: str = "sslkit") -> None:
+    def __init__(self, attention: str = "sslkit", norm: type[nn.LayerNorm] = nn.LayerNorm) -> None:
         super().__init__()
         self.attention = attention
-        self.norm1, self.norm2 = nn.LayerNorm(D), nn.LayerNorm(D)
+        self.norm1, self.norm2 = norm(D), norm(D)
         self.qkv, self.proj = nn.Linear(D, 3 * D), nn.Linear(D, D)
         self.fc1, self.fc2 = nn.Linear(D, 4 * D), nn.Linear(4 * D, D)
 
@@ -58,8 +60,22 @@ class Block(nn.Module):
         return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
 
 
+class Bf16InputLayerNorm(nn.LayerNorm):
+    """LayerNorm of a bf16 copy of its input under CPU bf16 autocast (bf16 out, no cast before the next product).
+    Measured as a variant only: statistics of bf16-rounded inputs lose precision when |mean| ≫ std (why CUDA
+    autocast keeps layer_norm in fp32)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16:
+            x = x.to(torch.bfloat16)
+        return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+
+
 def vit_tiny(kind: str = "sslkit") -> nn.Module:
-    """12 DeiT blocks; kind "torch-layer": PyTorch's nn.TransformerEncoderLayer (its MHA calls the fused kernel)."""
+    """12 DeiT blocks; kind "torch-layer": PyTorch's nn.TransformerEncoderLayer (its MHA calls the fused kernel);
+    "bf16-norm": LayerNorm on a bf16 copy of the residual stream (`Bf16InputLayerNorm`)."""
+    if kind == "bf16-norm":
+        return nn.Sequential(*[Block("sslkit", Bf16InputLayerNorm) for _ in range(LAYERS)])
     if kind == "torch-layer":
         layer = nn.TransformerEncoderLayer(D, HEADS, 4 * D, dropout=0.0, activation="gelu", batch_first=True,
                                            norm_first=True)
@@ -123,12 +139,54 @@ def profile(step: Callable[[], None], label: str) -> None:
     print("  costliest: " + "; ".join(f"{n} {ms / 2:.0f} ms" for n, ms, _ in ops["top_ms"][:6]), file=sys.stderr)
 
 
+SHAPES = [  # (recipe and layer, rows M = batch × tokens, in K, out N)
+    ("t-jepa-small encoder qkv", 256 * 8, 32, 96), ("t-jepa-small encoder ffn", 256 * 8, 32, 64),
+    ("t-jepa-small predictor qkv", 4 * 256 * 12, 16, 48), ("t-jepa encoder qkv", 512 * 8, 64, 192),
+    ("t-jepa predictor ffn", 4 * 512 * 12, 16, 64), ("ssast / tera qkv", 32 * 98, 128, 384),
+    ("ssast / tera fc1", 32 * 98, 128, 512), ("ssamba in_proj", 32 * 97, 64, 256),
+    ("ViT-tiny qkv", BATCH * TOKENS, D, 3 * D), ("ViT-tiny fc1", BATCH * TOKENS, D, 4 * D)]
+
+
+def linear_seconds(m: int, k: int, n: int, bf16: bool, reps: int = 20) -> float:
+    """Best time of F.linear forward + backward on an fp32 (m, k) input, under bf16 autocast or not."""
+    x, w = torch.randn(m, k, requires_grad=True), torch.randn(n, k, requires_grad=True)
+    b = torch.randn(n, requires_grad=True)
+
+    def once() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            y = F.linear(x, w, b)
+        y.backward(torch.ones_like(y))
+
+    for _ in range(3):
+        once()
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        once()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def shapes_table() -> None:
+    rows = []
+    for label, m, k, n in SHAPES:
+        t32, t16 = linear_seconds(m, k, n, False), linear_seconds(m, k, n, True)
+        rows.append([label, str(m), str(k), str(n), f"{1e6 * t32:.0f}", f"{1e6 * t16:.0f}", f"{t32 / t16:.2f}x",
+                     f"{6 * m * k * n / t32 / 1e9:.0f}"])
+    print_table(f"one linear layer, forward + backward ({torch.get_num_threads()} threads)",
+                ["shape", "M", "K", "N", "fp32 us", "bf16 us", "bf16 speed", "fp32 GFLOP/s"], rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--shapes", action="store_true")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--variants", action="store_true")
     ap.add_argument("--compile", action="store_true")
     a = ap.parse_args()
+    if a.shapes:
+        shapes_table()
+        return
     bf16_ok = precision.bf16_supported(torch.device("cpu"))
     mm32, mm16 = matmul_gflops(torch.float32), matmul_gflops(torch.bfloat16)
     arms: list[tuple[str, bool, dict]] = [("fp32", False, {})]
@@ -138,7 +196,8 @@ def main() -> None:
         arms += [("bf16, PyTorch fused attention", True, {"kind": "sdpa"}),
                  ("fp32, nn.TransformerEncoderLayer", False, {"kind": "torch-layer"}),
                  ("bf16, nn.TransformerEncoderLayer", True, {"kind": "torch-layer"}),
-                 ("bf16, foreach AdamW", True, {"fused": False}), ("fp32, foreach AdamW", False, {"fused": False})]
+                 ("bf16, foreach AdamW", True, {"fused": False}), ("fp32, foreach AdamW", False, {"fused": False}),
+                 ("bf16, LayerNorm on bf16 input", True, {"kind": "bf16-norm"})]
     if a.compile:
         arms += [("fp32 compiled", False, {"compiled": True})] + ([("bf16 compiled", True, {"compiled": True})]
                                                                   if bf16_ok else [])

@@ -4,11 +4,14 @@ For each arm the domain's own `pretrain` command runs in-process on a small real
 exists, the domain's generated data otherwise) up to the point where it calls `fit()`; there the method, data set and
 settings it built are taken, and the real `fit()` trains copies of that method for N steps: fp32 with seeds 0 and 1
 (the seed-to-seed spread: another initialisation, other masks and data order) and bf16 with seed 0, same batches as
-fp32 seed 0. For ssast and dino also bf16 with their attention switched to the materialised path (`bf16-mat`). One
-table, one run, the fp32 baseline measured beside each bf16 figure.
+fp32 seed 0. For the arms whose attention goes through `sslkit.core.precision.attention` (ssast, tera) also bf16 with
+PyTorch's fused kernel forced (`bf16-fused`: what the materialised bf16 path is worth) and with the third session's
+materialised formula (`bf16-previous`: what the additive mask and the scale on q are worth), same run. One table, one
+run, the fp32 baseline measured beside each bf16 figure.
 
     .venv/bin/python benchmarks/precision.py [--arms tjepa-small,tera,...] [--steps 24] [--profile]
-    # as recorded in docs/performance.md (611 s with --profile on 2 cores):
+    # as recorded in docs/performance.md (611 s with --profile on 2 cores; ssast and tera since the fifth session:
+    # --arms ssast,tera --steps 32 --profile, 72 s):
     .venv/bin/python benchmarks/precision.py --profile --steps 16 --steps-for dino=10 --steps-for tjepa=10 --steps-for alice=12
 
 samples/s is the median over the steps after the first 3 of batch / (step time - data wait) (the compute step
@@ -46,7 +49,7 @@ ARMS: dict[str, tuple[str, str, list[str]]] = {
     "scgc-star": ("graph", "scgc-star", []),
     "lidar": ("lidar", "pointpillars-tiny", []),
 }
-ATTENTION_ARMS = {"ssast", "dino"}     # fused attention that can be switched to materialised (see `materialise`)
+FUSED_ARMS = {"ssast", "tera"}     # attention through core.precision.attention: also measured with the fused kernel
 DEFAULT_ARMS = "tjepa-small,tjepa,ssast,ssamba,tera,dino,alice,scgc-star,lidar"
 
 
@@ -174,10 +177,53 @@ def materialise(method: Any) -> int:
     return n
 
 
+def previous_attention(q: Any, k: Any, v: Any, mask: Any = None, dropout: float = 0.0) -> Any:
+    """`core.precision.attention` as the third session left it: scaled scores, key mask by masked_fill (one more
+    pass over the scores forward and one backward than the additive bias now used)."""
+    import torch
+    import torch.nn.functional as F
+    from sslkit.core import precision
+
+    bf16 = q.dtype == torch.bfloat16 or (torch.is_autocast_enabled("cpu") and
+                                         torch.get_autocast_dtype("cpu") == torch.bfloat16)
+    if q.device.type != "cpu" or not bf16 or q.shape[-2] * k.shape[-2] > precision.MATERIALISE_MAX:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+    scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = scores.softmax(-1)
+    return (F.dropout(weights, dropout) if dropout else weights) @ v
+
+
+class attention_mode:  # noqa: N801 - a context manager used like a function
+    """"fused": `core.precision.attention` calls PyTorch's fused kernel for every shape (as before #28's CPU path);
+    "previous": its materialised path as the third session left it (`previous_attention`); else as built."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+
+    def __enter__(self) -> None:
+        import sslkit.domains.audio.model as audio
+        from sslkit.core import precision
+
+        self.saved = precision.MATERIALISE_MAX, precision.attention, audio.attention
+        if self.mode == "fused":
+            precision.MATERIALISE_MAX = 0
+        elif self.mode == "previous":
+            precision.attention = audio.attention = previous_attention
+
+    def __exit__(self, *exc: Any) -> None:
+        import sslkit.domains.audio.model as audio
+        from sslkit.core import precision
+
+        precision.MATERIALISE_MAX, precision.attention, audio.attention = self.saved
+
+
 def train_arm(got: dict[str, Any], precision: str, steps: int, out: Path, profile: bool = False,
               attention: str = "as-built") -> dict[str, Any]:
     """A copy of the captured method trained `steps` steps by the real fit(); per-step loss and compute samples/s.
-    `attention`: "materialised" switches the copy's attention modules first (see `materialise`)."""
+    `attention`: "materialised" switches the copy's attention modules first (see `materialise`); "fused" and
+    "previous" change what `core.precision.attention` does during the arm (see `attention_mode`)."""
     from sslkit.core.loop import fit
     from sslkit.core.runs import Run
 
@@ -199,7 +245,8 @@ def train_arm(got: dict[str, Any], precision: str, steps: int, out: Path, profil
         prof = torch_profile(activities=[ProfilerActivity.CPU])
         prof.__enter__()
     try:
-        result = fit(method, got["dataset"], train, run, **got["kw"])
+        with attention_mode(attention):
+            result = fit(method, got["dataset"], train, run, **got["kw"])
     finally:
         if prof is not None:
             prof.__exit__(None, None, None)
@@ -240,12 +287,12 @@ def op_class(name: str) -> str:
 
 
 def op_classes(prof: Any) -> dict[str, Any]:
-    """Self CPU time per operator class and the 12 costliest operators (ms, over the profiled steps)."""
+    """Self CPU time per operator class and the 20 costliest operators (ms, over the profiled steps)."""
     events = [e for e in prof.key_averages() if not e.key.startswith(("ProfilerStep", "Optimizer.", "autograd::"))]
     by_class: dict[str, float] = {}
     for e in events:
         by_class[op_class(e.key)] = by_class.get(op_class(e.key), 0.0) + e.self_cpu_time_total / 1000
-    top = sorted(events, key=lambda e: -e.self_cpu_time_total)[:12]
+    top = sorted(events, key=lambda e: -e.self_cpu_time_total)[:20]
     return {"classes_ms": dict(sorted(by_class.items(), key=lambda kv: -kv[1])),
             "top_ms": [[e.key, round(e.self_cpu_time_total / 1000, 1), e.count] for e in top]}
 
@@ -261,6 +308,15 @@ def verdict(r: dict[str, Any]) -> tuple[float, float, float, str]:
     return speed, spread, dev, pick
 
 
+def _other(r: dict[str, Any], f0: dict[str, Any]) -> str:
+    """bf16 speed with another attention path: fused kernel forced (`bf16-fused`), the third session's materialised
+    formula (`bf16-previous`), or materialised (`bf16-mat`, the third session's records)."""
+    parts = [f"{label} {r[key]['samples_per_s'] / f0['samples_per_s']:.2f}x, loss {r[key]['loss_at_n']:.4f}"
+             for key, label in (("bf16-fused", "fused"), ("bf16-previous", "previous"), ("bf16-mat", "materialised"))
+             if key in r]
+    return "; ".join(parts) or "-"
+
+
 def table(results: dict[str, dict[str, Any]]) -> None:
     from sslkit.core.console import print_table
 
@@ -273,11 +329,12 @@ def table(results: dict[str, dict[str, Any]]) -> None:
         rows.append([arm, r["recipe"], f"{f0['samples_per_s']:.1f}", f"{b0['samples_per_s']:.1f}", f"{speed:.2f}x",
                      f"{f0['loss_at_n']:.4f}", f"{f1['loss_at_n']:.4f}", f"{b0['loss_at_n']:.4f}",
                      f"{dev:.4f} / {spread:.4f}", pick,
-                     f"{r['bf16-mat']['samples_per_s'] / f0['samples_per_s']:.2f}x" if "bf16-mat" in r else "-",
+                     _other(r, f0),
                      f"{f0['seconds'] + f1['seconds'] + b0['seconds']:.0f}"])
     print_table(f"bf16 autocast vs fp32 training step on this CPU ({os.cpu_count()} cores), samples/s of the step and "
                 "loss after N steps", ["arm", "recipe", "fp32 /s", "bf16 /s", "bf16 speed", "loss fp32 s0",
-                                       "fp32 s1", "bf16 s0", "|bf16-fp32| / seed spread", "auto", "bf16 mat. attn", "wall s"], rows)
+                                       "fp32 s1", "bf16 s0", "|bf16-fp32| / seed spread", "auto",
+                                       "bf16 other attention", "wall s"], rows)
     for arm, r in results.items():
         for key in ("bf16", "fp32"):
             ops = r.get(key, {}).get("ops")
@@ -315,8 +372,8 @@ def main() -> None:
         plan: list[tuple[str, str, int, bool, str]] = [
             ("fp32", "fp32", 0, False, "as-built"), ("bf16", "bf16", 0, False, "as-built"),
             ("fp32-seed1", "fp32", 1, False, "as-built")]
-        if arm in ATTENTION_ARMS:   # bf16 with materialised attention (sslkit.core.precision.attention's CPU path)
-            plan.append(("bf16-mat", "bf16", 0, False, "materialised"))
+        if arm in FUSED_ARMS:   # bf16 with PyTorch's fused attention kernel (what the materialised CPU path replaced)
+            plan += [("bf16-fused", "bf16", 0, False, "fused"), ("bf16-previous", "bf16", 0, False, "previous")]
         if a.profile:
             plan += [("bf16-profile", "bf16", 0, True, "as-built"), ("fp32-profile", "fp32", 0, True, "as-built")]
         todo = [p for p in plan if p[0] not in r]

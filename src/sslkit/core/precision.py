@@ -33,17 +33,19 @@ class Choice:
 # 2.9.1; training-step samples/s bf16 vs fp32 on the method's CPU recipe, and the loss after the same steps).
 # "x": bf16 samples/s over fp32; loss: |bf16 - fp32| after N steps, same seed, against |fp32 seed 1 - fp32 seed 0|.
 CPU_AUTO: dict[tuple[str, str], Choice] = {
-    ("audio", "tera"): Choice("fp32", "0.95x in bf16 (tera-fsdd without dropout, 236 vs 249 clips/s); bf16 paid "
-                                      "1.20x only while dropout masks were 39% of the fp32 step"),
-    ("audio", "ssast"): Choice("bf16", "1.47x samples/s in bf16 (ssast-fsdd, materialised bf16 attention); loss "
-                                       "after 16 steps 0.0011 from fp32, seeds 0.14 apart"),
-    ("audio", "ssamba"): Choice("fp32", "0.95x in bf16 (ssamba-fsdd): the selective scan runs in fp32 either way"),
+    ("audio", "tera"): Choice("bf16", "1.50x samples/s in bf16 (tera-fsdd, attention materialised in bf16: the stock "
+                                      "layer's fused kernel gave 0.89x); loss after 32 steps 0.0001 from fp32, seeds "
+                                      "0.015 apart"),
+    ("audio", "ssast"): Choice("bf16", "1.51x samples/s in bf16 (ssast-fsdd, materialised bf16 attention with an "
+                                       "additive key mask); loss after 32 steps 0.0006 from fp32, seeds 0.14 apart"),
+    ("audio", "ssamba"): Choice("fp32", "0.95x in bf16 (ssamba-fsdd): the selective scan runs in fp32 either way; "
+                                        "products are 14% of the fp32 step"),
     ("pathology", "dino"): Choice("bf16", "1.69x samples/s in bf16 (dino-tiny, timm's materialised attention under "
                                           "CPU autocast); loss after 10 steps 0.0014 from fp32, seeds 0.0037 apart"),
     ("medical3d", "alice"): Choice("bf16", "1.15x samples/s in bf16 (la2018, conv3d tiny); loss after 12 steps "
                                            "0.002 from fp32, seeds 0.45 apart"),
     ("tabular", "t-jepa"): Choice("fp32", "0.80x in bf16 (t-jepa-small), 0.99x (t-jepa): d=32-64 products over ~15 "
-                                          "tokens are too small for bf16 to pay"),
+                                          "tokens are too small for bf16 to pay (a d=32 linear: 0.7-0.9x in bf16)"),
     ("graph", "scgc-star"): Choice("fp32", "1.01x in bf16 (Cora): sparse propagation and the losses run in fp32"),
     ("lidar", "dinostar"): Choice("fp32", "2.11x in bf16 (pointpillars-tiny) but the loss after 16 steps moved "
                                           "0.0105 from fp32 with seeds 0.0064 apart"),
@@ -55,11 +57,15 @@ MATERIALISE_MAX = 1024 * 1024   # keys × queries: 4 MB of bf16 scores per (batc
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
               dropout: float = 0.0) -> torch.Tensor:
-    """softmax(QKᵀ/√e)V for (B, H, T, e) inputs; `mask` (bool, broadcastable to (B, H, T, S)) keeps True positions.
+    """softmax(QKᵀ/√e)V for (B, H, T, e) inputs; `mask` (broadcastable to (B, H, T, S)): bool keeps True positions,
+    a float mask is added to the scores (as `F.scaled_dot_product_attention`).
 
     On a CPU in bf16 (under autocast) and for sequences up to `MATERIALISE_MAX` keys × queries, the scores are
     materialised and both products run as bf16 matmuls (oneDNN/AMX): PyTorch's fused CPU kernel took 1.33x longer
     than that for a ViT-tiny step here (385 vs 290 ms, docs/performance.md), and its math fallback upcasts to fp32.
+    The scale goes on q (T·e values, not T·S scores) and a key mask is added as a 0/-inf bias of the scores' dtype:
+    an add has no backward pass over the scores, where a masked_fill has one (bf16 over fp32, same run: ssast-fsdd
+    1.46x -> 1.51x, tera-fsdd 1.43x -> 1.50x; docs/performance.md).
     Everywhere else (fp32, CUDA, long sequences where T² scores would not fit) `F.scaled_dot_product_attention`.
     """
     import torch.nn.functional as F
@@ -68,9 +74,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
                                          torch.get_autocast_dtype("cpu") == torch.bfloat16)
     if q.device.type != "cpu" or not bf16 or q.shape[-2] * k.shape[-2] > MATERIALISE_MAX:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
-    scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
     if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
+        bias = (torch.zeros(mask.shape, dtype=scores.dtype, device=q.device).masked_fill_(~mask, float("-inf"))
+                if mask.dtype == torch.bool else mask.to(scores.dtype))
+        scores = scores + bias
     weights = scores.softmax(-1)
     if dropout:
         weights = F.dropout(weights, dropout)

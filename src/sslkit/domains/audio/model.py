@@ -127,7 +127,7 @@ class Attention(nn.Module):
                 att = att.masked_fill(~keep, float("-inf"))
             out = F.dropout(att.softmax(-1), p) @ v
         else:
-            out = attention(q, k, v, keep, p)     # fused; bf16 products on a CPU under autocast (1.47x)
+            out = attention(q, k, v, keep, p)     # fused; bf16 products on a CPU under autocast (1.51x)
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
 
 
@@ -144,6 +144,33 @@ class ViTLayer(nn.Module):
     def forward(self, x: Tensor, present: Tensor | None) -> Tensor:
         x = x + self.attn(self.norm1(x), present)
         return x + self.mlp(self.norm2(x))
+
+
+class TeraLayer(nn.TransformerEncoderLayer):
+    """TERA's post-norm BERT layer: `nn.TransformerEncoderLayer` (same parameters and state-dict keys, so older
+    checkpoints and exports load) whose self-attention goes through `core.precision.attention`. In training the
+    stock layer calls PyTorch's fused CPU attention kernel, which runs slower in bf16 than in fp32 (its backward
+    dominated the bf16 step); the core helper materialises bf16 products there and uses the fused kernel elsewhere."""
+
+    def _sa_block(self, x: Tensor, attn_mask: Tensor | None, key_padding_mask: Tensor | None,
+                  is_causal: bool = False) -> Tensor:
+        """x (B, T, D), key_padding_mask (B, T): True or -inf on padding (the layer's forward turns a bool mask into
+        0/-inf) -> attended (B, T, D), as `nn.MultiheadAttention`; anything else (additive biases, attn_mask) takes
+        the stock path."""
+        keep = None
+        if key_padding_mask is not None:
+            pad = key_padding_mask if key_padding_mask.dtype == torch.bool else torch.isneginf(key_padding_mask)
+            if pad.dtype != key_padding_mask.dtype and not bool(((key_padding_mask == 0) | pad).all()):
+                return super()._sa_block(x, attn_mask, key_padding_mask, is_causal)
+            keep = ~pad[:, None, None, :]
+        if attn_mask is not None or is_causal or not self.self_attn.batch_first:
+            return super()._sa_block(x, attn_mask, key_padding_mask, is_causal)
+        mha = self.self_attn
+        b, t, d = x.shape
+        q, k, v = F.linear(x, mha.in_proj_weight, mha.in_proj_bias).view(
+            b, t, 3, mha.num_heads, d // mha.num_heads).permute(2, 0, 3, 1, 4)
+        out = attention(q, k, v, keep, mha.dropout if self.training else 0.0)
+        return self.dropout1(mha.out_proj(out.transpose(1, 2).reshape(b, t, d)))
 
 
 def sinusoid(n: int, dim: int, device: torch.device) -> Tensor:
@@ -180,9 +207,8 @@ class AudioEncoder(nn.Module):
             self.pf, self.pt, self.grid_f, self.grid_t = n_mels, 1, 1, clip_frames
             self.embed = nn.Linear(n_mels, dim)
             self.embed_norm = nn.LayerNorm(dim)
-            self.layers = nn.ModuleList(nn.TransformerEncoderLayer(dim, heads, int(dim * mlp_ratio), dropout,
-                                                                   activation="gelu", batch_first=True)
-                                        for _ in range(depth))   # post-norm BERT layers, as TERA
+            self.layers = nn.ModuleList(TeraLayer(dim, heads, int(dim * mlp_ratio), dropout, activation="gelu",
+                                                  batch_first=True) for _ in range(depth))   # post-norm BERT, as TERA
             self.norm = nn.Identity()
             return
         self.pf, self.pt = patch_freq, patch_time
