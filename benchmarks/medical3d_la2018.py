@@ -13,20 +13,28 @@ The standard split of the data's datalist: 80 `training` volumes, 20 `test` volu
      full               --from-scratch with all 80 labelled (the upper bound; `--labels` need not list 80;
                         its own step count with --full-steps)
    for every N in --labels and every seed (finetune.seed; the pretraining is shared by the seeds).
-3. `--trend 0,100,...`: Dice against pretraining steps — for each step count an alice pretraining run (fewer steps
-   than --pre-steps: a run of its own, with its own schedule; more: a copy of the main run continued with --resume),
-   fine-tuned with the first of --labels, seed 0; 0 is the from-scratch arm.
+3. `--trend 0,300,1000,...`: Dice against alice pretraining steps — each count fine-tuned with --trend-labelled
+   volumes (default 8), seed 0; 0 is the from-scratch arm. Alice pretraining runs form one chain: the main run
+   (--pre-steps, `runs/pretrain-alice`) is a run of its own; every other count N (`runs/pretrain-alice-N`) continues
+   a copy of the next shorter count of the chain with --resume (the shortest starts fresh). A continuation gets a new
+   cosine schedule over N steps, so its learning rate and the teacher's EMA momentum restart where the copy stopped
+   (warm restart) and anneal again by step N: every point of the trend is an annealed run.
+4. `--alice-steps N`: the alice pretraining that the alice arms fine-tune from (default: the scale's); arms from a
+   run other than the main one are named `alice-pN-...`, so the trend's seed-0 arm of N is also the table's.
 
 Every arm's result is written to OUT/<arm>.json as soon as it finishes (run folders under OUT/runs/, ignored by git);
 a rerun skips finished arms whose settings match and resumes an interrupted run from its checkpoint. OUT/table.md
-and OUT/summary.json hold the table: mean ± std over seeds, every seed, the published V-Net figures of the data's
-README beside it, and per-arm wall time and data-wait (share of step time spent waiting for crops).
+and OUT/summary.json hold the table: mean ± std over seeds, every seed, pretrained minus scratch per seed, the
+published V-Net figures of the data's README beside it, per-arm wall time and data-wait (share of step time spent
+waiting for crops); OUT/trend.png the Dice against pretraining steps. OUT: benchmarks/results/medical3d_la2018 at
+the cpu scale, medical3d_la2018_gpu / _quick at the others.
 
-    .venv/bin/python benchmarks/medical3d_la2018.py --scale gpu --device cuda           # the full benchmark
-    .venv/bin/python benchmarks/medical3d_la2018.py --scale cpu --labels 8 --seeds 1 \\
-        --arms scratch,alice,alice+unl --max-minutes 30                                 # a CPU-sized subset
+    .venv/bin/python benchmarks/medical3d_la2018.py --scale gpu --device cuda           # the full benchmark, trend too
+    .venv/bin/python benchmarks/medical3d_la2018.py --scale cpu --labels 8 --arms scratch,alice   # CPU: 8 labelled,
+        # 3 seeds, trend 0/300/1,000/3,000 pretraining steps, alice arms from the 3,000-step run (~37 CPU-min)
+    .venv/bin/python benchmarks/medical3d_la2018.py --scale cpu --labels 4,16 --seeds 1 --arms scratch,alice --trend none
     .venv/bin/python benchmarks/medical3d_la2018.py --scale cpu --arms full --seeds 1 --full-steps 2500 \\
-        --keep-steps 900,1800         # the 80-label upper bound alone (~40 CPU-min; no pretraining), with its trend
+        --keep-steps 900,1800     # the 80-label upper bound alone (~40 CPU-min; no pretraining, no trend)
     .venv/bin/python benchmarks/medical3d_la2018.py --scale quick                       # minutes: does it run
     .venv/bin/python benchmarks/medical3d_la2018.py --table                             # the table only
 """
@@ -34,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -44,36 +51,28 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from medical3d_checkpoints import PERCENT, KeepCheckpoints, score_checkpoint, test_scores  # noqa: E402
+from medical3d_checkpoints import KeepCheckpoints, score_checkpoint, test_scores  # noqa: E402
+from medical3d_la2018_table import table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "medical3d" / "la2018"
 OUT = ROOT / "benchmarks" / "results" / "medical3d_la2018"
-METRICS = ("dice", "jaccard", "hd95", "asd")
 # per scale: resolution (mm; None = the data's 0.625), recipes (alice, swinunetr-ssl), and what the benchmark sets on
 # top of them (None: the recipe's own): crop side, pretraining/fine-tuning steps and batch, teacher passes for the
-# uncertainty mask. `la2018` is the CPU-sized recipe (1.25 mm, 48³ crops, tiny conv encoder; at the gpu scale its
-# encoder is made card-sized); the swin arm needs a crop side that is a multiple of 32 (--roi 64 for every arm when
-# it is included at the cpu scale).
+# uncertainty mask, the trend's pretraining counts and the alice arms' pretraining. `la2018` is the CPU-sized recipe
+# (1.25 mm, 48³ crops, tiny conv encoder; at the gpu scale its encoder is made card-sized); the swin arm needs a crop
+# side that is a multiple of 32 (--roi 64 for every arm when it is included at the cpu scale). The cpu scale is what
+# was measured on 2 cores: 300 main pretraining steps, 200 fine-tuning steps.
 SCALES = {
     "gpu": dict(spacing=None, roi=96, pre_steps=10000, pre_batch=8, ft_steps=6000, ft_batch=4, passes=8,
-                recipes={"alice": "la2018", "swin": "swinunetr-ssl"},
+                recipes={"alice": "la2018", "swin": "swinunetr-ssl"}, trend=(0, 1000, 3000, 10000), alice_steps=10000,
                 pre_set=["model.size=base", "model.blocks=2", "train.warmup_steps=500"]),   # la2018 at card size
-    "cpu": dict(spacing=1.25, roi=None, pre_steps=2000, pre_batch=None, ft_steps=None, ft_batch=None, passes=2,
-                recipes={"alice": "la2018", "swin": "tiny-swin"}),
+    "cpu": dict(spacing=1.25, roi=None, pre_steps=300, pre_batch=None, ft_steps=200, ft_batch=None, passes=2,
+                recipes={"alice": "la2018", "swin": "tiny-swin"}, trend=(0, 300, 1000, 3000), alice_steps=3000),
     "quick": dict(spacing=1.25, roi=None, pre_steps=20, pre_batch=2, ft_steps=20, ft_batch=2, passes=2,
-                  recipes={"alice": "la2018", "swin": "tiny-swin"}),
+                  recipes={"alice": "la2018", "swin": "tiny-swin"}, trend=(0, 10, 20, 40), alice_steps=40),
 }
 INITS = {"scratch": None, "alice": "alice", "swin": "swin"}
-
-
-def published(readme: Path) -> dict[int, tuple[str, str]]:
-    """{labelled volumes: (supervised V-Net Dice, best semi-supervised)} from the table in the data's README."""
-    out = {}
-    text = readme.read_text() if readme.is_file() else ""
-    for m in re.finditer(r"^\|\s*(\d+)\s*\(\d+%\)\s*\|\s*([^|]+)\|\s*([^|]+)\|", text, re.M):
-        out[int(m.group(1))] = (m.group(2).strip(), m.group(3).strip())
-    return out
 
 
 def given(settings: dict[str, object]) -> list[str]:
@@ -108,14 +107,17 @@ def data_wait(run: Path) -> float | None:
 class Bench:
     def __init__(self, a: argparse.Namespace) -> None:
         self.a, self.s = a, dict(SCALES[a.scale])
-        for key in ("roi", "pre_steps", "ft_steps", "passes"):
+        for key in ("roi", "pre_steps", "ft_steps", "passes", "trend", "alice_steps"):
             if getattr(a, key) is not None:
                 self.s[key] = getattr(a, key)
+        if a.trend is None and "alice" not in {x.split("+")[0] for x in a.arms.split(",")}:
+            self.s["trend"] = ()    # the scale's trend comes with the alice arms (`--arms full` alone runs no trend)
         if a.spacing is not None:
             self.s["spacing"] = None if a.spacing <= 0 else a.spacing
         self.out, self.runs = a.out, a.out / "runs"
         self.datalist = a.data / "datalist.json"
         self.training = json.loads(self.datalist.read_text())["training"]
+        self.chain = chain(self.s["pre_steps"], [*self.s["trend"], self.s["alice_steps"]])
         self.started = time.perf_counter()
 
     def out_of_time(self) -> bool:
@@ -124,25 +126,51 @@ class Bench:
     def device_set(self) -> list[str]:
         return [] if self.a.device == "auto" else ["--set", f"train.device={self.a.device}"]
 
-    def pretrain(self, method: str, steps: int, name: str | None = None, resume_from: Path | None = None) -> Path:
-        """A pretraining run on the training images (rerun: kept when finished with the same settings, resumed when
-        interrupted, run again when the settings differ, e.g. another --scale into the same --out)."""
-        run = self.runs / (name or f"pretrain-{method}")
-        record = self.out / f"{run.name}.json"
+    def pre_sets(self, steps: int) -> list[str]:
+        """The --set values of a pretraining run of `steps` steps at this scale."""
         s = self.s      # checkpoint_every is inherited by fine-tuning from the run (a 1-step run must not say 1)
-        sets = [f"train.steps={steps}", "data.modality=mri", "train.checkpoint_every=100",
+        return [f"train.steps={steps}", "data.modality=mri", "train.checkpoint_every=100",
                 "data.spacing=" + ("null" if s["spacing"] is None else f"[{s['spacing']}, {s['spacing']}, {s['spacing']}]"),
                 *given({"train.batch_size": s["pre_batch"], "data.roi": s["roi"]}), *s.get("pre_set", []), *self.a.set]
-        done = json.loads(record.read_text()) if record.is_file() else None
-        if done is not None and (run / "encoder").is_dir() and done.get("settings") == sets \
-                and done.get("recipe") == s["recipes"][method]:
+
+    def finished(self, run: Path, method: str, steps: int) -> bool:
+        """Whether `run` finished with this scale's settings for `steps` steps (its record says so)."""
+        record = self.out / f"{run.name}.json"
+        done = json.loads(record.read_text()) if record.is_file() else {}
+        return (run / "encoder").is_dir() and done.get("settings") == self.pre_sets(steps) \
+            and done.get("recipe") == self.s["recipes"][method]
+
+    def alice_run(self, steps: int) -> Path:
+        """The alice pretraining run of `steps` steps: the main one (`runs/pretrain-alice`), else
+        `runs/pretrain-alice-N`, continued from the next shorter run of the chain (built first when missing)."""
+        if steps == self.s["pre_steps"]:
+            return self.pretrain("alice", steps)
+        run = self.runs / f"pretrain-alice-{steps}"
+        if self.finished(run, "alice", steps):
             return run
-        args = ["pretrain", self.datalist, "--recipe", s["recipes"][method], "--out", run]
-        if resume_from is not None and resume_from != run:          # trend: continue a copy of the shorter run
+        source = self.chain.get(steps)
+        return self.pretrain("alice", steps, run.name, self.alice_run(source) if source else None)
+
+    def pretrain(self, method: str, steps: int, name: str | None = None, resume_from: Path | None = None) -> Path:
+        """A pretraining run on the training images (rerun: kept when finished with the same settings, resumed when
+        interrupted, run again when the settings differ, e.g. another --scale into the same --out). `resume_from`:
+        start as a copy of that (shorter) run and continue it with --resume."""
+        run = self.runs / (name or f"pretrain-{method}")
+        record, marker = self.out / f"{run.name}.json", run / "continued-from.json"
+        if self.finished(run, method, steps):
+            return run
+        sets = self.pre_sets(steps)
+        args = ["pretrain", self.datalist, "--recipe", self.s["recipes"][method], "--out", run]
+        source = {"run": resume_from.name, "steps": json.loads((self.out / f"{resume_from.name}.json").read_text())
+                  ["steps"]} if resume_from is not None else None
+        interrupted = (run / "checkpoints" / "last.pt").is_file() and not record.is_file() \
+            and (source is None or (marker.is_file() and json.loads(marker.read_text()) == source))
+        if source is not None and not interrupted:      # a fresh copy of the shorter run, then continue it
             shutil.rmtree(run, ignore_errors=True)
             shutil.copytree(resume_from, run)
-        resume = (run / "checkpoints" / "last.pt").is_file() and (done is None or resume_from is not None)
-        args += ["--resume"] if resume else ["--overwrite"]
+            marker.write_text(json.dumps(source))
+        record.unlink(missing_ok=True)
+        args += ["--resume"] if source is not None or interrupted else ["--overwrite"]
         for x in sets:
             args += ["--set", x]
         wall = sslkit(args + self.device_set(), self.runs / "logs" / f"{run.name}.log")
@@ -150,12 +178,15 @@ class Bench:
         if volumes != len(self.training):
             sys.exit(f"{run}: pretraining read {volumes} volumes, the datalist has {len(self.training)} training "
                      "volumes — the test images must stay out of pretraining")
-        prev = json.loads(record.read_text()) if record.is_file() and resume else {}
         record.parent.mkdir(parents=True, exist_ok=True)
-        record.write_text(json.dumps({"method": method, "recipe": s["recipes"][method], "steps": steps,
-                                      "volumes": volumes, "wall_s": wall + prev.get("wall_s", 0.0),
-                                      "data_wait": data_wait(run), "settings": sets}, indent=2))
+        record.write_text(json.dumps({"method": method, "recipe": self.s["recipes"][method], "steps": steps,
+                                      "volumes": volumes, "wall_s": wall, "data_wait": data_wait(run),
+                                      "continued_from": source, "settings": sets}, indent=2))
         return run
+
+    def arm_name(self, arm: str, pre_steps: int) -> str:
+        """`alice`, `alice+unl` from the main pretraining run; `alice-pN`, `alice+unl-pN` from the N-step one."""
+        return arm if arm.startswith(("scratch", "swin")) or pre_steps == self.s["pre_steps"] else f"{arm}-p{pre_steps}"
 
     def finetune(self, arm: str, init: str, labelled: int, seed: int, unlabelled: bool, pre: Path,
                  steps: int | None = None, keep: tuple[int, ...] | list[int] = ()) -> dict | None:
@@ -237,33 +268,40 @@ class Bench:
     def run(self) -> None:
         a, s = self.a, self.s
         arms = a.arms.split(",")
-        methods = sorted({x.split("+")[0] for x in arms if x.split("+")[0] in ("alice", "swin")}
-                         | ({"alice"} if a.trend else set()))
-        pre = {m: self.pretrain(m, s["pre_steps"]) for m in methods}
-        if "alice" not in pre:      # from-scratch arms only: a 1-step run carries their recipe (its encoder unused)
-            pre["alice"] = self.pretrain("alice", 1, "pretrain-recipe")
+        pre: dict[str, Path] = {}
+        if any(x.startswith("swin") for x in arms):
+            pre["swin"] = self.pretrain("swin", s["pre_steps"])
+        if any(x.startswith("alice") for x in arms):
+            pre["alice"] = self.alice_run(s["alice_steps"])
+        if "alice" not in pre:      # from-scratch arms only: a run of the recipe carries it (its encoder unused)
+            pre["alice"] = self.alice_run(s["pre_steps"]) if any(s["trend"]) \
+                else self.pretrain("alice", 1, "pretrain-recipe")
+        n = a.trend_labelled
+        for steps in s["trend"]:    # Dice against pretraining steps first: seed 0 at n labelled, shared with the table
+            if self.out_of_time():
+                break
+            if steps == 0:
+                self.finetune(f"scratch-L{n}-s0", "scratch", n, 0, False, pre["alice"])
+            else:
+                self.finetune(f"{self.arm_name('alice', steps)}-L{n}-s0", "alice", n, 0, False, self.alice_run(steps))
         for seed in range(a.seeds):
             for n in a.labels:
                 for arm in arms:
                     if arm == "full":
                         continue
                     init, unl = arm.split("+")[0], arm.endswith("+unl")
-                    self.finetune(f"{arm}-L{n}-s{seed}", init, n, seed, unl, pre[INITS[init] or "alice"])
+                    name = self.arm_name(arm, s["alice_steps"]) if init == "alice" else arm
+                    self.finetune(f"{name}-L{n}-s{seed}", init, n, seed, unl, pre[INITS[init] or "alice"])
             if "full" in arms:
                 self.finetune(f"full-L{len(self.training)}-s{seed}", "scratch", len(self.training), seed, False,
                               pre["alice"], a.full_steps, a.keep_steps)
-        n = a.labels[0]
-        for steps in a.trend:       # shorter: a run of its own; the main run; longer: the main run continued
-            if self.out_of_time():
-                break
-            if steps == 0:                 # the from-scratch arm (shared with the table when it has run)
-                self.finetune(f"scratch-L{n}-s0", "scratch", n, 0, False, pre["alice"])
-            elif steps == s["pre_steps"]:
-                self.finetune(f"alice-L{n}-s0", "alice", n, 0, False, pre["alice"])
-            else:
-                run = self.pretrain("alice", steps, f"pretrain-trend-{steps}",
-                                    resume_from=pre["alice"] if steps > s["pre_steps"] else None)
-                self.finetune(f"trend-p{steps}-L{n}-s0", "alice", n, 0, False, run)
+
+
+def chain(main: int, counts: list[int]) -> dict[int, int | None]:
+    """{pretraining steps: the count its run continues, None for a fresh run}: the main count and the shortest are
+    fresh; every other count continues the next shorter one (main included). 0 (no pretraining) is left out."""
+    steps = sorted({main, *counts} - {0})
+    return {n: (None if n == main or i == 0 else steps[i - 1]) for i, n in enumerate(steps)}
 
 
 def same_settings(old: dict, new: dict) -> bool:
@@ -273,81 +311,11 @@ def same_settings(old: dict, new: dict) -> bool:
     return {k: v for k, v in old.items() if k not in drop} == {k: v for k, v in new.items() if k not in drop}
 
 
-def fmt(values: list[float], metric: str) -> str:
-    if not values:
-        return "—"
-    d = 1 if metric in PERCENT else 2
-    return f"{np.mean(values):.{d}f}" + (f" ± {np.std(values, ddof=1):.{d}f}" if len(values) > 1 else "")
-
-
-def table(out: Path, data: Path) -> str:
-    """table.md / summary.json from every arm's JSON under `out`."""
-    results = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))
-               if not p.name.startswith(("pretrain-", "summary"))]
-    pre = {p.stem: json.loads(p.read_text()) for p in out.glob("pretrain-*.json")}
-    ref = published(data / "README.md")
-    groups: dict[tuple[str, int], list[dict]] = {}
-    for r in results:
-        if r["arm"].startswith("trend-"):
-            continue
-        name = r["arm"].rsplit("-L", 1)[0]
-        groups.setdefault((name, r["settings"]["labelled"]), []).append(r)
-    lines = ["| labelled | arm | seeds | Dice % | Jaccard % | HD95 mm | ASD mm | Dice per seed | V-Net (published) "
-             "| best semi-sup. (published) | wall min / seed | data-wait |", "|" + "---|" * 12]
-    summary = []
-    for (name, n), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        rs = sorted(rs, key=lambda r: r["settings"]["seed"])
-        cells = {m: [r["mean"][m] for r in rs if m in r["mean"]] for m in METRICS}
-        waits = [r["data_wait"] for r in rs if r.get("data_wait") is not None]
-        sup, semi = ref.get(n, ("—", "—"))
-        wall = np.mean([r["wall_s"] for r in rs]) / 60
-        lines.append(f"| {n} | {name} | {len(rs)} | " + " | ".join(fmt(cells[m], m) for m in METRICS)
-                     + f" | {', '.join(f'{d:.1f}' for d in cells['dice'])} | {sup} | {semi} | {wall:.1f} | "
-                     + (f"{100 * np.mean(waits):.0f}%" if waits else "—") + " |")
-        summary.append({"arm": name, "labelled": n, "seeds": [r["settings"]["seed"] for r in rs],
-                        **{m: cells[m] for m in METRICS}, "wall_s": [r["wall_s"] for r in rs],
-                        "data_wait": waits, "published_vnet": sup, "published_semisup": semi})
-    for r in results:           # the test scores of an arm's kept checkpoints, and of its last
-        if not r.get("checkpoints"):
-            continue
-        last = next((int(x.split("=")[1]) for x in r["settings"]["sets"] if x.startswith("finetune.steps=")), None)
-        lines += ["", f"{r['arm']}: test scores of its checkpoints (one run of {last} steps; the earlier ones are "
-                  "readings before its learning rate annealed, not runs of that length):", "",
-                  "| step | Dice % | Jaccard % | HD95 mm | ASD mm |", "|---|---|---|---|---|"]
-        rows = sorted(((int(k), v) for k, v in r["checkpoints"].items()), key=lambda kv: kv[0]) + [(last, r["mean"])]
-        for step, m in rows:
-            lines.append(f"| {step} | " + " | ".join(f"{m[k]:.{1 if k in PERCENT else 2}f}" if k in m else "—"
-                                                      for k in METRICS) + " |")
-    trend = [r for r in results if r["arm"].startswith("trend-")]
-    if trend:      # with the from-scratch (step 0) and alice arms of the same labelled volumes and seed
-        n = trend[0]["settings"]["labelled"]
-        trend += [r for r in results if r["arm"] in (f"scratch-L{n}-s0", f"alice-L{n}-s0")]
-        trend.sort(key=lambda r: r["settings"]["pretrain_steps"] if r["settings"]["init"] != "scratch" else 0)
-    if trend:
-        lines += ["", f"Dice against alice pretraining steps ({trend[0]['settings']['labelled']} labelled, seed 0):", "",
-                  "| pretraining steps | Dice % | HD95 mm | fine-tuning wall min |", "|---|---|---|---|"]
-        for r in trend:
-            steps = 0 if r["settings"]["init"] == "scratch" else r["settings"]["pretrain_steps"]
-            lines.append(f"| {steps} | {r['mean'].get('dice', float('nan')):.1f} | "
-                         f"{r['mean'].get('hd95', float('nan')):.2f} | {r['wall_s'] / 60:.1f} |")
-    if pre:
-        lines += ["", "| pretraining run | recipe | steps | volumes | wall min | data-wait |", "|---|---|---|---|---|---|"]
-        for k, p in sorted(pre.items()):
-            w = p.get("data_wait")
-            lines.append(f"| {k} | {p['recipe']} | {p['steps']} | {p['volumes']} | {p['wall_s'] / 60:.1f} | "
-                         + (f"{100 * w:.0f}%" if w is not None else "—") + " |")
-    text = "\n".join(lines) + "\n"
-    (out / "table.md").write_text(text)
-    (out / "summary.json").write_text(json.dumps({"arms": summary, "trend": [
-        {"arm": r["arm"], "dice": r["mean"].get("dice"), "settings": r["settings"]} for r in trend],
-        "pretraining": pre}, indent=2))
-    return text
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=DATA, help="the LA2018 folder (datalist.json, README.md)")
-    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--out", type=Path, default=None, help="results folder; default: benchmarks/results/"
+                    "medical3d_la2018 for --scale cpu, medical3d_la2018_<scale> for the others (scales never mix)")
     ap.add_argument("--scale", choices=sorted(SCALES), default="cpu")
     ap.add_argument("--device", default="auto", help="auto, cpu or cuda (train.device of every run)")
     ap.add_argument("--labels", default="4,8,16", help="labelled training volumes, comma-separated")
@@ -362,17 +330,22 @@ def main() -> None:
     ap.add_argument("--keep-steps", default="", help="the all-labelled arm: also score its checkpoints at these "
                     "steps on the test volumes (multiples of 100, e.g. 900,1800; a trend within the run, not a choice)")
     ap.add_argument("--passes", type=int, default=None, help="teacher passes for the uncertainty mask (0: none)")
-    ap.add_argument("--trend", default="", help="pretraining step counts for the Dice-against-steps trend, e.g. 0,100,300")
+    ap.add_argument("--trend", default=None, help="alice pretraining step counts for Dice against pretraining steps, "
+                    "e.g. 0,300,1000 (0: from scratch); none: no trend; default: the scale's when --arms has alice arms")
+    ap.add_argument("--trend-labelled", type=int, default=8, help="labelled volumes of the trend's arms")
+    ap.add_argument("--alice-steps", type=int, default=None,
+                    help="the alice pretraining (steps) the alice arms fine-tune from; default: the scale's")
     ap.add_argument("--set", action="append", default=[], help="pretraining recipe override")
     ap.add_argument("--ft-set", action="append", default=[], help="fine-tuning override (every arm)")
     ap.add_argument("--max-minutes", type=float, default=None, help="start no new arm after this long")
     ap.add_argument("--table", action="store_true", help="only write the table from the results there")
     a = ap.parse_args()
     a.labels = [int(x) for x in a.labels.split(",") if x]
-    a.trend = sorted(int(x) for x in a.trend.split(",") if x)
+    a.trend = None if a.trend is None else tuple(sorted(int(x) for x in a.trend.split(",") if x not in ("", "none")))
     a.keep_steps = sorted(int(x) for x in a.keep_steps.split(",") if x)
     if not (a.data / "datalist.json").is_file():
         sys.exit(f"{a.data}/datalist.json not found — give the LA2018 folder with --data")
+    a.out = a.out or (OUT if a.scale == "cpu" else OUT.with_name(f"{OUT.name}_{a.scale}"))
     a.out.mkdir(parents=True, exist_ok=True)
     if not a.table:
         bad = [x for x in a.arms.split(",") if x not in ("scratch", "alice", "swin", "alice+unl", "swin+unl",
@@ -380,7 +353,7 @@ def main() -> None:
         if bad:
             sys.exit(f"--arms: unknown {bad}")
         Bench(a).run()
-    print(table(a.out, a.data))
+    print(table(a.out, a.data, a.trend_labelled))
 
 
 if __name__ == "__main__":
