@@ -157,14 +157,9 @@ def linear_seconds(m: int, k: int, n: int, bf16: bool, reps: int = 20) -> float:
             y = F.linear(x, w, b)
         y.backward(torch.ones_like(y))
 
-    for _ in range(3):
+    for _ in range(2):
         once()
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        once()
-        best = min(best, time.perf_counter() - t0)
-    return best
+    return step_seconds(once, reps)
 
 
 def shapes_table() -> None:
