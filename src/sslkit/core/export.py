@@ -94,9 +94,11 @@ def tensor_bytes(module: nn.Module) -> int:
 
 
 def export_from_run(run_dir: Path, out_dir: Path, overwrite: bool = False, domain: str | None = None,
-                    unfinished_extra: Callable[[Any, nn.Module], dict[str, Any]] | None = None) -> Path:
+                    unfinished_extra: Callable[[Any, nn.Module], dict[str, Any]] | None = None,
+                    prefix: str = "encoder.", extra_update: dict[str, Any] | None = None) -> Path:
     """Re-export the encoder of a run from its last checkpoint (works for interrupted runs too);
-    with `domain`, the run must belong to it.
+    with `domain`, the run must belong to it. `prefix`: where the weights sit in the checkpoint's model state
+    (e.g. "teacher.encoder." for an EMA teacher); `extra_update`: entries set on top of the config's `extra`.
 
     The config's `extra` (what a domain needs besides the weights, e.g. tabular's preprocessing) is copied from the
     run's own encoder/; a run stopped before pretrain wrote it gets `unfinished_extra(run, encoder)` and a warning.
@@ -113,7 +115,6 @@ def export_from_run(run_dir: Path, out_dir: Path, overwrite: bool = False, domai
         raise UserError(f"{run.checkpoint_path} does not say how to build its encoder — re-run pretrain with this sslkit")
     spec = json.loads(state["encoder_spec"])
     encoder = build_encoder(spec)
-    prefix = "encoder."
     weights = {k[len(prefix):]: v for k, v in state["model"].items() if k.startswith(prefix)}
     missing, unexpected = encoder.load_state_dict(weights, strict=False)
     if missing or unexpected:
@@ -129,4 +130,4 @@ def export_from_run(run_dir: Path, out_dir: Path, overwrite: bool = False, domai
         warn(f"{run.dir} is unfinished: exporting the encoder of its last checkpoint (step {state['step']} of "
              f"{run.recipe_dict.get('train', {}).get('steps')}) — for the trained one, complete the run with "
              f"`sslkit {run.recipe_dict.get('domain')} pretrain ... --resume --out {run.dir}` first")
-    return export_encoder(encoder, spec, out_dir, extra=extra, overwrite=overwrite)
+    return export_encoder(encoder, spec, out_dir, extra={**extra, **(extra_update or {})}, overwrite=overwrite)

@@ -35,29 +35,14 @@ def _unfinished_extra(run: Any, encoder: Any) -> dict[str, Any]:  # noqa: ARG001
 
 def export_run(run: Path, out: Path, overwrite: bool = False) -> Path:
     """The run's encoder in sslkit format from its last checkpoint (an interrupted run too), with the weights
-    embed/evaluate/mil read (method.EVAL_WEIGHTS: a DINO run's EMA teacher). core.export.export_from_run writes the
-    checkpoint's `encoder.*` weights with the run's config; for DINO those are swapped for `teacher.encoder.*`."""
-    import tempfile
-
-    from sslkit.core.checkpoint import load_checkpoint
-    from sslkit.core.export import export_encoder, export_from_run, load_encoder
+    embed/evaluate/mil read (method.EVAL_WEIGHTS: a DINO run's EMA teacher, `teacher.encoder.*`)."""
+    from sslkit.core.export import export_from_run
     from sslkit.core.runs import Run
     from sslkit.domains.pathology.method import EVAL_WEIGHTS
 
-    loaded = Run.load(run, "pathology")
-    which, prefix = EVAL_WEIGHTS.get(loaded.recipe_dict.get("method"), ("student", "encoder."))
-    with tempfile.TemporaryDirectory() as tmp:
-        staged = export_from_run(run, Path(tmp) / "sslkit", overwrite=True, domain="pathology",
-                                 unfinished_extra=_unfinished_extra)
-        encoder = load_encoder(staged)
-        if prefix != "encoder.":
-            state = load_checkpoint(loaded.checkpoint_path)["model"]
-            encoder.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)},
-                                    strict=True)
-        config = dict(encoder.sslkit_config)
-        extra = {**config.pop("extra", {}), "weights": which}
-        spec = {k: config[k] for k in ("domain", "kind", "kwargs")}
-        return export_encoder(encoder, spec, Path(out), extra=extra, overwrite=overwrite)
+    which, prefix = EVAL_WEIGHTS.get(Run.load(run, "pathology").recipe_dict.get("method"), ("student", "encoder."))
+    return export_from_run(run, out, overwrite=overwrite, domain="pathology", unfinished_extra=_unfinished_extra,
+                           prefix=prefix, extra_update={"weights": which})
 
 
 def timm_config(encoder: Any, extra: dict[str, Any]) -> dict[str, Any]:
