@@ -57,8 +57,8 @@ def train_abmil(bags: list[np.ndarray], y: np.ndarray, n_classes: int, seed: int
 
 
 def _train(bags: list[np.ndarray], y: np.ndarray, n_classes: int, seed: int, epochs: int, lr: float,
-           weight_decay: float, batch_bags: int, dropout: float = 0.25, hidden: int = 128,
-           instance_dropout: float = 0.0, uniform_start: bool = False) -> Any:
+           weight_decay: float, batch_bags: int, dropout: float, hidden: int, instance_dropout: float,
+           uniform_start: bool) -> Any:
     import torch
     from torch import nn
 
