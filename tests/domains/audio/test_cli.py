@@ -145,6 +145,7 @@ def test_evaluate_prints_the_table_with_baselines_and_writes_json(tiny_run: Path
     assert list(report["results"]) == [f"{method} embeddings", "MFCC statistics", f"{method}, random weights"]
     mfcc = report["results"]["MFCC statistics"]["linear"][0]
     assert mfcc >= 0.75          # tones, chirps and noise differ plainly in their cepstra
+    assert report["probe_c"] == "auto" and all(len(r["C"]) == 2 for r in report["results"].values())
     assert "MFCC statistics" in res.output and "random weights" in res.output
     assert (tiny_run / "plots" / "embeddings.png").stat().st_size > 10_000
     # groups: odd-numbered files (sub/) versus the others -> leave-one-group-out over 2 groups
@@ -177,6 +178,7 @@ def test_skipped_files_are_counted_and_said(bad: Path, tmp_path: Path) -> None:
     (["evaluate", "{run}", "{clips}", "--label-pattern", "^zzz_(x)"], "matches none of the 18 file names"),
     (["evaluate", "{run}", "{clips}", "--label-pattern", "(["], "not a valid regular expression"),
     (["evaluate", "{run}", "{clips}"], "give the labels either as --labels"),
+    (["evaluate", "{run}", "{clips}", "--label-pattern", "^([a-z]+)_", "--probe-c", "0"], "--probe-c '0' is not"),
     (["embed", "{run}", "{clips}", "--level", "frame", "--out", "{tmp}/x.parquet"], "choose clip or segment"),
 ])
 def test_bad_input_is_one_line_exit_2(bad: Path, clips: Path, tiny_run: Path, tmp_path: Path, args: list[str],

@@ -155,6 +155,34 @@ def test_leave_one_group_out_holds_whole_groups_out() -> None:
     assert res["per_group"]["a"]["linear"] == 1.0 and res["linear"][0] > 0.6
 
 
+def test_probe_c_auto_is_chosen_inside_the_training_groups_and_regularises_when_it_helps() -> None:
+    from sslkit.domains.audio.evaluation import PROBE_C_GRID, _inner_splits, group_scores
+
+    rng = np.random.default_rng(0)
+    groups = np.repeat(list("abcdef"), 20)
+    y = np.tile(np.repeat([0, 1], 10), 6)
+    x = rng.normal(size=(120, 300))                       # 290 noise features, 10 weak shared signals
+    x[:, :10] += 0.8 * y[:, None]
+    x[:, 10:50] += 2.0 * rng.normal(size=(6, 40))[np.searchsorted(list("abcdef"), groups)]   # a voice's offsets
+    for tr, va in _inner_splits(y, groups, 0):            # the inner split never cuts a group in two
+        assert not set(groups[tr]) & set(groups[va])
+    fixed = group_scores(x, y, groups, k=5, c=1.0)
+    auto = group_scores(x, y, groups, k=5, c=None)
+    assert fixed["C"] == [1.0] * 6 and len(auto["C"]) == 6 and set(auto["C"]) <= set(PROBE_C_GRID)
+    assert min(auto["C"]) < 1.0                           # the inner split prefers a stronger penalty here ...
+    assert auto["linear"][0] > fixed["linear"][0]         # ... and it generalises better to the held-out voices
+
+
+def test_probe_c_option_is_auto_or_a_positive_number() -> None:
+    from sslkit.core.errors import UserError
+    from sslkit.domains.audio.evaluation import parse_probe_c
+
+    assert parse_probe_c("auto") is None and parse_probe_c("0.01") == 0.01
+    for bad in ("0", "-1", "nan", "inf", "strong"):
+        with pytest.raises(UserError, match="--probe-c"):
+            parse_probe_c(bad)
+
+
 def test_mfcc_statistics_have_fixed_length_and_tell_tone_from_noise() -> None:
     from sslkit.domains.audio.evaluation import N_MFCC, mfcc_stats
 

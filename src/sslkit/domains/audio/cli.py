@@ -211,6 +211,9 @@ def evaluate(
                                                          "(leave-one-group-out). FSDD: '^\\d_([a-z]+)_'.")] = None,
     seeds: SeedsOpt = 5,
     k: Annotated[int, typer.Option("--k", min=1, help="Neighbours of the kNN probe.")] = 20,
+    probe_c: Annotated[str, typer.Option("--probe-c", help="The linear probe's C (inverse L2 strength): 'auto' "
+                                         "chooses it from 0.001/0.01/0.1/1 per fit by a 3-fold split of the training "
+                                         "clips (whole groups), never seeing the test clips; or a number.")] = "auto",
     baselines: Annotated[bool, typer.Option("--baselines/--no-baselines", help="Also score MFCC statistics and the "
                                             "same encoder with random weights.")] = True,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Windows per forward pass.")] = 32,
@@ -220,18 +223,20 @@ def evaluate(
     from sslkit.core.errors import UserError
     from sslkit.core.export import load_encoder
     from sslkit.core.runs import Run
-    from sslkit.domains.audio.evaluation import evaluate_run
+    from sslkit.domains.audio.evaluation import evaluate_run, parse_probe_c
     from sslkit.domains.audio.io import find_audio
 
     if (labels is None) == (label_pattern is None):
         raise UserError("give the labels either as --labels CSV (path,label) or as --label-pattern REGEX, not "
                         f"{'both' if labels else 'neither'}")
+    c = parse_probe_c(probe_c)
     r = Run.load(run, "audio")
     encoder = load_encoder(r.dir)
     mean, std = _normalisation(r, encoder)
     payload, report = evaluate_run(r, encoder, _data_cfg(r), mean, std, find_audio(audio), labels=labels,
                                    label_pattern=label_pattern, group_pattern=group_pattern, seeds=seeds, k=k,
-                                   baselines=baselines, batch_size=batch_size, device=_device(device), strict=strict)
+                                   baselines=baselines, batch_size=batch_size, device=_device(device), strict=strict,
+                                   probe_c=c)
     typer.echo(json.dumps(payload) if json_out else str(report))
 
 

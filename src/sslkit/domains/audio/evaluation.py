@@ -150,33 +150,73 @@ def mfcc_stats(fbanks: Sequence["torch.Tensor"]) -> np.ndarray:
 # ---- probes --------------------------------------------------------------------------------
 
 
-def _probe(x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, y_te: np.ndarray, seed: int, k: int) -> dict:
-    from sklearn.linear_model import LogisticRegression
+PROBE_C_GRID = (0.001, 0.01, 0.1, 1.0)   # the logistic regression's inverse L2 strength, chosen by `--probe-c auto`
+INNER_FOLDS = 3                            # folds of the inner split that chooses it
+
+
+def parse_probe_c(text: str) -> float | None:
+    """`--probe-c`: 'auto' (None: chosen per fit by an inner split of the training clips) or a positive number."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        c = float(text)
+    except ValueError:
+        c = float("nan")
+    if not c > 0 or c == float("inf"):
+        raise UserError(f"--probe-c {text!r} is not 'auto' or a positive number — e.g. --probe-c auto or --probe-c 0.01")
+    return c
+
+
+def _inner_splits(y: np.ndarray, groups: np.ndarray | None, seed: int) -> list | None:
+    """The inner split that chooses C on training clips only: whole groups per fold when there are groups (a voice is
+    never in both parts, as in the outer split), else stratified; None when the training clips cannot be split."""
+    from sklearn.model_selection import GroupKFold, StratifiedKFold
+
+    if groups is not None:
+        n = len(np.unique(groups))
+        return list(GroupKFold(n_splits=min(INNER_FOLDS, n)).split(y, y, groups)) if n >= 2 else None
+    folds = min(INNER_FOLDS, int(np.unique(y, return_counts=True)[1].min()))
+    return list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(y, y)) if folds >= 2 else None
+
+
+def _probe(x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, y_te: np.ndarray, seed: int, k: int,
+           c: float | None = 1.0, g_tr: np.ndarray | None = None) -> dict:
+    """Linear probe (standardised logistic regression; C fixed, or with c=None chosen from PROBE_C_GRID on an inner
+    split of the training clips: the test clips never take part) and cosine kNN; accuracies and the C used."""
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
     from sklearn.neighbors import KNeighborsClassifier
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    linear = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed))
-    linear.fit(x_tr, y_tr)
+    inner = _inner_splits(y_tr, g_tr, seed) if c is None else None
+    if inner is None:
+        clf = LogisticRegression(C=1.0 if c is None else c, max_iter=2000, random_state=seed)
+    else:
+        clf = LogisticRegressionCV(Cs=list(PROBE_C_GRID), cv=inner, scoring="accuracy", l1_ratios=(0.0,),
+                                   use_legacy_attributes=False, max_iter=2000, random_state=seed)
+    linear = make_pipeline(StandardScaler(), clf).fit(x_tr, y_tr)
     knn = KNeighborsClassifier(n_neighbors=min(k, len(x_tr)), metric="cosine").fit(x_tr, y_tr)
-    return {"linear": float((linear.predict(x_te) == y_te).mean()), "knn": float((knn.predict(x_te) == y_te).mean())}
+    return {"linear": float((linear.predict(x_te) == y_te).mean()), "knn": float((knn.predict(x_te) == y_te).mean()),
+            "C": float(clf.C_ if inner is not None else clf.C)}
+
+
+def _summary(per: Sequence[dict]) -> dict[str, Any]:
+    """Mean ± std of the accuracies over seeds or groups, and every C the linear probe used."""
+    from sslkit.core.evaluation import mean_std
+
+    return {**{m: mean_std(p[m] for p in per) for m in ("linear", "knn")}, "C": [p["C"] for p in per]}
 
 
 def split_scores(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray, seeds: Sequence[int],
-                 k: int = 20) -> dict[str, tuple[float, float]]:
+                 k: int = 20, c: float | None = 1.0) -> dict[str, Any]:
     """A fixed split (e.g. FSDD's conventional one): linear and kNN accuracy, mean ± std over probe seeds."""
-    from sslkit.core.evaluation import mean_std
-
-    per = [_probe(x[train], y[train], x[test], y[test], s, k) for s in seeds]
-    return {m: mean_std(p[m] for p in per) for m in ("linear", "knn")}
+    return _summary([_probe(x[train], y[train], x[test], y[test], s, k, c) for s in seeds])
 
 
 def random_split_scores(x: np.ndarray, y: np.ndarray, seeds: Sequence[int], k: int = 20,
-                        test_size: float = 0.2) -> dict[str, tuple[float, float]]:
+                        test_size: float = 0.2, c: float | None = 1.0) -> dict[str, Any]:
     """A stratified 80/20 split per seed; mean ± std over seeds."""
     from sklearn.model_selection import train_test_split
-
-    from sslkit.core.evaluation import mean_std
 
     classes, counts = np.unique(y, return_counts=True)
     if counts.min() < 2:
@@ -189,26 +229,27 @@ def random_split_scores(x: np.ndarray, y: np.ndarray, seeds: Sequence[int], k: i
             tr, te = train_test_split(idx, test_size=test_size, random_state=s, stratify=y)
         except ValueError as exc:
             raise UserError(f"cannot split {len(y)} clips of {len(classes)} labels 80/20 ({exc}) — add clips") from None
-        per.append(_probe(x[tr], y[tr], x[te], y[te], s, k))
-    return {m: mean_std(p[m] for p in per) for m in ("linear", "knn")}
+        per.append(_probe(x[tr], y[tr], x[te], y[te], s, k, c))
+    return _summary(per)
 
 
-def group_scores(x: np.ndarray, y: np.ndarray, groups: np.ndarray, k: int = 20) -> dict[str, Any]:
-    """Leave-one-group-out: train on every other group, test on the held-out one; mean ± std over groups.
+def group_scores(x: np.ndarray, y: np.ndarray, groups: np.ndarray, k: int = 20,
+                 c: float | None = 1.0) -> dict[str, Any]:
+    """Leave-one-group-out: train on every other group, test on the held-out one; mean ± std over groups (with
+    c=None the probe's C is chosen inside the training groups, by whole groups).
 
-    The probes are deterministic (lbfgs, exact kNN), so probe seeds would repeat the same numbers: one pass."""
-    from sslkit.core.evaluation import mean_std
-
+    The probes are deterministic (lbfgs, exact kNN, group folds), so probe seeds would repeat the same numbers: one
+    pass."""
     per: dict[str, dict] = {}
     for g in np.unique(groups):
         test = groups == g
         if len(np.unique(y[~test])) < 2:
             continue
-        per[str(g)] = _probe(x[~test], y[~test], x[test], y[test], 0, k)
+        per[str(g)] = _probe(x[~test], y[~test], x[test], y[test], 0, k, c, groups[~test])
     if not per:
         raise UserError("leave-one-group-out needs at least 2 labels among the other groups for some group — check "
                         "--group-pattern")
-    return {**{m: mean_std(p[m] for p in per.values()) for m in ("linear", "knn")}, "per_group": per}
+    return {**_summary(list(per.values())), "per_group": per}
 
 
 def check_labels(y: np.ndarray, groups: np.ndarray | None) -> None:
@@ -224,8 +265,12 @@ def table_rows(results: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
     def fmt(ms: tuple[float, float]) -> str:
         return f"{100 * ms[0]:.1f} ± {100 * ms[1]:.1f}"
 
-    return ["features", "linear probe acc %", "kNN acc %"], [[n, fmt(r["linear"]), fmt(r["knn"])]
-                                                            for n, r in results.items()]
+    def cs(values: list[float]) -> str:
+        lo, hi = min(values), max(values)
+        return f"{lo:g}" if lo == hi else f"{lo:g}–{hi:g}"
+
+    return ["features", "linear probe acc %", "probe C", "kNN acc %"], [
+        [n, fmt(r["linear"]), cs(r["C"]), fmt(r["knn"])] for n, r in results.items()]
 
 
 # ---- the `evaluate` command ----------------------------------------------------------------
@@ -253,13 +298,16 @@ def labelled_sources(sources: list["Source"], labels: Path | None, label_pattern
             [str(g[i]) for i in keep] if group_pattern else None)
 
 
-def score(x: np.ndarray, y: np.ndarray, groups: np.ndarray | None, seeds: int, k: int) -> dict[str, Any]:
-    return group_scores(x, y, groups, k) if groups is not None else random_split_scores(x, y, range(seeds), k)
+def score(x: np.ndarray, y: np.ndarray, groups: np.ndarray | None, seeds: int, k: int,
+          c: float | None = 1.0) -> dict[str, Any]:
+    return (group_scores(x, y, groups, k, c) if groups is not None
+            else random_split_scores(x, y, range(seeds), k, c=c))
 
 
 def evaluate_run(run: Any, encoder: Any, cfg: Any, mean: float, std: float, sources: list["Source"], *,
                  labels: Path | None, label_pattern: str | None, group_pattern: str | None, seeds: int, k: int,
-                 baselines: bool, batch_size: int, device: str, strict: bool) -> tuple[dict, Path]:
+                 baselines: bool, batch_size: int, device: str, strict: bool,
+                 probe_c: float | None = None) -> tuple[dict, Path]:
     """Embed, probe, compare; the table on stderr, evaluation.json and plots/embeddings.png in the run."""
     import json
 
@@ -284,12 +332,13 @@ def evaluate_run(run: Any, encoder: Any, cfg: Any, mean: float, std: float, sour
         sets["MFCC statistics"] = mfcc_stats(fbanks)
         sets[f"{method}, random weights"] = embed_clips(random_encoder(run, mean, std), fbanks, mean, std,
                                                          cfg.clip_frames, batch_size, device)
-    results = {name: score(x, y, groups, seeds, k) for name, x in sets.items()}
+    results = {name: score(x, y, groups, seeds, k, probe_c) for name, x in sets.items()}
     columns, rows = table_rows(results)
     print_table(f"audio evaluation: {method}, {len(y)} clips, {split}", columns, rows)
     payload = {"method": method, "clips": int(len(y)), "labels": sorted(set(y.tolist())), "split": split,
                "group_pattern": group_pattern, "label_source": str(labels) if labels else label_pattern,
-               "seeds": seeds if groups is None else 1, "k": k, "skipped": report.as_dict()["skipped"],
+               "seeds": seeds if groups is None else 1, "k": k,
+               "probe_c": "auto" if probe_c is None else probe_c, "probe_c_grid": list(PROBE_C_GRID), "skipped": report.as_dict()["skipped"],
                "results": {n: {m: list(v) if isinstance(v, tuple) else v for m, v in r.items()}
                            for n, r in results.items()}}
     out = run.path("evaluation.json")
