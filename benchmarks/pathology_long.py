@@ -11,6 +11,9 @@ the development folds (CLS token, 8-fold dihedral mean, Reinhard per image), wit
     python benchmarks/pathology_long.py pretrain --arm dino-hed-k1024 --results benchmarks/results/pathology_glas/long-k1024 \
         --steps 540 --snapshots 3 --set loss.out_dim=1024 --set loss.teacher_temp=0.025 --set loss.warmup_teacher_temp=0.025
     python benchmarks/pathology_long.py embed --arm dino-hed-k1024 --results ... --no-teacher   # then trend, final alike
+    # more unlabelled tiles: pretrain on another manifest (all 165 images, overlapping tiles); embed one encoder
+    python benchmarks/pathology_long.py pretrain --arm dino-hed-all-ov50 --manifest WORK/tiles-all-ov50/manifest.parquet
+    python benchmarks/pathology_long.py embed --arm dino-hed-all-ov50 --results ... --only t540
 
 Reuses the work folder of benchmarks/pathology_quality.py (WORK = runs/bench-pathology-v2: the GlaS tiles, the
 development manifest, labels) and the readout/heads chosen there on folds 0-2 by benchmarks/pathology_readout.py
@@ -112,7 +115,7 @@ def _train(run: Path, sets: list[str], resume: bool, manifest: Path, snapshots: 
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
-    manifest = args.work / "tiles" / "manifest-dev.parquet"
+    manifest = args.manifest or args.work / "tiles" / "manifest-dev.parquet"
     RESULTS.mkdir(parents=True, exist_ok=True)
     plan_f, run = RESULTS / "plan.json", args.work / "runs" / args.arm
     if not plan_f.is_file() and args.steps:      # the step count given: no timing run
@@ -144,11 +147,13 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     wall, lines = _train(run, plan["sets"], resume, manifest, True, args.recipe)
     steps = [m for _, m in lines if "loss" in m]
     info = {"wall_s": wall, "resumed": resume, "steps": steps[-1]["step"], "sets": plan["sets"],
-            "pretrained_on": f"the {len(__import__('pandas').read_parquet(manifest))} tiles of the development folds 0-2 "
-                             "(not fold 3), no labels",
+            "pretrained_on": f"the {len(__import__('pandas').read_parquet(manifest))} tiles of " + (
+                "the development folds 0-2 (not fold 3)" if args.manifest is None else str(manifest)) + ", no labels",
+            "manifest": str(manifest),
             "first_loss": steps[0]["loss"], "final_loss": steps[-1]["loss"],
             "data_wait": float(np.mean([m["data_wait"] for m in steps[1:]])),
-            "curve": [{k: m[k] for k in ("step", "loss", "teacher_entropy", "lr")} for m in steps]}
+            "curve": [{k: m[k] for k in ("step", "loss", "teacher_entropy", "pair_top1", "lr") if k in m}
+                      for m in steps]}            # DINO logs the teacher's entropy, SimCLR pair_top1
     if resume and (RESULTS / "pretrain.json").is_file():
         info["wall_s_before"] = json.loads((RESULTS / "pretrain.json").read_text())["wall_s"]
     (RESULTS / "pretrain.json").write_text(json.dumps(info, indent=1))
@@ -199,6 +204,8 @@ def cmd_embed(args: argparse.Namespace) -> None:
     times = json.loads(times_f.read_text()) if times_f.is_file() else {}
     stats = None
     for name, d in snapshot_encoders(args.work, args.arm, not args.no_teacher).items():
+        if args.only and name not in args.only.split(","):
+            continue
         f = args.work / "readout" / f"{prefix(args.arm)}{name}-{TAG}.npy"
         if f.is_file():
             continue
@@ -334,6 +341,9 @@ def main() -> None:
     ap.add_argument("--snapshots", type=int, default=4, help="checkpoints kept: every steps/N steps")
     ap.add_argument("--no-teacher", action="store_true", help="embed: not the last snapshot's EMA teacher (time)")
     ap.add_argument("--name", default="", help="heldout: the encoder to score (e.g. t540, the last EMA teacher)")
+    ap.add_argument("--manifest", type=Path, default=None,
+                    help="pretrain: the tiles to pretrain on (default WORK/tiles/manifest-dev.parquet, folds 0-2)")
+    ap.add_argument("--only", default="", help="embed: only these encoders, e.g. t540 (comma-separated)")
     args = ap.parse_args()
     RESULTS = args.results
     {"pretrain": cmd_pretrain, "embed": cmd_embed, "trend": cmd_trend, "final": cmd_final,
