@@ -1,4 +1,5 @@
-"""The chunked selective scan equals the step-by-step recurrence (forward and gradients) and stays finite."""
+"""The chunked selective scan equals the step-by-step recurrence (forward and gradients) and stays finite — also with
+channel groups (both Mamba directions in one scan), a low-rank delta projected inside the scan, and absent tokens."""
 from __future__ import annotations
 
 import pytest
@@ -39,6 +40,51 @@ def test_chunked_scan_matches_sequential_reference_forward_and_gradients(length)
     for name, a, b in zip(("u", "delta", "A", "B", "C", "D", "z", "delta_bias"), g_got, g_want):
         scale = max(1.0, float(b.abs().max()))
         assert float((a - b).abs().max()) <= 1e-5 * scale, name
+
+
+# the path the model takes: B/C per channel group, delta = dt_low @ dt_projᵀ formed inside the scan, absent tokens
+@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("length", [1, 13, 45, 100])
+def test_grouped_low_rank_masked_scan_matches_reference(groups, length):
+    g = torch.Generator().manual_seed(100 + length)
+    b, d, n, rank = 2, 6, 4, 3
+    u, z = torch.randn(b, length, d, generator=g), torch.randn(b, length, d, generator=g)
+    low = torch.randn(b, length, groups, rank, generator=g)
+    proj = torch.randn(d, rank, generator=g) * 0.5
+    A = -torch.rand(d, n, generator=g) * 8 - 0.5
+    Bm, Cm = torch.randn(b, length, groups, n, generator=g), torch.randn(b, length, groups, n, generator=g)
+    D, bias = torch.randn(d, generator=g), torch.randn(d, generator=g) * 0.5
+    keep = torch.rand(b, length, generator=g) > 0.3
+    args = [t.requires_grad_() for t in (u, low, A, Bm, Cm, D, z, bias, proj)]
+    got = selective_scan(*args[:8], block=32, chunk=8, use_kernel=False, delta_proj=proj, keep=keep)
+    delta = torch.einsum("blgr,gdr->blgd", low, proj.view(groups, d // groups, rank)).reshape(b, length, d)
+    want = reference(u, delta.masked_fill(~keep.unsqueeze(-1), -1e4), A, Bm, Cm, D, z, bias)   # the model's old path
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    w = torch.randn(got.shape, generator=g)
+    g_got = torch.autograd.grad((got * w).sum(), args)
+    g_want = torch.autograd.grad((want * w).sum(), args)
+    for name, x, y in zip(("u", "dt_low", "A", "B", "C", "D", "z", "delta_bias", "dt_proj"), g_got, g_want):
+        assert float((x - y).abs().max()) <= 1e-5 * max(1.0, float(y.abs().max())), name
+
+
+def test_conv_silu_equals_conv1d_then_silu():
+    """A Mamba direction's conv + SiLU (shifted products, hand-written backward) equals PyTorch's padded conv1d
+    followed by SiLU, output and gradients."""
+    from sslkit.domains.audio.model import MambaDirection, _ConvSiLU
+
+    torch.manual_seed(0)
+    m = MambaDirection(6, 4, 4, 2)
+    for length in (1, 3, 20):
+        u = torch.randn(2, length, 6, requires_grad=True)
+        got = _ConvSiLU.apply(u, m.conv1d.weight[:, 0], m.conv1d.bias)
+        want = F.silu(m.conv1d(u.transpose(1, 2))[..., :length].transpose(1, 2))
+        torch.testing.assert_close(m.causal_conv(u), m.conv1d(u.transpose(1, 2))[..., :length].transpose(1, 2))
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+        w = torch.randn(got.shape)
+        g_got = torch.autograd.grad((got * w).sum(), [u, m.conv1d.weight, m.conv1d.bias])
+        g_want = torch.autograd.grad((want * w).sum(), [u, m.conv1d.weight, m.conv1d.bias])
+        for x, y in zip(g_got, g_want):
+            torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("block, chunk", [(1, 1), (5, 2), (16, 16), (64, 8), (256, 16)])
