@@ -11,7 +11,9 @@ FSDD=${FSDD:-$(cd "$(dirname "$0")/.." && pwd)/../shared/data/audio/fsdd/recordi
 STEPS=${STEPS:-300}
 RECIPE=${RECIPE:-tera-fsdd}
 LABELS=(--label-pattern '^(\d)_' --group-pattern '^\d_([a-z]+)_')
+REAL=1
 if [ ! -d "$FSDD" ]; then
+  REAL=0
   echo "FSDD not found at $FSDD; using spoken keywords made with espeak-ng (set FSDD=... to use FSDD)" >&2
   $SSLKIT audio sample-data "$OUT/audio/keywords" --overwrite
   FSDD="$OUT/audio/keywords"
@@ -23,4 +25,8 @@ $SSLKIT audio pretrain "$FSDD" --recipe "$RECIPE" --out "$RUN" --overwrite --set
   --set train.warmup_steps=$((STEPS / 10))
 $SSLKIT audio embed "$RUN" "$FSDD" --out "$OUT/audio/embeddings.parquet" --overwrite
 $SSLKIT audio evaluate "$RUN" "$FSDD" "${LABELS[@]}"
+if [ "$REAL" = 1 ] && [ "$RECIPE" = tera-fsdd ]; then
+  echo "note: $STEPS steps is a short demo run; the benchmark's 5,344 steps of tera-fsdd (12 CPU-min) read 84.9% vs" \
+       "80.3% for random weights on FSDD's unseen speakers (docs/audio.md)" >&2
+fi
 echo "pictures: $RUN/plots/loss.png $RUN/plots/spectrogram.png $RUN/plots/embeddings.png"

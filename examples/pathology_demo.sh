@@ -48,6 +48,11 @@ fi
 # 3. short pretraining (no labels), then the evaluation table and the embedding map
 $SSLKIT pathology pretrain "$DATA" --recipe "$RECIPE" --out "$RUN" --overwrite --set train.steps="$STEPS"
 $SSLKIT pathology evaluate "$RUN" "$DATA" --labels "$LABELS" "${GROUP_ARGS[@]}" --seeds 3
+if [ "$RECIPE" = dino-tiny ]; then
+  echo "note: $STEPS steps is a short demo run; 540 steps of dino-tiny (~9 CPU-min) read 0.781 tile balanced accuracy" \
+       "vs 0.680 for random weights on GlaS's development folds, with --token cls --tta 8 --stain-norm reinhard" \
+       "(docs/pathology.md)" >&2
+fi
 
 # 4. tile and slide embeddings of the CMU slide with the new encoder (streamed to Parquet)
 $SSLKIT pathology embed "$RUN" "$SVS" --out "$P/cmu-tiles.parquet" --slides-out "$P/cmu-slides.parquet" --overwrite
