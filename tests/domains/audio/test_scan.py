@@ -70,7 +70,7 @@ def test_grouped_low_rank_masked_scan_matches_reference(groups, length):
 def test_conv_silu_equals_conv1d_then_silu():
     """A Mamba direction's conv + SiLU (shifted products, hand-written backward) equals PyTorch's padded conv1d
     followed by SiLU, output and gradients."""
-    from sslkit.domains.audio.model import MambaDirection, _ConvSiLU
+    from sslkit.domains.audio.model import MambaDirection, _causal_conv, _ConvSiLU
 
     torch.manual_seed(0)
     m = MambaDirection(6, 4, 4, 2)
@@ -78,7 +78,8 @@ def test_conv_silu_equals_conv1d_then_silu():
         u = torch.randn(2, length, 6, requires_grad=True)
         got = _ConvSiLU.apply(u, m.conv1d.weight[:, 0], m.conv1d.bias)
         want = F.silu(m.conv1d(u.transpose(1, 2))[..., :length].transpose(1, 2))
-        torch.testing.assert_close(m.causal_conv(u), m.conv1d(u.transpose(1, 2))[..., :length].transpose(1, 2))
+        torch.testing.assert_close(_causal_conv(u, m.conv1d.weight[:, 0], m.conv1d.bias),
+                                   m.conv1d(u.transpose(1, 2))[..., :length].transpose(1, 2))
         torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
         w = torch.randn(got.shape)
         g_got = torch.autograd.grad((got * w).sum(), [u, m.conv1d.weight, m.conv1d.bias])

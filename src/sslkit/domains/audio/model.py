@@ -82,11 +82,6 @@ class MambaDirection(nn.Module):
         self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(inner, 1))
         self.D = nn.Parameter(torch.ones(inner))
 
-    def causal_conv(self, u: Tensor) -> Tensor:
-        """The depthwise causal conv1d in (B, L, C) layout (same weights and result as
-        `conv1d(u.transpose(1, 2))[..., :L]`; the SiLU is applied by `forward`)."""
-        return _causal_conv(u, self.conv1d.weight[:, 0], self.conv1d.bias)
-
     def forward(self, u: Tensor, z: Tensor, present: Tensor | None, block: int, chunk: int,
                 memo: dict | None = None) -> Tensor:
         """u, z: (B, L, inner) -> gated SSM output (B, L, inner) float32."""
