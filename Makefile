@@ -39,4 +39,4 @@ check-extras:   # each domain's extra alone in a fresh venv: --help, doctor, sam
 	bash scripts/check-extras.sh
 
 clean:
-	rm -rf $(VENV) $(OUT) runs
+	rm -rf $(VENV) $(OUT) runs .check-extras

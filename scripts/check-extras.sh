@@ -6,6 +6,8 @@
 #
 #   scripts/check-extras.sh [DOMAIN...]        (default: all six; `make check-extras`)
 # Work folder: $CHECK_DIR (default .check-extras); a table of results at the end; exit 1 if any step failed.
+# Each domain's environment is removed once measured (KEEP_ENVS=1 keeps them); the torch base (~8 GB) stays for
+# the next run; `make clean` removes it all.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -61,6 +63,7 @@ for d in "${DOMAINS[@]}"; do
   fi
   SIZE=$(du -sh "$ENV" | cut -f1)
   RESULT[$d]="$step	$(( $(date +%s) - S ))s	$SIZE"
+  [ -n "${KEEP_ENVS:-}" ] || rm -rf "$ENV" "$WORK/scratch-$d"   # ~0.7 GB each; the log stays
   echo "$d: $step (log: $LOG)" >&2
 done
 
