@@ -208,3 +208,26 @@ def test_metrics_table_rows_unions_columns():
         ["kmeans", "0.900 ± 0.010", "0.800 ± 0.020", "-"],
         ["linear", "-", "-", "0.950 ± 0.005"],
     ]
+
+
+def test_logistic_probe_fixed_or_chosen_c_and_class_weights():
+    from sklearn.pipeline import Pipeline
+
+    from sslkit.core.evaluation import PROBE_C_GRID, inner_folds, logistic_probe
+
+    rng = np.random.default_rng(0)
+    y = np.r_[np.zeros(90, int), np.ones(10, int)]                     # imbalanced
+    x = rng.normal(size=(100, 20)) + 0.8 * y[:, None]
+    model, c = logistic_probe(x, y, c=0.5)
+    assert isinstance(model, Pipeline) and c == 0.5 and model[-1].C == 0.5
+    bare, _ = logistic_probe(x, y, standardize=False)
+    assert not isinstance(bare, Pipeline)
+    plain, _ = logistic_probe(x, y)
+    balanced, _ = logistic_probe(x, y, class_weight="balanced")
+    assert balanced.predict(x).sum() > plain.predict(x).sum()          # balanced weights call the rare class more
+    groups = np.repeat(np.arange(5), 20)
+    _, chosen = logistic_probe(x, y, c=None, groups=groups)
+    assert chosen in PROBE_C_GRID
+    for tr, va in inner_folds(y, groups):                              # whole groups per inner fold
+        assert not set(groups[tr]) & set(groups[va])
+    assert inner_folds(y, np.zeros(100)) is None                       # one group: nothing to choose C on

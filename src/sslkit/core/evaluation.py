@@ -200,6 +200,51 @@ def _macro_ovr_auc(y_test: np.ndarray, proba: np.ndarray, classes: np.ndarray) -
     return float(np.mean(aucs)) if aucs else math.nan
 
 
+PROBE_C_GRID = (0.001, 0.01, 0.1, 1.0)   # the logistic probe's inverse L2 strengths that c=None chooses from
+INNER_FOLDS = 3                            # folds of the inner split that chooses it
+
+
+def inner_folds(y: np.ndarray, groups: np.ndarray | None = None, seed: int = 0) -> list | None:
+    """The inner split that chooses a probe's C on training rows only: whole groups per fold when there are groups
+    (a patient or a voice is never on both sides, as in the outer split), else stratified; None when the training
+    rows cannot be split."""
+    from sklearn.model_selection import GroupKFold, StratifiedKFold
+
+    if groups is not None:
+        n = len(np.unique(groups))
+        return list(GroupKFold(n_splits=min(INNER_FOLDS, n)).split(y, y, groups)) if n >= 2 else None
+    folds = min(INNER_FOLDS, int(np.unique(y, return_counts=True)[1].min()))
+    return list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(y, y)) if folds >= 2 else None
+
+
+def logistic_probe(x: np.ndarray, y: np.ndarray, *, c: float | None = 1.0, seed: int = 0,
+                   groups: np.ndarray | None = None, class_weight: str | None = None, standardize: bool = True,
+                   max_iter: int = 2000) -> tuple[Any, float]:
+    """Fit the linear probe every domain uses: logistic regression (L2) on frozen x (N, D), standardised first.
+
+    C is fixed, or with c=None chosen from PROBE_C_GRID by accuracy on `inner_folds` of these rows (the test rows
+    never take part). -> (the fitted model, the C it used). Fits with one BLAS thread: lbfgs's products here are
+    about N × D × classes, too small to share, and on 2 cores the threaded BLAS made the FSDD probe 4x slower.
+    """
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from threadpoolctl import threadpool_limits
+
+    inner = inner_folds(y, groups, seed) if c is None else None
+    if inner is None:
+        clf = LogisticRegression(C=1.0 if c is None else c, max_iter=max_iter, class_weight=class_weight,
+                                 random_state=seed)
+    else:
+        clf = LogisticRegressionCV(Cs=list(PROBE_C_GRID), cv=inner, scoring="accuracy", l1_ratios=(0.0,),
+                                   use_legacy_attributes=False, max_iter=max_iter, class_weight=class_weight,
+                                   random_state=seed)
+    model = make_pipeline(StandardScaler(), clf) if standardize else clf
+    with threadpool_limits(1):
+        model.fit(x, y)
+    return model, float(clf.C_ if inner is not None else clf.C)
+
+
 def linear_probe(x: Any, y: Any, seeds: Sequence[int] = (0, 1, 2, 3, 4), test_size: float = 0.2,
                  standardize: bool = True, max_iter: int = 1000) -> dict[str, MeanStd]:
     """Logistic regression on frozen x (N, D), one stratified split per seed.
@@ -207,24 +252,19 @@ def linear_probe(x: Any, y: Any, seeds: Sequence[int] = (0, 1, 2, 3, 4), test_si
     Returns accuracy, macro f1 and auc (binary ROC AUC; multiclass one-vs-rest macro) as (mean, std).
     Standardizing first keeps the default L2 penalty comparable across embedding scales.
     """
-    from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import accuracy_score, f1_score
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
     x, y = _check_xy(x, y)
     _check_stratifiable(y)
     per_seed = []
     for seed in seeds:
         x_tr, x_te, y_tr, y_te = _split(x, y, test_size, seed)
-        clf = LogisticRegression(max_iter=max_iter, random_state=seed)
-        model = make_pipeline(StandardScaler(), clf) if standardize else clf
-        model.fit(x_tr, y_tr)
+        model, _ = logistic_probe(x_tr, y_tr, seed=seed, standardize=standardize, max_iter=max_iter)
         pred = model.predict(x_te)
         per_seed.append({
             "accuracy": float(accuracy_score(y_te, pred)),
             "f1": float(f1_score(y_te, pred, average="macro", zero_division=0)),
-            "auc": _macro_ovr_auc(y_te, model.predict_proba(x_te), clf.classes_),
+            "auc": _macro_ovr_auc(y_te, model.predict_proba(x_te), model.classes_),
         })
     return _aggregate(per_seed)
 

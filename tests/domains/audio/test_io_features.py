@@ -156,7 +156,8 @@ def test_leave_one_group_out_holds_whole_groups_out() -> None:
 
 
 def test_probe_c_auto_is_chosen_inside_the_training_groups_and_regularises_when_it_helps() -> None:
-    from sslkit.domains.audio.evaluation import PROBE_C_GRID, _inner_splits, group_scores
+    from sslkit.core.evaluation import PROBE_C_GRID, inner_folds
+    from sslkit.domains.audio.evaluation import group_scores
 
     rng = np.random.default_rng(0)
     groups = np.repeat(list("abcdef"), 20)
@@ -164,7 +165,7 @@ def test_probe_c_auto_is_chosen_inside_the_training_groups_and_regularises_when_
     x = rng.normal(size=(120, 300))                       # 290 noise features, 10 weak shared signals
     x[:, :10] += 0.8 * y[:, None]
     x[:, 10:50] += 2.0 * rng.normal(size=(6, 40))[np.searchsorted(list("abcdef"), groups)]   # a voice's offsets
-    for tr, va in _inner_splits(y, groups, 0):            # the inner split never cuts a group in two
+    for tr, va in inner_folds(y, groups, 0):            # the inner split never cuts a group in two
         assert not set(groups[tr]) & set(groups[va])
     fixed = group_scores(x, y, groups, k=5, c=1.0)
     auto = group_scores(x, y, groups, k=5, c=None)

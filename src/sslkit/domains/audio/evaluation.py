@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from sslkit.core.errors import UserError
+from sslkit.core.evaluation import PROBE_C_GRID
 
 if TYPE_CHECKING:
     import torch
@@ -150,10 +151,6 @@ def mfcc_stats(fbanks: Sequence["torch.Tensor"]) -> np.ndarray:
 # ---- probes --------------------------------------------------------------------------------
 
 
-PROBE_C_GRID = (0.001, 0.01, 0.1, 1.0)   # the logistic regression's inverse L2 strength, chosen by `--probe-c auto`
-INNER_FOLDS = 3                            # folds of the inner split that chooses it
-
-
 def parse_probe_c(text: str) -> float | None:
     """`--probe-c`: 'auto' (None: chosen per fit by an inner split of the training clips) or a positive number."""
     if text.strip().lower() == "auto":
@@ -167,42 +164,18 @@ def parse_probe_c(text: str) -> float | None:
     return c
 
 
-def _inner_splits(y: np.ndarray, groups: np.ndarray | None, seed: int) -> list | None:
-    """The inner split that chooses C on training clips only: whole groups per fold when there are groups (a voice is
-    never in both parts, as in the outer split), else stratified; None when the training clips cannot be split."""
-    from sklearn.model_selection import GroupKFold, StratifiedKFold
-
-    if groups is not None:
-        n = len(np.unique(groups))
-        return list(GroupKFold(n_splits=min(INNER_FOLDS, n)).split(y, y, groups)) if n >= 2 else None
-    folds = min(INNER_FOLDS, int(np.unique(y, return_counts=True)[1].min()))
-    return list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(y, y)) if folds >= 2 else None
-
-
 def _probe(x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, y_te: np.ndarray, seed: int, k: int,
            c: float | None = 1.0, g_tr: np.ndarray | None = None) -> dict:
-    """Linear probe (standardised logistic regression; C fixed, or with c=None chosen from PROBE_C_GRID on an inner
-    split of the training clips: the test clips never take part) and cosine kNN; accuracies and the C used."""
-    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+    """The core's linear probe (C fixed, or with c=None chosen inside the training clips, whole groups per inner
+    fold) and cosine kNN; accuracies and the C used."""
     from sklearn.neighbors import KNeighborsClassifier
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-    from threadpoolctl import threadpool_limits
 
-    inner = _inner_splits(y_tr, g_tr, seed) if c is None else None
-    if inner is None:
-        clf = LogisticRegression(C=1.0 if c is None else c, max_iter=2000, random_state=seed)
-    else:
-        clf = LogisticRegressionCV(Cs=list(PROBE_C_GRID), cv=inner, scoring="accuracy", l1_ratios=(0.0,),
-                                   use_legacy_attributes=False, max_iter=2000, random_state=seed)
-    # one BLAS thread: lbfgs's products here are ~2,500 × 1,536 × 10, too small to share; on 2 cores the threaded BLAS
-    # made the FSDD probe 4x slower (131 s vs 33 s for one feature set)
-    with threadpool_limits(1):
-        linear = make_pipeline(StandardScaler(), clf).fit(x_tr, y_tr)
-        knn = KNeighborsClassifier(n_neighbors=min(k, len(x_tr)), metric="cosine").fit(x_tr, y_tr)
-        scores = {"linear": float((linear.predict(x_te) == y_te).mean()),
-                  "knn": float((knn.predict(x_te) == y_te).mean())}
-    return {**scores, "C": float(clf.C_ if inner is not None else clf.C)}
+    from sslkit.core.evaluation import logistic_probe
+
+    linear, c_used = logistic_probe(x_tr, y_tr, c=c, seed=seed, groups=g_tr)
+    knn = KNeighborsClassifier(n_neighbors=min(k, len(x_tr)), metric="cosine").fit(x_tr, y_tr)
+    return {"linear": float((linear.predict(x_te) == y_te).mean()), "knn": float((knn.predict(x_te) == y_te).mean()),
+            "C": c_used}
 
 
 def _summary(per: Sequence[dict]) -> dict[str, Any]:

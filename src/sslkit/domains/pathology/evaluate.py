@@ -162,10 +162,11 @@ def probe_scores(x: np.ndarray, y: np.ndarray, folds: list[tuple[np.ndarray, np.
 
     -> {"linear": {"balanced_acc": [per fold], "macro_f1": [...], "pred": out-of-fold predictions}, "knn": {...}}.
     """
-    from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import balanced_accuracy_score, f1_score
     from sklearn.neighbors import KNeighborsClassifier
     from sklearn.preprocessing import StandardScaler
+
+    from sslkit.core.evaluation import logistic_probe
 
     out: dict[str, dict[str, Any]] = {n: {"balanced_acc": [], "macro_f1": [], "pred": np.full(len(y), -1)}
                                       for n in ("linear", "knn")}
@@ -174,10 +175,10 @@ def probe_scores(x: np.ndarray, y: np.ndarray, folds: list[tuple[np.ndarray, np.
             continue                                    # a held-out group that takes a whole class: nothing to learn
         scaler = StandardScaler().fit(x[train])
         xtr, xte = scaler.transform(x[train]), scaler.transform(x[test])
-        models = {"linear": LogisticRegression(max_iter=2000, class_weight="balanced"),
-                  "knn": KNeighborsClassifier(n_neighbors=min(k, len(train)), metric="cosine")}
+        models = {"linear": logistic_probe(xtr, y[train], class_weight="balanced", standardize=False)[0],
+                  "knn": KNeighborsClassifier(n_neighbors=min(k, len(train)), metric="cosine").fit(xtr, y[train])}
         for name, model in models.items():
-            pred = model.fit(xtr, y[train]).predict(xte)
+            pred = model.predict(xte)
             out[name]["pred"][test] = pred
             out[name]["balanced_acc"].append(float(balanced_accuracy_score(y[test], pred)))
             out[name]["macro_f1"].append(float(f1_score(y[test], pred, average="macro", zero_division=0)))

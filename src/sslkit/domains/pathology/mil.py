@@ -151,8 +151,7 @@ def scores(y: np.ndarray, proba: np.ndarray) -> dict[str, float]:
 def cross_validate(bags: list[np.ndarray], y: np.ndarray, groups: np.ndarray | None, seeds: int, n_classes: int,
                    epochs: int = EPOCHS) -> dict[str, dict[str, list[float]]]:
     """{"abmil": {"auc": [per seed], "accuracy": [...]}, "mean pooling": {...}}: out-of-fold predictions per seed."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
+    from sslkit.core.evaluation import logistic_probe
 
     out: dict[str, dict[str, list[float]]] = {"abmil": {"auc": [], "accuracy": []},
                                               "mean pooling": {"auc": [], "accuracy": []}}
@@ -166,10 +165,8 @@ def cross_validate(bags: list[np.ndarray], y: np.ndarray, groups: np.ndarray | N
             model = train_abmil([std[i] for i in train], y[train], n_classes, seed * 1000 + fold, epochs)
             p_att[test] = predict_abmil(model, [std[i] for i in test])[0]
             means = np.stack([b.mean(0) for b in bags])
-            scaler = StandardScaler().fit(means[train])
-            clf = LogisticRegression(max_iter=2000, class_weight="balanced", random_state=seed)
-            clf.fit(scaler.transform(means[train]), y[train])
-            p_mean[test] = clf.predict_proba(scaler.transform(means[test]))
+            clf, _ = logistic_probe(means[train], y[train], seed=seed, class_weight="balanced")
+            p_mean[test] = clf.predict_proba(means[test])
         for name, p in (("abmil", p_att), ("mean pooling", p_mean)):
             for metric, v in scores(y, p).items():
                 out[name][metric].append(v)
