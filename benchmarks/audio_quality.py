@@ -9,7 +9,7 @@ that budget. A run still going at 1.5× the budget (other jobs slowing it) is st
     flock /tmp/sslkit-heavy.lock .venv/bin/python benchmarks/audio_quality.py [--arms ssamba-fsdd,ssast-fsdd,tera-fsdd]
         [--budget-min 5] [--arm-budget ARM:MIN]... [--set KEY=VALUE]... [--arm-set ARM:KEY=VALUE]...
         [--pool-set ARM:KEY=VALUE]... [--pretrain-only] [--seeds 1] [--out DIR]
-        [--hard-stop 1.5] [--snapshots K --trend] [--controls]
+        [--hard-stop 1.5] [--snapshots K --trend] [--controls] [--probe-c 1|auto]
 
 Arms: the recipes/audio/*-fsdd.yaml recipes (CPU-sized; fbank mean/std computed from FSDD), or NAME=RECIPE for a
 second run of a recipe (runs/NAME; e.g. `ssamba-fsdd-long=ssamba-fsdd --arm-budget ssamba-fsdd-long:18`). --set
@@ -59,6 +59,8 @@ DEFAULT_SET = ["train.device=cpu"]
 ARM_SET: dict[str, list[str]] = {}
 
 
+PROBE_C: float | None = 1.0     # the linear probe's C; None = `auto` (chosen inside each training fold, as `sslkit
+                                # audio evaluate --probe-c auto`); set by --probe-c
 HARD_STOP = 1.5          # pretraining is stopped (SIGTERM → checkpoint) at this multiple of the budget
 
 
@@ -187,15 +189,17 @@ def scores(x: np.ndarray, meta: dict, seeds: int) -> dict:
     from sslkit.domains.audio.evaluation import group_scores, split_scores
 
     train, test = ~meta["test"], meta["test"]
-    loso = group_scores(x, meta["digit"], meta["speaker"], k=20)
+    loso = group_scores(x, meta["digit"], meta["speaker"], k=20, c=PROBE_C)
     sel = np.isin(meta["speaker"], SELECTION_SPEAKERS)
-    choice = group_scores(x[sel], meta["digit"][sel], meta["speaker"][sel], k=20)
+    choice = group_scores(x[sel], meta["digit"][sel], meta["speaker"][sel], k=20, c=PROBE_C)
     held = [loso["per_group"][g]["linear"] for g in HELD_OUT_SPEAKERS]
     return {"loso_digit": {k: loso[k] for k in ("linear", "knn")}, "loso_per_speaker": loso["per_group"],
             "choice_4_speakers": {k: choice[k] for k in ("linear", "knn")},
             "held_out_2": {"linear": mean_std(held), "per_speaker": dict(zip(HELD_OUT_SPEAKERS, held))},
-            "conv_digit": split_scores(x, meta["digit"], np.flatnonzero(train), np.flatnonzero(test), range(seeds)),
-            "conv_speaker": split_scores(x, meta["speaker"], np.flatnonzero(train), np.flatnonzero(test), range(seeds))}
+            "conv_digit": split_scores(x, meta["digit"], np.flatnonzero(train), np.flatnonzero(test), range(seeds),
+                                       c=PROBE_C),
+            "conv_speaker": split_scores(x, meta["speaker"], np.flatnonzero(train), np.flatnonzero(test), range(seeds),
+                                         c=PROBE_C)}
 
 
 def cached(path: Path, fn) -> dict:  # noqa: ANN001
@@ -226,7 +230,15 @@ def main() -> None:
                     "(position embedding and final norm included, no blocks), pooled the same")
     ap.add_argument("--seeds", type=int, default=1, help="probe seeds on the conventional split (the split is fixed and "
                     "lbfgs deterministic: 5 seeds gave the same number to the last digit, see docs/audio.md)")
+    ap.add_argument("--probe-c", default="1", help="the linear probe's C: a number, or auto (chosen inside each "
+                    "training fold, whole speakers per inner fold, as `sslkit audio evaluate`; the default of the "
+                    "seventh session's table). Earlier tables used 1; use another --out for another C (results are "
+                    "cached per row)")
     args = ap.parse_args()
+    global PROBE_C
+    from sslkit.domains.audio.evaluation import parse_probe_c
+
+    PROBE_C = parse_probe_c(args.probe_c)
     if not args.data.is_dir():
         sys.exit(f"no FSDD at {args.data} — pass --data DIR with files named DIGIT_SPEAKER_INDEX.wav")
     (args.out / "runs").mkdir(parents=True, exist_ok=True)
@@ -327,7 +339,7 @@ def main() -> None:
              cell(r, "conv_digit"), cell(r, "conv_speaker")] for n, r in results.items()]
     print_table(f"FSDD ({len(sources)} clips, 6 speakers): accuracy % of frozen features; LOSO = leave-one-speaker-"
                 "out, mean ± std over speakers; pretraining on 2 CPU cores, on all clips without labels", columns, rows)
-    (args.out / "summary.json").write_text(json.dumps({"budgets_min": budgets, "pretraining": trained, "wall": wall,
+    (args.out / "summary.json").write_text(json.dumps({"probe_c": args.probe_c, "budgets_min": budgets, "pretraining": trained, "wall": wall,
                                                        "pool_set": pools, "results": results}, indent=2))
     md = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)] + ["| " + " | ".join(r) + " |" for r in rows]
     (args.out / "table.md").write_text("\n".join(md) + "\n")
@@ -372,7 +384,7 @@ def trend(arm: str, run: Path, path: Path, pool: dict, fbanks, meta: dict) -> No
             setattr(enc, k, v)
         t0 = time.perf_counter()
         x = embed_clips(enc, fb, mean, std, cfg.clip_frames, batch_size=64)
-        sc = group_scores(x, meta["digit"][sel], meta["speaker"][sel], k=20)
+        sc = group_scores(x, meta["digit"][sel], meta["speaker"][sel], k=20, c=PROBE_C)
         got[step] = {"linear": sc["linear"], "knn": sc["knn"], "per_speaker": {g: v["linear"] for g, v in
                                                                                sc["per_group"].items()},
                      "seconds": time.perf_counter() - t0}

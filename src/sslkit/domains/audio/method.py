@@ -7,6 +7,8 @@
 - tera (Liu et al. 2021): time (15 % of frames in spans of 7; 80 % zeroed, 10 % replaced by other frames, 10 %
   kept), frequency (one band of U[0, 20 %] of the bins, zeroed) and magnitude (p = 0.15, N(0, 0.2) noise)
   alteration; L1 between the prediction and the original fbank on the time- and frequency-altered positions.
+- tera-inv (`invariance.py`): TERA on two speaker-perturbed views of each clip (`augment.py`: vocal-tract-length
+  warp, tempo, gain, tilt, noise) + VICReg between their pooled clip embeddings; TERA's encoder.
 
 Batches: {"fbank": (B, T, M) normalised, zero on padding, "valid": (B, T) bool, "seed": (B,) int64 (optional)}.
 Each clip's random draws come from a generator seeded with its "seed" (drawn per item by the data pipeline), so
@@ -72,19 +74,37 @@ class AudioLoss(Section):
     mse_weight: float = Field(10.0, ge=0)
 
 
+class AudioInvariance(Section):
+    """tera-inv only: two speaker-perturbed views per clip (`augment.perturb_voice`) and VICReg between their
+    pooled clip embeddings, added to TERA's reconstruction (`invariance.TeraInv`)."""
+
+    weight: float = Field(0.2, ge=0)            # VICReg next to the L1 (VICReg ~20, L1 ~0.3 -> 0.15); 0.2 chosen on FSDD
+    recon_weight: float = Field(1.0, ge=0)      # TERA's L1 (0: invariance alone, the alteration kept as a view)
+    warp: float = Field(0.15, ge=0, lt=1)       # vocal-tract-length warp: frequency × U[1 - warp, 1 + warp]
+    tempo: float = Field(0.15, ge=0, lt=1)      # time × U[1 - tempo, 1 + tempo]
+    gain_db: float = Field(6.0, ge=0)           # level ± dB
+    tilt_db: float = Field(6.0, ge=0)           # spectral tilt ± dB from the lowest to the highest mel bin
+    noise: float = Field(0.05, ge=0)            # Gaussian noise, normalised units
+    proj_dim: int = Field(512, ge=2)            # projector width (VICReg's expander, smaller for a CPU)
+    sim_weight: float = Field(25.0, ge=0)       # VICReg's λ, μ, ν (paper: 25, 25, 1)
+    var_weight: float = Field(25.0, ge=0)
+    cov_weight: float = Field(1.0, ge=0)
+
+
 class AudioRecipe(Recipe):
-    method: Literal["ssamba", "ssast", "tera"] = "ssamba"
+    method: Literal["ssamba", "ssast", "tera", "tera-inv"] = "ssamba"
     data: AudioData = Field(default_factory=AudioData)
     model: AudioModel = Field(default_factory=AudioModel)
     mask: AudioMask = Field(default_factory=AudioMask)
     loss: AudioLoss = Field(default_factory=AudioLoss)
+    inv: AudioInvariance = Field(default_factory=AudioInvariance)
 
     @model_validator(mode="after")
     def _check(self) -> "AudioRecipe":
         m, d = self.model, self.data
-        if self.method in ("ssast", "tera") and m.dim % m.heads:
+        if self.method in ("ssast", "tera", "tera-inv") and m.dim % m.heads:
             raise ValueError(f"model.dim={m.dim} is not divisible by model.heads={m.heads}")
-        if self.method != "tera":
+        if self.method not in ("tera", "tera-inv"):
             if d.n_mels % m.patch_freq:
                 raise ValueError(f"data.n_mels={d.n_mels} is not a multiple of model.patch_freq={m.patch_freq}")
             if d.clip_frames % m.patch_time:
@@ -314,4 +334,8 @@ def build_method(recipe: AudioRecipe, mean: float, std: float) -> nn.Module:
     """The method named by the recipe; `mean`/`std` (fbank statistics) travel with the exported encoder."""
     if recipe.method == "tera":
         return Tera(recipe, mean, std)
+    if recipe.method == "tera-inv":
+        from sslkit.domains.audio.invariance import TeraInv    # it imports this module
+
+        return TeraInv(recipe, mean, std)
     return MaskedPatches(recipe, mean, std)
