@@ -17,7 +17,8 @@ AudioArg = Annotated[list[Path], typer.Argument(help="Audio files (WAV/FLAC/OGG;
                                                      "folders (searched recursively) or a manifest CSV/TSV with a "
                                                      "'path' column.")]
 RecipeOpt = Annotated[str, typer.Option("--recipe", "-r", help="ssamba (default; bidirectional Mamba), ssast (ViT), "
-                                                               "tera, tiny (seconds; tests), or a YAML path.")]
+                                                               "tera, tera-inv-fsdd (TERA + speaker invariance, "
+                                                               "FSDD-sized), tiny (seconds; tests), or a YAML path.")]
 StrictOpt = Annotated[bool, typer.Option("--strict", help="Stop at the first file that cannot be read (default: skip "
                                                           "it, count it and say so).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu, cuda or cuda:N.")]
