@@ -1,5 +1,11 @@
-"""Scaling of the audio encoders with sequence length: SSAMBA (bidirectional Mamba, PyTorch chunked scan) vs SSAST
-(ViT) with materialised attention (softmax(QKᵀ)V, as the SSAST code) and with PyTorch's fused attention.
+"""Scaling of the audio encoders with sequence length: SSAMBA (bidirectional Mamba, chunked scan) vs SSAST (ViT) with
+materialised attention (softmax(QKᵀ)V, as the SSAST code) and with PyTorch's fused attention.
+
+Arms: `ssamba` (the scan as a user gets it: the compiled C kernel of `audio/scan_kernel.py` on a CPU when it builds),
+`ssamba-pytorch` (the plain PyTorch scan, SSLKIT_SCAN_KERNEL=0: the fallback), `ssast-materialised`, `ssast-sdpa`
+and `ssast-sdpa-compiled` (fused attention with the whole encoder under torch.compile, inductor's C++ code: SSAMBA's
+scan runs compiled code, so SSAST gets compiled code too; its first step, which compiles, is reported apart as
+`first_seconds`, and its memory is not measured: the compile's own peak would be in the process's ru_maxrss).
 
 One training step (forward + backward of the encoder on one clip, loss = mean of squared tokens) at width 192,
 depth 2 (a per-layer comparison: a depth-24 step at 22k tokens takes minutes on a CPU), 128 mel bins, 16×16 patches
@@ -27,7 +33,7 @@ above, as a backstop), so a wrong estimate cannot take the machine's memory. Mat
 ones done; --fresh starts over) and a log-log plot beside it (audio_scaling_<threads>t[_bf16].json / .png).
 
     flock /tmp/sslkit-heavy.lock .venv/bin/python benchmarks/audio_scaling.py [--tokens 512 2048 8192 22016]
-        [--device cpu|cuda|all] [--threads 2] [--bf16] [--fresh]
+        [--device cpu|cuda|all] [--threads 2] [--bf16] [--fresh] [--arms ssamba ssast-sdpa ...] [--out PATH]
 """
 from __future__ import annotations
 
@@ -42,7 +48,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-ARMS = ("ssamba", "ssast-materialised", "ssast-sdpa")
+ARMS = ("ssamba", "ssamba-pytorch", "ssast-materialised", "ssast-sdpa", "ssast-sdpa-compiled")
+SSAST = ("ssast-materialised", "ssast-sdpa", "ssast-sdpa-compiled")
 N_MELS, PATCH, DIM, DEPTH = 128, 16, 192, 2
 
 
@@ -52,7 +59,7 @@ def build(arm: str, tokens: int):  # noqa: ANN201
     from sslkit.domains.audio.model import AudioEncoder
 
     frames = tokens // (N_MELS // PATCH) * PATCH
-    arch = "ssamba" if arm == "ssamba" else "ssast"
+    arch = "ssamba" if arm.startswith("ssamba") else "ssast"
     enc = AudioEncoder(arch, n_mels=N_MELS, clip_frames=1024, dim=DIM, depth=DEPTH, heads=3,
                        patch_freq=PATCH, patch_time=PATCH, cls_tokens=1 if arch == "ssamba" else 2,
                        attention="materialised" if arm == "ssast-materialised" else "sdpa")
@@ -68,10 +75,17 @@ def one(arm: str, tokens: int, device: str, bf16: bool, reps: int) -> dict:
 
     enc, x = build(arm, tokens)
     enc, x = enc.to(device), x.to(device)
+    tokens_fn = torch.compile(enc.tokens, dynamic=False) if arm.endswith("-compiled") else enc.tokens
+    scan = None
+    if arm.startswith("ssamba"):
+        from sslkit.domains.audio import scan_kernel
+
+        lib = scan_kernel.load() if device == "cpu" else None
+        scan = "C kernel" if lib is not None else f"PyTorch ({getattr(scan_kernel.load, 'reason', device)})"
 
     def step() -> None:
         with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
-            loss = enc.tokens(x).float().pow(2).mean()
+            loss = tokens_fn(x).float().pow(2).mean()
         loss.backward()
         enc.zero_grad(set_to_none=True)
 
@@ -99,7 +113,7 @@ def one(arm: str, tokens: int, device: str, bf16: bool, reps: int) -> dict:
     # the first timed step also warms the kernels for this length: report the best of the others when there are any
     best = min(times[1:]) if len(times) > 1 else times[0]
     return {"arm": arm, "tokens": tokens, "device": device, "bf16": bf16, "seconds": best, "all_seconds": times,
-            "peak_mb": peak / 2**20, "threads": torch.get_num_threads()}
+            "first_seconds": times[0], "peak_mb": peak / 2**20, "threads": torch.get_num_threads(), "scan": scan}
 
 
 def estimate_bytes(arm: str, tokens: int) -> float:
@@ -115,8 +129,8 @@ def estimate(results: dict, device: str, arm: str, tokens: int) -> tuple[float, 
     largest measured smaller size of the arm — N² for materialised attention, N otherwise — or None)."""
     need, scaled = estimate_bytes(arm, tokens), None
     power = 2 if arm == "ssast-materialised" else 1
-    done = [r for r in results.values() if r.get("arm") == arm and r.get("device") == device and "peak_mb" in r
-            and "seconds" in r and r["tokens"] < tokens]
+    done = [r for r in results.values() if r.get("arm") == arm and r.get("device") == device
+            and r.get("peak_mb") is not None and "seconds" in r and r["tokens"] < tokens]
     if done:
         r = max(done, key=lambda r: r["tokens"])
         scaled = r["peak_mb"] * 2**20 * (tokens / r["tokens"]) ** power
@@ -158,9 +172,12 @@ def run_child(arm: str, tokens: int, device: str, bf16: bool, timeout: float, th
               max_bytes: float = 10 * 2**30) -> dict:
     """Time in one process, CPU memory in another (see the module docstring), each under the memory cap."""
     result: dict = {}
-    for mode in ("time", "memory") if device == "cpu" else ("time",):
+    compiled = arm.endswith("-compiled")
+    for mode in ("time", "memory") if device == "cpu" and not compiled else ("time",):
         reps = (4 if tokens <= 2048 else 2) if mode == "time" else 1
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        if arm == "ssamba-pytorch":
+            env["SSLKIT_SCAN_KERNEL"] = "0"
         if mode == "memory":
             env["MALLOC_MMAP_THRESHOLD_"] = str(2**20)
         cmd = [sys.executable, __file__, "--child", arm, str(tokens), device, "1" if bf16 else "0", str(reps)]
@@ -174,6 +191,8 @@ def run_child(arm: str, tokens: int, device: str, bf16: bool, timeout: float, th
         got = json.loads(stdout.strip().splitlines()[-1])
         if mode == "time":
             result = got
+            if compiled:
+                result["peak_mb"] = None    # not measured: the compile's own memory would be counted
         else:
             result["peak_mb"], result["peak_mb_default_malloc"] = got["peak_mb"], result["peak_mb"]
     return result
@@ -181,7 +200,7 @@ def run_child(arm: str, tokens: int, device: str, bf16: bool, timeout: float, th
 
 def slope(results: dict, arm: str, device: str, field: str, lo: int, hi: int) -> float | None:
     a, b = results.get(key(device, arm, lo)), results.get(key(device, arm, hi))
-    if not a or not b or field not in a or field not in b or a[field] <= 0 or b[field] <= 0:
+    if not a or not b or a.get(field) is None or b.get(field) is None or a[field] <= 0 or b[field] <= 0:
         return None
     return math.log(b[field] / a[field]) / math.log(hi / lo)
 
@@ -190,36 +209,38 @@ def key(device: str, arm: str, tokens: int) -> str:
     return f"{device}|{arm}|{tokens}"
 
 
-def table(results: dict, device: str, tokens: list[int]) -> None:
+def _mb(r: dict) -> str:
+    return "not measured" if r.get("peak_mb") is None else f"{r['peak_mb']:.1f} MB"
+
+
+def table(results: dict, device: str, tokens: list[int], arms: tuple[str, ...] = ARMS) -> None:
+    """One line per size and arm: time, memory, and the ratio to ssamba (time: arm ÷ ssamba, so > 1 means ssamba
+    is faster; memory likewise)."""
     print(f"\n{device}: training step (forward + backward), width {DIM}, depth {DEPTH}, batch 1", file=sys.stderr)
-    head = f"{'tokens':>7} | " + " | ".join(f"{a:>26}" for a in ARMS) + " | ssast÷ssamba time (mat, sdpa) | memory"
-    print(head, file=sys.stderr)
+    print(f"{'tokens':>7} | {'arm':<20} | {'time':>9} | {'memory':>12} | ÷ ssamba (time, memory)", file=sys.stderr)
     for n in tokens:
-        cells, base = [], results.get(key(device, "ssamba", n), {})
-        ratios_t, ratios_m = [], []
-        for arm in ARMS:
+        base = results.get(key(device, "ssamba", n), {})
+        for arm in arms:
             r = results.get(key(device, arm, n), {})
             if "seconds" in r:
-                cells.append(f"{r['seconds']:8.3f} s {r['peak_mb']:9.1f} MB")
+                ratio = ""
                 if arm != "ssamba" and "seconds" in base:
-                    ratios_t.append(f"{r['seconds'] / base['seconds']:.2f}×")
-                    ratios_m.append(f"{r['peak_mb'] / max(base['peak_mb'], 1e-9):.2f}×")
+                    mem = ("—" if r.get("peak_mb") is None or not base.get("peak_mb")
+                           else f"{r['peak_mb'] / base['peak_mb']:.2f}×")
+                    ratio = f"{r['seconds'] / base['seconds']:.2f}×, {mem}"
+                cell = f"{r['seconds']:8.3f}s | {_mb(r):>12}"
+                if arm.endswith("-compiled"):
+                    ratio += f"  (first step, compiling: {r.get('first_seconds', float('nan')):.1f} s)"
             elif "estimate_mb" in r:
-                cells.append(f"{'needs ~%.0f GB (est.)' % (r['estimate_mb'] / 1024):>26}")
-                ratios_t.append("—")
-                ratios_m.append(f"~{r['estimate_mb'] / max(base.get('peak_mb', 1e-9), 1e-9):.0f}× (est.)")
+                cell, ratio = f"{'—':>9} | {'~%.0f GB est.' % (r['estimate_mb'] / 1024):>12}", "not run"
             else:
-                cells.append(f"{('— ' + r.get('skipped', 'not run'))[:26]:>26}")
-                if arm != "ssamba":
-                    ratios_t.append("—")
-                    ratios_m.append("—")
-        print(f"{n:>7} | " + " | ".join(cells) + f" | {', '.join(ratios_t):>29} | {', '.join(ratios_m)}",
-              file=sys.stderr)
-    for line in verdict(results, device, tokens[-1]):
+                cell, ratio = f"{'—':>9} | {'—':>12}", r.get("skipped", "not run")
+            print(f"{n:>7} | {arm:<20} | {cell} | {ratio}", file=sys.stderr)
+    for line in verdict(results, device, tokens[-1], arms):
         print(line, file=sys.stderr)
 
 
-def verdict(results: dict, device: str, top: int) -> list[str]:
+def verdict(results: dict, device: str, top: int, arms: tuple[str, ...] = ARMS) -> list[str]:
     """The issue's scaling target, checked on this run's entries (an estimate where a size was not run)."""
     out = []
     for field in ("seconds", "peak_mb"):
@@ -230,16 +251,25 @@ def verdict(results: dict, device: str, top: int) -> list[str]:
     base = results.get(key(device, "ssamba", top), {})
     if "seconds" not in base:
         return out
-    for arm in ARMS[1:]:
+    timed = []
+    for arm in arms[1:]:
         r = results.get(key(device, arm, top), {})
         if "seconds" in r:
-            out.append(f"at {top} tokens {arm} / ssamba: time {r['seconds'] / base['seconds']:.2f}×, memory "
-                       f"{r['peak_mb'] / max(base['peak_mb'], 1e-9):.2f}× (measured)")
+            mem = ("not measured" if r.get("peak_mb") is None
+                   else f"{r['peak_mb'] / max(base['peak_mb'], 1e-9):.2f}× (measured)")
+            out.append(f"at {top} tokens {arm} / ssamba: time {r['seconds'] / base['seconds']:.2f}×, memory {mem}")
+            if arm in SSAST:
+                timed.append((r["seconds"], arm))
         elif "estimate_mb" in r:
             out.append(f"at {top} tokens {arm}: not run (needs ~{r['estimate_mb'] / 1024:.0f} GB, extrapolated from "
                        f"the largest measured size; formula {r.get('formula_mb', 0) / 1024:.0f} GB) — memory "
                        f"≈ {r['estimate_mb'] / max(base['peak_mb'], 1e-9):.0f}× ssamba's by that estimate; its time is "
                        "judged at the largest size it ran (materialised attention does the fused arm's work and more)")
+    if timed:
+        fastest, arm = min(timed)
+        ratio = fastest / base["seconds"]
+        out.append(f"at {top} tokens the fastest ssast arm is {arm}: ssamba is {ratio:.2f}× faster "
+                   f"({'≥' if ratio >= 3 else '<'} 3×); ssamba's scan: {base.get('scan')}")
     return out
 
 
@@ -258,11 +288,14 @@ def plot(results: dict, devices: list[str], path: Path) -> None:
             xs = [n for n, _ in pts]
             style = "-o" if device == "cpu" else "--s"
             axes[0].plot(xs, [r["seconds"] for _, r in pts], style, label=f"{arm} ({device})")
-            lines = axes[1].plot(xs, [r["peak_mb"] for _, r in pts], style, label=f"{arm} ({device})")
+            mem = [(n, r["peak_mb"]) for n, r in pts if r.get("peak_mb") is not None]
+            if not mem:
+                continue
+            lines = axes[1].plot([n for n, _ in mem], [m for _, m in mem], style, label=f"{arm} ({device})")
             est = sorted((r["tokens"], r["estimate_mb"]) for k, r in results.items()
                          if k.startswith(f"{device}|{arm}|") and "estimate_mb" in r)
             if est:     # sizes not run: the estimate, hollow, joined to the last measured point by a dotted line
-                axes[1].plot([xs[-1]] + [n for n, _ in est], [pts[-1][1]["peak_mb"]] + [m for _, m in est], ":",
+                axes[1].plot([mem[-1][0]] + [n for n, _ in est], [mem[-1][1]] + [m for _, m in est], ":",
                              marker="o", mfc="none", color=lines[0].get_color(), label=f"{arm}: estimate, not run")
     for ax, name in zip(axes, ("step time (s)", "peak step memory (MB)")):
         ax.set_xscale("log")
@@ -292,6 +325,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2, help="torch/OpenMP threads in every measured process")
     p.add_argument("--max-gb", type=float, default=10.0, help="skip (estimate) or kill (measured RSS) a configuration "
                    "above this many GB")
+    p.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS), help="arms to run (ssamba always kept "
+                   "first: every ratio is to it)")
     p.add_argument("--out", type=Path, default=RESULTS / "audio_scaling.json")
     a = p.parse_args()
     import psutil
@@ -302,9 +337,10 @@ def main() -> None:
         devices = [a.device]
     out = a.out.with_name(a.out.stem + f"_{a.threads}t" + ("_bf16" if a.bf16 else "") + ".json")
     results = {} if a.fresh or not out.is_file() else json.loads(out.read_text())
+    arms = tuple(arm for arm in ARMS if arm in a.arms or arm == "ssamba")
     for device in devices:
         for n in a.tokens:
-            for arm in ARMS:
+            for arm in arms:
                 k = key(device, arm, n)
                 if k in results and "seconds" in results[k]:
                     continue
@@ -326,7 +362,7 @@ def main() -> None:
                 out.parent.mkdir(parents=True, exist_ok=True)
                 out.write_text(json.dumps(results, indent=1))
     for device in devices:
-        table(results, device, a.tokens)
+        table(results, device, a.tokens, arms)
     plot(results, devices, out.with_suffix(".png"))
     print(str(out))
 

@@ -1,4 +1,4 @@
-"""Mamba's selective scan (S6) in plain PyTorch: linear in sequence length in time and memory.
+"""Mamba's selective scan (S6) in PyTorch, with an optional C kernel on CPUs: linear in length in time and memory.
 
     h_t = exp(dt_t ⊗ A) ⊙ h_{t-1} + (dt_t · u_t) ⊗ B_t        h_t: (D, N) per step, h_{-1} = 0
     out_t = (h_t · C_t + D ⊙ u_t) ⊙ silu(z_t),    dt = softplus(delta + delta_bias)
@@ -25,6 +25,10 @@ How it avoids a Python loop over the L time steps and never exponentiates a posi
 - everything runs in float32 (also under bf16 autocast); decays are products of numbers in (0, 1], so nothing can
   overflow, and a backward pass runs the same recurrence in reverse (hand-written, checked against autograd on the
   sequential reference in tests/domains/audio/test_scan.py).
+On a CPU, a block's inner work (states, output, and in backward the states again, the adjoint and every
+contraction) runs by default in the small C kernel of `scan_kernel` (compiled at first use with the system C
+compiler, cached; same maths, one pass per block instead of ~60 eager passes); without a compiler, or with
+SSLKIT_SCAN_KERNEL=0, the PyTorch code below runs. Both are tested against the sequential reference.
 On a CUDA machine where the `mamba-ssm` package imports, its fused kernel is used instead (optional).
 """
 from __future__ import annotations
@@ -34,6 +38,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from sslkit.domains.audio import scan_kernel
 
 BLOCK = 128   # positions (batch × steps) whose (D, N) states exist at once: small enough for the CPU caches
 CHUNK = 16    # steps per chunk inside a block (the in-chunk update runs over all chunks of the block at once)
@@ -145,8 +151,8 @@ class _ChunkedScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, u: Tensor, delta: Tensor, A: Tensor, Bm: Tensor, Cm: Tensor, D: Tensor, z: Tensor,  # type: ignore[override]
                 bias: Tensor, proj: Tensor | None, keep: Tensor | None, block: int, chunk: int,
-                memo: dict | None) -> Tensor:
-        ctx.block, ctx.chunk = block, chunk
+                memo: dict | None, lib: Any = None) -> Tensor:
+        ctx.block, ctx.chunk, ctx.lib = block, chunk, lib
         bsz, length = u.shape[:2]
         state = (bsz, *A.shape)                         # (B, G, N, Dg)
         if memo is not None and "entering" in memo:
@@ -157,6 +163,18 @@ class _ChunkedScan(torch.autograd.Function):
         entering = u.new_empty(-(-length // block), *state)
         y = u.new_empty(u.shape)
         h0 = u.new_zeros(state)
+        if lib is not None:                             # the C kernel: states, y = Σ C h + D u, a block per call
+            for i, s in enumerate(range(0, length, block)):
+                e = min(s + block, length)
+                entering[i] = h0
+                dtb = _steps(_pre(delta[:, s:e], proj, bias), keep, s, e)
+                scan_kernel.forward_block(lib, u[:, s:e], dtb, A, Bm[:, s:e], Cm[:, s:e], D, h0, y[:, s:e])
+                if z is not None:
+                    y[:, s:e].mul_(F.silu(z[:, s:e]))
+            if memo is not None:
+                memo["entering"] = entering
+            ctx.save_for_backward(u, delta, A, Bm, Cm, D, z, bias, proj, keep, entering)
+            return y
         work = _Work(u, bsz, min(block, -(-length // chunk) * chunk), A.shape, chunk, backward=False)
         for i, s in enumerate(range(0, length, block)):
             e = min(s + block, length)
@@ -188,6 +206,9 @@ class _ChunkedScan(torch.autograd.Function):
         gz = None if z is None else torch.empty_like(z)
         gAA, gD = torch.zeros_like(A), torch.zeros_like(D)    # gAA: Σ dL/dA · A (see below)
         g_next = u.new_zeros(bsz, *A.shape)             # dL/d(last state of the block) from later blocks
+        if ctx.lib is not None:
+            return _kernel_backward(ctx.lib, block, gout, u, delta, A, Bm, Cm, D, z, bias, proj, keep, entering,
+                                    gu, gdelta, gB, gC, gproj, gbias, gz, gD, g_next)
         work = _Work(u, bsz, min(block, -(-length // chunk) * chunk), A.shape, chunk, backward=True)
         for i in reversed(range(len(entering))):
             s = i * block
@@ -235,7 +256,44 @@ class _ChunkedScan(torch.autograd.Function):
                     gproj[j].addmm_(gp.t(), dl)
             gD += (gy * ub).sum((0, 1))
             torch.addcmul(gy * D, gdu, dtb, out=gu[:, s:e])
-        return gu, gdelta, gAA / A, gB, gC, gD, gz, gbias, gproj, None, None, None, None
+        return gu, gdelta, gAA / A, gB, gC, gD, gz, gbias, gproj, None, None, None, None, None
+
+
+def _kernel_backward(lib: Any, block: int, gout: Tensor, u: Tensor, delta: Tensor, A: Tensor, Bm: Tensor, Cm: Tensor,
+                     D: Tensor, z: Tensor | None, bias: Tensor, proj: Tensor | None, keep: Tensor | None,
+                     entering: Tensor, gu: Tensor, gdelta: Tensor, gB: Tensor, gC: Tensor, gproj: Tensor | None,
+                     gbias: Tensor, gz: Tensor | None, gD: Tensor, g_next: Tensor) -> tuple[Tensor | None, ...]:
+    """`_ChunkedScan.backward` with the C kernel doing a block's states, adjoint and contractions (gu, the raw
+    d/d(dt), gB, gC, gA, gD and the ungated y for the gate's gradient); the O(L·D) rest stays here."""
+    bsz, length = u.shape[:2]
+    gA = torch.zeros_like(A)
+    for i in reversed(range(len(entering))):
+        s = i * block
+        e = min(s + block, length)
+        k = e - s
+        pre = _pre(delta[:, s:e], proj, bias)
+        dtb = _steps(pre, keep, s, e).contiguous()
+        go = gout[:, s:e]
+        gy = (go if z is None else go * F.silu(z[:, s:e])).contiguous()
+        gdt, yr = torch.empty_like(gy), torch.empty_like(gy)
+        scan_kernel.backward_block(lib, u[:, s:e], dtb, A, Bm[:, s:e], Cm[:, s:e], D, entering[i], gy, g_next,
+                                   gu[:, s:e], gdt, gB[:, s:e], gC[:, s:e], gA, gD, yr)
+        if z is not None:                               # d silu(z)/dz = σ(z)·(1 + z·(1 − σ(z))), times y · gout
+            zb = z[:, s:e]
+            sz = torch.sigmoid(zb)
+            torch.mul(torch.sub(1.0, sz).mul_(zb).add_(1.0).mul_(sz), yr.mul_(go), out=gz[:, s:e])
+        gpre = gdt.mul_(torch.sigmoid_(pre))            # softplus' = σ
+        if keep is not None:
+            gpre.mul_(keep[:, s:e, None, None, None])
+        gbias += gpre.sum((0, 1))
+        if proj is None:
+            gdelta[:, s:e] = gpre
+        else:
+            for j in range(proj.shape[0]):
+                gp, dl = gpre[:, :, j, 0].flatten(0, 1), delta[:, s:e, j, 0].flatten(0, 1)
+                gdelta[:, s:e, j, 0] = (gp @ proj[j]).view(bsz, k, -1)
+                gproj[j].addmm_(gp.t(), dl)                 # type: ignore[index]
+    return gu, gdelta, gA, gB, gC, gD, gz, gbias, gproj, None, None, None, None, None
 
 
 def _mamba_ssm_scan() -> Any:
@@ -250,7 +308,8 @@ def _mamba_ssm_scan() -> Any:
 def selective_scan(u: Tensor, delta: Tensor, A: Tensor, Bm: Tensor, Cm: Tensor, D: Tensor | None = None,
                    z: Tensor | None = None, delta_bias: Tensor | None = None, *, block: int = BLOCK,
                    chunk: int = CHUNK, use_kernel: bool = True, memo: dict | None = None,
-                   delta_proj: Tensor | None = None, keep: Tensor | None = None) -> Tensor:
+                   delta_proj: Tensor | None = None, keep: Tensor | None = None,
+                   cpu_kernel: bool | None = None) -> Tensor:
     """Mamba's S6 with dt = softplus(delta + delta_bias), the D·u skip and the SiLU(z) gate.
 
     u, delta, z: (B, L, D); A: (D, N) (negative); Bm, Cm: (B, L, N), or (B, L, G, N) when the D channels form G
@@ -261,6 +320,8 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, Bm: Tensor, Cm: Tensor, 
     `delta_proj` (D, R): delta is low-rank (B, L, R) — or (B, L, G, R) — and the scan applies Mamba's dt_proj
     weight itself, block by block (so the full-length delta and its gradient never exist). `keep` (B, L) bool: False
     marks absent tokens, whose dt is 0 (no decay, no input), as delta = -∞ would.
+    `cpu_kernel`: on a CPU, run a block's inner work in the compiled C kernel of `scan_kernel` (None: when it
+    builds and SSLKIT_SCAN_KERNEL is not 0; False: plain PyTorch; True: the kernel, or an error if it cannot build).
     """
     device = u.device.type
     bsz, length, d = u.shape
@@ -283,6 +344,12 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, Bm: Tensor, Cm: Tensor, 
     chunk = max(1, min(chunk, block))
     block = max(chunk, block // max(1, bsz) // chunk * chunk)
     dg, n = d // groups, A.shape[1]
+    lib = None
+    if device == "cpu" and cpu_kernel is not False:
+        lib = scan_kernel.load() if n <= scan_kernel.MAX_STATE else None
+        if lib is None and cpu_kernel:
+            reason = getattr(scan_kernel.load, "reason", "?") if n <= scan_kernel.MAX_STATE else f"d_state {n} > 64"
+            raise RuntimeError(f"the CPU scan kernel is not available: {reason}")
     with torch.autocast(device, enabled=False):
         # channels as (G, 1, Dg) and B/C as (G, N, 1): views of the caller's fp32 tensors whenever their last dim is
         # contiguous (z and B, C are column slices of larger projections: no copies)
@@ -295,5 +362,5 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, Bm: Tensor, Cm: Tensor, 
         y = _ChunkedScan.apply(f(u), f(delta, dg if proj is None else proj.shape[2]),
                                A.float().view(groups, dg, n).transpose(1, 2).contiguous(), m(Bm), m(Cm),
                                c(zeros if D is None else D), f(z), c(zeros if delta_bias is None else delta_bias), proj,
-                               None if keep is None else keep.to(torch.float32), block, chunk, memo)
+                               None if keep is None else keep.to(torch.float32), block, chunk, memo, lib)
     return y.view(bsz, length, d)
