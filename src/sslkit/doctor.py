@@ -49,6 +49,13 @@ def precision_plan(device: Any) -> list[dict[str, str]]:
     return rows
 
 
+def scan_kernel_status() -> str:
+    """Whether SSAMBA's CPU scan runs in its C kernel here (built on first use: ~1 s) or in plain PyTorch, and why."""
+    from sslkit.domains.audio import scan_kernel
+
+    return "C kernel" if scan_kernel.load() is not None else f"PyTorch ({getattr(scan_kernel.load, 'reason', '?')})"
+
+
 def collect() -> dict[str, Any]:
     import torch
 
@@ -69,6 +76,7 @@ def collect() -> dict[str, Any]:
         "bf16_cpu": bf16_supported(torch.device("cpu")),
         "cpu_threads": torch.get_num_threads(),
         "precision": precision_plan(torch.device("cuda" if cuda else "cpu")),
+        "audio_scan_kernel": scan_kernel_status(),
         "domains": {},
     }
     for domain in DOMAINS:
@@ -93,6 +101,7 @@ def report(as_json: bool = False) -> None:
     gpus = ", ".join(info["gpus"]) or "none"
     console.print(f"CUDA: {'yes ' + str(info['cuda_version']) if info['cuda_available'] else 'no'}  GPUs: {gpus}  "
                   f"bf16: cuda={info['bf16_cuda']} cpu={info['bf16_cpu']}  CPU threads: {info['cpu_threads']}")
+    console.print(f"SSAMBA's CPU scan: {info['audio_scan_kernel']}")
     rows = []
     for domain, d in info["domains"].items():
         detail = "; ".join(f"{m} {v}" for m, v in d["modules"].items())

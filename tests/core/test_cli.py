@@ -66,6 +66,9 @@ def test_doctor_reports_versions_and_extras():
     assert info["domains"]["tabular"]["ok"] is True
     assert {"pydicom", "gdcm", "itk"} <= set(info["domains"]["medical3d"]["modules"])   # DICOM codecs, NRRD/MHA
     assert "openpyxl" in info["domains"]["tabular"]["modules"]                          # Excel tables
+    assert info["audio_scan_kernel"] == "C kernel" or info["audio_scan_kernel"].startswith("PyTorch (")
+    off = json.loads(sslkit_cmd("doctor", "--json", env={"SSLKIT_SCAN_KERNEL": "0"}).stdout)
+    assert off["audio_scan_kernel"] == "PyTorch (turned off by SSLKIT_SCAN_KERNEL)"
 
 
 def test_recipes_list_show_copy(tmp_path):
