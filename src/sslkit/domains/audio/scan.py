@@ -243,20 +243,28 @@ class _ChunkedScan(torch.autograd.Function):
             gdt = q.sum(-2, keepdim=True).addcmul_(gdu, ub)
             gAA += q.mul_(dtb).sum((0, 1))              # Σ_t q·A·dt: divided by A once, at the end
             del q
-            gpre = gdt.mul_(torch.sigmoid_(pre))         # softplus' = σ
-            if keep is not None:
-                gpre.mul_(keep[:, s:e, None, None, None])
-            gbias += gpre.sum((0, 1))
-            if proj is None:
-                gdelta[:, s:e] = gpre
-            else:                                       # delta = dt_low @ projᵀ per group, in the block
-                for j in range(proj.shape[0]):
-                    gp, dl = gpre[:, :, j, 0].flatten(0, 1), delta[:, s:e, j, 0].flatten(0, 1)
-                    gdelta[:, s:e, j, 0] = (gp @ proj[j]).view(bsz, k, -1)
-                    gproj[j].addmm_(gp.t(), dl)
+            _delta_grads(gdt, pre, keep, s, e, delta, proj, gdelta, gproj, gbias)
             gD += (gy * ub).sum((0, 1))
             torch.addcmul(gy * D, gdu, dtb, out=gu[:, s:e])
         return gu, gdelta, gAA / A, gB, gC, gD, gz, gbias, gproj, None, None, None, None, None
+
+
+def _delta_grads(gdt: Tensor, pre: Tensor, keep: Tensor | None, s: int, e: int, delta: Tensor, proj: Tensor | None,
+                 gdelta: Tensor, gproj: Tensor | None, gbias: Tensor) -> None:
+    """A block's dL/d(dt) back through softplus, the keep mask and (with `proj`) the per-group low-rank projection
+    delta = dt_low @ projᵀ: fills gdelta[:, s:e], accumulates gbias and gproj. gdt is overwritten."""
+    gpre = gdt.mul_(torch.sigmoid_(pre))                # softplus' = σ
+    if keep is not None:
+        gpre.mul_(keep[:, s:e, None, None, None])
+    gbias += gpre.sum((0, 1))
+    if proj is None:
+        gdelta[:, s:e] = gpre
+        return
+    bsz, k = gpre.shape[:2]
+    for j in range(proj.shape[0]):
+        gp, dl = gpre[:, :, j, 0].flatten(0, 1), delta[:, s:e, j, 0].flatten(0, 1)
+        gdelta[:, s:e, j, 0] = (gp @ proj[j]).view(bsz, k, -1)
+        gproj[j].addmm_(gp.t(), dl)                     # type: ignore[index]
 
 
 def _kernel_backward(lib: Any, block: int, gout: Tensor, u: Tensor, delta: Tensor, A: Tensor, Bm: Tensor, Cm: Tensor,
@@ -265,12 +273,11 @@ def _kernel_backward(lib: Any, block: int, gout: Tensor, u: Tensor, delta: Tenso
                      gbias: Tensor, gz: Tensor | None, gD: Tensor, g_next: Tensor) -> tuple[Tensor | None, ...]:
     """`_ChunkedScan.backward` with the C kernel doing a block's states, adjoint and contractions (gu, the raw
     d/d(dt), gB, gC, gA, gD and the ungated y for the gate's gradient); the O(L·D) rest stays here."""
-    bsz, length = u.shape[:2]
+    length = u.shape[1]
     gA = torch.zeros_like(A)
     for i in reversed(range(len(entering))):
         s = i * block
         e = min(s + block, length)
-        k = e - s
         pre = _pre(delta[:, s:e], proj, bias)
         dtb = _steps(pre, keep, s, e).contiguous()
         go = gout[:, s:e]
@@ -282,17 +289,7 @@ def _kernel_backward(lib: Any, block: int, gout: Tensor, u: Tensor, delta: Tenso
             zb = z[:, s:e]
             sz = torch.sigmoid(zb)
             torch.mul(torch.sub(1.0, sz).mul_(zb).add_(1.0).mul_(sz), yr.mul_(go), out=gz[:, s:e])
-        gpre = gdt.mul_(torch.sigmoid_(pre))            # softplus' = σ
-        if keep is not None:
-            gpre.mul_(keep[:, s:e, None, None, None])
-        gbias += gpre.sum((0, 1))
-        if proj is None:
-            gdelta[:, s:e] = gpre
-        else:
-            for j in range(proj.shape[0]):
-                gp, dl = gpre[:, :, j, 0].flatten(0, 1), delta[:, s:e, j, 0].flatten(0, 1)
-                gdelta[:, s:e, j, 0] = (gp @ proj[j]).view(bsz, k, -1)
-                gproj[j].addmm_(gp.t(), dl)                 # type: ignore[index]
+        _delta_grads(gdt, pre, keep, s, e, delta, proj, gdelta, gproj, gbias)
     return gu, gdelta, gA, gB, gC, gD, gz, gbias, gproj, None, None, None, None, None
 
 
