@@ -68,11 +68,14 @@ def test_resume_lands_on_the_same_weights_and_reuses_the_cache(clips: Path, tmp_
 
 
 @pytest.mark.slow
-def test_two_processes_equal_one(clips: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("method", ["ssamba", "tera-inv"])
+def test_two_processes_equal_one(clips: Path, tmp_path: Path, method: str) -> None:
     """--devices 2 (gloo on CPU): the same global batches and per-clip masks, and DDP averages the gradients of
-    per-clip mean losses, so the weights equal one process's (the logged loss is rank 0's half of the batch)."""
+    per-clip mean losses, so the weights equal one process's (the logged loss is rank 0's half of the batch);
+    tera-inv's VICReg sees the views of the whole global batch (gathered over ranks)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    base = [sys.executable, "-m", "sslkit", "audio", "pretrain", str(clips), *RECIPE, "--set", "train.steps=4"]
+    base = [sys.executable, "-m", "sslkit", "audio", "pretrain", str(clips), *RECIPE, "--set", "train.steps=4",
+            "--set", f"method={method}"]
     one = subprocess.run([*base, "--out", str(tmp_path / "one")], capture_output=True, text=True, env=env, timeout=300)
     assert one.returncode == 0, one.stderr[-2000:]
     two = subprocess.run([*base, "--devices", "2", "--out", str(tmp_path / "two")], capture_output=True, text=True,

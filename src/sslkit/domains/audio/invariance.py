@@ -33,7 +33,10 @@ class TeraInv(Tera):
         enc = self.encoder
         width = (enc.pool_segments + (enc.pool_stats == "meanstd")) * enc.pool_layers * enc.dim
         p = recipe.inv.proj_dim
-        self.projector = nn.Sequential(nn.Linear(width, p), nn.LayerNorm(p), nn.GELU(), nn.Linear(p, p))
+        # no bias on the last layer: VICReg centres z (variance, covariance) and differences the views (invariance),
+        # so a bias there has a zero gradient whose rounding noise Adam turns into lr-sized steps (they differed
+        # between 1 and 2 processes)
+        self.projector = nn.Sequential(nn.Linear(width, p), nn.LayerNorm(p), nn.GELU(), nn.Linear(p, p, bias=False))
         self.vicreg = VICRegLoss(recipe.inv.sim_weight, recipe.inv.var_weight, recipe.inv.cov_weight,
                                  gather_distributed=True)
 
