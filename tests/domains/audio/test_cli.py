@@ -48,12 +48,13 @@ def test_pretrain_writes_cache_stats_encoder_and_pictures(tiny_run: Path, clips:
         assert (tiny_run / "plots" / picture).stat().st_size > 10_000
 
 
-def test_resume_lands_on_the_same_weights_and_reuses_the_cache(clips: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("method", ["ssamba", "tera-inv"])
+def test_resume_lands_on_the_same_weights_and_reuses_the_cache(clips: Path, tmp_path: Path, method: str) -> None:
     """SIGTERM at the first checkpoint (as a preempted job), then --resume: the weights of an uninterrupted run."""
     from tests.helpers import sigterm_at_first_checkpoint
 
     full, part = tmp_path / "full", tmp_path / "part"
-    steps = ["--set", "train.steps=6", "--set", "train.checkpoint_every=2"]
+    steps = ["--set", "train.steps=6", "--set", "train.checkpoint_every=2", "--set", f"method={method}"]
     assert invoke("pretrain", clips, *RECIPE, *steps, "--out", full).exit_code == 0
     cmd = [sys.executable, "-m", "sslkit", "audio", "pretrain", str(clips), *RECIPE, *steps, "--out", str(part)]
     code, err, step = sigterm_at_first_checkpoint(cmd, part, {**os.environ, "OMP_NUM_THREADS": "1"})
