@@ -20,7 +20,9 @@ Each part's result is written to OUT/*.json as it finishes; a rerun skips parts 
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -87,6 +89,7 @@ def main() -> None:
 
     data = args.data or (FSDD if FSDD.is_dir() else None)
     work = Path(tempfile.mkdtemp(prefix="audio-datapath-"))
+    atexit.register(shutil.rmtree, work, True)            # its cache and run: ~100 MB
     if data is None:
         data = work / "kw"
         subprocess.run([sys.executable, "-m", "sslkit", "audio", "sample-data", str(data)], check=True)
