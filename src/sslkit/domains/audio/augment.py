@@ -3,7 +3,7 @@
 Each clip gets its own draws (from a per-clip generator, so they do not depend on the rank):
 - vocal-tract-length warp (VTLP, Jaitly & Hinton 2013): the spectrum is scaled in frequency by α ∈ [1 − warp,
   1 + warp], S'(f) = S(f / α), read off the mel axis at the exact mel position of each bin's centre frequency ÷ α
-  (Kaldi's mel bins: HTK mel, equally spaced between 20 Hz and Nyquist). Scaling the frequency axis moves formants
+  (Kaldi's mel bins, from torchaudio's Kaldi mel scale: equally spaced between 20 Hz and Nyquist). Scaling the frequency axis moves formants
   and harmonics together, as resampling the waveform (a pitch + formant shift) does;
 - tempo: the frames resampled in time by τ ∈ [1 − tempo, 1 + tempo] (linear interpolation; the clip gets shorter
   or longer, `valid` follows, nothing past the window);
@@ -24,23 +24,29 @@ from torch import Tensor
 LOW_HZ = 20.0    # Kaldi fbank's default low_freq; high_freq = Nyquist
 
 
-def mel(f: Tensor) -> Tensor:
-    return 1127.0 * torch.log1p(f / 700.0)
+def _mel_grid(n_mels: int, sample_rate: int) -> tuple[Tensor, Tensor]:
+    """Kaldi's mel axis (float64): the mel of its low edge and the spacing of its bin centres (HTK mel, 20 Hz to
+    Nyquist, `n_mels` triangles)."""
+    from torchaudio.compliance.kaldi import mel_scale
+
+    lo, hi = (mel_scale(torch.tensor(f, dtype=torch.float64)) for f in (LOW_HZ, sample_rate / 2.0))
+    return lo, (hi - lo) / (n_mels + 1)
 
 
 def mel_centres(n_mels: int, sample_rate: int) -> Tensor:
     """Centre frequencies (Hz) of Kaldi's `n_mels` triangular bins (HTK mel, 20 Hz to Nyquist)."""
-    lo, hi = mel(torch.tensor(LOW_HZ, dtype=torch.float64)), mel(torch.tensor(sample_rate / 2.0, dtype=torch.float64))
-    m = lo + (hi - lo) * torch.arange(1, n_mels + 1, dtype=torch.float64) / (n_mels + 1)
-    return 700.0 * torch.expm1(m / 1127.0)
+    from torchaudio.compliance.kaldi import inverse_mel_scale
+
+    lo, step = _mel_grid(n_mels, sample_rate)
+    return inverse_mel_scale(lo + step * torch.arange(1, n_mels + 1, dtype=torch.float64))
 
 
 def warp_index(alpha: Tensor, n_mels: int, sample_rate: int) -> Tensor:
     """(B,) warp factors -> (B, M) fractional bin positions to read: bin m takes the value at frequency f_m / α."""
-    f = mel_centres(n_mels, sample_rate).to(alpha.dtype if alpha.is_floating_point() else torch.float64)
-    lo, hi = mel(torch.tensor(LOW_HZ, dtype=f.dtype)), mel(torch.tensor(sample_rate / 2.0, dtype=f.dtype))
-    step = (hi - lo) / (n_mels + 1)
-    pos = (mel(f[None, :] / alpha[:, None]) - lo) / step - 1.0
+    from torchaudio.compliance.kaldi import mel_scale
+
+    lo, step = _mel_grid(n_mels, sample_rate)
+    pos = (mel_scale(mel_centres(n_mels, sample_rate)[None, :] / alpha.to(torch.float64)[:, None]) - lo) / step - 1.0
     return pos.clamp(0.0, n_mels - 1.0)
 
 
