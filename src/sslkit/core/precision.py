@@ -38,8 +38,8 @@ CPU_AUTO: dict[tuple[str, str], Choice] = {
                                       "0.015 apart"),
     ("audio", "ssast"): Choice("bf16", "1.51x samples/s in bf16 (ssast-fsdd, materialised bf16 attention with an "
                                        "additive key mask); loss after 32 steps 0.0006 from fp32, seeds 0.14 apart"),
-    ("audio", "ssamba"): Choice("fp32", "0.90x in bf16 (ssamba-fsdd with the sixth session's scan, fp32 69.5 "
-                                        "samples/s; 0.95x before): the selective scan runs in fp32 either way"),
+    ("audio", "ssamba"): Choice("fp32", "0.94x in bf16 (ssamba-fsdd with the C scan kernel, fp32 90.2 samples/s; "
+                                        "0.90x with the PyTorch scan): the selective scan runs in fp32 either way"),
     ("pathology", "dino"): Choice("bf16", "1.69x samples/s in bf16 (dino-tiny, timm's materialised attention under "
                                           "CPU autocast); loss after 10 steps 0.0014 from fp32, seeds 0.0037 apart"),
     ("medical3d", "alice"): Choice("bf16", "1.15x samples/s in bf16 (la2018, conv3d tiny); loss after 12 steps "

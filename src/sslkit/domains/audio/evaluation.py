@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from sslkit.core.errors import UserError
-from sslkit.core.evaluation import PROBE_C_GRID
+from sslkit.core.evaluation import PROBE_C_GRID, logistic_probe
 
 if TYPE_CHECKING:
     import torch
@@ -170,8 +170,6 @@ def _probe(x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, y_te: np.ndarra
     fold) and cosine kNN; accuracies and the C used."""
     from sklearn.neighbors import KNeighborsClassifier
 
-    from sslkit.core.evaluation import logistic_probe
-
     linear, c_used = logistic_probe(x_tr, y_tr, c=c, seed=seed, groups=g_tr)
     knn = KNeighborsClassifier(n_neighbors=min(k, len(x_tr)), metric="cosine").fit(x_tr, y_tr)
     return {"linear": float((linear.predict(x_te) == y_te).mean()), "knn": float((knn.predict(x_te) == y_te).mean()),
@@ -316,7 +314,8 @@ def evaluate_run(run: Any, encoder: Any, cfg: Any, mean: float, std: float, sour
     payload = {"method": method, "clips": int(len(y)), "labels": sorted(set(y.tolist())), "split": split,
                "group_pattern": group_pattern, "label_source": str(labels) if labels else label_pattern,
                "seeds": seeds if groups is None else 1, "k": k,
-               "probe_c": "auto" if probe_c is None else probe_c, "probe_c_grid": list(PROBE_C_GRID), "skipped": report.as_dict()["skipped"],
+               "probe_c": "auto" if probe_c is None else probe_c, "probe_c_grid": list(PROBE_C_GRID),
+               "skipped": report.as_dict()["skipped"],
                "results": {n: {m: list(v) if isinstance(v, tuple) else v for m, v in r.items()}
                            for n, r in results.items()}}
     out = run.path("evaluation.json")
