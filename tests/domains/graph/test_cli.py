@@ -289,3 +289,35 @@ def test_mask_order_auto_follows_the_clusters_trains_that_mask_and_is_recorded(s
         assert f"mask order r = {want}" in output
         same, other = run(f"r{want}-{name[-2:]}", f"loss.r={want}")[1], run(f"r{3 - want}-{name[-2:]}", f"loss.r={3 - want}")[1]
         assert curve == same and curve != other
+
+
+def test_evaluate_adds_the_baseline_at_the_encoders_own_depth(samples: Path, tmp_path: Path) -> None:
+    """Where the encoder's filter depth differs from the baseline's (the graph's mixing distance), the features at
+    the encoder's depth are a row too — the training-free part of what the encoder sees, so training is not credited
+    with what the filter alone does."""
+    from sslkit.core.evaluation import kmeans_eval
+    from sslkit.domains.graph.batches import prepare_inputs
+    from sslkit.domains.graph.io import align_labels, load_graph
+    from sslkit.domains.graph.method import GraphRecipe
+    from sslkit.domains.graph.transforms import auto_hops
+    from sslkit.core.runs import Run
+
+    g, labels = load_graph(samples / "sbm")
+    t = auto_hops(g.num_nodes, g.edge_index.shape[1])
+    own = 1 if t != 1 else 2
+    run = tmp_path / "own"
+    res = invoke("pretrain", samples / "sbm", *TINY, "-k", "3", "--out", run, "--set", f"data.hops={own}")
+    assert res.exit_code == 0, res.output
+    assert invoke("evaluate", run, samples / "sbm", "--seeds", "1").exit_code == 0
+    results = json.loads((run / "evaluation.json").read_text())["results"]
+    name = f"propagated Â^{own}X, the encoder's depth (no training)"
+    assert list(results)[:4] == ["raw features", f"propagated Â^{t}X (no training)", name, "scgc-star embeddings"]
+    cfg = GraphRecipe.model_validate(Run.load(run, "graph").recipe_dict)
+    idx, y = align_labels(g, labels, min_per_class=2)
+    x = prepare_inputs(g, cfg, quiet=True).x   # the run's recipe filters at data.hops = own
+    assert results[name]["nmi"][0] == pytest.approx(kmeans_eval(x[idx], y, 3, seeds=(0,))["nmi"][0])
+    # the run's own depth equal to the graph's: one baseline row, as before
+    same = tmp_path / "same"
+    assert invoke("pretrain", samples / "sbm", *TINY, "-k", "3", "--out", same, "--set", f"data.hops={t}").exit_code == 0
+    assert invoke("evaluate", same, samples / "sbm", "--seeds", "1").exit_code == 0
+    assert not any("encoder's depth" in k for k in json.loads((same / "evaluation.json").read_text())["results"])

@@ -23,9 +23,10 @@ def test_evaluate_shows_progress_and_scores_as_before(samples: Path, tmp_path: P
     res = runner.invoke(app, ["graph", "evaluate", str(run), str(samples / "sbm"), "--seeds", "2"])
     assert res.exit_code == 0, res.output
     out = " ".join(res.output.split())
-    # 2 feature baselines + 3 rows × 2 seeds × (k-means, probe) = 14 parts, the last always shown
-    assert "evaluate: 14 parts" in out and "evaluate 14/14 probe on scgc-star embeddings, seed 1" in out
-    assert out.index("evaluate: 14 parts") < out.index("graph evaluation")        # before the table
+    # 2 feature baselines + 4 rows × 2 seeds × (k-means, probe) = 18 parts, the last always shown (4 rows: raw, the
+    # baseline at the graph's mixing distance, the features at the encoder's t = 2, which differs, and the embeddings)
+    assert "evaluate: 18 parts" in out and "evaluate 18/18 probe on scgc-star embeddings, seed 1" in out
+    assert out.index("evaluate: 18 parts") < out.index("graph evaluation")        # before the table
     # one seed at a time gives the grouped runs' numbers: the raw-feature row, recomputed with grouped seeds
     from sslkit.core.recipes import validate_recipe
     from sslkit.domains.graph.batches import prepare_inputs

@@ -190,7 +190,8 @@ def evaluate(run: RunArg, graph: GraphArg, labels: Annotated[Optional[Path], typ
     idx, y = align_labels(g, labels, min_per_class=2)
     if len(idx) < g.num_nodes:
         warn(f"{g.num_nodes - len(idx)} node(s) have no label; evaluating the {len(idx)} labelled ones")
-    z = encode(run, g, cfg, run_inputs(run, g, cfg))
+    inputs = run_inputs(run, g, cfg)
+    z = encode(run, g, cfg, inputs)
     q = soft_assign(run, z, missing_ok=True) if cfg.method != "grace" else None
     notes = []
     if cfg.method != "grace" and q is None:
@@ -198,7 +199,7 @@ def evaluate(run: RunArg, graph: GraphArg, labels: Annotated[Optional[Path], typ
                      f"{cfg.train.steps}), so the {cfg.method} soft-assignment row is left out; the embedding rows "
                      "are computed — pretrain longer or lower loss.cluster_warmup for it")
         warn(notes[-1])
-    rows = evaluate_all(g, cfg, z, q, idx, y, tuple(range(seeds)))
+    rows = evaluate_all(g, cfg, z, q, idx, y, tuple(range(seeds)), run_hops=inputs.hops)
     columns, table = metrics_table_rows(rows)
     print_table(f"graph evaluation: {len(idx)} labelled nodes, {int(y.max()) + 1} classes, {seeds} seeds "
                 "(k-means / soft assignment: acc nmi ari f1; probe_acc: logistic regression)", columns, table)
