@@ -145,16 +145,14 @@ app.add_typer(recipes_app, name="recipes")
 @recipes_app.command("list")
 def recipes_list(domain: Annotated[Optional[str], typer.Option("--domain", "-d", help="Only this domain.")] = None) -> None:
     """Shipped recipes with their descriptions."""
-    import yaml
-
     from sslkit.core.console import print_table
-    from sslkit.core.recipes import shipped_recipes
+    from sslkit.core.recipes import read_recipe, shipped_recipes
 
     if domain is not None and domain not in DOMAINS:
         raise UserError(f"unknown domain '{domain}' — choose one of: {', '.join(DOMAINS)}")
     rows = []
     for dom, name, path in shipped_recipes(domain):
-        data = yaml.safe_load(path.read_text()) or {}
+        data = read_recipe(dom, path)   # with the recipe it extends
         rows.append([dom, name, data.get("method", ""), str(data.get("description", "")).strip().split("\n")[0]])
         typer.echo(f"{dom}/{name}")
     print_table("recipes", ["domain", "name", "method", "description"], rows)
@@ -174,9 +172,19 @@ def _resolve(name: str) -> Path:
 
 
 @recipes_app.command("show")
-def recipes_show(name: Annotated[str, typer.Argument(help="Recipe name, or domain/name.")]) -> None:
+def recipes_show(name: Annotated[str, typer.Argument(help="Recipe name, or domain/name.")],
+                 resolved: Annotated[bool, typer.Option("--resolved", help="Print it with the recipe it extends merged "
+                                                        "in (every key it sets).")] = False) -> None:
     """Print a shipped recipe's YAML."""
-    typer.echo(_resolve(name).read_text(), nl=False)
+    path = _resolve(name)
+    if not resolved:
+        typer.echo(path.read_text(), nl=False)
+        return
+    import yaml
+
+    from sslkit.core.recipes import read_recipe
+
+    typer.echo(yaml.safe_dump(read_recipe(path.parent.name, path), sort_keys=False, allow_unicode=True, width=120), nl=False)
 
 
 @recipes_app.command("copy")

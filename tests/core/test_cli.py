@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from tests.conftest import sslkit_cmd
 
@@ -81,6 +82,12 @@ def test_recipes_list_show_copy(tmp_path):
     assert (tmp_path / "tiny.yaml").read_text() == show.stdout
     again = sslkit_cmd("recipes", "copy", "toy/tiny", str(tmp_path))
     assert again.returncode == 2 and "--overwrite" in again.stderr
+    # a recipe that extends another: the file as written, or with every inherited key (--resolved)
+    child = sslkit_cmd("recipes", "show", "audio/tera-inv-fsdd")
+    assert "extends: tera-fsdd" in child.stdout and "n_mels" not in child.stdout
+    full = yaml.safe_load(sslkit_cmd("recipes", "show", "audio/tera-inv-fsdd", "--resolved").stdout)
+    base = yaml.safe_load(sslkit_cmd("recipes", "show", "audio/tera-fsdd").stdout)
+    assert "extends" not in full and full["method"] == "tera-inv" and full["data"] == base["data"]
 
 
 def _one_line_exit_2(out: subprocess.CompletedProcess, needle: str) -> None:

@@ -5,7 +5,7 @@ import importlib
 import pytest
 
 from sslkit.core.errors import UserError
-from sslkit.core.recipes import load_recipe, recipe_to_yaml, shipped_recipes, validate_recipe, read_yaml
+from sslkit.core.recipes import load_recipe, read_recipe, recipe_to_yaml, shipped_recipes, validate_recipe
 from sslkit.domains.toy.method import ToyRecipe
 
 
@@ -62,7 +62,7 @@ def test_every_shipped_recipe_validates(domain, name, path):
         if hasattr(module, "RECIPE_SCHEMA"):
             break
     assert module is not None and hasattr(module, "RECIPE_SCHEMA"), f"{domain} exposes no RECIPE_SCHEMA"
-    data = read_yaml(path)
+    data = read_recipe(domain, path)   # with the recipe it extends, if any
     recipe = validate_recipe(module.RECIPE_SCHEMA, data, str(path))
     assert recipe.domain == domain
     assert recipe.train.steps > 0
@@ -71,3 +71,27 @@ def test_every_shipped_recipe_validates(domain, name, path):
 def test_shipped_recipes_exist_for_toy():
     names = {n for d, n, _ in shipped_recipes("toy")}
     assert {"tiny", "vicreg"} <= names
+
+
+def test_extends_merges_sections_key_by_key_and_replaces_the_rest(tmp_path):
+    base = load_recipe(ToyRecipe, "toy", "tiny")
+    (tmp_path / "child.yaml").write_text("extends: tiny\ntrain:\n  lr: 0.5\n")
+    child = load_recipe(ToyRecipe, "toy", str(tmp_path / "child.yaml"), ["train.steps=3"])
+    assert child.train.lr == 0.5 and child.train.steps == 3          # its own key, then --set
+    assert child.model == base.model and child.train.batch_size == base.train.batch_size   # the rest: tiny's
+    # a chain through a local file, relative to the child's folder
+    (tmp_path / "grandchild.yaml").write_text("extends: child.yaml\ntrain:\n  batch_size: 5\n")
+    g = load_recipe(ToyRecipe, "toy", str(tmp_path / "grandchild.yaml"))
+    assert (g.train.lr, g.train.batch_size, g.model) == (0.5, 5, base.model)
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("extends: a.yaml\n", "'extends' loops (a.yaml -> a.yaml)"),
+    ("extends: nope\n", "unknown toy recipe 'nope'"),
+    ("extends: [tiny, vicreg]\n", "'extends' must name one recipe"),
+])
+def test_bad_extends_is_one_line_naming_the_fix(tmp_path, text, needle):
+    (tmp_path / "a.yaml").write_text(text)
+    with pytest.raises(UserError) as err:
+        load_recipe(ToyRecipe, "toy", str(tmp_path / "a.yaml"))
+    assert needle in str(err.value) and "\n" not in str(err.value)

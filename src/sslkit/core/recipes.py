@@ -99,6 +99,32 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+def merge_recipe(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
+    """`child` over `base`: sections merge key by key (recursively), every other value (lists included) replaces."""
+    out = dict(base)
+    for key, value in child.items():
+        out[key] = merge_recipe(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def read_recipe(domain: str, path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A recipe's mapping with its `extends: NAME` chain resolved: the named recipe (a shipped name of the same
+    domain, or a YAML path, relative to this file's folder first), then this file's keys over it."""
+    data = read_yaml(path)
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or not base.strip():
+        raise UserError(f"recipe {path}: 'extends' must name one recipe (a shipped name or a YAML path), not {base!r}")
+    local = path.parent / base
+    base_path = local if local.suffix in (".yaml", ".yml") and local.is_file() else find_recipe(domain, base)
+    names = [p.resolve() for p in (*chain, path)]
+    if base_path.resolve() in names:
+        loop = " -> ".join(p.name for p in (*chain, path, base_path))
+        raise UserError(f"recipe {path}: 'extends' loops ({loop}) — make one of them stand alone")
+    return merge_recipe(read_recipe(domain, base_path, (*chain, path)), data)
+
+
 def _valid_keys(schema: type[BaseModel], dotted: list[str]) -> tuple[str, list[str]]:
     """Walk the schema along `dotted` as far as it goes; return (prefix, valid keys there)."""
     model: Any = schema
@@ -160,9 +186,9 @@ def validate_recipe(schema: type[R], data: dict[str, Any], source: str) -> R:
 
 
 def load_recipe(schema: type[R], domain: str, name_or_path: str, overrides: list[str] | tuple = ()) -> R:
-    """Read a shipped or user recipe, apply `--set` overrides, validate against `schema`."""
+    """Read a shipped or user recipe (with the recipe it `extends`, if any), apply `--set` overrides, validate."""
     path = find_recipe(domain, name_or_path)
-    data = read_yaml(path)
+    data = read_recipe(domain, path)
     data.setdefault("domain", domain)
     if data["domain"] != domain:
         raise UserError(f"recipe {path} is for domain '{data['domain']}', not '{domain}' — use a {domain} recipe")
