@@ -71,7 +71,8 @@ def cmd_run(args: argparse.Namespace) -> None:
         t0 = time.perf_counter()
         x = features(args.work, name, spec)
         bags, yb, fb = image_bags(args.work, x)
-        r = {"readout": spec if name != "handcrafted" else "handcrafted, 112 px", "tiles": len(y), "images": len(yb),
+        r = {"readout": spec if not name.startswith("handcrafted") else f"{name}, 112 px", "tiles": len(y),
+             "images": len(yb),
              "tile linear": linear_probe(x, y, four_folds(fold)),
              "abmil mil default": {**pooled_auc(bags, yb, fb, abmil, args.seeds), "head": abmil},
              "mean pooling C=1": pooled_auc(bags, yb, fb, 1.0, 1)}

@@ -14,6 +14,9 @@ the development folds (CLS token, 8-fold dihedral mean, Reinhard per image), wit
     # more unlabelled tiles: pretrain on another manifest (all 165 images, overlapping tiles); embed one encoder
     python benchmarks/pathology_long.py pretrain --arm dino-hed-all-ov50 --manifest WORK/tiles-all-ov50/manifest.parquet
     python benchmarks/pathology_long.py embed --arm dino-hed-all-ov50 --results ... --only t540
+    # the training magnification: 112 px read at 1.0 um/px (names t540-mpp1, random-mpp1, handcrafted-mpp1)
+    python benchmarks/pathology_long.py embed --arm dino-hed-k1024 --results ... --only t540 --read-mpp 1.0 \
+        --random --handcrafted
 
 Reuses the work folder of benchmarks/pathology_quality.py (WORK = runs/bench-pathology-v2: the GlaS tiles, the
 development manifest, labels) and the readout/heads chosen there on folds 0-2 by benchmarks/pathology_readout.py
@@ -149,7 +152,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     info = {"wall_s": wall, "resumed": resume, "steps": steps[-1]["step"], "sets": plan["sets"],
             "pretrained_on": f"the {len(__import__('pandas').read_parquet(manifest))} tiles of " + (
                 "the development folds 0-2 (not fold 3)" if args.manifest is None else str(manifest)) + ", no labels",
-            "manifest": str(manifest),
+            "manifest": str(manifest.relative_to(ROOT) if manifest.is_relative_to(ROOT) else manifest),
             "first_loss": steps[0]["loss"], "final_loss": steps[-1]["loss"],
             "data_wait": float(np.mean([m["data_wait"] for m in steps[1:]])),
             "curve": [{k: m[k] for k in ("step", "loss", "teacher_entropy", "pair_top1", "lr") if k in m}
@@ -189,38 +192,60 @@ def snapshot_encoders(work: Path, arm: str = ARM, teacher: bool = True) -> dict[
     return out
 
 
+def read_suffix(mpp: float | None) -> str:
+    """The encoder-name suffix of a read: '' = the native tile resized to 112 px (1.24 um/px on GlaS), '-mpp1' = 112 px
+    read at 1.0 um/px around the same centre (as pretraining and `sslkit pathology embed` read it)."""
+    return "" if mpp is None else f"-mpp{mpp:g}"
+
+
 def cmd_embed(args: argparse.Namespace) -> None:
     import torch
 
     import sslkit
     from pathology_readout import reinhard_targets
     from sslkit.domains.pathology.data import TileDataset
-    from sslkit.domains.pathology.model import tile_batches
+    from sslkit.domains.pathology.model import random_twin, tile_batches
     from sslkit.domains.pathology.readout import block_tokens, reinhard
 
     rows = __import__("pandas").read_parquet(args.work / "tiles" / "manifest.parquet")
     fold = np.load(args.work / "embeddings" / "labels.npy")[1]
+    mpps = None if args.read_mpp is None else [args.read_mpp]      # None: the default read, unchanged
+    suffix = read_suffix(args.read_mpp)
     times_f = RESULTS / "embed_times.json"
     times = json.loads(times_f.read_text()) if times_f.is_file() else {}
     stats = None
-    for name, d in snapshot_encoders(args.work, args.arm, not args.no_teacher).items():
-        if args.only and name not in args.only.split(","):
-            continue
-        f = args.work / "readout" / f"{prefix(args.arm)}{name}-{TAG}.npy"
+    encoders = snapshot_encoders(args.work, args.arm, not args.no_teacher)
+    jobs = [(f"{prefix(args.arm)}{name}{suffix}", d) for name, d in encoders.items()
+            if not args.only or name in args.only.split(",")]
+    if args.random:              # the random-weight twin (seed 0) of the arm's ViT, read and read out alike
+        jobs.append((f"random{suffix}", None))
+    for key, d in jobs:
+        f = args.work / "readout" / f"{key}-{TAG}.npy"
         if f.is_file():
             continue
         t0 = time.perf_counter()
         if stats is None:
-            stats, ref = reinhard_targets(rows, 112, fold)
-        enc = sslkit.load_encoder(d)
+            stats, ref = reinhard_targets(rows, 112, fold, mpps)
+        enc = (sslkit.load_encoder(d) if d is not None
+               else random_twin(sslkit.load_encoder(next(iter(encoders.values())))))
         batches = (torch.from_numpy(reinhard(t.numpy(), stats[i * 32: i * 32 + len(t)], ref))
-                   for i, t in enumerate(tile_batches(TileDataset(rows, 112), 32)))
+                   for i, t in enumerate(tile_batches(TileDataset(rows, 112, mpps=mpps), 32)))
         with torch.inference_mode():
             z = torch.cat([block_tokens(enc, t, 8) for t in batches])
         np.save(f, z.float().numpy())
-        times[name] = time.perf_counter() - t0
+        times[key] = time.perf_counter() - t0
         times_f.write_text(json.dumps(times, indent=1))
-        log(f"{f.name}: {tuple(z.shape)} in {times[name]:.1f}s")
+        log(f"{f.name}: {tuple(z.shape)} in {times[key]:.1f}s")
+    f = args.work / "embeddings" / f"handcrafted{suffix}.npy"
+    if args.handcrafted and not f.is_file():       # HED colour + LBP/GLCM texture of the same 112-px tiles
+        from sslkit.domains.pathology.features import handcrafted_features
+
+        t0 = time.perf_counter()
+        ds = TileDataset(rows, 112, mpps=mpps)
+        np.save(f, handcrafted_features([ds.read(i) for i in range(len(ds))]).astype(np.float32))
+        times[f"handcrafted{suffix}"] = time.perf_counter() - t0
+        times_f.write_text(json.dumps(times, indent=1))
+        log(f"{f.name} in {times[f'handcrafted{suffix}']:.1f}s")
 
 
 def _chosen(work: Path) -> tuple[dict, dict, float]:
@@ -232,8 +257,8 @@ def _chosen(work: Path) -> tuple[dict, dict, float]:
 def _names(work: Path, arm: str) -> list[str]:
     pre = prefix(arm)
     names = [p.name[len(pre): -len(f"-{TAG}.npy")] for p in (work / "readout").glob(f"{pre}*-{TAG}.npy")]
-    names = [n for n in names if n[:1] in "st" and n[1:].isdigit()]     # not another arm's files
-    return sorted(names, key=lambda n: (n[0] == "t", int(n[1:])))
+    names = [n for n in names if __import__("re").fullmatch(r"[st]\d+(-mpp[\d.]+)?", n)]   # not another arm's files
+    return sorted(names, key=lambda n: (n[0] == "t", int(n[1:].split("-")[0]), n))
 
 
 def cmd_trend(args: argparse.Namespace) -> None:
@@ -264,7 +289,8 @@ def _score(args: argparse.Namespace, name: str, cv: list, held: list, y: np.ndar
     """One encoder of the arm with the chosen readout: tile probe and the image heads, dev and held-out fold 3."""
     spec, head, c = _chosen(args.work)
     t0 = time.perf_counter()
-    x = features(args.work, f"{prefix(args.arm)}{name}", {**spec, "tag": "-reinhard"})
+    key = name if name.startswith(("random", "handcrafted")) else f"{prefix(args.arm)}{name}"   # baselines: no arm
+    x = features(args.work, key, {**spec, "tag": "-reinhard"})
     r: dict = {"encoder": name, "spec": spec,
                "tile linear": {"dev": linear_probe(x, y, cv), "holdout": linear_probe(x, y, held)}}
     bags, yb, fb = image_bags(args.work, x)
@@ -340,10 +366,18 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], help="extra recipe overrides of this arm (repeatable)")
     ap.add_argument("--snapshots", type=int, default=4, help="checkpoints kept: every steps/N steps")
     ap.add_argument("--no-teacher", action="store_true", help="embed: not the last snapshot's EMA teacher (time)")
-    ap.add_argument("--name", default="", help="heldout: the encoder to score (e.g. t540, the last EMA teacher)")
+    ap.add_argument("--name", default="", help="heldout: the encoder to score (e.g. t540, the last EMA teacher; "
+                    "t540-mpp1 read at 1.0 um/px; random-mpp1 / handcrafted-mpp1: the baselines, read alike)")
     ap.add_argument("--manifest", type=Path, default=None,
                     help="pretrain: the tiles to pretrain on (default WORK/tiles/manifest-dev.parquet, folds 0-2)")
     ap.add_argument("--only", default="", help="embed: only these encoders, e.g. t540 (comma-separated)")
+    ap.add_argument("--read-mpp", type=float, default=None,
+                    help="embed: read the 112-px tiles at this um/px around the tile centres (1.0 = as dino-tiny "
+                         "pretrains and as `sslkit pathology embed` reads; files get '-mpp1' after the encoder name; "
+                         "default: the native 224-px tile resized to 112 px, 1.24 um/px on GlaS)")
+    ap.add_argument("--random", action="store_true", help="embed: also the random-weight twin, read alike")
+    ap.add_argument("--handcrafted", action="store_true",
+                    help="embed: also handcrafted features of the same tiles (WORK/embeddings/handcrafted[-mppM].npy)")
     args = ap.parse_args()
     RESULTS = args.results
     {"pretrain": cmd_pretrain, "embed": cmd_embed, "trend": cmd_trend, "final": cmd_final,

@@ -11,8 +11,10 @@ random-weight twin:
 - readout: the CLS token, the mean patch token, both (the shipped `cls+mean`), and these of the last 2 / 4 / all
   blocks concatenated (DINO's linear evaluation concatenates the last 4 blocks' CLS tokens); every block's tokens go
   through the final LayerNorm, as timm's `forward_intermediates(norm=True)` and DINO's `get_intermediate_layers` do;
-- embed size: the 224-px native tiles (0.62 µm/px) read at 112 px (1.24 µm/px, what pretraining saw) or at 224 px
-  (full resolution, 4x the tokens; position embeddings interpolated by timm's dynamic_img_size);
+- embed size: the 224-px native tiles (0.62 µm/px) read at 112 px (1.24 µm/px over 139 µm; dino-tiny pretrains on
+  112 px at 1.0 µm/px, 112 µm — scored at that read in results/pathology_glas/readout-mpp1, pathology_long.py
+  embed --read-mpp 1.0) or at 224 px (full resolution, 4x the tokens; position embeddings interpolated by timm's
+  dynamic_img_size);
 - test-time symmetry: the mean embedding over the 8 rotations/flips of the tile (tissue has no orientation);
 - stain normalisation at embed time (Reinhard): each image's tiles moved to the development images' mean L*a*b*
   statistics;
@@ -63,13 +65,15 @@ def scale(x: np.ndarray, how: str) -> np.ndarray:
     return x
 
 
-def reinhard_targets(rows, px: int, fold_of_tile: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
+def reinhard_targets(rows, px: int, fold_of_tile: np.ndarray, mpps: list[float] | None = None  # noqa: ANN001
+                     ) -> tuple[np.ndarray, np.ndarray]:
     """(per tile: its image's L*a*b* mean and std (N, 2, 3), reference mean and std (2, 3) = the average over the
-    development images). Reinhard et al. 2001 colour transfer, per image; fold 3 adds nothing to the reference."""
+    development images). Reinhard et al. 2001 colour transfer, per image; fold 3 adds nothing to the reference.
+    mpps: read the tiles at that resolution (TileDataset's), as they are then embedded; None: as tiled."""
     from sslkit.domains.pathology.data import TileDataset
     from sslkit.domains.pathology.model import tile_batches
 
-    st = np.concatenate([lab_stats(t.numpy()) for t in tile_batches(TileDataset(rows, px), 64)])
+    st = np.concatenate([lab_stats(t.numpy()) for t in tile_batches(TileDataset(rows, px, mpps=mpps), 64)])
     per_tile = image_stats(st, rows["slide"].to_numpy())
     ref = per_tile[fold_of_tile != HOLDOUT].mean(0)
     return per_tile, ref
@@ -160,8 +164,8 @@ def cmd_choose(args: argparse.Namespace) -> None:
 
 def features(work: Path, name: str, spec: dict) -> np.ndarray:
     """Tile features (N, D) of one readout spec {"readout", "px", "tta", "tag", "scale"}; name: arm, random, handcrafted."""
-    if name == "handcrafted":
-        return np.load(work / "embeddings" / "handcrafted.npy").astype(np.float64)
+    if name.startswith("handcrafted"):                # handcrafted, or handcrafted-mpp1 (another read)
+        return np.load(work / "embeddings" / f"{name}.npy").astype(np.float64)
     z = load(work, name, spec["px"], spec["tta"], spec.get("tag", ""))
     return scale(read_out(z, spec["readout"]), spec["scale"])
 
