@@ -45,6 +45,7 @@ import argparse
 import json
 import shutil
 import subprocess
+import re
 import sys
 import threading
 import time
@@ -257,7 +258,7 @@ def _chosen(work: Path) -> tuple[dict, dict, float]:
 def _names(work: Path, arm: str) -> list[str]:
     pre = prefix(arm)
     names = [p.name[len(pre): -len(f"-{TAG}.npy")] for p in (work / "readout").glob(f"{pre}*-{TAG}.npy")]
-    names = [n for n in names if __import__("re").fullmatch(r"[st]\d+(-mpp[\d.]+)?", n)]   # not another arm's files
+    names = [n for n in names if re.fullmatch(r"[st]\d+(-mpp[\d.]+)?", n)]   # not another arm's files
     return sorted(names, key=lambda n: (n[0] == "t", int(n[1:].split("-")[0]), n))
 
 
