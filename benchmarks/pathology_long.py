@@ -43,9 +43,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import subprocess
-import re
 import sys
 import threading
 import time
