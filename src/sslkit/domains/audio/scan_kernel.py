@@ -59,6 +59,17 @@ static inline float expneg(float x) {
 /* forward over a block of k positions: h (B,G,N,Dg) holds the entering state and leaves holding the last one;
    y[t] = sum_n C[t,n] h_t[n] + D u_t. */
 #define INLINE static inline __attribute__((always_inline))
+/* one position's lanes, shared by forward and backward: dl = dt, xl = dt u, yl = D u (lanes from nl on: 0) */
+INLINE void step_in(I nl, const float *restrict ut, const float *restrict dtt, const float *restrict Dl,
+                    float *restrict dl, float *restrict xl, float *restrict yl) {
+    for (I l = 0; l < W; l++) {
+        float uu = l < nl ? ut[l] : 0.0f;
+        dl[l] = l < nl ? dtt[l] : 0.0f;
+        xl[l] = dl[l] * uu;
+        yl[l] = Dl[l] * uu;
+    }
+}
+
 INLINE void fwd(I bsz, I k, I G, const I N, I Dg,
                 const float *restrict u, I u_b, I u_t, const float *restrict dt, const float *restrict A,
                 const float *restrict Bm, I b_b, I b_t, const float *restrict Cm, I c_b, I c_t,
@@ -78,12 +89,7 @@ INLINE void fwd(I bsz, I k, I G, const I N, I Dg,
             const float *ut = u + b * u_b + t * u_t + d0, *dtt = dt + (b * k + t) * D + d0;
             const float *Bt = Bm + b * b_b + t * b_t + j * N, *Ct = Cm + b * c_b + t * c_t + j * N;
             float dl[W], xl[W], yl[W];
-            for (I l = 0; l < W; l++) {
-                float uu = l < nl ? ut[l] : 0.0f;
-                dl[l] = l < nl ? dtt[l] : 0.0f;
-                xl[l] = dl[l] * uu;
-                yl[l] = Dl[l] * uu;
-            }
+            step_in(nl, ut, dtt, Dl, dl, xl, yl);
             for (I n = 0; n < N; n++) {
                 float bn = Bt[n], cn = Ct[n];
                 for (I l = 0; l < W; l++) {
@@ -132,12 +138,7 @@ INLINE void bwd(I bsz, I k, I G, const I N, I Dg,
                 const float *ut = u + b * u_b + t * u_t + d0, *dtt = dt + (b * k + t) * D + d0;
                 const float *Bt = Bm + b * b_b + t * b_t + j * N, *Ct = Cm + b * c_b + t * c_t + j * N;
                 float dl[W], xl[W], yl[W];
-                for (I l = 0; l < W; l++) {
-                    float uu = l < nl ? ut[l] : 0.0f;
-                    dl[l] = l < nl ? dtt[l] : 0.0f;
-                    xl[l] = dl[l] * uu;
-                    yl[l] = Dl[l] * uu;
-                }
+                step_in(nl, ut, dtt, Dl, dl, xl, yl);
                 const float *hp = t ? H + ((t - 1) * N) * W : &hp0[0][0];
                 float *ht = H + (t * N) * W, *et = E + (t * N) * W;
                 for (I n = 0; n < N; n++) {
