@@ -85,14 +85,17 @@ class VICRegLoss(nn.Module):
                 "covariance": covariance(z0) + covariance(z1),
             }
 
-    def forward(self, z0: Tensor, z1: Tensor) -> Tensor:
-        """z0, z1: (N, D) projector outputs of two views -> scalar loss."""
-        terms = self.components(z0, z1)
+    def weighted(self, terms: dict[str, Tensor]) -> Tensor:
+        """The loss from `components`' terms: λ·invariance + μ·variance + ν·covariance (for callers that log the terms)."""
         return (
             self.sim_weight * terms["invariance"]
             + self.var_weight * terms["variance"]
             + self.cov_weight * terms["covariance"]
         )
+
+    def forward(self, z0: Tensor, z1: Tensor) -> Tensor:
+        """z0, z1: (N, D) projector outputs of two views -> scalar loss."""
+        return self.weighted(self.components(z0, z1))
 
     def extra_repr(self) -> str:
         return (

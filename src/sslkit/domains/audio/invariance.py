@@ -68,8 +68,7 @@ class TeraInv(Tera):
         (l1a, za), (l1b, zb) = [self._pass(*v) for v in self.views(batch)]
         l1 = 0.5 * (l1a + l1b)
         terms = self.vicreg.components(za, zb)
-        inv = self.vicreg.sim_weight * terms["invariance"] + self.vicreg.var_weight * terms["variance"] + \
-            self.vicreg.cov_weight * terms["covariance"]
+        inv = self.vicreg.weighted(terms)
         loss = self.inv.recon_weight * l1 + self.inv.weight * inv
         return loss, {"l1": l1.detach(), "inv": inv.detach(), "inv_sim": terms["invariance"].detach(),
                       "inv_var": terms["variance"].detach()}
