@@ -156,8 +156,9 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
             "manifest": str(manifest.relative_to(ROOT) if manifest.is_relative_to(ROOT) else manifest),
             "first_loss": steps[0]["loss"], "final_loss": steps[-1]["loss"],
             "data_wait": float(np.mean([m["data_wait"] for m in steps[1:]])),
-            "curve": [{k: m[k] for k in ("step", "loss", "teacher_entropy", "pair_top1", "lr") if k in m}
-                      for m in steps]}            # DINO logs the teacher's entropy, SimCLR pair_top1
+            "curve": [{k: m[k] for k in ("step", "loss", "teacher_entropy", "pair_top1", "lr", "dino", "koleo", "ibot",
+                                         "ibot_teacher_entropy", "masked_share") if k in m}
+                      for m in steps]}            # DINO: teacher entropy (+ KoLeo/iBOT terms), SimCLR pair_top1
     if resume and (RESULTS / "pretrain.json").is_file():
         info["wall_s_before"] = json.loads((RESULTS / "pretrain.json").read_text())["wall_s"]
     (RESULTS / "pretrain.json").write_text(json.dumps(info, indent=1))

@@ -17,6 +17,8 @@ from sslkit.core.losses import (
     BarlowTwinsLoss,
     DECLoss,
     DINOLoss,
+    IBOTPatchLoss,
+    KoLeoLoss,
     sinkhorn_knopp,
     MaskedReconstructionLoss,
     MatryoshkaLoss,
@@ -504,6 +506,9 @@ def _registry_cases() -> dict[str, tuple[Callable[[], nn.Module], Callable[[], t
         ),
         "dec": (DECLoss, lambda: (torch.softmax(torch.randn(8, 3), 1).requires_grad_(),)),
         "matryoshka": (lambda: MatryoshkaLoss(NTXentLoss(), dims=[2, 6]), pair),
+        "ibot": (lambda: IBOTPatchLoss(out_dim=6), lambda: (
+            torch.randn(3, 6, requires_grad=True), torch.randn(3, 6), torch.tensor([[1, 0, 1], [0, 1, 0]]).bool())),
+        "koleo": (KoLeoLoss, lambda: (torch.randn(8, 6, requires_grad=True),)),
     }
 
 

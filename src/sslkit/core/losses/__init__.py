@@ -10,6 +10,8 @@ from sslkit.core.losses.barlow_twins import BarlowTwinsLoss, barlow_twins, cross
 from sslkit.core.losses.byol import NegativeCosineLoss, byol_loss
 from sslkit.core.losses.dec import DECLoss, kl_divergence, student_t_assignment, target_distribution
 from sslkit.core.losses.dino import DINOLoss, dino_cross_entropy, sinkhorn_knopp
+from sslkit.core.losses.ibot import IBOTPatchLoss
+from sslkit.core.losses.koleo import KoLeoLoss, koleo
 from sslkit.core.losses.masked import MaskedReconstructionLoss, masked_mean, normalize_patches
 from sslkit.core.losses.matryoshka import MatryoshkaLoss
 from sslkit.core.losses.nt_xent import NTXentLoss, nt_xent
@@ -21,6 +23,8 @@ LOSSES: dict[str, type[nn.Module]] = {
     "barlow_twins": BarlowTwinsLoss,
     "byol": NegativeCosineLoss,
     "dino": DINOLoss,
+    "ibot": IBOTPatchLoss,
+    "koleo": KoLeoLoss,
     "masked_reconstruction": MaskedReconstructionLoss,
     "dec": DECLoss,
     "matryoshka": MatryoshkaLoss,
@@ -31,6 +35,8 @@ __all__ = [
     "BarlowTwinsLoss",
     "DECLoss",
     "DINOLoss",
+    "IBOTPatchLoss",
+    "KoLeoLoss",
     "MaskedReconstructionLoss",
     "MatryoshkaLoss",
     "NTXentLoss",
@@ -43,6 +49,7 @@ __all__ = [
     "dino_cross_entropy",
     "invariance",
     "kl_divergence",
+    "koleo",
     "masked_mean",
     "normalize_patches",
     "nt_xent",

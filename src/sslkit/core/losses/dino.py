@@ -17,9 +17,14 @@ from sslkit.core.distributed import all_reduce_max, all_reduce_mean, world_size
 Views = Tensor | Sequence[Tensor]
 
 
+def dino_cross_entropy_rows(teacher_probs: Tensor, student_out: Tensor, student_temp: float) -> Tensor:
+    """Σ_k −P_t[i, k] · log softmax(student_out[i] / τ_s)_k per row: (B, K) inputs -> (B,)."""
+    return torch.sum(-teacher_probs * F.log_softmax(student_out / student_temp, dim=-1), dim=-1)
+
+
 def dino_cross_entropy(teacher_probs: Tensor, student_out: Tensor, student_temp: float) -> Tensor:
     """mean_i Σ_k −P_t[i, k] · log softmax(student_out[i] / τ_s)_k for (B, K) inputs."""
-    return torch.sum(-teacher_probs * F.log_softmax(student_out / student_temp, dim=-1), dim=-1).mean()
+    return dino_cross_entropy_rows(teacher_probs, student_out, student_temp).mean()
 
 
 @torch.no_grad()

@@ -69,6 +69,16 @@ class PathologyAug(Section):
     blur_p: float = Field(0.2, ge=0.0, le=1.0)                   # local crops (and SimCLR views)
     global_blur_p: tuple[float, float] = (0.5, 0.1)              # the two global crops, as DINO's asymmetric views
     blur_sigma: tuple[float, float] = (0.1, 1.5)
+    mask_prob: float = Field(0.5, ge=0.0, le=1.0)                # iBOT/DINOv2: share of global crops masked (iBOT)
+    mask_ratio: tuple[float, float] = (0.1, 0.5)                 # iBOT/DINOv2: masked share of a crop's patches
+
+    @model_validator(mode="after")
+    def _mask_ratio(self) -> "PathologyAug":
+        lo, hi = self.mask_ratio
+        if not 0.0 <= lo <= hi <= 1.0:
+            raise ValueError("aug.mask_ratio must be [low, high] with 0 <= low <= high <= 1, got "
+                             f"{list(self.mask_ratio)}")
+        return self
 
 
 class PathologyLoss(Section):
@@ -88,6 +98,8 @@ class PathologyLoss(Section):
     ema_start: float = Field(0.996, ge=0.0, le=1.0)
     ema_end: float = Field(1.0, ge=0.0, le=1.0)
     freeze_last_layer_steps: int = Field(0, ge=0)
+    koleo_weight: float = Field(0.0, ge=0.0)                     # DINOv2: 0.1 (KoLeo on student CLS tokens); 0 = off
+    ibot_weight: float = Field(0.0, ge=0.0)                      # iBOT/DINOv2: 1.0 (masked patch tokens); 0 = off
     proj_hidden: PositiveInt = 2048                              # SimCLR projector
     proj_dim: PositiveInt = 128
     temperature: float = Field(0.1, gt=0.0)                      # SimCLR NT-Xent
@@ -100,6 +112,15 @@ class PathologyRecipe(Recipe):
     model: PathologyModel = Field(default_factory=PathologyModel)
     aug: PathologyAug = Field(default_factory=PathologyAug)
     loss: PathologyLoss = Field(default_factory=PathologyLoss)
+
+    @model_validator(mode="after")
+    def _dinov2_terms(self) -> "PathologyRecipe":
+        if self.method != "dino" and (self.loss.koleo_weight or self.loss.ibot_weight):
+            raise ValueError("loss.koleo_weight and loss.ibot_weight are DINO terms: set them to 0 with method "
+                             f"{self.method!r}, or use method: dino")
+        if self.loss.ibot_weight and not self.aug.mask_prob:
+            raise ValueError("loss.ibot_weight > 0 needs masked crops: set aug.mask_prob > 0 (iBOT: 0.5)")
+        return self
 
 
 RECIPE_SCHEMA = PathologyRecipe
@@ -146,7 +167,18 @@ def _view_major(v: Tensor) -> Tensor:
 
 
 class DINO(nn.Module):
-    """forward({"global": uint8 (B, 2, 3, G, G), "local": uint8 (B, N, 3, L, L)}) -> (loss, metrics)."""
+    """forward({"global": uint8 (B, 2, 3, G, G), "local": uint8 (B, N, 3, L, L)[, "mask_seed": int64 (B,)]})
+    -> (loss, metrics).
+
+    DINOv2's two additions, each off at weight 0 (then nothing of it is built and the run is DINO's, bit for bit):
+    KoLeo (`loss.koleo_weight`) on the student's CLS token of each global crop, summed over the two crops as DINOv2;
+    iBOT (`loss.ibot_weight`): the student's global crops get masked patches (`aug.mask_prob`, `aug.mask_ratio`;
+    masks from the item's `mask_seed`), the teacher sees them whole, and a separate patch head matches the teacher's
+    patch distribution at the masked positions (core IBOTPatchLoss, DINO's temperatures, a centre of its own).
+    The patch head is separate (DINOv2's choice) because the DINO head reads the pooled feature (CLS ⊕ mean patch,
+    2·width in dino-tiny) while a patch token is width wide; it is built like the DINO head and sees only the masked
+    tokens (as DINOv2), a few per crop, so it adds little compute.
+    """
 
     loss_terms = ()
 
@@ -157,14 +189,31 @@ class DINO(nn.Module):
         from sslkit.core.losses.dino import DINOLoss
 
         c = self.cfg = recipe.loss
+        self.aug = recipe.aug
         self.encoder, self.spec = build_encoder(recipe)
         self.head = DINOHead(self.encoder.out_dim, c.out_dim, c.head_hidden, c.head_bottleneck,
                              norm_last_layer=c.norm_last_layer, use_bn=c.head_bn)
         self.teacher = nn.ModuleDict({"encoder": make_target(self.encoder), "head": make_target(self.head)})
         self.loss = DINOLoss(c.out_dim, c.student_temp, c.teacher_temp, c.warmup_teacher_temp,
                              c.warmup_teacher_temp_steps, c.center_momentum, c.centering)
+        if c.koleo_weight:
+            from sslkit.core.losses.koleo import KoLeoLoss
+
+            self.koleo = KoLeoLoss()
+        if c.ibot_weight:
+            from sslkit.core.losses.ibot import IBOTPatchLoss
+
+            self.patch_head = DINOHead(self.encoder.width, c.out_dim, c.head_hidden, c.head_bottleneck,
+                                       norm_last_layer=c.norm_last_layer, use_bn=c.head_bn)
+            self.mask_token = nn.Parameter(torch.zeros(self.encoder.width))   # iBOT/DINOv2: a learned token, zeros
+            self.teacher["patch_head"] = make_target(self.patch_head)
+            self.ibot_loss = IBOTPatchLoss(c.out_dim, c.student_temp, c.teacher_temp, c.warmup_teacher_temp,
+                                           c.warmup_teacher_temp_steps, c.center_momentum, c.centering)
+        if c.koleo_weight or c.ibot_weight:
+            self.loss_terms = ("dino", *(("koleo",) if c.koleo_weight else ()), *(("ibot",) if c.ibot_weight else ()))
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
-        for p in self.head.last_layer.parameters():   # DINO: no prototype updates in the first steps
+        heads = [self.head] + ([self.patch_head] if c.ibot_weight else [])
+        for p in (p for h in heads for p in h.last_layer.parameters()):   # DINO: no prototype updates at first
             if p.requires_grad:
                 p.register_hook(self._freeze_last_layer)
 
@@ -178,21 +227,48 @@ class DINO(nn.Module):
         """The encoder to export and read out: the EMA teacher's (EVAL_WEIGHTS)."""
         return self.teacher["encoder"]
 
+    def _masks(self, batch: dict[str, Tensor], px: int, device: torch.device) -> Tensor:
+        """bool (2·B, N) iBOT masks of the global crops, view-major like the crops."""
+        from sslkit.domains.pathology.transforms import patch_masks
+
+        if "mask_seed" not in batch:
+            raise ValueError("loss.ibot_weight > 0 needs the views' mask seeds: build the views with aug.mask_prob > 0")
+        return patch_masks(batch["mask_seed"].cpu(), 2, self.encoder.n_patches(px), self.aug.mask_prob,
+                           tuple(self.aug.mask_ratio)).to(device)
+
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        c, step = self.cfg, int(self.step)
         g = batch["global"]
         b = g.shape[0]
         gx = self.encoder.preprocess(_view_major(g))
-        student = list(self.head(self.encoder(gx)).float().split(b))
+        mask = self._masks(batch, g.shape[-1], gx.device) if c.ibot_weight else None
+        tokens = self.encoder.tokens(gx, mask, self.mask_token if c.ibot_weight else None)
+        student = list(self.head(self.encoder.pool_tokens(tokens)).float().split(b))
         if "local" in batch:
             lx = self.encoder.preprocess(_view_major(batch["local"]))
             student += list(self.head(self.encoder(lx)).float().split(b))
         with torch.no_grad():
-            teacher = list(self.teacher["head"](self.teacher["encoder"](gx)).float().split(b))
-        loss = self.loss(student, teacher, step=int(self.step))
-        probs = torch.cat(self.loss.last_targets)
-        entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1).mean()
-        return loss, {"teacher_entropy": entropy.detach(), "teacher_temp": torch.tensor(
-            self.loss.teacher_temperature(int(self.step)))}
+            t_tokens = self.teacher["encoder"].tokens(gx)
+            teacher = list(self.teacher["head"](self.teacher["encoder"].pool_tokens(t_tokens)).float().split(b))
+        loss = self.loss(student, teacher, step=step)
+        metrics = {"teacher_entropy": _entropy(torch.cat(self.loss.last_targets)),
+                   "teacher_temp": torch.tensor(self.loss.teacher_temperature(step))}
+        if c.koleo_weight or c.ibot_weight:
+            metrics["dino"] = loss.detach()
+        if c.koleo_weight:
+            kl = sum(self.koleo(cls) for cls in tokens[:, 0].float().split(b))
+            loss = loss + c.koleo_weight * kl
+            metrics["koleo"] = kl.detach()
+        if c.ibot_weight:
+            s_rows = self.patch_head(self.encoder.patch_tokens(tokens)[mask]).float()
+            with torch.no_grad():
+                t_rows = self.teacher["patch_head"](self.teacher["encoder"].patch_tokens(t_tokens)[mask]).float()
+            ib = self.ibot_loss(s_rows, t_rows, mask, step=step)
+            loss = loss + c.ibot_weight * ib
+            metrics["ibot"] = ib.detach()
+            metrics["ibot_teacher_entropy"] = _entropy(self.ibot_loss.last_targets[0])
+            metrics["masked_share"] = mask.float().mean()
+        return loss, metrics
 
     @torch.no_grad()
     def after_step(self, step: int, total: int) -> None:
@@ -203,6 +279,15 @@ class DINO(nn.Module):
         m = momentum_schedule(step, total, self.cfg.ema_start, self.cfg.ema_end)
         ema_update(self.teacher["encoder"], self.encoder, m)
         ema_update(self.teacher["head"], self.head, m)
+        if self.cfg.ibot_weight:
+            ema_update(self.teacher["patch_head"], self.patch_head, m)
+
+
+def _entropy(probs: Tensor) -> Tensor:
+    """Mean entropy (nats) of the rows of (M, K) probabilities; 0 for no rows."""
+    if probs.shape[0] == 0:
+        return probs.new_zeros(())
+    return (-(probs * probs.clamp_min(1e-12).log()).sum(-1).mean()).detach()
 
 
 class SimCLR(nn.Module):

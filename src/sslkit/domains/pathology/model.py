@@ -53,24 +53,50 @@ class ViTEncoder(nn.Module):
         x = tiles.float() / 255.0 if tiles.dtype == torch.uint8 else tiles.float()
         return (x - self.mean.to(x.device)) / self.std.to(x.device)
 
-    def tokens(self, x: Tensor) -> Tensor:
-        """(B, 3, H, W) -> (B, 1 + N, width): the CLS and patch tokens after the final norm."""
+    def tokens(self, x: Tensor, mask: Tensor | None = None, mask_token: Tensor | None = None) -> Tensor:
+        """(B, 3, H, W) -> (B, 1 + N, width): the CLS and patch tokens after the final norm.
+
+        mask: bool (B, N), N = (H/patch)·(W/patch) in row-major order; True patches are replaced by `mask_token`
+        (width,) after the patch embedding and before the position embedding (iBOT/DINOv2's masked student input).
+        """
         # timm's fused attention (F.scaled_dot_product_attention) in fp32 and on CUDA; under bf16 autocast on a CPU
         # its materialised path (bf16 matmuls): DINO step 1.13x -> 1.69x over fp32 (docs/performance.md)
         fused = not (x.device.type == "cpu" and torch.is_autocast_enabled("cpu"))
         for block in self.vit.blocks:
             block.attn.fused_attn = fused
-        return self.vit.forward_features(x)
+        if mask is None:
+            return self.vit.forward_features(x)
+        if mask_token is None:
+            raise ValueError("tokens(mask=...) needs the mask_token (width,) that replaces the masked patches")
+        v = self.vit
+        p = v.patch_embed(x)                         # (B, h, w, width) with dynamic_img_size, else (B, N, width)
+        if mask.shape != (p.shape[0], p[0, ..., 0].numel()):
+            raise ValueError(f"mask must be (B, N) = ({p.shape[0]}, {p[0, ..., 0].numel()}) for this input, got "
+                             f"{tuple(mask.shape)}")
+        p = torch.where(mask.view(p.shape[:-1]).unsqueeze(-1), mask_token.to(p.dtype), p)
+        p = v.norm_pre(v.patch_drop(v._pos_embed(p)))
+        return v.norm(v.blocks(p))
+
+    def n_patches(self, px: int) -> int:
+        """Patch tokens of a px × px crop."""
+        return (px // self.patch_size) ** 2
+
+    def patch_tokens(self, tokens: Tensor) -> Tensor:
+        """(B, 1 + N, width) from `tokens` -> (B, N, width), the prefix (CLS) tokens dropped."""
+        return tokens[:, self.vit.num_prefix_tokens:]
+
+    def pool_tokens(self, tokens: Tensor) -> Tensor:
+        """(B, 1 + N, width) from `tokens` -> (B, out_dim): CLS, or CLS ⊕ mean patch token."""
+        cls = tokens[:, 0]
+        if self.pool == "cls":
+            return cls
+        return torch.cat([cls, self.patch_tokens(tokens).mean(dim=1)], dim=-1)
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, 3, H, W) normalised -> (B, out_dim)."""
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"the tile encoder expects (B, 3, H, W) images, got shape {tuple(x.shape)}")
-        t = self.tokens(x)
-        cls = t[:, 0]
-        if self.pool == "cls":
-            return cls
-        return torch.cat([cls, t[:, self.vit.num_prefix_tokens:].mean(dim=1)], dim=-1)
+        return self.pool_tokens(self.tokens(x))
 
     def timm_state_dict(self) -> dict[str, Tensor]:
         """The weights as `timm.create_model(arch, num_classes=0, **model_args)` names them."""

@@ -162,19 +162,45 @@ def color_jitter(x: Tensor, brightness: float, contrast: float, saturation: floa
 class DinoViews:
     """DINO multi-crop: 2 global crops (global_px) + n_local local crops (local_px) of one tile.
 
-    uint8 (3, P, P) -> {"global": uint8 (2, 3, G, G), "local": uint8 (n_local, 3, L, L)} (no "local" when 0).
+    uint8 (3, P, P) -> {"global": uint8 (2, 3, G, G), "local": uint8 (n_local, 3, L, L)} (no "local" when 0), and
+    "mask_seed": int64 () when aug.mask_prob > 0 — the seed of this item's iBOT patch masks (`patch_masks`), drawn
+    after the crops (their random numbers are unchanged). The view module does not know the encoder's patch grid, so
+    it draws the seed and `forward` lays the masks on the grid; they depend on (seed, epoch, index) alone, as the views.
     """
 
     def __init__(self, aug: Any) -> None:
         self.globals = [Augment(aug, aug.global_px, aug.global_scale, aug.global_blur_p[i]) for i in range(2)]
         self.local = Augment(aug, aug.local_px, aug.local_scale)
         self.n_local = aug.n_local
+        self.masks = aug.mask_prob > 0
 
     def __call__(self, tile: Tensor) -> dict[str, Tensor]:
         out = {"global": torch.stack([g(tile) for g in self.globals])}
         if self.n_local:
             out["local"] = torch.stack([self.local(tile) for _ in range(self.n_local)])
+        if self.masks:
+            out["mask_seed"] = torch.randint(0, 2**62, ())
         return out
+
+
+def patch_masks(seeds: Tensor, n_views: int, n_patches: int, prob: float, ratio: tuple[float, float]) -> Tensor:
+    """iBOT masks of n_views crops per item: int64 seeds (B,) -> bool (n_views·B, n_patches), view-major (view 0 of
+    every item first, as the DINO method stacks its crops).
+
+    Per crop, with probability `prob`, a share r ~ U(ratio) of its patches (at least 2, so a BatchNorm head sees more
+    than one row) is masked, chosen uniformly at random (iBOT's "rand" masking; on the 7 × 7 grid of a 112-px crop a
+    block mask would cover most of one side). Each item's masks come from a generator seeded with its own seed.
+    """
+    out = torch.zeros(n_views, len(seeds), n_patches, dtype=torch.bool)
+    for i, seed in enumerate(seeds.tolist()):
+        g = torch.Generator().manual_seed(int(seed))
+        for v in range(n_views):
+            draw = torch.rand(2, generator=g, dtype=torch.float64)
+            perm = torch.randperm(n_patches, generator=g)
+            if draw[0] < prob:
+                r = ratio[0] + float(draw[1]) * (ratio[1] - ratio[0])
+                out[v, i, perm[: min(n_patches, max(2, round(r * n_patches)))]] = True
+    return out.flatten(0, 1)
 
 
 class PairViews:
