@@ -18,6 +18,7 @@ from sslkit.core.recipes import load_recipe
 from sslkit.domains.pathology.method import RECIPE_SCHEMA, build_method
 from sslkit.domains.pathology.transforms import build_views, patch_masks
 from tests.domains.pathology.conftest import run_cli
+from tests.domains.pathology.test_method import _batch
 from tests.domains.pathology.test_model_pretrain import FP32, _same_weights
 
 BOTH = ["--set", "loss.koleo_weight=0.1", "--set", "loss.ibot_weight=1.0"]
@@ -140,16 +141,6 @@ def test_vit_with_an_empty_mask_equals_the_plain_forward_and_masked_patches_use_
 
 # --- the method and the CLI --------------------------------------------------------------------------------------
 
-def _batch(recipe, n: int = 6) -> dict[str, torch.Tensor]:  # noqa: ANN001
-    views = build_views("dino", recipe.aug)
-    g = torch.Generator().manual_seed(0)
-    items = []
-    for i in range(n):
-        torch.manual_seed(i)
-        items.append(views((torch.rand(3, 32, 32, generator=g) * 255).to(torch.uint8)))
-    return {k: torch.stack([it[k] for it in items]) for k in items[0]}
-
-
 def test_off_by_default_builds_nothing_and_on_adds_the_terms_to_the_dino_loss() -> None:
     tiny = load_recipe(RECIPE_SCHEMA, "pathology", "tiny")
     torch.manual_seed(0)
@@ -159,7 +150,7 @@ def test_off_by_default_builds_nothing_and_on_adds_the_terms_to_the_dino_loss() 
                        overrides=["loss.koleo_weight=0.1", "loss.ibot_weight=1.0", "aug.mask_prob=1.0"])
     torch.manual_seed(0)
     m = build_method(both).train()
-    loss, metrics = m(_batch(both))
+    loss, metrics = m(_batch("dino", both))
     assert {"dino", "koleo", "ibot", "ibot_teacher_entropy", "masked_share"} <= set(metrics)
     torch.testing.assert_close(loss.detach(), metrics["dino"] + 0.1 * metrics["koleo"] + metrics["ibot"])
     assert float(metrics["ibot"]) > 0 and 0.1 <= float(metrics["masked_share"]) <= 0.5
