@@ -76,6 +76,11 @@ ARM_NAMES = {"s": "supervised (S)", "s-aug": "supervised + voice perturbation + 
 # ---- data ------------------------------------------------------------------------------------
 
 
+def shown(path: Path) -> Path:
+    """`path` relative to the repository when inside it (an --out elsewhere stays absolute)."""
+    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+
+
 def load_fsdd(data: Path, cache: Path):  # noqa: ANN201
     """(recipe, clips: list of normalised fbank (T, 40) tensors, digit (N,), speaker (N,), mean, std) from the audio
     domain's on-disk cache (built once, reused by every later run)."""
@@ -102,7 +107,7 @@ def load_fsdd(data: Path, cache: Path):  # noqa: ANN201
     digit = np.asarray([int(re.match(r"^(\d)_", n).group(1)) for n in names])
     speaker = np.asarray([re.match(r"^\d_([a-z]+)_", n).group(1) for n in names])
     say(f"FSDD: {len(clips)} clips, {len(set(speaker))} speakers; fbank cache {'reused' if reused else 'built'} "
-        f"({cache.relative_to(ROOT) if cache.is_relative_to(ROOT) else cache}, {time.perf_counter() - t0:.1f} s); "
+        f"({shown(cache)}, {time.perf_counter() - t0:.1f} s); "
         f"mean {mean:.3f} std {std:.3f}")
     return recipe, clips, digit, speaker, mean, std
 
@@ -264,10 +269,26 @@ def accuracy(encoder, head, clips: list, idx: np.ndarray, digit: np.ndarray,  # 
     return float((pred == digit[idx]).mean()), pred.tolist()
 
 
+def batch_loss(arm: str, encoder, head, recipe, clips: list, digit: np.ndarray, ids: np.ndarray,  # noqa: ANN001
+               rng: np.random.Generator, std: float, bf16: bool):  # noqa: ANN201
+    """One training batch of `arm`: clips `ids` windowed (and perturbed for s-aug) -> (logits, labels, CE loss)."""
+    import torch
+
+    room = 1.0 / (1.0 - recipe.inv.tempo) if arm == "s-aug" else 1.0   # s-aug: room for the tempo perturbation
+    x, valid = collate(clips, ids, recipe.data.clip_frames, rng, room)
+    if arm == "s-aug":
+        x, valid = augment(x, valid, rng, recipe, std)
+    logits = head(pooled(encoder, x, valid, bf16))
+    y = torch.from_numpy(digit[ids])
+    return logits, y, torch.nn.functional.cross_entropy(logits, y)
+
+
 def train_fold(arm: str, recipe, clips: list, digit: np.ndarray, train: np.ndarray, test: np.ndarray,  # noqa: ANN001
                mean: float, std: float, stop: int, evals: tuple[int, ...], bf16: bool, e_max: int = E_MAX) -> dict:
     """Train on `train` from the random weights for `stop` epochs of the e_max schedule; score `test` at `evals`."""
     import torch
+
+    from sslkit.core.schedules import warmup_cosine
 
     encoder, head = build(recipe, mean, std, arm)
     encoder.train()
@@ -281,21 +302,13 @@ def train_fold(arm: str, recipe, clips: list, digit: np.ndarray, train: np.ndarr
     window = recipe.data.clip_frames
     per_epoch = math.ceil(len(train) / SETTINGS["batch_size"])
     total, warm = e_max * per_epoch, SETTINGS["warmup_epochs"] * per_epoch
-    room = 1.0 / (1.0 - recipe.inv.tempo) if arm == "s-aug" else 1.0
     step, curve, preds, t0 = 0, [], [], time.perf_counter()
     for epoch in range(1, stop + 1):
         losses, hits = [], 0
         for ids in bucketed(train, lengths, SETTINGS["batch_size"], rng):
-            x, valid = collate(clips, ids, window, rng, room)
-            if arm == "s-aug":
-                x, valid = augment(x, valid, rng, recipe, std)
-            lr = SETTINGS["lr"] * (step + 1) / warm if step < warm else \
-                SETTINGS["lr"] * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
             for g in opt.param_groups:
-                g["lr"] = lr
-            logits = head(pooled(encoder, x, valid, bf16))
-            y = torch.from_numpy(digit[ids])
-            loss = torch.nn.functional.cross_entropy(logits, y)
+                g["lr"] = warmup_cosine(step, total, SETTINGS["lr"], warm)
+            logits, y, loss = batch_loss(arm, encoder, head, recipe, clips, digit, ids, rng, std, bf16)
             if not torch.isfinite(loss):
                 raise SystemExit(f"{arm}: non-finite loss at epoch {epoch}, step {step} — stopped")
             opt.zero_grad(set_to_none=True)
@@ -401,7 +414,7 @@ def table(out: Path) -> None:
     write(out / "summary.json", summary)
     md = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)] + ["| " + " | ".join(r) + " |" for r in rows]
     (out / "table.md").write_text("\n".join(md) + "\n")
-    say(f"wrote {(out / 'summary.json').relative_to(ROOT)} and {(out / 'table.md').relative_to(ROOT)}")
+    say(f"wrote {shown(out / 'summary.json')} and {shown(out / 'table.md')}")
 
 
 def fail(message: str) -> None:
@@ -473,14 +486,9 @@ def time_steps(arms: list[str], ctx: dict) -> None:
             encoder, head = build(recipe, ctx["mean"], ctx["std"], arm)
             opt = torch.optim.AdamW([*encoder.parameters(), *head.parameters()], lr=1e-4)
             times = []
-            room = 1.0 / (1.0 - recipe.inv.tempo) if arm == "s-aug" else 1.0
             for ids in bucketed(train, lengths, SETTINGS["batch_size"], rng)[:20]:
                 t0 = time.perf_counter()
-                x, valid = collate(clips, ids, recipe.data.clip_frames, rng, room)
-                if arm == "s-aug":
-                    x, valid = augment(x, valid, rng, recipe, ctx["std"])
-                loss = torch.nn.functional.cross_entropy(head(pooled(encoder, x, valid, bf16)),
-                                                         torch.from_numpy(ctx["digit"][ids]))
+                loss = batch_loss(arm, encoder, head, recipe, clips, ctx["digit"], ids, rng, ctx["std"], bf16)[2]
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
