@@ -14,7 +14,7 @@ from sslkit.domains.pathology.transforms import build_views
 
 
 def _batch(method: str, recipe, n: int = 6) -> dict[str, torch.Tensor]:  # noqa: ANN001
-    views = build_views(method, recipe.aug)
+    views = build_views(method, recipe.aug, masks=recipe.loss.ibot_weight > 0)
     g = torch.Generator().manual_seed(0)
     items = []
     for i in range(n):

@@ -232,7 +232,7 @@ class DINO(nn.Module):
         from sslkit.domains.pathology.transforms import patch_masks
 
         if "mask_seed" not in batch:
-            raise ValueError("loss.ibot_weight > 0 needs the views' mask seeds: build the views with aug.mask_prob > 0")
+            raise ValueError("loss.ibot_weight > 0 needs the views' mask seeds: build_views(..., masks=True)")
         return patch_masks(batch["mask_seed"].cpu(), 2, self.encoder.n_patches(px), self.aug.mask_prob,
                            tuple(self.aug.mask_ratio)).to(device)
 

@@ -47,7 +47,8 @@ def command(inputs: InputsArg, recipe: RecipeOpt = "dino", set_: SetOpt = None, 
         info(f"note: aug.global_px={cfg.aug.global_px} > data.tile_px={cfg.data.tile_px}: global crops are upsampled")
     seed_everything(cfg.train.seed)
     method = build_method(cfg)     # before the run folder: a bad model setting leaves nothing behind
-    dataset = TileDataset(rows, cfg.data.tile_px, transform=build_views(cfg.method, cfg.aug), mpps=cfg.data.mpp)
+    views = build_views(cfg.method, cfg.aug, masks=cfg.loss.ibot_weight > 0)   # iBOT: each item's mask seed
+    dataset = TileDataset(rows, cfg.data.tile_px, transform=views, mpps=cfg.data.mpp)
     run = Run.open(out, domain="pathology", recipe=cfg, data_paths=list(inputs), overwrite=overwrite, resume=resume)
     run.update_manifest(tiles={"count": len(rows), "tile_px": cfg.data.tile_px, "mpp": cfg.data.mpp,
                                "slide_mpp_override": slide_mpp})

@@ -163,16 +163,16 @@ class DinoViews:
     """DINO multi-crop: 2 global crops (global_px) + n_local local crops (local_px) of one tile.
 
     uint8 (3, P, P) -> {"global": uint8 (2, 3, G, G), "local": uint8 (n_local, 3, L, L)} (no "local" when 0), and
-    "mask_seed": int64 () when aug.mask_prob > 0 — the seed of this item's iBOT patch masks (`patch_masks`), drawn
+    "mask_seed": int64 () when `masks` (iBOT is on) — the seed of this item's iBOT patch masks (`patch_masks`), drawn
     after the crops (their random numbers are unchanged). The view module does not know the encoder's patch grid, so
     it draws the seed and `forward` lays the masks on the grid; they depend on (seed, epoch, index) alone, as the views.
     """
 
-    def __init__(self, aug: Any) -> None:
+    def __init__(self, aug: Any, masks: bool = False) -> None:
         self.globals = [Augment(aug, aug.global_px, aug.global_scale, aug.global_blur_p[i]) for i in range(2)]
         self.local = Augment(aug, aug.local_px, aug.local_scale)
         self.n_local = aug.n_local
-        self.masks = aug.mask_prob > 0
+        self.masks = masks
 
     def __call__(self, tile: Tensor) -> dict[str, Tensor]:
         out = {"global": torch.stack([g(tile) for g in self.globals])}
@@ -213,8 +213,9 @@ class PairViews:
         return {"views": torch.stack([self.view(tile), self.view(tile)])}
 
 
-def build_views(method: str, aug: Any) -> DinoViews | PairViews:
-    return DinoViews(aug) if method == "dino" else PairViews(aug)
+def build_views(method: str, aug: Any, masks: bool = False) -> DinoViews | PairViews:
+    """The views of `method`; `masks`: DINO views also carry the seed of their iBOT masks (loss.ibot_weight > 0)."""
+    return DinoViews(aug, masks) if method == "dino" else PairViews(aug)
 
 
 def collate_views(items: list[dict[str, Tensor]]) -> dict[str, Tensor]:
